@@ -1,0 +1,123 @@
+# The pipeline as files: each stage reads the previous stage's files and writes its own.
+#   make demo    set up (venv, embedded model), then every stage on the synthetic world; prints the results
+#   make test    the test suite
+# Re-running skips stages whose outputs are up to date; a killed training stage resumes from its checkpoint.
+# Real data: see README.md ("Real data"), e.g. make demo RUN=runs/real CATALOG=... LOGS=... ID_INFO=... ID_META=...
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PYTHONUNBUFFERED := 1
+
+RUN ?= runs/demo
+MODEL ?= models/smollm2-135m
+DEVICE ?= auto
+SEED ?= 0
+
+# --- the synthetic world (ignored when CATALOG / LOGS point at real files)
+TRACKS ?= 2000
+USERS ?= 400
+WORLD := $(RUN)/world
+CATALOG ?= $(WORLD)/catalog.csv
+LOGS ?= $(WORLD)/userid_trackid_timestamp.tsv
+ID_INFO ?= $(WORLD)/id_information.csv
+ID_META ?= $(WORLD)/id_metadata.csv
+
+# --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores
+LEVELS ?= 3
+CODEBOOK ?= 32
+ATTRIBUTE_EXAMPLES ?= 2000
+GROUNDING_EXAMPLES ?= 1000
+TEST_NEXT ?= 400
+TEST_ATTRIBUTES ?= 100
+SFT_STEPS ?= 150
+SFT_BATCH ?= 16
+SFT_ARGS ?=
+DPO_STEPS ?= 60
+DPO_BATCH ?= 8
+DPO_ARGS ?=
+EVAL_ARGS ?=
+
+ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-metadata $(ID_META))
+
+.PHONY: demo setup venv model test bench clean-run help
+.DELETE_ON_ERROR:
+
+help:
+	@echo "make demo    # set up and run the whole pipeline on the embedded default (about 20 min on 2 cores)"
+	@echo "make test    # run the tests"
+	@echo "make bench   # the benchmarks (see BENCHMARKS.md)"
+
+demo: $(RUN)/eval/report.md
+	@echo
+	@cat $(RUN)/eval/summary.txt
+	@echo
+	@echo "report: $(RUN)/eval/report.md   plots: $(RUN)/eval/*.png"
+	@echo "ask for music: $(PY) ask.py --run $(RUN) \"upbeat dance tracks for a party\""
+
+setup: venv model
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+$(VENV)/.peers: $(VENV)/.installed requirements-bench.txt requirements-bench-nodeps.txt
+	$(PIP) install -q -r requirements-bench.txt
+	$(PIP) install -q --no-deps -r requirements-bench-nodeps.txt
+	touch $@
+
+model: $(MODEL)/config.json
+$(MODEL)/config.json: | $(VENV)/.installed
+	$(PY) model.py setup --out $(MODEL)
+
+# 1. the synthetic world, written in the real formats (skipped when CATALOG / LOGS are real files)
+$(WORLD)/world_config.json: | $(VENV)/.installed
+	$(PY) world.py generate --out $(WORLD) --tracks $(TRACKS) --users $(USERS) --seed $(SEED)
+$(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv: $(WORLD)/world_config.json ;
+
+# 2. Semantic IDs
+$(RUN)/rvq/rvq_config.json: $(CATALOG) | $(VENV)/.installed
+	$(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LEVELS) --codebook-size $(CODEBOOK) --seed $(SEED)
+
+# 3. SFT examples and test sets
+$(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) | $(VENV)/.installed
+	$(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(LOGS) $(ID_OPTS) --out $(RUN)/sft_data \
+	  --attribute-examples $(ATTRIBUTE_EXAMPLES) --grounding-examples $(GROUNDING_EXAMPLES) \
+	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --seed $(SEED)
+
+# 4. SFT (resumes from its checkpoint if killed)
+$(RUN)/sft/summary.json: $(RUN)/sft_data/config.json $(MODEL)/config.json
+	$(PY) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
+	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SFT_ARGS)
+
+# 5. preference pairs
+$(RUN)/prefs/config.json: $(RUN)/sft_data/config.json
+	$(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED)
+
+# 6. DPO from the SFT adapter
+$(RUN)/dpo/summary.json: $(RUN)/prefs/config.json $(RUN)/sft/summary.json
+	$(PY) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
+	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(DPO_ARGS)
+
+# 7. evaluation: report.md, results.json, plots
+$(RUN)/eval/report.md: $(RUN)/dpo/summary.json $(RUN)/sft/summary.json
+	$(PY) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
+
+test: $(VENV)/.peers
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.peers $(MODEL)/config.json
+	$(PY) benchmarks/bench_rvq.py
+	$(PY) benchmarks/bench_sft.py
+	$(PY) benchmarks/bench_dpo.py
+	$(PY) benchmarks/bench_beam.py
+	$(PY) benchmarks/bench_prefs.py
+
+clean-run:
+	rm -rf $(RUN)

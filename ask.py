@@ -1,0 +1,105 @@
+"""Ask the trained model for music, in plain words.
+
+    python ask.py --run runs/demo "upbeat dance tracks for a party"
+    python ask.py --run runs/demo "something like Artist Name - Song Title" --adapter sft -k 5
+
+A request naming a track ("something like {artist} - {title}", "more like ...") is looked up in
+the catalogue and sent in the SFT next-track format, with the track's Semantic ID beside its
+name; anything else is sent as written. The answer is the top K catalogue tracks found by
+constrained beam search (so every one exists), with name, artists, genres and ID.
+"""
+import argparse
+import os
+import re
+
+import data
+import model as M
+import rvq
+from common import UserError, read_json, run_main
+
+# -----------------------------------------------------------------------------
+TOP_K: int = 10               # tracks to show
+ADAPTER: str = "dpo"          # dpo, sft, base, or a path to an adapter folder
+# "something like X", "more like X", "similar to X": X may name a catalogue track
+LIKE_RE = re.compile(r"^\s*(?:something|songs?|tracks?|music)?\s*(?:like|similar to|more like)\s+(.+?)[\s.!?]*$",
+                     re.IGNORECASE)
+# -----------------------------------------------------------------------------
+
+
+def find_track(catalog, text):
+    """Catalogue row named by 'Artist - Title' (or a unique 'Title'), else None."""
+    if " - " in text:
+        artist, title = text.split(" - ", 1)
+        row = catalog.key_index().get(data.norm_key(artist, title))
+        if row is not None:
+            return row
+    wanted = data.norm_key("", text).split("|", 1)[1]
+    hits = [i for i, k in enumerate(catalog.keys()) if k.split("|", 1)[1] == wanted]
+    return hits[0] if len(hits) == 1 else None
+
+
+def build_prompt(request, catalog, row_codes):
+    """(prompt text, row of the named track or None)."""
+    m = LIKE_RE.match(request)
+    if m:
+        row = find_track(catalog, m.group(1))
+        if row is not None:
+            return data.NEXT_TEMPLATES[0].format(track=data.track_text(catalog, row, row_codes[row])), row
+    return request, None
+
+
+def resolve_adapter(run, name):
+    if name == "base":
+        return None
+    path = os.path.join(run, name, "adapter") if name in ("sft", "dpo") else name
+    if not os.path.exists(os.path.join(path, M.ID_VOCAB_FILE)):
+        raise UserError(f"{path}: no trained adapter there (run `make demo`, or pass --adapter sft|dpo|base|PATH)")
+    return path
+
+
+def recommend(request, run, adapter="dpo", k=TOP_K, model_path=M.DEFAULT_MODEL, device="auto"):
+    """Top-k [(row, score, codes)] for a request, plus the catalogue and the prompt used."""
+    if not os.path.isdir(run):
+        raise UserError(f"{run}: no such run folder")
+    meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
+    catalog, _ = data.load_catalog(meta["catalog"])
+    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    index = catalog.index()
+    row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
+    id_to_row = {c: r for r, c in row_codes.items()}
+    device = M.pick_device(device)
+    model, tok, vocab = M.load_policy(model_path, adapter=resolve_adapter(run, adapter), levels=meta["levels"],
+                                      codebook_size=meta["codebook_size"], id_table_sha=meta["id_table_sha256"],
+                                      device=device)
+    fmt = M.PromptFormat(tok, vocab)
+    prompt, named = build_prompt(request, catalog, row_codes)
+    res = M.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=M.IDTrie(list(id_to_row), vocab.levels),
+                        pad_id=M.pad_id_of(tok), device=device)[0]
+    out = []
+    for toks, score in res:
+        c = tuple(vocab.level_code(t)[1] for t in toks)
+        if id_to_row[c] != named:
+            out.append((id_to_row[c], score, c))
+    return out[:k], catalog, prompt
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("request", help='e.g. "chill acoustic music for studying" or "something like Artist - Title"')
+    p.add_argument("--run", default="runs/demo", help="run folder made by `make demo`")
+    p.add_argument("--adapter", default=ADAPTER, help="dpo, sft, base, or an adapter folder")
+    p.add_argument("-k", type=int, default=TOP_K, help="number of tracks")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model the adapter was trained on")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if args.k < 1:
+        p.error("-k must be at least 1")
+    results, catalog, prompt = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device)
+    print(f"prompt: {prompt}")
+    for i, (row, score, codes) in enumerate(results, 1):
+        print(f"{i:>2}. {data.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
+              f"[{', '.join(catalog.genres[row])}]  {M.IDVocab.text(codes)}  log p = {score:.2f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

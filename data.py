@@ -1,0 +1,990 @@
+"""Real data formats: the Spotify Tracks catalogue and the listening logs that join to it.
+
+Readers turn the public files into a Catalog (one row per unique track) and stream listening events one user at a
+time, so a 2 GB Music4All-Onion log never sits in memory. Writers produce the exact same layouts; world.py uses them
+so that the synthetic default world and the real data go through one code path.
+
+Formats (see ../shared/data/SOURCES.md):
+  Spotify Tracks `dataset.csv`     comma-separated, optional leading unnamed index column, columns selected by name
+  Music4All-Onion events           `userid_trackid_timestamp.tsv[.bz2]`: user_id, track_id, timestamp (newest first)
+  Music4All `listening_history`    tab-separated despite `.csv`: user, song, timestamp
+  Onion derived CSV                old_user_id, old_item_id, timestamp, user_id, item_id (comma-separated)
+  Last.fm-1K                       no header, tab-separated: user, ISO time, artist mbid, artist, track mbid, track
+  Music4All id_information / id_metadata   tab-separated with header, joined on the 16-character `id`
+"""
+import argparse
+import bz2
+import csv
+import json
+import os
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from tqdm import tqdm
+
+from common import UserError, atomic_open, atomic_path, fail, read_json, run_main, save_config, write_json
+
+FEATURES = ("danceability", "energy", "key", "loudness", "speechiness", "acousticness",
+            "instrumentalness", "liveness", "valence", "tempo")   # the seed's 10 audio features, this order
+UNIT_FEATURES = ("danceability", "energy", "speechiness", "acousticness", "instrumentalness", "liveness",
+                 "valence")  # Spotify defines these on [0, 1]
+CATALOG_COLUMNS = ("track_id", "artists", "album_name", "track_name", "popularity", "duration_ms", "explicit",
+                   "danceability", "energy", "key", "loudness", "mode", "speechiness", "acousticness",
+                   "instrumentalness", "liveness", "valence", "tempo", "time_signature", "track_genre")
+REQUIRED_COLUMNS = ("track_id", "artists", "track_name") + FEATURES + ("track_genre",)
+ID_INFORMATION_COLUMNS = ("id", "artist", "song", "album_name")
+ID_METADATA_COLUMNS = ("id", "spotify_id", "popularity", "release", "danceability", "energy", "key", "mode",
+                       "valence", "tempo", "duration_ms")
+LOG_FORMATS = ("onion", "music4all", "onion_csv", "lastfm")
+MAX_EXAMPLES: int = 5  # bad-row examples kept in a report
+_SEP_NAMES = {",": "comma", "\t": "tab", ";": "semicolon"}
+
+
+@dataclass(eq=False)
+class Catalog:
+    track_id: list        # (N,) str, unique after loading
+    track_name: list      # (N,) str
+    artists: list         # (N,) str, ';'-joined as in the file
+    album_name: list      # (N,) str
+    genres: list          # (N,) list[str], primary genre first (all genres the track appeared under)
+    features: np.ndarray  # (N, 10) float64, FEATURES order, raw units
+    popularity: np.ndarray   # (N,) int64
+    duration_ms: np.ndarray  # (N,) int64
+    explicit: np.ndarray     # (N,) bool
+    mode: np.ndarray         # (N,) int64
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self):
+        return len(self.track_id)
+
+    def __eq__(self, other):
+        if not isinstance(other, Catalog):
+            return NotImplemented
+        lists = ("track_id", "track_name", "artists", "album_name", "genres")
+        arrays = ("features", "popularity", "duration_ms", "explicit", "mode")
+        return (all(getattr(self, k) == getattr(other, k) for k in lists)
+                and all(np.array_equal(getattr(self, k), getattr(other, k)) for k in arrays))
+
+    def index(self):
+        """track_id -> row."""
+        if "index" not in self._cache:
+            self._cache["index"] = {t: i for i, t in enumerate(self.track_id)}
+        return self._cache["index"]
+
+    def keys(self):
+        """(N,) norm_key(artists, track_name) of each row."""
+        if "keys" not in self._cache:
+            self._cache["keys"] = [norm_key(a, t) for a, t in zip(self.artists, self.track_name)]
+        return self._cache["keys"]
+
+    def key_index(self):
+        """norm_key -> first row with that key (the same song can sit on several albums)."""
+        if "key_index" not in self._cache:
+            idx = {}
+            for i, k in enumerate(self.keys()):
+                idx.setdefault(k, i)
+            self._cache["key_index"] = idx
+        return self._cache["key_index"]
+
+    def primary_genre(self):
+        return [g[0] for g in self.genres]
+
+    def feature(self, name):
+        """(N,) one column of features by name."""
+        return self.features[:, FEATURES.index(name)]
+
+
+# ---------------------------------------------------------------------------------------------- join keys
+
+_SUFFIX_WORDS = r"(remaster(ed)?|version|edit|live|mono|stereo|mix|from|feat|ft|single|deluxe|acoustic|bonus|demo)"
+_DASH_SUFFIX = re.compile(r"\s+-\s+[^-]*\b" + _SUFFIX_WORDS + r"\b.*$", re.IGNORECASE)
+_BRACKET_SUFFIX = re.compile(r"\s*[(\[][^)\]]*\b(" + _SUFFIX_WORDS + r"|with)\b[^)\]]*[)\]]", re.IGNORECASE)
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def _norm_text(s):
+    s = unicodedata.normalize("NFKD", s)
+    s = "".join(c for c in s if not unicodedata.combining(c)).lower().replace("&", " and ")
+    return _NON_WORD.sub(" ", s).strip()
+
+
+def norm_key(artist, title):
+    """Normalised "artist|title" join key.
+
+    Lowercase, accents and punctuation stripped, whitespace runs collapsed; only the first of ';'-joined artists;
+    release decorations such as " - Remastered 2011", "(feat. X)", "[Live]" dropped from the title, because
+    Music4All and Last.fm spell the same recording with and without them.
+    """
+    artist = artist.split(";")[0]
+    title = _BRACKET_SUFFIX.sub("", _DASH_SUFFIX.sub("", title))
+    return _norm_text(artist) + "|" + _norm_text(title)
+
+
+# ---------------------------------------------------------------------------------------------- text input
+
+def _open_binary(path):
+    return bz2.open(path, "rb") if str(path).endswith(".bz2") else open(path, "rb")
+
+
+def _decoded_lines(path, f, strict):
+    """Yield (line number, text) of a binary file: utf-8 with or without BOM.
+
+    Lines are decoded one by one so an undecodable byte is reported with its line. strict: stop with an error;
+    else yield (line, None) so the caller can count it as a bad row.
+    """
+    for lineno, raw in enumerate(f, 1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if strict:
+                fail(path, f"undecodable bytes (tried utf-8, utf-8-sig) at byte {e.start} of the line: "
+                           "re-save the file as UTF-8", line=lineno)
+            yield lineno, None
+
+
+class _Counter:
+    """Counts of dropped rows by reason plus the first few examples (for reports)."""
+
+    def __init__(self):
+        self.counts, self.examples = {}, []
+
+    def add(self, reason, line, column=None, value=None):
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.examples) < MAX_EXAMPLES:
+            where = f"line {line}" + (f", column '{column}'" if column else "")
+            self.examples.append(f"{where}: {reason}" + ("" if value is None else f" ({value!r})"))
+
+    def total(self):
+        return sum(self.counts.values())
+
+
+def _read_header(path, lines, sep, required, what):
+    """Parse the header line; stop with one line when the file is empty, has the wrong separator or lacks columns."""
+    for lineno, text in lines:
+        if text.strip():
+            break
+    else:
+        fail(path, f"empty file (expected a {what} with a header line)")
+    text = text.rstrip("\r\n")
+    header = next(csv.reader([text], delimiter=sep))
+    cols = {name.strip(): i for i, name in reversed(list(enumerate(header)))}
+    missing = [c for c in required if c not in cols]
+    if missing:
+        for other in _SEP_NAMES:
+            if other != sep and all(c in text.split(other) for c in required[:2]):
+                fail(path, f"looks {_SEP_NAMES[other]}-separated; a {what} is {_SEP_NAMES[sep]}-separated",
+                     line=lineno)
+        fail(path, f"missing required column(s) {', '.join(missing)}; the header has: "
+                   f"{', '.join(h for h in header if h) or '(nothing)'}", line=lineno)
+    return cols, len(header), lineno
+
+
+# ---------------------------------------------------------------------------------------------- catalogue
+
+def _number(value, column, lineno, bad, lo=None, hi=None, integer=False):
+    """Parse one numeric cell; None (and a counted reason) when it is unusable."""
+    if value == "":
+        bad.add(f"missing {column}", lineno, column)
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        bad.add(f"non-numeric {column}", lineno, column, value)
+        return None
+    if x != x:
+        bad.add(f"NaN {column}", lineno, column, value)
+        return None
+    if abs(x) == float("inf") or (lo is not None and x < lo) or (hi is not None and x > hi) \
+            or (integer and x != int(x)):
+        bad.add(f"out-of-range {column}", lineno, column, value)
+        return None
+    return x
+
+
+_RANGES = {**{f: (0.0, 1.0) for f in UNIT_FEATURES}, "key": (-1, 11), "tempo": (0.0, None),
+           "loudness": (None, None)}  # loudness: any finite dB value
+# (column, value when the cell is empty, low, high, must be an integer); an empty feature is a missing value
+_NUMERIC = [(c, "", *_RANGES[c], c == "key") for c in FEATURES] + [
+    ("popularity", "0", 0, 100, True), ("duration_ms", "0", 0, None, True), ("mode", "1", 0, 1, True)]
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "": False}
+
+
+def load_catalog(path):
+    """Read a Spotify Tracks `dataset.csv` layout into (Catalog, report).
+
+    Columns are selected by name (a leading unnamed index column and extra columns are ignored). A row with a bad
+    value is skipped and counted; a track_id seen again adds its genre to the first row (values of the first row
+    win). Whole-file problems stop with one line naming the file.
+    """
+    bad, rows_read, merged = _Counter(), 0, 0
+    ids, names, artists, albums, genres, feats, pops, durs, expl, modes = ([] for _ in range(10))
+    row_of = {}
+    with _open_binary(path) as f:
+        lines = _decoded_lines(path, f, strict=True)
+        cols, width, header_line = _read_header(path, lines, ",", REQUIRED_COLUMNS, "Spotify Tracks CSV")
+        reader = csv.reader((text for _, text in lines))
+        for cells in reader:
+            lineno = header_line + reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            rows_read += 1
+            if len(cells) != width:
+                bad.add("wrong column count", lineno, None, f"{len(cells)} fields, header has {width}")
+                continue
+            get = lambda c, default="": cells[cols[c]].strip() if c in cols else default  # noqa: E731
+            tid, name, art, genre = get("track_id"), get("track_name"), get("artists"), get("track_genre")
+            missing = next((c for c, v in (("track_id", tid), ("track_name", name), ("artists", art),
+                                           ("track_genre", genre)) if not v), None)
+            if missing:
+                bad.add(f"missing {missing}", lineno, missing)
+                continue
+            values = []
+            for c, default, lo, hi, integer in _NUMERIC:  # a row is counted once, under its first bad value
+                values.append(_number(get(c) or default, c, lineno, bad, lo, hi, integer))
+                if values[-1] is None:
+                    break
+            ex = _BOOLS.get(get("explicit").lower()) if values[-1] is not None else None
+            if values[-1] is not None and ex is None:
+                bad.add("non-boolean explicit", lineno, "explicit", get("explicit"))
+            if ex is None:
+                continue
+            x, (pop, dur, mode) = values[:len(FEATURES)], values[len(FEATURES):]
+            if tid in row_of:
+                merged += 1
+                g = genres[row_of[tid]]
+                if genre not in g:
+                    g.append(genre)
+                continue
+            row_of[tid] = len(ids)
+            ids.append(tid), names.append(name), artists.append(art), albums.append(get("album_name"))
+            genres.append([genre]), feats.append(x), pops.append(pop), durs.append(dur), expl.append(ex)
+            modes.append(mode)
+    if rows_read == 0:
+        fail(path, "no data rows after the header")
+    if not ids:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.counts.items(), key=lambda kv: -kv[1]))
+        fail(path, f"no usable rows: all {rows_read} rows were dropped ({reasons}); first: {bad.examples[0]}")
+    cat = Catalog(ids, names, artists, albums, genres, np.array(feats, dtype=np.float64).reshape(-1, len(FEATURES)),
+                  np.array(pops, dtype=np.int64), np.array(durs, dtype=np.int64), np.array(expl, dtype=bool),
+                  np.array(modes, dtype=np.int64))
+    report = {"path": str(path), "rows_read": rows_read, "kept": len(ids), "dropped": bad.total(),
+              "dropped_by_reason": bad.counts, "dropped_examples": bad.examples, "duplicate_rows_merged": merged}
+    return cat, report
+
+
+def _fmt_float(x):
+    return repr(float(x))  # shortest text that reads back to the same float64
+
+
+def write_catalog(cat, path):
+    """Write the real `dataset.csv` layout: leading unnamed index column, one row per (track, genre).
+
+    All primary-genre rows come first in catalogue order, then the extra genres, so load_catalog reads back an
+    equal Catalog (first appearance fixes the row order, later rows only add genres).
+    """
+    key_col = FEATURES.index("key")
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(("",) + CATALOG_COLUMNS)
+        n = 0
+        for level in range(max((len(g) for g in cat.genres), default=1)):
+            for i in range(len(cat)):
+                if level >= len(cat.genres[i]):
+                    continue
+                x = dict(zip(FEATURES, cat.features[i]))
+                vals = {"track_id": cat.track_id[i], "artists": cat.artists[i], "album_name": cat.album_name[i],
+                        "track_name": cat.track_name[i], "popularity": int(cat.popularity[i]),
+                        "duration_ms": int(cat.duration_ms[i]), "explicit": "True" if cat.explicit[i] else "False",
+                        "mode": int(cat.mode[i]), "time_signature": 4, "track_genre": cat.genres[i][level],
+                        **{k: _fmt_float(v) for k, v in x.items()}, "key": int(cat.features[i, key_col])}
+                w.writerow([n] + [vals[c] for c in CATALOG_COLUMNS])
+                n += 1
+
+
+# ---------------------------------------------------------------------------------------------- Music4All id tables
+
+def _read_tsv(path, required, what, optional=()):
+    """Yield a dict of the named columns per row of a tab-separated file with header (csv quoting allowed)."""
+    with _open_binary(path) as f:
+        lines = _decoded_lines(path, f, strict=True)
+        cols, width, _ = _read_header(path, lines, "\t", required, what)
+        names = list(required) + [c for c in optional if c in cols]
+        for cells in csv.reader((text for _, text in lines), delimiter="\t"):
+            if len(cells) == width:  # short or long rows are damaged: they cannot join anything reliably
+                yield {c: cells[cols[c]] for c in names}
+
+
+def load_id_information(path):
+    """Music4All id_information: id -> (artist, song, album_name)."""
+    return {r["id"]: (r["artist"], r["song"], r.get("album_name", ""))
+            for r in _read_tsv(path, ("id", "artist", "song"), "Music4All id_information file", ("album_name",))}
+
+
+def load_id_metadata(path):
+    """Music4All id_metadata: id -> spotify_id."""
+    return {r["id"]: r["spotify_id"] for r in _read_tsv(path, ("id", "spotify_id"), "Music4All id_metadata file")}
+
+
+def write_id_information(rows, path):
+    """rows: iterable of (id, artist, song, album_name) -> Music4All tab-separated layout with header."""
+    _write_tsv(rows, path, ID_INFORMATION_COLUMNS)
+
+
+def write_id_metadata(rows, path):
+    """rows: iterable of tuples in ID_METADATA_COLUMNS order (already formatted or numbers)."""
+    _write_tsv(rows, path, ID_METADATA_COLUMNS)
+
+
+def _write_tsv(rows, path, header):
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------------- listening logs
+
+def format_ts(ts):
+    """unix seconds -> '2019-02-20 12:28:30' (UTC), the Music4All-Onion timestamp."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def parse_ts(text):
+    """'2019-02-20 12:28:30', '2019-02-20 12:28' or '2009-05-04T23:08:57Z' -> unix seconds; naive times are UTC."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())
+
+
+def write_onion_events(rows_iter, path):
+    """rows_iter: (user, track_id, ts unix seconds), grouped by user -> `userid_trackid_timestamp.tsv[.bz2]`.
+
+    Within a user the rows are written newest first, as in Music4All-Onion.
+    """
+    def flush(f, group):
+        group.sort(key=lambda r: -r[2])
+        f.writelines(f"{u}\t{t}\t{format_ts(ts)}\n" for u, t, ts in group)
+
+    with atomic_path(path) as tmp:
+        opener = bz2.open if str(path).endswith(".bz2") else open
+        with opener(tmp, "wt", encoding="utf-8", newline="") as f:
+            f.write("user_id\ttrack_id\ttimestamp\n")
+            group = []
+            for row in rows_iter:
+                if group and row[0] != group[-1][0]:
+                    flush(f, group)
+                    group = []
+                group.append(row)
+            flush(f, group)
+
+
+_HEADERS = {"onion": ("\t", ("user_id", "track_id", "timestamp")),
+            "music4all": ("\t", ("user", "song", "timestamp")),
+            "onion_csv": (",", ("old_user_id", "old_item_id", "timestamp"))}
+
+
+def _detect_format(path, first):
+    for fmt, (sep, cols) in _HEADERS.items():
+        if all(c in first.split(sep) for c in cols):
+            return fmt
+    for fmt, (sep, cols) in _HEADERS.items():
+        for other in _SEP_NAMES:
+            if other != sep and all(c in first.split(other) for c in cols):
+                fail(path, f"looks {_SEP_NAMES[other]}-separated; a {fmt} log is {_SEP_NAMES[sep]}-separated",
+                     line=1)
+    cells = first.split("\t")
+    if len(cells) == 6:
+        try:
+            parse_ts(cells[1])
+            return "lastfm"
+        except ValueError:
+            pass
+    fail(path, "unknown listening-log format: expected a Music4All-Onion header 'user_id<TAB>track_id<TAB>timestamp', "
+               "Music4All 'user<TAB>song<TAB>timestamp', Onion CSV 'old_user_id,old_item_id,timestamp,...' "
+               f"or Last.fm-1K rows (6 tab-separated fields); the first line is {first[:80]!r}", line=1)
+
+
+def _sort_command(path, sep, header):
+    cat = f"bzcat {path}" if str(path).endswith(".bz2") else f"cat {path}"
+    t = "$'\\t'" if sep == "\t" else "','"
+    if header:
+        return f"{cat} | (IFS= read -r h; printf '%s\\n' \"$h\"; sort -s -t {t} -k1,1) > sorted_file"
+    return f"{cat} | sort -s -t {t} -k1,1 > sorted_file"
+
+
+def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt="auto", stats=None):
+    """Stream a listening log and yield (user, plays) one user at a time.
+
+    plays: list of (ts unix seconds, catalogue row) sorted oldest first. A play whose track is not in the catalogue
+    is kept with row -1: it is dropped from what a model sees but its timestamp still ends the previous play, so
+    dwell time (gap to the next play) stays correct downstream. Filter with `row >= 0`.
+
+    Music4All ids join through id_metadata (id -> spotify_id == catalogue track_id) first and else through
+    id_information by norm_key(artist, song); Last.fm joins by norm_key(artist, track). id tables may be paths or
+    the dicts from load_id_information / load_id_metadata.
+    Rows of one user must be consecutive (true of every public file); a user seen again after another stops the
+    run with the `sort` command that fixes the file. stats (a dict) is updated in place as the stream advances.
+    """
+    stats = {} if stats is None else stats
+    if isinstance(id_information, str) or hasattr(id_information, "__fspath__"):
+        id_information = load_id_information(id_information)
+    if isinstance(id_metadata, str) or hasattr(id_metadata, "__fspath__"):
+        id_metadata = load_id_metadata(id_metadata)
+    if fmt != "auto" and fmt not in LOG_FORMATS:
+        fail(path, f"unknown log format '{fmt}'; expected one of auto, {', '.join(LOG_FORMATS)}")
+    by_id, by_key, cache = catalog.index(), catalog.key_index(), {}
+    info, meta = id_information or {}, id_metadata or {}
+    known = 0
+
+    def resolve(track):
+        """Music4All id or (artist, track) -> catalogue row or -1 (cached: ids repeat millions of times)."""
+        nonlocal known
+        row = cache.get(track)
+        if row is None:
+            if isinstance(track, tuple):
+                row = by_key.get(norm_key(*track), -1)
+            else:
+                row = by_id.get(meta.get(track), -1)
+                if row < 0 and track in info:
+                    row = by_key.get(norm_key(info[track][0], info[track][1]), -1)
+            cache[track] = row
+        if not isinstance(track, tuple) and (track in meta or track in info):
+            known += 1
+        return row
+
+    bad = _Counter()
+    n_events = matched = users = 0
+    with _open_binary(path) as f:
+        lines = _decoded_lines(path, f, strict=False)
+        first = next(((n, t) for n, t in lines if t is None or t.strip()), None)
+        if first is None:
+            fail(path, "empty file (expected a listening log)")
+        if first[1] is None:
+            fail(path, "undecodable bytes (tried utf-8, utf-8-sig): re-save the file as UTF-8", line=first[0])
+        text = first[1].rstrip("\r\n")
+        fmt = _detect_format(path, text) if fmt == "auto" else fmt
+        if fmt != "lastfm":
+            sep, names = _HEADERS[fmt]
+            header = text.split(sep)
+            if not all(c in header for c in names):
+                fail(path, f"missing column(s) {', '.join(c for c in names if c not in header)} for the {fmt} "
+                           f"format; the header has: {', '.join(header)}", line=first[0])
+            iu, it, its = (header.index(c) for c in names)
+            width = len(header)
+            body = lines
+            if not info and not meta:
+                fail(path, "Music4All track ids need id_information (and optionally id_metadata) to join the "
+                           "catalogue")
+        else:
+            sep, iu, its, width = "\t", 0, 1, 6
+            body = _chain_first(first, lines)
+        stats["format"] = fmt
+        cur, group, done = None, [], set()
+
+        def update_stats():
+            stats.update(events_read=n_events, matched=matched, unmatched=n_events - matched,
+                         bad_rows=bad.total(), bad_examples=bad.examples, users=users,
+                         match_rate=matched / max(n_events, 1))
+            if fmt != "lastfm":
+                stats["known_ids"] = known  # events whose Music4All id is in the id tables
+
+        def finish():
+            nonlocal users
+            if group[0][0] > group[-1][0]:
+                group.reverse()  # newest-first files: keep ties in play order after the stable sort
+            group.sort(key=lambda p: p[0])
+            users += 1
+            update_stats()
+            return cur, group
+
+        for lineno, text in body:
+            if text is None:
+                bad.add("undecodable bytes", lineno)
+                continue
+            cells = text.rstrip("\r\n").split(sep)
+            if len(cells) != width:
+                if len(cells) > 1 or cells[0].strip():
+                    bad.add("wrong column count", lineno, None, f"{len(cells)} fields, expected {width}")
+                continue
+            try:
+                ts = parse_ts(cells[its])
+            except ValueError:
+                bad.add("unparseable timestamp", lineno, "timestamp", cells[its])
+                continue
+            user = cells[iu]
+            if user != cur:
+                if group:
+                    yield finish()
+                if user in done:
+                    fail(path, f"user {user} appears again after other users' rows; the file must be grouped by "
+                               f"user: {_sort_command(path, sep, fmt != 'lastfm')}", line=lineno)
+                done.add(user)
+                cur, group = user, []
+            row = resolve((cells[3], cells[5]) if fmt == "lastfm" else cells[it])
+            n_events += 1
+            matched += row >= 0
+            group.append((ts, row))
+        if group:
+            yield finish()
+        update_stats()
+    if n_events == 0:
+        detail = f"; first problem: {bad.examples[0]}" if bad.examples else ""
+        fail(path, f"no listening event could be parsed as {fmt} ({bad.total()} bad lines){detail}")
+
+
+def _chain_first(first, rest):
+    yield first
+    yield from rest
+
+
+# ============================================================================================== SFT examples
+# Three task families, all answered with a Semantic ID (`<a_12><b_200><c_7>`):
+#   attributes   "chill acoustic jazz for studying" -> a track satisfying every requested attribute
+#   grounding    "Play {artist} - {title}"          -> that track's ID (the model must know the catalogue)
+#   next_track   "I want to listen to {artist} - {title} <ID> or something similar" -> a track listeners played
+#                next, for long. The prompt carries the named track's ID beside its name, as TIGER feeds the
+#                history as IDs: a 135M model learns to read IDs in a CPU budget, not to memorise every name.
+# The answer never appears in its prompt. Logs are split by time: train < t_val <= val < t_test <= test.
+
+SESSION_GAP: int = 30 * 60     # seconds of silence that start a new session
+LONG_LISTEN: float = 90.0      # dwell > 90 s: a long listen (chosen), as the seed
+SKIP: float = 30.0             # dwell < 30 s: a skip (rejected), as the seed
+VAL_FRACTION: float = 0.1      # share of (matched) events in the validation window, before the test window
+TEST_FRACTION: float = 0.2     # share of events in the final, held-out test window
+
+# (attribute, value) -> (phrase, where it goes, predicate over the (N, 10) feature matrix)
+_F = {name: i for i, name in enumerate(FEATURES)}
+ATTRIBUTES = {
+    ("energy", "high"): ("high-energy", "pre", lambda x: x[:, _F["energy"]] > 0.7),
+    ("energy", "low"): ("chill", "pre", lambda x: x[:, _F["energy"]] < 0.4),
+    ("mood", "happy"): ("upbeat", "pre", lambda x: x[:, _F["valence"]] > 0.6),
+    ("mood", "sad"): ("melancholic", "pre", lambda x: x[:, _F["valence"]] < 0.3),
+    ("tempo", "fast"): ("fast", "pre", lambda x: x[:, _F["tempo"]] > 130),
+    ("tempo", "slow"): ("slow", "pre", lambda x: x[:, _F["tempo"]] < 90),
+    ("dance", "yes"): ("danceable", "pre", lambda x: x[:, _F["danceability"]] > 0.7),
+    ("acoustic", "yes"): ("acoustic", "pre", lambda x: x[:, _F["acousticness"]] > 0.6),
+    ("instrumental", "yes"): ("instrumental", "pre", lambda x: x[:, _F["instrumentalness"]] > 0.5),
+    ("activity", "workout"): ("for a workout", "post",
+                              lambda x: (x[:, _F["energy"]] > 0.7) & (x[:, _F["tempo"]] > 120)),
+    ("activity", "studying"): ("for studying", "post",
+                               lambda x: (x[:, _F["energy"]] < 0.5) & (x[:, _F["speechiness"]] < 0.1)),
+    ("activity", "party"): ("for a party", "post",
+                            lambda x: (x[:, _F["danceability"]] > 0.7) & (x[:, _F["energy"]] > 0.6)),
+    ("activity", "sleep"): ("to fall asleep to", "post",
+                            lambda x: (x[:, _F["energy"]] < 0.3) & (x[:, _F["acousticness"]] > 0.5)),
+}
+BPM_STEP: int = 5              # "around 125 BPM": tempo within +- BPM_STEP of a multiple of BPM_STEP
+TRAIN_REQUEST_TEMPLATES = (
+    "I need music for a {desc} playlist", "Play something {desc}", "I'm looking for a {desc} song",
+    "Can you recommend {desc} tracks?", "Give me some {desc} music", "Put on a {desc} track",
+    "Any {desc} songs?", "Recommend a {desc} tune", "I'd like to hear something {desc}", "Find me {desc} music",
+)
+TEST_REQUEST_TEMPLATES = (  # held out entirely: never seen in training
+    "What's a good {desc} track?", "Queue up some {desc} songs", "I'm in the mood for {desc} music",
+    "Suggest a {desc} song, please",
+)
+GROUNDING_TEMPLATES = ("Play {track}", "{track}", "Put on {track}")
+NEXT_TEMPLATES = ("I want to listen to {track} or something similar", "Something like {track}",
+                  "More like {track}, please", "Play me songs similar to {track}")
+
+
+def display_artist(artists):
+    return ", ".join(a for a in artists.split(";") if a)
+
+
+def track_text(cat, row, codes=None):
+    """'{artist} - {title}', followed by the track's Semantic ID when given."""
+    s = f"{display_artist(cat.artists[row])} - {cat.track_name[row]}"
+    return s if codes is None else s + " " + "".join(f"<{chr(97 + l)}_{int(c)}>" for l, c in enumerate(codes))
+
+
+def id_text(codes):
+    return "".join(f"<{chr(97 + l)}_{int(c)}>" for l, c in enumerate(codes))
+
+
+def attribute_masks(cat):
+    """{(attribute, value): (N,) bool} for every attribute, including ('genre', g) for every genre."""
+    masks = {k: np.asarray(pred(cat.features)) for k, (_, _, pred) in ATTRIBUTES.items()}
+    for g in sorted({g for gs in cat.genres for g in gs}):
+        masks[("genre", g)] = np.array([g in gs for gs in cat.genres])
+    return masks
+
+
+def bpm_mask(cat, bpm):
+    return np.abs(cat.feature("tempo") - bpm) <= BPM_STEP
+
+
+def describe_request(attrs):
+    """'chill acoustic jazz for studying' from [(attribute, value), ...]."""
+    pre = [ATTRIBUTES[a][0] for a in attrs if a in ATTRIBUTES and ATTRIBUTES[a][1] == "pre"]
+    post = [ATTRIBUTES[a][0] for a in attrs if a in ATTRIBUTES and ATTRIBUTES[a][1] == "post"]
+    post += [f"around {v} BPM" for k, v in attrs if k == "bpm"]
+    genre = [v for k, v in attrs if k == "genre"]
+    return " ".join(pre + genre + post) if (pre or genre) else "music " + " ".join(post)
+
+
+def describe_track(cat, row):
+    """A track's text for the text-similarity baseline: name, artist, genres and words for its features."""
+    x = cat.features[row:row + 1]
+    words = [phrase for (attr, _), (phrase, _, pred) in ATTRIBUTES.items() if pred(x)[0]]
+    return (f"{cat.track_name[row]} by {display_artist(cat.artists[row])}. Genre: {', '.join(cat.genres[row])}. "
+            f"{', '.join(words)}. {cat.feature('tempo')[row]:.0f} BPM.")
+
+
+def request_examples(cat, row_codes, masks, n, templates, rng):
+    """n attribute requests, each anchored on a random catalogue track that satisfies it.
+
+    Returns [(attrs, prompt, anchor_row)]: genre plus up to two other attributes the anchor has.
+    """
+    rows = np.array(sorted(row_codes))
+    out = []
+    for _ in range(n):
+        r = int(rng.choice(rows))
+        own = [k for k in ATTRIBUTES if masks[k][r]]
+        attrs = [("genre", cat.genres[r][0])] if rng.random() < 0.85 else []
+        for j in rng.permutation(len(own))[:int(rng.integers(0 if attrs else 1, 3))]:
+            attrs.append(own[j])
+        if rng.random() < 0.1:
+            attrs.append(("bpm", int(round(cat.feature("tempo")[r] / BPM_STEP) * BPM_STEP)))
+        order = {k: i for i, k in enumerate(("genre",) + tuple(dict.fromkeys(a for a, _ in ATTRIBUTES)) + ("bpm",))}
+        attrs = sorted(set(attrs), key=lambda a: order[a[0]])
+        prompt = templates[int(rng.integers(len(templates)))].format(desc=describe_request(attrs))
+        out.append((attrs, prompt[0].upper() + prompt[1:], r))
+    return out
+
+
+def relevant_rows(cat, masks, attrs, rows_with_id):
+    m = np.ones(len(cat), dtype=bool)
+    for a in attrs:
+        m &= bpm_mask(cat, a[1]) if a[0] == "bpm" else masks[a]
+    return [int(i) for i in np.flatnonzero(m) if i in rows_with_id]
+
+
+def sessions_of(plays, catalog, gap=SESSION_GAP):
+    """Split one user's plays (oldest first) into sessions with dwell times.
+
+    plays: [(ts, row)], row -1 for tracks outside the catalogue (they still end the previous play).
+    Returns a list of sessions, each a list of (ts, row, dwell): dwell = seconds to the next play of the same
+    session, capped at the track's duration; None for a session's last play, whose length is unknown (the
+    seed counted session breaks as long listens).
+    """
+    out, cur = [], []
+    for i, (ts, row) in enumerate(plays):
+        nxt = plays[i + 1][0] if i + 1 < len(plays) else None
+        if nxt is not None and nxt - ts <= gap:
+            dwell = float(nxt - ts)
+            if row >= 0:
+                dwell = min(dwell, catalog.duration_ms[row] / 1000.0)
+        else:
+            dwell = None
+        cur.append((ts, row, dwell))
+        if dwell is None:
+            out.append(cur)
+            cur = []
+    return out
+
+
+def split_times(log, catalog, id_information=None, id_metadata=None, val_fraction=VAL_FRACTION,
+                test_fraction=TEST_FRACTION):
+    """(t_val, t_test): time cut-offs leaving the requested shares of matched events in the later windows.
+
+    One streaming pass with an hourly histogram, so memory does not grow with the log.
+    """
+    hours = {}
+    for _, plays in iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata):
+        for ts, row in plays:
+            if row >= 0:
+                hours[ts // 3600] = hours.get(ts // 3600, 0) + 1
+    if not hours:
+        fail(log, "no listening event joins the catalogue: nothing to split")
+    keys = sorted(hours)
+    cum = np.cumsum([hours[k] for k in keys]) / sum(hours.values())
+    t_test = int(keys[int(np.searchsorted(cum, 1 - test_fraction))] * 3600)
+    t_val = int(keys[int(np.searchsorted(cum, 1 - test_fraction - val_fraction))] * 3600)
+    return t_val, t_test
+
+
+def window(ts, t_val, t_test):
+    return "train" if ts < t_val else ("val" if ts < t_test else "test")
+
+
+def mine_logs(log, catalog, row_codes, t_val, t_test, id_information=None, id_metadata=None,
+              long_listen=LONG_LISTEN, gap=SESSION_GAP, stats=None):
+    """One streaming pass for the SFT stage: next-track transitions per window and training-window statistics.
+
+    Returns (transitions {window: [(user, prev_row, next_row)]}, popularity (N,), cooc {(i, j): count}).
+    A transition is a play followed, in the same session, by a long listen of another catalogued track.
+    Co-listening counts pairs within 3 plays of each other in a training-window session (symmetric).
+    """
+    transitions = {"train": [], "val": [], "test": []}
+    popularity = np.zeros(len(catalog), dtype=np.int64)
+    cooc = {}
+    for user, plays in iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata,
+                                       stats=stats):
+        for sess in sessions_of(plays, catalog, gap):
+            for i, (ts, row, dwell) in enumerate(sess):
+                if row < 0 or row not in row_codes:
+                    continue
+                w = window(ts, t_val, t_test)
+                if w == "train":
+                    popularity[row] += 1
+                    for ts2, row2, _ in sess[i + 1:i + 4]:
+                        if row2 >= 0 and row2 != row and window(ts2, t_val, t_test) == "train":
+                            cooc[(row, row2)] = cooc.get((row, row2), 0) + 1
+                            cooc[(row2, row)] = cooc.get((row2, row), 0) + 1
+                if i + 1 < len(sess):
+                    ts2, row2, dwell2 = sess[i + 1]
+                    if row2 >= 0 and row2 != row and row2 in row_codes and dwell2 is not None \
+                            and dwell2 > long_listen and window(ts2, t_val, t_test) == w:
+                        transitions[w].append((user, row, row2))
+    return transitions, popularity, cooc
+
+
+def build_sft(args):
+    """`data.py sft`: write train/val JSONL, the two test sets, listening statistics and meta.json."""
+    import rvq  # the ID table's reader lives with the quantiser
+    from model import file_sha256
+    rng = np.random.default_rng(args.seed)
+    catalog, cat_report = load_catalog(args.catalog)
+    ids_path = os.path.join(args.rvq, "semantic_ids.tsv")
+    track_ids, codes = rvq.load_semantic_ids(ids_path)
+    rvq_meta = rvq.load_rvq(args.rvq)["meta"]
+    index = catalog.index()
+    missing = [t for t in track_ids if t not in index]
+    if missing:
+        fail(ids_path, f"{len(missing)} track ids are not in {args.catalog} (first: {missing[0]}); "
+                       "the ID table was built from another catalogue")
+    row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
+    masks = attribute_masks(catalog)
+    examples = {"train": [], "val": []}
+
+    def add(split, prompt, row, task):
+        examples[split].append({"prompt": prompt, "answer": id_text(row_codes[row]), "task": task,
+                                "track_id": catalog.track_id[row]})
+
+    # 1. requests by attributes (train phrasings), validation on the same phrasings, test on held-out ones
+    for split, n in (("train", args.attribute_examples), ("val", args.attribute_examples // 10)):
+        for attrs, prompt, r in request_examples(catalog, row_codes, masks, n, TRAIN_REQUEST_TEMPLATES, rng):
+            add(split, prompt, r, "attributes")
+    tests_attr, seen = [], set()
+    for attrs, prompt, r in request_examples(catalog, row_codes, masks, 20 * args.test_attributes,
+                                             TEST_REQUEST_TEMPLATES, rng):
+        key = tuple(attrs)
+        if key in seen or len(tests_attr) >= args.test_attributes:
+            continue
+        seen.add(key)
+        rel = relevant_rows(catalog, masks, attrs, row_codes)
+        tests_attr.append({"prompt": prompt, "task": "attributes", "attributes": [list(a) for a in attrs],
+                           "relevant": [catalog.track_id[i] for i in rel]})
+    # 2. grounding: name -> ID
+    rows = sorted(row_codes)
+    for r in rng.permutation(rows)[:args.grounding_examples]:
+        add("train", GROUNDING_TEMPLATES[int(rng.integers(len(GROUNDING_TEMPLATES)))].format(
+            track=track_text(catalog, int(r))), int(r), "grounding")
+    # 3. next track from the logs, split by time
+    t_val, t_test = split_times(args.logs, catalog, args.id_information, args.id_metadata,
+                                args.val_fraction, args.test_fraction)
+    log_stats = {}
+    trans, popularity, cooc = mine_logs(args.logs, catalog, row_codes, t_val, t_test, args.id_information,
+                                        args.id_metadata, stats=log_stats)
+    caps = {"train": args.next_examples, "val": args.next_examples // 10, "test": args.test_next}
+    chosen = {w: [trans[w][i] for i in sorted(rng.permutation(len(trans[w]))[:caps[w] or len(trans[w])])]
+              for w in trans}
+    for w in ("train", "val"):
+        for user, prev, nxt in chosen[w]:
+            tmpl = NEXT_TEMPLATES[int(rng.integers(len(NEXT_TEMPLATES)))]
+            add(w, tmpl.format(track=track_text(catalog, prev, row_codes[prev])), nxt, "next_track")
+    tests_next = [{"prompt": NEXT_TEMPLATES[0].format(track=track_text(catalog, prev, row_codes[prev])),
+                   "task": "next_track", "context_track": catalog.track_id[prev],
+                   "relevant": [catalog.track_id[nxt]], "user": user} for user, prev, nxt in chosen["test"]]
+    for split in examples:  # mix the task families
+        examples[split] = [examples[split][i] for i in rng.permutation(len(examples[split]))]
+    if not examples["train"] or not examples["val"]:
+        raise UserError("no SFT examples could be built: check the catalogue, the ID table and the logs")
+
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    for name, rows_ in (("train.jsonl", examples["train"]), ("val.jsonl", examples["val"]),
+                        ("test_next.jsonl", tests_next), ("test_attributes.jsonl", tests_attr)):
+        with atomic_open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_)
+    ci = np.array([k[0] for k in cooc], dtype=np.int64)
+    cj = np.array([k[1] for k in cooc], dtype=np.int64)
+    cc = np.array(list(cooc.values()), dtype=np.int64)
+    with atomic_path(os.path.join(out, "listening_stats.npz")) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, popularity=popularity, cooc_i=ci, cooc_j=cj, cooc_count=cc)
+    counts = {s: {t: sum(e["task"] == t for e in examples[s]) for t in ("attributes", "grounding", "next_track")}
+              for s in examples}
+    meta = {"catalog": os.path.abspath(args.catalog), "rvq": os.path.abspath(args.rvq),
+            "semantic_ids": os.path.abspath(ids_path), "id_table_sha256": file_sha256(ids_path),
+            "levels": int(rvq_meta["levels"]), "codebook_size": int(rvq_meta["codebook_size"]),
+            "logs": os.path.abspath(args.logs),
+            "id_information": args.id_information and os.path.abspath(args.id_information),
+            "id_metadata": args.id_metadata and os.path.abspath(args.id_metadata),
+            "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val), "t_test_utc": format_ts(t_test),
+            "examples": counts, "test_next": len(tests_next), "test_attributes": len(tests_attr),
+            "transitions": {w: len(v) for w, v in trans.items()}, "log": log_stats, "catalog_report": cat_report}
+    write_json(os.path.join(out, "meta.json"), meta)
+    save_config(out, args, name="config.json")
+    print(f"SFT examples: train {counts['train']}, val {counts['val']}; test: {len(tests_next)} next-track, "
+          f"{len(tests_attr)} attribute requests; split at {format_ts(t_val)} / {format_ts(t_test)} UTC; "
+          f"log match rate {log_stats.get('match_rate', 0):.1%}")
+    return meta
+
+
+# ============================================================================================== preference pairs
+
+def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_plays=0, counts=None):
+    """Preference pairs of one user's sessions: [(context_row, chosen_row, rejected_row, ts)].
+
+    The context is a play; the candidates are the plays after it in the same session (the next
+    `window_plays` of them, or the rest of the session when 0). The first candidate labelled long
+    (dwell > long_listen) is chosen and the first labelled skip (dwell < skip) is rejected; plays without a
+    known dwell (a session's last) are unlabelled. Both must be catalogued tracks other than the context, so
+    the prompt never names an answer. ts = the context's time, which decides the split.
+    """
+    counts = {} if counts is None else counts
+
+    def count(k):
+        counts[k] = counts.get(k, 0) + 1
+
+    out = []
+    for sess in sessions:
+        for ts, row, dwell in sess:
+            if dwell is None:
+                count("unlabelled")
+            elif dwell > long_listen:
+                count("chosen")
+            elif dwell < skip:
+                count("rejected")
+            else:
+                count("between")
+        for i, (ts, ctx, _) in enumerate(sess):
+            if ctx < 0 or ctx not in row_codes:
+                continue
+            cands = sess[i + 1:i + 1 + window_plays] if window_plays else sess[i + 1:]
+            chosen = next((r for _, r, d in cands if d is not None and d > long_listen and r >= 0
+                           and r != ctx and r in row_codes), None)
+            rejected = next((r for _, r, d in cands if d is not None and d < skip and r >= 0
+                             and r != ctx and r in row_codes), None)
+            if chosen is None or rejected is None:
+                count("dropped: no chosen and rejected play after the context")
+            elif chosen == rejected:
+                count("dropped: chosen and rejected are the same track")
+            else:
+                out.append((ctx, chosen, rejected, ts))
+    return out
+
+
+def build_prefs(args):
+    """`data.py prefs`: (instruction, chosen ID, rejected ID) pairs from the logs, split by time."""
+    meta = read_json(os.path.join(args.sft_data, "meta.json"), "SFT data meta.json")
+    import rvq
+    catalog, _ = load_catalog(meta["catalog"])
+    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    index = catalog.index()
+    row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
+    log = args.logs or meta["logs"]
+    t_val, t_test = meta["t_val"], meta["t_test"]
+    stats, counts, seen = {}, {}, set()
+    pairs = {"train": [], "val": [], "test": []}
+    n_sessions = 0
+    t0 = time.time()
+    plays_iter = iter_user_plays(log, catalog, id_information=args.id_information or meta["id_information"],
+                                 id_metadata=args.id_metadata or meta["id_metadata"], stats=stats)
+    for user, plays in tqdm(plays_iter, desc="mining pairs", unit=" users", disable=None):
+        sess = sessions_of(plays, catalog, args.session_gap)
+        n_sessions += len(sess)
+        for ctx, ch, rj, ts in mine_pairs(sess, row_codes, args.long_listen, args.skip, args.window_plays, counts):
+            key = (ctx, ch, rj)
+            if key in seen:
+                counts["dropped: duplicate pair"] = counts.get("dropped: duplicate pair", 0) + 1
+                continue
+            seen.add(key)
+            pairs[window(ts, t_val, t_test)].append(
+                {"prompt": NEXT_TEMPLATES[0].format(track=track_text(catalog, ctx, row_codes[ctx])),
+                 "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
+                 "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
+                 "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)})
+    seconds = time.time() - t0
+    rng = np.random.default_rng(args.seed)
+    caps = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
+    for w, cap in caps.items():
+        if cap and len(pairs[w]) > cap:
+            pairs[w] = [pairs[w][i] for i in sorted(rng.permutation(len(pairs[w]))[:cap])]
+    os.makedirs(args.out, exist_ok=True)
+    for w, rows in pairs.items():
+        with atomic_open(os.path.join(args.out, f"{w}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    report = {"events_read": stats.get("events_read", 0), "matched": stats.get("matched", 0),
+              "match_rate": stats.get("match_rate", 0.0), "users": stats.get("users", 0), "sessions": n_sessions,
+              "labelled": {k: counts.get(k, 0) for k in ("chosen", "rejected", "between", "unlabelled")},
+              "pairs": {w: len(v) for w, v in pairs.items()},
+              "dropped": {k[len("dropped: "):]: v for k, v in counts.items() if k.startswith("dropped")},
+              "bad_rows": stats.get("bad_rows", 0), "seconds": seconds,
+              "events_per_second": stats.get("events_read", 0) / max(seconds, 1e-9)}
+    write_json(os.path.join(args.out, "report.json"), report)
+    write_json(os.path.join(args.out, "meta.json"), {k: meta[k] for k in ("levels", "codebook_size",
+                                                                         "id_table_sha256", "semantic_ids")})
+    save_config(args.out, args, name="config.json")
+    print(f"preference pairs: train {len(pairs['train'])}, val {len(pairs['val'])}, test {len(pairs['test'])} "
+          f"from {report['events_read']:,} events ({report['match_rate']:.1%} matched), {n_sessions:,} sessions; "
+          f"labelled {report['labelled']}; {report['events_per_second']:,.0f} events/s")
+    return report
+
+
+# ============================================================================================== CLI
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Build the SFT examples and the preference pairs from real-format data.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sft", help="SFT examples (3 task families) + test sets + listening statistics")
+    s.add_argument("--catalog", required=True, help="Spotify Tracks dataset.csv layout")
+    s.add_argument("--rvq", required=True, help="rvq.py output folder (semantic_ids.tsv, rvq.safetensors)")
+    s.add_argument("--logs", required=True, help="listening log (Onion, Music4All, Last.fm-1K; .bz2 too)")
+    s.add_argument("--id-information", default=None, help="Music4All id_information (for Music4All ids)")
+    s.add_argument("--id-metadata", default=None, help="Music4All id_metadata (join by spotify_id)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--attribute-examples", type=int, default=2000, help="attribute requests for training")
+    s.add_argument("--grounding-examples", type=int, default=1000, help="name -> ID examples (tracks sampled)")
+    s.add_argument("--next-examples", type=int, default=0, help="cap on next-track training examples (0: all)")
+    s.add_argument("--test-next", type=int, default=1000, help="next-track test queries (sampled)")
+    s.add_argument("--test-attributes", type=int, default=200, help="attribute test queries")
+    s.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    s.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
+    s.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("prefs", help="preference pairs from dwell times")
+    q.add_argument("--sft-data", required=True, help="the `data.py sft` folder (catalogue, IDs, logs, split)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--logs", default=None, help="listening log (default: the one the SFT data used)")
+    q.add_argument("--id-information", default=None)
+    q.add_argument("--id-metadata", default=None)
+    q.add_argument("--session-gap", type=int, default=SESSION_GAP, help="seconds")
+    q.add_argument("--long-listen", type=float, default=LONG_LISTEN, help="chosen: dwell above this (s)")
+    q.add_argument("--skip", type=float, default=SKIP, help="rejected: dwell below this (s)")
+    q.add_argument("--window-plays", type=int, default=0, help="candidates after the context (0: the session)")
+    q.add_argument("--max-train", type=int, default=0, help="cap on training pairs (0: all)")
+    q.add_argument("--max-val", type=int, default=0)
+    q.add_argument("--max-test", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cmd == "sft":
+        build_sft(args)
+    else:
+        build_prefs(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

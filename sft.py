@@ -1,0 +1,342 @@
+"""Supervised fine-tuning: teach a Llama model to answer music requests with Semantic IDs.
+
+Reads the SFT examples written by `data.py sft` (train.jsonl, val.jsonl, meta.json) and a
+base model folder; trains LoRA adapters (lora.py) plus the embedding rows of the new
+Semantic-ID tokens, with the loss on answer tokens only; writes the best adapter.
+
+    python sft.py --data runs/demo/sft_data --out runs/demo/sft [--model models/smollm2-135m]
+
+Outputs in --out: adapter/ (PEFT-format LoRA + id_tokens.safetensors + id_vocab.json),
+log.jsonl (one line per step / evaluation), checkpoint.pt (for --resume), config.json,
+summary.json. Killing it and running it again with --resume continues where the last
+checkpoint left off and ends with the same weights as an uninterrupted run.
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import lora
+import model as M
+from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
+    seed_everything, write_json
+
+# -----------------------------------------------------------------------------
+MODEL: str = M.DEFAULT_MODEL   # local Hugging Face Llama folder
+STEPS: int = 300               # optimizer steps
+BATCH_SIZE: int = 16           # examples per optimizer step
+MICRO_BATCH_SIZE: int = 16     # examples per forward; gradients are accumulated up to BATCH_SIZE
+LR: float = 1e-3               # peak learning rate of the LoRA matrices (few steps: higher than the usual 2e-4)
+ID_LR: float = 1e-3            # peak learning rate of the new Semantic-ID embedding rows
+WEIGHT_DECAY: float = 0.0      # AdamW decay (LoRA rarely benefits; the new rows must move freely)
+WARMUP_STEPS: int = 20         # linear warm-up, then cosine decay to MIN_LR_RATIO * LR
+MIN_LR_RATIO: float = 0.1
+GRAD_CLIP: float = 1.0         # max global gradient norm
+EVAL_EVERY: int = 50           # steps between validations (and checkpoints)
+EVAL_EXAMPLES: int = 256       # validation examples scored each time (fixed subset)
+BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
+SEED: int = 0
+DEVICE: str = "auto"           # cpu, cuda or auto
+# -----------------------------------------------------------------------------
+
+
+def read_jsonl(path):
+    need_file(path, "SFT examples")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    ex = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+                for k in ("prompt", "answer"):
+                    if k not in ex:
+                        raise UserError(f"{path}, line {i}: missing field '{k}'")
+                out.append(ex)
+    if not out:
+        raise UserError(f"{path}: no examples")
+    return out
+
+
+def tokenize_examples(examples, fmt, path="examples"):
+    """[(prompt_ids, answer_ids)], tokenized separately so the boundary is exact."""
+    out = []
+    for i, ex in enumerate(examples, 1):
+        codes = fmt.vocab.parse(ex["answer"])
+        if codes is None:
+            raise UserError(f"{path}, line {i}: answer {ex['answer']!r} is not a Semantic ID of "
+                            f"{fmt.vocab.levels} levels x {fmt.vocab.codebook_size} codes")
+        out.append((fmt.prompt(ex["prompt"]), fmt.answer(codes)))
+    return out
+
+
+def collate(pairs, pad_id):
+    """Right-padded batch with labels on answer tokens only. Returns ids, attention_mask, loss_mask (B, T)."""
+    return M.pad_batch([p + a for p, a in pairs], pad_id, [len(a) for _, a in pairs])
+
+
+def batch_schedule(lengths, steps, batch_size, seed, bucket=BUCKET):
+    """Example indices for every step, fixed by the seed (so a resumed run sees the same batches).
+
+    Each epoch is a fresh permutation; within windows of `bucket` batches examples are
+    sorted by length so a batch pads little, and the batches are then shuffled.
+    Returns (steps, batch_size) int array.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(lengths)
+    if n < batch_size:
+        raise UserError(f"{n} training examples, fewer than one batch of {batch_size}")
+    out = []
+    while len(out) < steps:
+        perm = rng.permutation(n)
+        batches = []
+        w = batch_size * bucket
+        for s in range(0, n - batch_size + 1, w):
+            win = perm[s:s + w]
+            win = win[np.argsort([lengths[i] for i in win], kind="stable")]
+            batches += [win[j:j + batch_size] for j in range(0, len(win) - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        out += batches
+    return np.stack(out[:steps])
+
+
+def lr_at(step, steps, warmup, min_ratio=MIN_LR_RATIO):
+    """Multiplier of the peak rate: linear warm-up, then cosine decay to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sft_loss(model, pairs, pad_id, n_tokens, device):
+    """Summed answer-token NLL of `pairs` divided by `n_tokens`, the supervised-token count of the
+    whole accumulated batch, so micro-batching does not change the gradient."""
+    ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id))
+    logps, _ = M.answer_logps(model, ids, attn, loss_mask)
+    return -logps.sum() / n_tokens
+
+
+@torch.no_grad()
+def evaluate(model, pairs, pad_id, vocab, device, batch_size):
+    """Validation loss per answer token and ID accuracy (all L ID tokens argmax-correct, teacher forced)."""
+    model.eval()
+    nll, n_tok, correct = 0.0, 0, 0
+    L = vocab.levels
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s:s + batch_size]
+        ids, attn, loss_mask = (t.to(device) for t in collate(chunk, pad_id))
+        hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
+        mask = loss_mask[:, 1:].bool()
+        logits = model.lm_head(hidden[:, :-1][mask]).float()                       # (M, V')
+        targets = ids[:, 1:][mask]
+        logps = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+        nll -= logps.sum().item()
+        n_tok += len(targets)
+        hit = (logits.argmax(-1) == targets).view(len(chunk), L + 1)[:, :L]     # answers are L IDs + end
+        correct += hit.all(1).sum().item()
+    model.train()
+    return {"val/loss": nll / n_tok, "val/id_accuracy": correct / len(pairs)}
+
+
+def trainable_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def build_policy(args, meta, device):
+    """Base model + ID tokens + LoRA; only LoRA and the new rows are trainable."""
+    model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"],
+                                            codebook_size=meta["codebook_size"], device=device)
+    lora.inject_lora(model, targets=tuple(args.lora_targets), r=args.lora_r, alpha=args.lora_alpha,
+                     dropout=args.lora_dropout, use_rslora=args.use_rslora)
+    for p in M.id_parameters(model):
+        p.requires_grad_(True)
+    model.to(device)
+    return model, tokenizer, vocab
+
+
+def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY):
+    """AdamW over the LoRA matrices and the new ID rows, each group with its own peak rate."""
+    id_params = {id(p) for p in M.id_parameters(model)}
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in id_params], "lr": lr},
+        # optimizer state exists only for these rows, never for the full embedding
+        {"params": M.id_parameters(model), "lr": id_lr},
+    ]
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, betas=(0.9, 0.999))
+
+
+def load_checkpoint(path, model, opt, device):
+    """Restore trainable tensors, optimizer and RNG; returns (step, best, history)."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in ck["trainable"].items():
+            params[n].copy_(t)
+    opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["torch_rng"])  # dropout masks continue as if never interrupted
+    print(f"resumed from step {ck['step']}")
+    return ck["step"], ck["best"], ck["history"]
+
+
+def restore_best(model, best):
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in best["state"].items():
+            params[n].copy_(t)
+
+
+def save_checkpoint(path, model, opt, step, best, history, fingerprint):
+    with atomic_path(path) as tmp:
+        torch.save({"step": step, "trainable": trainable_state(model), "optimizer": opt.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "best": best, "history": history,
+                    "fingerprint": fingerprint}, tmp)
+
+
+def run_fingerprint(args, files, ignore=("resume", "device", "out")):
+    """What a checkpoint must have been made with to be resumed: input files and options."""
+    opts = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
+    return json.dumps({"files": {os.path.basename(f): M.file_sha256(f) for f in files}, "options": opts},
+                      sort_keys=True)
+
+
+def resumable(path, fingerprint):
+    """True if `path` is a checkpoint of this very run; a stale one (other inputs) is set aside."""
+    if not os.path.exists(path):
+        return False
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck.get("fingerprint") == fingerprint:
+        return True
+    print(f"{path} was made from other inputs or options: starting over")
+    os.replace(path, path + ".stale")
+    return False
+
+
+def train(args):
+    device = M.pick_device(args.device)
+    meta = read_json(os.path.join(args.data, "meta.json"), "SFT data meta.json")
+    train_ex = read_jsonl(os.path.join(args.data, "train.jsonl"))
+    val_ex = read_jsonl(os.path.join(args.data, "val.jsonl"))
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if os.path.exists(ckpt_path) and not args.resume:
+        raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or remove {args.out}")
+    seed_everything(args.seed)
+    model, tokenizer, vocab = build_policy(args, meta, device)
+    fmt = M.PromptFormat(tokenizer, vocab)
+    pad_id = M.pad_id_of(tokenizer)
+    train_pairs = tokenize_examples(train_ex, fmt, os.path.join(args.data, "train.jsonl"))
+    rng = np.random.default_rng(args.seed)
+    val_idx = rng.permutation(len(val_ex))[:args.eval_examples]
+    val_pairs = [tokenize_examples([val_ex[i]], fmt)[0] for i in sorted(val_idx)]
+    trainable, total = lora.count_parameters(model)
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%); "
+          f"{len(train_pairs):,} train / {len(val_pairs):,} val examples; device {device}")
+    save_config(args.out, args, meta=meta, trainable_parameters=trainable)
+
+    schedule = batch_schedule([len(p) + len(a) for p, a in train_pairs], args.steps, args.batch_size, args.seed)
+    opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay)
+    step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
+    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in ("train.jsonl", "val.jsonl",
+                                                                             "meta.json")])
+    if args.resume and resumable(ckpt_path, fingerprint):
+        step, best, history = load_checkpoint(ckpt_path, model, opt, device)
+    log_path = os.path.join(args.out, "log.jsonl")
+    with atomic_path(log_path) as tmp:  # the log holds exactly the checkpoint's history
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+    model.train()
+    n_train_tok = 0
+    t0 = time.time()
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="sft", disable=None)
+    for step in bar:
+        batch = [train_pairs[i] for i in schedule[step]]
+        n_tok = sum(len(a) for _, a in batch)
+        loss_sum = 0.0
+        for s in range(0, len(batch), args.micro_batch_size):
+            with M.autocast(device):
+                loss = sft_loss(model, batch[s:s + args.micro_batch_size], pad_id, n_tok, device)
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                                   args.grad_clip).item()
+        mult = lr_at(step, args.steps, args.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * mult
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_train_tok += sum(len(p) + len(a) for p, a in batch)
+        rec = {"step": step + 1, "loss": loss_sum, "grad_norm": grad_norm, "lr": args.lr * mult,
+               "tokens_per_s": n_train_tok / (time.time() - t0)}
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            rec.update(evaluate(model, val_pairs, pad_id, vocab, device, args.micro_batch_size))
+            if rec["val/loss"] < best["val/loss"]:
+                best = {"val/loss": rec["val/loss"], "val/id_accuracy": rec["val/id_accuracy"],
+                        "step": step + 1, "state": {k: v.cpu() for k, v in trainable_state(model).items()}}
+            tqdm.write(f"step {step + 1}: loss {loss_sum:.3f}, val loss {rec['val/loss']:.3f}, "
+                       f"val ID accuracy {rec['val/id_accuracy']:.3f}")
+        history.append(rec)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{loss_sum:.3f}")
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            save_checkpoint(ckpt_path, model, opt, step + 1, best, history, fingerprint)
+    bar.close()
+    restore_best(model, best)  # the best validation state becomes the adapter
+    with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
+        M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
+    summary = {"best_step": best["step"], "val/loss": best["val/loss"],
+               "val/id_accuracy": best.get("val/id_accuracy"), "steps": args.steps,
+               "train_examples": len(train_pairs)}
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    print(f"best validation loss {best['val/loss']:.4f} at step {best['step']}; "
+          f"adapter in {os.path.join(args.out, 'adapter')}")
+    return summary
+
+
+def add_lora_args(p):
+    p.add_argument("--lora-r", type=int, default=lora.LORA_R)
+    p.add_argument("--lora-alpha", type=float, default=lora.LORA_ALPHA)
+    p.add_argument("--lora-dropout", type=float, default=lora.LORA_DROPOUT)
+    p.add_argument("--use-rslora", action="store_true", default=lora.USE_RSLORA)
+    p.add_argument("--lora-targets", nargs="+", default=list(lora.LORA_TARGETS))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="folder with train.jsonl, val.jsonl, meta.json")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=MODEL, help="local Hugging Face Llama folder")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--id-lr", type=float, default=ID_LR)
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
+    p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS)
+    p.add_argument("--grad-clip", type=float, default=GRAD_CLIP)
+    p.add_argument("--eval-every", type=int, default=EVAL_EVERY)
+    p.add_argument("--eval-examples", type=int, default=EVAL_EXAMPLES)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--device", default=DEVICE)
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
+    add_lora_args(p)
+    args = p.parse_args(argv)
+    if args.batch_size % args.micro_batch_size:
+        p.error("--batch-size must be a multiple of --micro-batch-size")
+    return args
+
+
+def main(argv=None):
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_main(main)

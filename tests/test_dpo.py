@@ -1,0 +1,140 @@
+"""DPO: loss math by hand, step-0 identities, concatenated forward, an end-to-end run with resume."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import dpo
+import lora
+import model as M
+import sft
+from tests.test_sft import write_sft_data
+
+PC, PR, RC, RR = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
+# Delta = (-1 - -3) - (-2 - -2) = 2; with beta = 0.5, beta * Delta = 1
+SIG = math.log1p(math.exp(-1))          # -log sigmoid(1)  = 0.31326169
+SIG_NEG = math.log1p(math.exp(1))       # -log sigmoid(-1) = 1.31326169
+
+
+@pytest.mark.parametrize("loss_type,eps,expected", [
+    ("sigmoid", 0.0, 0.31326169),
+    ("cdpo", 0.1, 0.9 * SIG + 0.1 * SIG_NEG),             # 0.41326169
+    ("robust", 0.1, (0.9 * SIG - 0.1 * SIG_NEG) / 0.8),   # 0.18826169
+    ("ipo", 0.0, 1.0),                                     # (2 - 1 / (2 * 0.5))^2
+    ("hinge", 0.0, 0.0),                                   # relu(1 - 1)
+])
+def test_loss_values_by_hand(loss_type, eps, expected):
+    losses, cr, rr = dpo.dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type=loss_type, label_smoothing=eps)
+    assert losses.item() == pytest.approx(expected, abs=1e-6)
+    assert cr.item() == pytest.approx(0.5) and rr.item() == pytest.approx(-0.5)   # beta * (pi - ref)
+
+
+def test_hinge_and_ipo_other_beta():
+    assert dpo.dpo_loss(PC, PR, RC, RR, beta=0.25, loss_type="hinge")[0].item() == pytest.approx(0.5)
+    assert dpo.dpo_loss(PC, PR, RC, RR, beta=0.25, loss_type="ipo")[0].item() == pytest.approx(0.0)  # (2 - 2)^2
+    assert dpo.dpo_loss(PC, PR, RC, RR, beta=0.125, loss_type="ipo")[0].item() == pytest.approx(4.0)  # (2 - 4)^2
+
+
+def test_eps_zero_variants_equal_sigmoid():
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(16, generator=g) * 5 for _ in range(4)]
+    base = dpo.dpo_loss(*x, beta=0.3, loss_type="sigmoid")[0]
+    for t in ("cdpo", "robust"):
+        assert torch.allclose(dpo.dpo_loss(*x, beta=0.3, loss_type=t, label_smoothing=0.0)[0], base)
+
+
+def test_finite_at_extreme_logps():
+    big = torch.tensor([-1e4]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0])
+    for t in dpo.LOSS_TYPES:
+        assert torch.isfinite(dpo.dpo_loss(*big, beta=0.1, loss_type=t, label_smoothing=0.1)[0]).all()
+
+
+def test_step0_identities(tiny_smol):
+    """policy == reference: loss ln 2, rewards 0, dL/dlogp = -beta/2, +beta/2; B = 0 -> A gets no gradient."""
+    model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    lora.inject_lora(model, r=4, alpha=8, dropout=0.0)
+    fmt = M.PromptFormat(tok, vocab)
+    pairs = [(fmt.prompt("rock"), fmt.answer((0, 1, 2)), fmt.answer((1, 2, 3))),
+             (fmt.prompt("something like <a_1><b_1><c_1>"), fmt.answer((3, 0, 0)), fmt.answer((0, 0, 0)))]
+    pc, pr = dpo.concatenated_logps(model, pairs, M.pad_id_of(tok), "cpu")
+    pc.retain_grad()
+    pr.retain_grad()
+    beta = 0.1
+    losses, cr, rr = dpo.dpo_loss(pc, pr, pc.detach(), pr.detach(), beta=beta)
+    assert torch.allclose(losses, torch.full((2,), math.log(2)), atol=1e-7)
+    assert torch.equal(cr, torch.zeros(2)) and torch.equal(rr, torch.zeros(2))
+    losses.sum().backward()
+    assert torch.allclose(pc.grad, torch.full((2,), -beta / 2))
+    assert torch.allclose(pr.grad, torch.full((2,), beta / 2))
+    layers = lora.lora_layers(model)
+    assert all(torch.count_nonzero(m.lora_A.weight.grad) == 0 for _, m in layers)
+    assert any(torch.count_nonzero(m.lora_B.weight.grad) > 0 for _, m in layers)
+
+
+def test_concatenated_equals_separate_and_padding_invariant(tiny_smol):
+    model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    fmt = M.PromptFormat(tok, vocab)
+    pad = M.pad_id_of(tok)
+    pairs = [(fmt.prompt("rock"), fmt.answer((0, 1, 2)), fmt.answer((1, 2, 3))),
+             (fmt.prompt("a much longer request, for some quiet jazz please"), fmt.answer((3, 0, 0)),
+              fmt.answer((0, 0, 0)))]
+    with torch.no_grad():
+        pc, pr = dpo.concatenated_logps(model, pairs, pad, "cpu")
+        for i, (p, c, r) in enumerate(pairs):
+            alone = [M.sequence_logps(model, *M.pad_batch([p + a], pad, [len(a)])) for a in (c, r)]
+            assert torch.allclose(alone[0], pc[i:i + 1], atol=1e-5)
+            assert torch.allclose(alone[1], pr[i:i + 1], atol=1e-5)
+    ids, attn, loss = dpo.concatenated_batch(pairs, pad)
+    assert ids.shape[0] == 4 and loss.sum(1).tolist() == [4, 4, 4, 4]
+
+
+def write_pairs(folder, n_train=16, n_val=8):
+    os.makedirs(folder, exist_ok=True)
+
+    def pair(i):
+        return {"prompt": f"I want to listen to Artist {i} - Song <a_{i % 4}><b_1><c_2> or something similar",
+                "chosen": M.IDVocab.text((i % 4, 1, 3)), "rejected": M.IDVocab.text(((i + 1) % 4, 2, 0))}
+    for name, n, off in (("train", n_train, 0), ("val", n_val, 100)):
+        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(pair(off + i)) + "\n" for i in range(n))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
+    return str(folder)
+
+
+def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
+    data = write_sft_data(tmp_path / "sft_data")
+    sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
+              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
+    pairs = write_pairs(tmp_path / "prefs")
+    argv = ["--pairs", pairs, "--sft", str(tmp_path / "sft" / "adapter"), "--model", tiny_smol,
+            "--steps", "4", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2",
+            "--lr", "1e-2", "--warmup-steps", "1"]
+    dpo.main(argv + ["--out", str(tmp_path / "full")])
+    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
+    assert log[0]["step"] == 0 and log[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert log[0]["eval/rewards/margins"] == 0.0
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
+    assert log[-1]["eval/rewards/margins"] > 0          # it moves toward the chosen answers
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected"):
+        assert key in log[1]
+
+    real = dpo.concatenated_logps
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += torch.is_grad_enabled()   # count training forwards only, 2 a step
+        if calls["n"] == 5:     # step 3's first micro-batch (after the step-2 checkpoint)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(dpo, "concatenated_logps", dying)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.main(argv + ["--out", str(tmp_path / "killed")])
+    monkeypatch.setattr(dpo, "concatenated_logps", real)
+    dpo.main(argv + ["--out", str(tmp_path / "killed"), "--resume"])
+    from tests.test_sft import adapter_tensors
+    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)

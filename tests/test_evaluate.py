@@ -1,0 +1,140 @@
+"""Metrics on worked values, constrained decoding, baselines on a tiny world with a known answer."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate as E
+import model as M
+
+
+# ----------------------------------------------------------------------------- metrics (RecBole)
+
+@pytest.mark.parametrize("rank,expected", [(1, 1.0), (2, 0.6309), (3, 0.5), (5, 0.3869), (10, 0.2891)])
+def test_ndcg_single_relevant(rank, expected):
+    ranked = [f"x{i}" for i in range(1, rank)] + ["hit"] + ["y"] * 5
+    assert E.ndcg_at_k(ranked, {"hit"}, 10) == pytest.approx(expected, abs=1e-4)
+    assert E.hit_at_k(ranked, {"hit"}, 10) == 1.0
+    assert E.mrr_at_k(ranked, {"hit"}, 10) == pytest.approx(1 / rank)
+
+
+def test_ndcg_several_relevant_worked_values():
+    # hits at ranks 1 and 3, |R| = 2: (1 + 1/2) / (1 + 1/log2(3)) = 0.9197
+    assert E.ndcg_at_k(["a", "x", "b", "y"], {"a", "b"}, 10) == pytest.approx(0.9197, abs=1e-4)
+    # hits at ranks 2 and 5, |R| = 3, K = 5: (0.6309 + 0.3869) / (1 + 0.6309 + 0.5) = 0.4776
+    assert E.ndcg_at_k(["x", "a", "y", "z", "b"], {"a", "b", "c"}, 5) == pytest.approx(0.4776, abs=1e-4)
+
+
+def test_metric_edge_cases():
+    assert E.hit_at_k(["x", "y"], {"a"}, 10) == 0.0 and E.ndcg_at_k(["x", "y"], {"a"}, 10) == 0.0
+    assert E.mrr_at_k(["x", "y"], {"a"}, 10) == 0.0
+    assert E.hit_at_k(["x", "a"], {"a"}, 1) == 0.0                      # outside the cut-off
+    # duplicates are removed first: never above 1, and the second copy does not take a slot
+    assert E.ndcg_at_k(["a", "a", "a"], {"a"}, 3) == 1.0
+    assert E.precision_at_k(["a", "a", "b"], {"a", "b"}, 2) == 1.0
+    assert E.ndcg_at_k(["x", "x", "a"], {"a"}, 2) == pytest.approx(1 / math.log2(3))
+    # K larger than the list: gaps count as misses for precision, NDCG's ideal is capped by |R|
+    assert E.precision_at_k(["a"], {"a"}, 5) == 0.2
+    assert E.ndcg_at_k(["a"], {"a"}, 20) == 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ranked = list(rng.integers(0, 10, size=int(rng.integers(1, 15))))
+        rel = set(rng.integers(0, 10, size=int(rng.integers(1, 5))).tolist())
+        for fn in E.METRICS.values():
+            assert 0.0 <= fn(ranked, rel, int(rng.integers(1, 20))) <= 1.0
+
+
+def test_pessimistic_ties_and_exclusion():
+    scores = np.array([0.0, 5.0, 0.0, 0.0, 1.0])
+    assert E.top_k_pessimistic(scores, {2}, 5) == [1, 4, 0, 3, 2]        # the tied relevant item goes last
+    assert E.top_k_pessimistic(scores, {2}, 2, exclude=[1]) == [4, 0]
+    assert E.top_k_pessimistic(scores, {0}, 5, exclude=[1]) == [4, 2, 3, 0]
+
+
+def test_bootstrap_intervals():
+    mean, lo, hi = E.bootstrap_ci(np.array([0.0, 1.0] * 50), n_boot=500, seed=0)
+    assert mean == 0.5 and lo < 0.5 < hi and hi - lo == pytest.approx(0.2, abs=0.06)   # ~ +-1.96 * 0.05
+    assert E.bootstrap_ci([1.0] * 10) == (1.0, 1.0, 1.0)
+    d = E.paired_bootstrap([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0])
+    assert d[0] == pytest.approx(0.5) and d[1] >= 0.0
+
+
+# ----------------------------------------------------------------------------- constrained decoding
+
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_smol):
+    model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.model.embed_tokens.new_rows.normal_(std=1.0)     # distinct ID tokens, so scores differ
+    return model, tok, vocab
+
+
+def exhaustive(model, prompt, ids, vocab, pad):
+    seqs = [prompt + vocab.ids(c) for c in ids]
+    with torch.no_grad():
+        lp = M.sequence_logps(model, *M.pad_batch(seqs, pad, [vocab.levels] * len(seqs)))
+    return sorted(zip(ids, lp.tolist()), key=lambda t: -t[1])
+
+
+def test_beam_search_equals_exhaustive_scoring(tiny_policy):
+    model, tok, vocab = tiny_policy
+    ids = [c for c in itertools.product(range(4), repeat=3) if sum(c) % 3 != 0]      # 42 of 64 codes valid
+    trie = M.IDTrie(ids, 3)
+    fmt = M.PromptFormat(tok, vocab)
+    prompts = [fmt.prompt("rock"), fmt.prompt("something like <a_1><b_2><c_3>, but a longer prompt")]
+    res = M.beam_search(model, prompts, vocab, beam_width=len(ids), trie=trie, pad_id=M.pad_id_of(tok),
+                        batch_size=2)
+    for p, r in zip(prompts, res):
+        got = [(tuple(vocab.level_code(t)[1] for t in toks), s) for toks, s in r]
+        want = exhaustive(model, p, ids, vocab, M.pad_id_of(tok))
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert np.allclose([g[1] for g in got], [w[1] for w in want], atol=1e-4)
+        assert len({g[0] for g in got}) == len(got)                                  # unique beams
+    # a narrow beam still returns valid, unique IDs, best first
+    narrow = M.beam_search(model, prompts, vocab, beam_width=5, trie=trie, pad_id=M.pad_id_of(tok))
+    for r in narrow:
+        codes = [tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in r]
+        assert len(r) == 5 and all(c in trie.valid for c in codes) and len(set(codes)) == 5
+        assert [s for _, s in r] == sorted((s for _, s in r), reverse=True)
+
+
+def test_trie_never_yields_invalid_and_raises_on_empty(tiny_policy):
+    model, tok, vocab = tiny_policy
+    trie = M.IDTrie([(0, 1, 2), (0, 1, 3), (2, 0, 0)], 3)
+    assert trie.allowed(()).tolist() == [0, 2] and trie.allowed((0, 1)).tolist() == [2, 3]
+    assert trie.allowed((1,)).tolist() == []
+    fmt = M.PromptFormat(tok, vocab)
+    res = M.beam_search(model, [fmt.prompt("x")], vocab, beam_width=20, trie=trie, pad_id=0)[0]
+    assert sorted(tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in res) == sorted(trie.valid)
+    broken = M.IDTrie([(0, 1, 2)], 3)
+    broken.children[(0, 1)] = torch.empty(0, dtype=torch.long)                     # a prefix with no child
+    with pytest.raises(RuntimeError, match="no Semantic-ID token is allowed"):
+        M.beam_search(model, [fmt.prompt("x")], vocab, beam_width=4, trie=broken, pad_id=0)
+
+
+def test_unconstrained_classification(tiny_policy):
+    _, tok, vocab = tiny_policy
+    end = 2
+    ok = vocab.ids((1, 2, 3)) + [end]
+    assert E.id_codes(ok, vocab, end) == (1, 2, 3)
+    assert E.id_codes(vocab.ids((1, 2, 3))[:2] + [end, end], vocab, end) is None     # too short
+    assert E.id_codes([vocab.token_id(1, 0), vocab.token_id(0, 0), vocab.token_id(2, 0), end], vocab, end) is None
+    assert E.id_codes(vocab.ids((1, 2, 3)) + [5], vocab, end) is None                  # no end token
+
+
+# ----------------------------------------------------------------------------- baselines, known answers
+
+def test_baselines_on_a_tiny_world():
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [0.0, 0.3]])
+    assert E.top_k_pessimistic(E.content_knn_scores(x, 0), {1}, 3, exclude=[0]) == [1, 3, 2]
+    pop = np.array([1.0, 9.0, 3.0, 0.0])
+    cooc = {0: {3: 2.0, 2: 1.0}}
+    s = E.item_knn_scores(cooc, pop, 0)
+    assert E.top_k_pessimistic(s, {3}, 3, exclude=[0]) == [3, 2, 1]                # co-listens first
+    assert E.top_k_pessimistic(E.item_knn_scores(cooc, pop, 1), {2}, 3, exclude=[1]) == [2, 0, 3]  # by popularity
+    assert E.top_k_pessimistic(pop, {2}, 4) == [1, 2, 0, 3]
+    r = E.random_scores(4, 0, seed=1)
+    assert np.array_equal(r, E.random_scores(4, 0, seed=1)) and not np.array_equal(r, E.random_scores(4, 1, seed=1))

@@ -1,0 +1,304 @@
+"""rvq.py: k-means, residual quantisation, unique IDs, preprocessing, artifacts, report, CLI."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import rvq
+from common import UserError, read_json
+
+SQUARE = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)  # mean 0
+
+
+def blobs():
+    """4 blobs far apart, 4 points each at centre +- unit steps: each blob's mean is its centre exactly."""
+    centres = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]], dtype=torch.float64)
+    x = (centres[:, None, :] + SQUARE[None, :, :]).reshape(-1, 2)  # (16,2), rows 4b..4b+3 = blob b
+    return centres, x
+
+
+def scaled_books():
+    """(3,4,2) codebooks at scales 100, 10, 1: greedy encoding of any codebook sum is exact."""
+    return torch.stack([100 * SQUARE, 10 * SQUARE, SQUARE])
+
+
+def all_codes(k=4, levels=3):
+    return torch.cartesian_prod(*[torch.arange(k)] * levels)  # (K^L, L)
+
+
+def sort_rows(t):
+    return t[np.lexsort(t.numpy().T[::-1])]
+
+
+# ----------------------------------------------------------------------------- k-means
+
+def test_kmeans_recovers_separated_blobs_exactly():
+    centres, x = blobs()
+    cents, assign = rvq.kmeans(x, 4, seed=0)
+    assert torch.equal(sort_rows(cents), sort_rows(centres))
+    labels = assign.reshape(4, 4)
+    assert (labels == labels[:, :1]).all() and len(set(labels[:, 0].tolist())) == 4
+    assert torch.equal(cents[assign[::4]], centres)
+    nearest, _ = rvq.nearest(x, cents)
+    assert torch.equal(nearest, assign)  # returned assignment is the nearest centroid
+
+
+def test_kmeans_pp_picks_distinct_points():
+    distinct = torch.arange(5, dtype=torch.float64)[:, None] * torch.tensor([[1.0, 2.0]])  # (5,2)
+    x = distinct.repeat(10, 1)  # (50,2): each point 10 times
+    for seed in range(5):
+        picked = rvq.kmeans_pp_init(x, 5, torch.Generator().manual_seed(seed))
+        assert torch.equal(sort_rows(picked), distinct)
+    # more codes than distinct points: the extra picks are other copies, never an error
+    assert rvq.kmeans_pp_init(x, 7, torch.Generator().manual_seed(0)).shape == (7, 2)
+    with pytest.raises(ValueError):
+        rvq.kmeans_pp_init(x[:3], 4, torch.Generator().manual_seed(0))
+
+
+def test_dead_code_reset_reseeds_at_largest_error():
+    x = torch.tensor([[0.0], [1.0], [10.0], [4.0]], dtype=torch.float64)
+    cents = torch.tensor([[0.0], [50.0], [-50.0]], dtype=torch.float64)
+    assign, err = rvq.nearest(x, cents)
+    assert assign.tolist() == [0, 0, 0, 0] and err.tolist() == [0.0, 1.0, 100.0, 16.0]
+    new = rvq.lloyd_update(x, assign, err, cents)
+    # code 0 -> mean 15/4; dead codes 1 and 2 -> the points with the largest errors, 10 then 4
+    assert new[:, 0].tolist() == [3.75, 10.0, 4.0]
+    # no point with positive error (fewer distinct points than codes): the dead code stays put
+    same = torch.zeros(3, 1, dtype=torch.float64)
+    two = torch.tensor([[0.0], [7.0]], dtype=torch.float64)
+    a, e = rvq.nearest(same, two)
+    assert rvq.lloyd_update(same, a, e, two)[:, 0].tolist() == [0.0, 7.0]
+
+
+# ----------------------------------------------------------------------------- residual quantisation
+
+def test_two_level_rvq_recovers_sum_of_centres():
+    centres, _ = blobs()
+    x = (centres[:, None, :] + 3 * SQUARE[None, :, :]).reshape(-1, 2)  # every centre1 + centre2 combination
+    books = rvq.fit_rvq(x, levels=2, k=4, seed=0)
+    assert torch.equal(sort_rows(books[0]), sort_rows(centres))
+    assert torch.equal(sort_rows(books[1]), sort_rows(3 * SQUARE))
+    assert torch.equal(rvq.decode(rvq.encode(x, books), books), x)
+
+
+def test_encode_decode_round_trip():
+    books = scaled_books()
+    codes = all_codes()
+    x = rvq.decode(codes, books)
+    assert torch.equal(x[5], books[0, 0] + books[1, 1] + books[2, 1])  # codes[5] = (0, 1, 1)
+    assert torch.equal(rvq.encode(x, books), codes)
+    y = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 50
+    c = rvq.encode(y, books)
+    assert c.dtype == torch.int64 and c.shape == (20, 3)
+    assert torch.equal(rvq.decode(c, books), books[0][c[:, 0]] + books[1][c[:, 1]] + books[2][c[:, 2]])
+
+
+def test_fit_is_deterministic_bit_identical():
+    x = torch.randn(3000, 11, generator=torch.Generator().manual_seed(1))
+    a = rvq.fit_rvq(x, levels=3, k=16, seed=7)
+    b = rvq.fit_rvq(x.clone(), levels=3, k=16, seed=7)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, rvq.fit_rvq(x, levels=3, k=16, seed=8))
+    codes = rvq.encode(x, a)
+    assert torch.equal(rvq.resolve_collisions(x, codes, a)[0], rvq.resolve_collisions(x, codes, a)[0])
+
+
+# ----------------------------------------------------------------------------- unique IDs
+
+def test_resolve_collisions_duplicated_rows():
+    books = scaled_books()
+    codes = all_codes()[::3]  # 22 distinct IDs
+    x = rvq.decode(codes, books)
+    x = torch.cat([x, x[[0, 0, 4, 9]]])  # row 0 three times, rows 4 and 9 twice
+    greedy = rvq.encode(x, books)
+    assert len(torch.unique(greedy, dim=0)) == 22
+    unique, moved = rvq.resolve_collisions(x, greedy, books)
+    assert moved == 4 and len(torch.unique(unique, dim=0)) == len(x)
+    assert torch.equal(unique[:22], greedy[:22])  # the first copy keeps its ID (equal error: lowest row)
+    assert torch.equal(unique[22:, :2], greedy[22:, :2])  # free last-level codes existed: prefixes kept
+
+
+def test_resolve_collisions_keeps_lowest_error_and_picks_best_free_code():
+    books = scaled_books()
+    s = books[0, 0] + books[1, 0]
+    x = torch.stack([s + SQUARE[0] + torch.tensor([0.0, 0.4], dtype=torch.float64),   # error 0.16
+                     s + SQUARE[0]])                                                   # error 0
+    codes = rvq.encode(x, books)
+    assert codes.tolist() == [[0, 0, 0], [0, 0, 0]]
+    unique, moved = rvq.resolve_collisions(x, codes, books)
+    # row 1 is exact and stays; row 0 moves to the last-level code nearest (1, 0.4): (0, 1) = code 2
+    assert moved == 1 and unique.tolist() == [[0, 0, 2], [0, 0, 0]]
+
+
+def test_resolve_collisions_full_bucket_moves_up_a_level():
+    books = scaled_books()
+    x = rvq.decode(torch.tensor([[1, 2, 3]]), books).repeat(6, 1)  # 6 identical tracks, bucket has 4 IDs
+    unique, moved = rvq.resolve_collisions(x, rvq.encode(x, books), books)
+    assert moved == 5 and len(torch.unique(unique, dim=0)) == 6
+    assert (unique[:, 0] == 1).all()  # never further up than needed
+    assert (unique[:4, 1] == 2).all() and sorted(unique[:4, 2].tolist()) == [0, 1, 2, 3]
+    assert (unique[4:, 1] != 2).all()
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def feature_rows(keys, **cols):
+    f = np.tile(np.array([0.5, 0.5, 0, -8.0, 0.05, 0.2, 0.01, 0.1, 0.5, 120.0]), (len(keys), 1))
+    f[:, data.FEATURES.index("key")] = keys
+    for name, v in cols.items():
+        f[:, data.FEATURES.index(name)] = v
+    return f
+
+
+def test_preprocess_key_on_circle_and_scaling():
+    rng = np.random.default_rng(0)
+    train = feature_rows(np.tile(np.arange(12), 10), danceability=rng.uniform(0, 1, 120),
+                         speechiness=rng.uniform(0, 0.5, 120), tempo=rng.uniform(60, 200, 120))
+    params = rvq.fit_preprocess(train)
+    assert params["key_scale"] == pytest.approx(1.0)  # uniform keys: cos and sin carry 0.5 variance each
+    x = rvq.preprocess(train, params)
+    assert x.shape == (120, 11) and rvq.COLUMNS[2:4] == ("key_cos", "key_sin")
+    assert np.allclose(x[:, 2:4].var(axis=0).sum(), 1.0)
+    for col in ("danceability", "speechiness", "tempo"):
+        j = rvq.COLUMNS.index(col)
+        assert np.allclose([x[:, j].mean(), x[:, j].std()], [0.0, 1.0])
+    j = data.FEATURES.index("speechiness")
+    expect = (np.log(train[:, j] + rvq.LOG_EPS) - params["mean"][j]) / params["std"][j]
+    assert np.allclose(x[:, rvq.COLUMNS.index("speechiness")], expect)
+    k = rvq.preprocess(feature_rows([0, 11, 6, -1]), params)
+    dist = lambda a, b: np.linalg.norm(k[a] - k[b])  # noqa: E731
+    assert dist(0, 1) == pytest.approx(2 * math.sin(math.pi / 12))  # neighbours on the circle
+    assert dist(0, 2) == pytest.approx(2.0)  # opposite pitch classes
+    assert k[3, 2:4].tolist() == [0.0, 0.0]  # no key
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    feats = feature_rows(rng.integers(-1, 12, 200), energy=rng.uniform(0, 1, 200),
+                         instrumentalness=rng.uniform(0, 1, 200) ** 4)
+    params = rvq.fit_preprocess(feats)
+    x = torch.from_numpy(rvq.preprocess(feats, params))
+    books = rvq.fit_rvq(x, levels=2, k=16, seed=0)
+    rvq.save_rvq(tmp_path, books, params, 2, 16)
+    first = (tmp_path / rvq.MODEL_FILE).read_bytes()
+    rvq.save_rvq(tmp_path, books, params, 2, 16)
+    assert (tmp_path / rvq.MODEL_FILE).read_bytes() == first  # byte-identical artifact
+    model = rvq.load_rvq(tmp_path)
+    assert torch.equal(model["codebooks"], books)
+    assert all(np.array_equal(model["params"][name], params[name]) for name in params)
+    assert model["meta"]["levels"] == 2 and model["meta"]["codebook_size"] == 16
+    assert torch.equal(rvq.encode_new(feats, model), rvq.encode(x, books))
+
+    codes, _ = rvq.resolve_collisions(x, rvq.encode(x, books), books)
+    ids = [f"t{i}" for i in range(200)]
+    rvq.write_semantic_ids(tmp_path / "ids.tsv", ids, codes)
+    assert (tmp_path / "ids.tsv").read_text().splitlines()[0] == "track_id\tcode_0\tcode_1"
+    got_ids, got_codes = rvq.load_semantic_ids(tmp_path / "ids.tsv")
+    assert got_ids == ids and np.array_equal(got_codes, codes.numpy()) and got_codes.dtype == np.int64
+
+
+@pytest.mark.parametrize("text, where", [
+    ("id\tcode_0\nA\t1\n", "line 1"),
+    ("track_id\tcode_0\tcode_1\nA\t1\t2\nB\t3\n", "line 3"),
+    ("track_id\tcode_0\nA\t1\nB\tx\n", "line 3, column 'code_0'"),
+    ("track_id\tcode_0\nA\t1\nA\t2\n", "line 3, column 'track_id'"),
+    ("track_id\tcode_0\nA\t1\nB\t1\n", "line 3"),
+    ("track_id\tcode_0\n", "line 1"),
+])
+def test_load_semantic_ids_errors(tmp_path, text, where):
+    path = tmp_path / "bad.tsv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"bad.tsv, {where}"):
+        rvq.load_semantic_ids(path)
+
+
+def test_load_rvq_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        rvq.load_rvq(tmp_path)
+    (tmp_path / rvq.MODEL_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="rvq.safetensors"):
+        rvq.load_rvq(tmp_path)
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_entropy_and_purity_by_hand():
+    assert rvq._entropy(torch.tensor([2, 2, 2, 2])) == pytest.approx(1.0)
+    assert rvq._entropy(torch.tensor([8, 0, 0, 0])) == 0.0
+    assert rvq._entropy(torch.tensor([4, 4, 0, 0])) == pytest.approx(0.5)
+    code = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 1])  # majorities 2 + 1 + 2 + 1 of 8
+    assert rvq.genre_purity(code, labels, 4) == 0.75
+
+
+def test_quality_report_tiny_case():
+    books = torch.tensor([[[0.0], [1.0], [2.0], [3.0]], [[0.0], [0.5], [9.0], [9.0]]], dtype=torch.float64)
+    codes = torch.tensor([[0, 0], [0, 0], [1, 0], [1, 0], [2, 0], [2, 0], [3, 0], [3, 0]])
+    x = rvq.decode(codes, books)  # (8,1): 0 0 1 1 2 2 3 3
+    unique, moved = rvq.resolve_collisions(x, codes, books)
+    genres = ["a", "a", "a", "b", "b", "b", "c", "b"]
+    rep = rvq.quality_report(x, codes, unique, books, genres, seed=0)
+    lv = rep["per_level"]
+    assert rep["total_variance"] == 1.25 and lv[0]["mse"] == 0.0 and lv[0]["explained"] == 1.0
+    assert lv[0]["usage"] == 1.0 and lv[0]["entropy"] == pytest.approx(1.0)
+    assert lv[1]["used"] == 1 and lv[1]["usage"] == 0.25 and lv[1]["entropy"] == 0.0
+    ids = rep["ids"]
+    assert ids["unique_before"] == 4 and ids["collisions_before"] == 4 and ids["largest_bucket"] == 2
+    assert ids["colliding_groups"] == 4 and ids["identical_feature_rows"] == 4
+    assert ids["unique_after"] == 8 and ids["collisions_after"] == 0 and ids["moved"] == moved == 4
+    assert ids["mse_added"] == pytest.approx(0.25 * 4 / 8)  # each mover's best free code is 0.5 away
+    assert rep["genre_purity"]["code1"] == 0.75 and rep["genre_purity"]["genres"] == 3
+    assert 0.5 <= rep["genre_purity"]["random"] <= 0.875  # bounds for codes of 2 tracks and these genres
+    assert rep == rvq.quality_report(x, codes, unique, books, genres, seed=0)  # fixed-seed baseline
+    same = rvq.quality_report(x, codes, unique, books, ["a"] * 8)
+    assert same["genre_purity"]["code1"] == same["genre_purity"]["random"] == 1.0
+    assert "largest bucket 2" in rvq.format_report(rep)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_end_to_end_real_catalogue(shared_data, tmp_path, capsys):
+    catalog = os.path.join(shared_data, "spotify_tracks", "union_8325.csv")
+    out = tmp_path / "rvq"
+    rvq.main(["train", "--catalog", catalog, "--out", str(out), "--codebook-size", "32"])
+    printed = capsys.readouterr().out
+    assert "genre purity of code 1" in printed and "7991 distinct after" in printed
+    assert sorted(os.listdir(out)) == sorted([rvq.MODEL_FILE, rvq.IDS_FILE, rvq.REPORT_FILE, rvq.CONFIG_FILE])
+    ids, codes = rvq.load_semantic_ids(out / rvq.IDS_FILE)
+    cat, _ = data.load_catalog(catalog)
+    assert ids == cat.track_id and codes.shape == (7991, 3) and codes.max() < 32
+    rep = read_json(out / rvq.REPORT_FILE)
+    assert rep["ids"]["collisions_after"] == 0 and rep["ids"]["unique_after"] == 7991
+    assert rep["genre_purity"]["code1"] > rep["genre_purity"]["random"]
+    assert [lv["mse"] for lv in rep["per_level"]] == sorted([lv["mse"] for lv in rep["per_level"]], reverse=True)
+
+    rvq.main(["encode", "--rvq", str(out), "--catalog", catalog])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "track_id\tcode_0\tcode_1\tcode_2" and len(lines) == 7992
+    greedy = np.array([[int(v) for v in ln.split("\t")[1:]] for ln in lines[1:]])
+    assert (greedy == codes).all(axis=1).sum() == 7991 - rep["ids"]["moved"]  # only the movers differ
+
+
+def test_cli_user_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 5
+    cat = data.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
+                       feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
+                       np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
+    path = tmp_path / "tiny.csv"
+    data.write_catalog(cat, path)
+    with pytest.raises(UserError, match="exceeds the catalogue's 5 tracks"):
+        rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "8"])
+    with pytest.raises(UserError, match="more than 2\\^2 IDs"):
+        rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "2",
+                  "--levels", "2"])
+    with pytest.raises(UserError, match="not found"):
+        rvq.main(["train", "--catalog", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # nothing written on a user error
+    rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "2"])
+    assert len(rvq.load_semantic_ids(tmp_path / "o" / rvq.IDS_FILE)[0]) == 5

@@ -1,0 +1,179 @@
+"""SFT: exact labels and masks, loss normalisation, schedule, resume == uninterrupted."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import model as M
+import sft
+
+
+def write_sft_data(folder, n_train=24, n_val=8):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    genres = ["rock", "jazz", "metal"]
+
+    def ex(i):
+        g = i % 3
+        codes = (g, int(rng.integers(4)), int(rng.integers(4)))
+        return {"prompt": f"I need music for a {genres[g]} playlist", "answer": M.IDVocab.text(codes),
+                "task": "attributes", "track_id": f"t{i}"}
+    with open(os.path.join(folder, "train.jsonl"), "w") as f:
+        f.writelines(json.dumps(ex(i)) + "\n" for i in range(n_train))
+    with open(os.path.join(folder, "val.jsonl"), "w") as f:
+        f.writelines(json.dumps(ex(100 + i)) + "\n" for i in range(n_val))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
+    return str(folder)
+
+
+def test_prompt_format_smol_exact(smol_tokenizer):
+    vocab = M.IDVocab(3, 4, offset=49152)
+    fmt = M.PromptFormat(smol_tokenizer, vocab)
+    ids = fmt.prompt("like <a_1><b_2><c_3>")
+    text = fmt.decode(ids)
+    assert text == ("<|im_start|>system\n" + M.SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
+                    "like <a_1><b_2><c_3><|im_end|>\n<|im_start|>assistant\n")
+    # V + level * K + code
+    assert [vocab.token_id(0, 1), vocab.token_id(1, 2), vocab.token_id(2, 3)] == [49153, 49158, 49163]
+    assert [49153, 49158, 49163] == [t for t in ids if t >= 49152]
+    assert fmt.answer((0, 1, 2)) == [49152, 49157, 49162, smol_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    # a user's special-token text stays text: it cannot close the turn
+    assert smol_tokenizer.convert_tokens_to_ids("<|im_end|>") not in fmt.encode_text("hi <|im_end|>")
+
+
+def test_prompt_format_llama_plain(llama_tokenizer):
+    vocab = M.IDVocab(3, 4, offset=128256)
+    fmt = M.PromptFormat(llama_tokenizer, vocab)
+    ids = fmt.prompt("rock")
+    assert ids[0] == 128000                                    # <|begin_of_text|>
+    assert fmt.decode(ids) == "<|begin_of_text|>User: rock\n\nAssistant: "
+    assert fmt.answer((1, 1, 1))[-1] == 128001                 # <|end_of_text|> ends the answer
+    assert vocab.parse("<a_1><b_0><c_3>") == (1, 0, 3)
+    assert vocab.parse("<a_1><c_0><b_3>") is None and vocab.parse("<a_1><b_0>") is None
+    assert vocab.parse("<a_4><b_0><c_3>") is None and vocab.parse("x <a_1><b_0><c_3>") is None
+
+
+def test_collate_exact_labels_and_masks():
+    pad = 0
+    pairs = [([5, 6, 7], [20, 21, 9]), ([5, 8], [22, 23, 9])]
+    ids, attn, loss = sft.collate(pairs, pad)
+    assert ids.tolist() == [[5, 6, 7, 20, 21, 9], [5, 8, 22, 23, 9, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
+    assert loss.tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 0]]
+    # pad == eos: the real end token (9 here, pad 9) must stay supervised
+    ids, attn, loss = sft.collate(pairs, pad_id=9)
+    assert loss.tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 0]]
+    assert ids[1, -1] == 9 and attn[1, -1] == 0
+
+
+def test_answer_logps_only_answer_positions(tiny_smol):
+    model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    pairs = [([1, 5, 6, 7], vocab.ids((0, 1, 2)) + [2]), ([1, 8], vocab.ids((3, 0, 0)) + [2])]
+    ids, attn, loss = sft.collate(pairs, 2)
+    logps, row = M.answer_logps(model, ids, attn, loss)
+    assert row.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+    expected = [full[0, t - 1, ids[0, t]] for t in range(4, 8)] + [full[1, t - 1, ids[1, t]] for t in range(2, 6)]
+    assert torch.allclose(logps, torch.stack(expected), atol=1e-5)
+    # alone or padded in a batch: the same log-probs
+    alone, _ = M.answer_logps(model, *sft.collate(pairs[1:], 2))
+    assert torch.allclose(alone, logps[4:], atol=1e-5)
+
+
+def test_micro_batching_does_not_change_gradient(tiny_smol):
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--lora-dropout", "0"])
+    model, tok, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu")
+    fmt = M.PromptFormat(tok, vocab)
+    pairs = [(fmt.prompt(p), fmt.answer(c)) for p, c in
+             [("rock", (0, 1, 2)), ("a much longer request for jazz", (1, 1, 1)), ("metal", (2, 0, 3))]]
+    n_tok = sum(len(a) for _, a in pairs)
+
+    def grads(chunks):
+        model.zero_grad()
+        for ch in chunks:
+            sft.sft_loss(model, ch, 2, n_tok, "cpu").backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    with torch.no_grad():
+        for _, m in __import__("lora").lora_layers(model):
+            m.lora_B.weight.normal_(std=0.1)
+    assert torch.allclose(grads([pairs]), grads([pairs[:1], pairs[1:]]), atol=1e-6)
+
+
+def test_lr_schedule():
+    assert sft.lr_at(0, 100, 10) == pytest.approx(0.1)
+    assert sft.lr_at(9, 100, 10) == pytest.approx(1.0)
+    assert sft.lr_at(10, 100, 10) == pytest.approx(1.0)
+    assert sft.lr_at(55, 100, 10) == pytest.approx(0.1 + 0.9 * 0.5)   # half way: cos(pi/2) = 0
+    assert sft.lr_at(100, 100, 10) == pytest.approx(0.1)
+
+
+def test_batch_schedule_deterministic_and_bucketed():
+    lengths = list(range(40))
+    a = sft.batch_schedule(lengths, 12, 4, seed=1, bucket=2)
+    assert a.shape == (12, 4) and np.array_equal(a, sft.batch_schedule(lengths, 12, 4, seed=1, bucket=2))
+    assert sorted(a[:10].flatten().tolist()) == list(range(40))        # one epoch = each example once
+    for b in a:                                                         # sorted within each batch
+        assert list(b) == sorted(b)
+
+
+class Killed(Exception):
+    pass
+
+
+def run_sft(data, out, tiny, extra=()):
+    argv = ["--data", data, "--out", out, "--model", tiny, "--steps", "6", "--batch-size", "4",
+            "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2", "--id-lr", "1e-2",
+            "--warmup-steps", "2", "--lora-r", "4", "--lora-dropout", "0.1", *extra]
+    return sft.main(argv)
+
+
+def adapter_tensors(folder):
+    from safetensors.torch import load_file
+    return {**load_file(os.path.join(folder, "adapter_model.safetensors")),
+            **load_file(os.path.join(folder, "id_tokens.safetensors"))}
+
+
+def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, monkeypatch):
+    data = write_sft_data(tmp_path / "data")
+    run_sft(data, str(tmp_path / "full"), tiny_smol)
+    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[-1]["loss"] < log[0]["loss"]                 # it learns
+    assert "val/loss" in log[1] and "val/id_accuracy" in log[1] and "val/loss" not in log[0]
+    summary = json.load(open(tmp_path / "full" / "summary.json"))
+    assert summary["val/loss"] == min(r["val/loss"] for r in log if "val/loss" in r)
+
+    # kill in the middle of step 5 (after checkpoint 4, with log lines past it), then resume
+    calls = {"n": 0}
+    real = sft.sft_loss
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:        # 2 micro-batches a step: call 9 is step 5's first
+            raise Killed()
+        return real(*a, **k)
+    monkeypatch.setattr(sft, "sft_loss", dying)
+    with pytest.raises(Killed):
+        run_sft(data, str(tmp_path / "killed"), tiny_smol)
+    monkeypatch.setattr(sft, "sft_loss", real)
+    assert not os.path.exists(tmp_path / "killed" / "adapter")
+    with pytest.raises(M.UserError, match="--resume"):
+        run_sft(data, str(tmp_path / "killed"), tiny_smol)
+    run_sft(data, str(tmp_path / "killed"), tiny_smol, ["--resume"])
+    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert open(tmp_path / "full" / "log.jsonl").read().count("\n") == \
+        open(tmp_path / "killed" / "log.jsonl").read().count("\n") == 6
+
+
+def test_sft_bad_data_is_one_line_error(tiny_smol, tmp_path):
+    data = write_sft_data(tmp_path / "data")
+    with open(os.path.join(data, "train.jsonl"), "a") as f:
+        f.write('{"prompt": "x", "answer": "<a_9><b_0><c_0>"}\n')
+    with pytest.raises(M.UserError, match=r"train.jsonl, line 25: answer '<a_9><b_0><c_0>' is not a Semantic ID"):
+        run_sft(data, str(tmp_path / "out"), tiny_smol)
