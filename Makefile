@@ -9,6 +9,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+# every stage waits for the venv; the tests run the stages with their own interpreter: VENV_STAMP=
+VENV_STAMP ?= $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
 RUN ?= runs/demo
@@ -38,6 +40,10 @@ SFT_ARGS ?=
 DPO_STEPS ?= 60
 DPO_BATCH ?= 8
 DPO_ARGS ?=
+# DPO_STEPS x DPO_BATCH: reference log-probs are computed once for every training pair kept
+TRAIN_PAIRS ?= 480
+VAL_PAIRS ?= 128
+TEST_PAIRS ?= 400
 EVAL_ARGS ?=
 
 ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-metadata $(ID_META))
@@ -73,20 +79,20 @@ $(VENV)/.peers: $(VENV)/.installed requirements-bench.txt requirements-bench-nod
 	touch $@
 
 model: $(MODEL)/config.json
-$(MODEL)/config.json: | $(VENV)/.installed
+$(MODEL)/config.json: | $(VENV_STAMP)
 	$(PY) model.py setup --out $(MODEL)
 
 # 1. the synthetic world, written in the real formats (skipped when CATALOG / LOGS are real files)
-$(WORLD)/world_config.json: | $(VENV)/.installed
+$(WORLD)/world_config.json: | $(VENV_STAMP)
 	$(PY) world.py generate --out $(WORLD) --tracks $(TRACKS) --users $(USERS) --seed $(SEED)
 $(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv: $(WORLD)/world_config.json ;
 
 # 2. Semantic IDs
-$(RUN)/rvq/rvq_config.json: $(CATALOG) | $(VENV)/.installed
+$(RUN)/rvq/rvq_config.json: $(CATALOG) | $(VENV_STAMP)
 	$(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LEVELS) --codebook-size $(CODEBOOK) --seed $(SEED)
 
 # 3. SFT examples and test sets
-$(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) | $(VENV)/.installed
+$(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) | $(VENV_STAMP)
 	$(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(LOGS) $(ID_OPTS) --out $(RUN)/sft_data \
 	  --attribute-examples $(ATTRIBUTE_EXAMPLES) --grounding-examples $(GROUNDING_EXAMPLES) \
 	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --seed $(SEED)
@@ -98,7 +104,8 @@ $(RUN)/sft/summary.json: $(RUN)/sft_data/config.json $(MODEL)/config.json
 
 # 5. preference pairs
 $(RUN)/prefs/config.json: $(RUN)/sft_data/config.json
-	$(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED)
+	$(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
+	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS)
 
 # 6. DPO from the SFT adapter
 $(RUN)/dpo/summary.json: $(RUN)/prefs/config.json $(RUN)/sft/summary.json
@@ -112,12 +119,15 @@ $(RUN)/eval/report.md: $(RUN)/dpo/summary.json $(RUN)/sft/summary.json
 test: $(VENV)/.peers
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.peers $(MODEL)/config.json
+# benchmarks run serially (2 cores: anything running beside them distorts the figures)
+bench: $(VENV)/.peers
+	$(MAKE) RUN=runs/bench runs/bench/dpo/summary.json
 	$(PY) benchmarks/bench_rvq.py
-	$(PY) benchmarks/bench_sft.py
-	$(PY) benchmarks/bench_dpo.py
-	$(PY) benchmarks/bench_beam.py
-	$(PY) benchmarks/bench_prefs.py
+	$(PY) benchmarks/bench_sft.py --run runs/bench
+	$(PY) benchmarks/bench_dpo.py --run runs/bench
+	$(PY) benchmarks/bench_beam.py --run runs/bench
+	$(PY) benchmarks/bench_prefs.py --run runs/bench
+	$(PY) benchmarks/bench_llama1b.py
 
 clean-run:
 	rm -rf $(RUN)

@@ -46,6 +46,8 @@ def run_main(main):
             print(f"error: cannot write {e.filename or 'output'}: {e.strerror}", file=sys.stderr)
         elif e.errno == errno.ENOENT:
             print(f"error: {e.filename}: no such file or folder", file=sys.stderr)
+        elif e.errno == errno.ENOTDIR:
+            print(f"error: cannot write {e.filename}: a file stands where a folder is needed", file=sys.stderr)
         else:
             raise
         sys.exit(2)

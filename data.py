@@ -14,10 +14,13 @@ Formats (see ../shared/data/SOURCES.md):
 """
 import argparse
 import bz2
+import contextlib
 import csv
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -600,9 +603,13 @@ def display_artist(artists):
 
 
 def track_text(cat, row, codes=None):
-    """'{artist} - {title}', followed by the track's Semantic ID when given."""
+    """'{artist} - {title}'; with codes, the context form '{artist} - {title} ({genre}) <a_1><b_2><c_3>'.
+
+    The context names its primary genre beside the ID: listening continues within a genre far more often
+    than within an audio-feature neighbourhood, and the ID alone (audio features) does not say it.
+    """
     s = f"{display_artist(cat.artists[row])} - {cat.track_name[row]}"
-    return s if codes is None else s + " " + "".join(f"<{chr(97 + l)}_{int(c)}>" for l, c in enumerate(codes))
+    return s if codes is None else f"{s} ({cat.genres[row][0]}) {id_text(codes)}"
 
 
 def id_text(codes):
@@ -715,15 +722,38 @@ def window(ts, t_val, t_test):
     return "train" if ts < t_val else ("val" if ts < t_test else "test")
 
 
-def mine_logs(log, catalog, row_codes, t_val, t_test, id_information=None, id_metadata=None,
+class Reservoir:
+    """A uniform sample of at most `cap` items of a stream (Vitter's algorithm R), kept in stream order.
+
+    cap 0 keeps everything. Memory is O(cap), whatever the length of the stream.
+    """
+
+    def __init__(self, cap, rng):
+        self.cap, self.rng, self.items, self.seen = cap, rng, [], 0
+
+    def add(self, x):
+        self.seen += 1
+        if not self.cap or len(self.items) < self.cap:
+            self.items.append((self.seen, x))
+        else:
+            j = int(self.rng.integers(self.seen))
+            if j < self.cap:
+                self.items[j] = (self.seen, x)
+
+    def sample(self):
+        return [x for _, x in sorted(self.items, key=lambda t: t[0])]
+
+
+def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=None, id_metadata=None,
               long_listen=LONG_LISTEN, gap=SESSION_GAP, stats=None):
     """One streaming pass for the SFT stage: next-track transitions per window and training-window statistics.
 
-    Returns (transitions {window: [(user, prev_row, next_row)]}, popularity (N,), cooc {(i, j): count}).
-    A transition is a play followed, in the same session, by a long listen of another catalogued track.
+    Returns (transitions {window: [(user, prev_row, next_row)]}, counts {window: all transitions seen},
+    popularity (N,), cooc {(i, j): count}). A transition is a play followed, in the same session, by a long
+    listen of another catalogued track; each window keeps a uniform sample of at most caps[window] of them.
     Co-listening counts pairs within 3 plays of each other in a training-window session (symmetric).
     """
-    transitions = {"train": [], "val": [], "test": []}
+    transitions = {w: Reservoir(caps[w], rng) for w in ("train", "val", "test")}
     popularity = np.zeros(len(catalog), dtype=np.int64)
     cooc = {}
     for user, plays in iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata,
@@ -743,8 +773,9 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, id_information=None, id_me
                     ts2, row2, dwell2 = sess[i + 1]
                     if row2 >= 0 and row2 != row and row2 in row_codes and dwell2 is not None \
                             and dwell2 > long_listen and window(ts2, t_val, t_test) == w:
-                        transitions[w].append((user, row, row2))
-    return transitions, popularity, cooc
+                        transitions[w].add((user, row, row2))
+    return ({w: r.sample() for w, r in transitions.items()}, {w: r.seen for w, r in transitions.items()},
+            popularity, cooc)
 
 
 def build_sft(args):
@@ -792,11 +823,9 @@ def build_sft(args):
     t_val, t_test = split_times(args.logs, catalog, args.id_information, args.id_metadata,
                                 args.val_fraction, args.test_fraction)
     log_stats = {}
-    trans, popularity, cooc = mine_logs(args.logs, catalog, row_codes, t_val, t_test, args.id_information,
-                                        args.id_metadata, stats=log_stats)
     caps = {"train": args.next_examples, "val": args.next_examples // 10, "test": args.test_next}
-    chosen = {w: [trans[w][i] for i in sorted(rng.permutation(len(trans[w]))[:caps[w] or len(trans[w])])]
-              for w in trans}
+    chosen, n_trans, popularity, cooc = mine_logs(args.logs, catalog, row_codes, t_val, t_test, caps, rng,
+                                                  args.id_information, args.id_metadata, stats=log_stats)
     for w in ("train", "val"):
         for user, prev, nxt in chosen[w]:
             tmpl = NEXT_TEMPLATES[int(rng.integers(len(NEXT_TEMPLATES)))]
@@ -831,7 +860,7 @@ def build_sft(args):
             "id_metadata": args.id_metadata and os.path.abspath(args.id_metadata),
             "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val), "t_test_utc": format_ts(t_test),
             "examples": counts, "test_next": len(tests_next), "test_attributes": len(tests_attr),
-            "transitions": {w: len(v) for w, v in trans.items()}, "log": log_stats, "catalog_report": cat_report}
+            "transitions": n_trans, "log": log_stats, "catalog_report": cat_report}
     write_json(os.path.join(out, "meta.json"), meta)
     save_config(out, args, name="config.json")
     print(f"SFT examples: train {counts['train']}, val {counts['val']}; test: {len(tests_next)} next-track, "
@@ -884,58 +913,88 @@ def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_p
     return out
 
 
+PARTITIONS: int = 64            # hash partitions of the pair stream: dedupe holds one partition in memory
+
+
 def build_prefs(args):
-    """`data.py prefs`: (instruction, chosen ID, rejected ID) pairs from the logs, split by time."""
+    """`data.py prefs`: (instruction, chosen ID, rejected ID) pairs from the logs, split by time.
+
+    Bounded memory at any log size: pairs stream into PARTITIONS temporary files by a hash of
+    (context, chosen, rejected); each partition is then deduplicated on its own, and capped splits keep a
+    uniform reservoir sample. Memory holds one user's plays, one partition and the caps, never the log.
+    """
     meta = read_json(os.path.join(args.sft_data, "meta.json"), "SFT data meta.json")
     import rvq
     catalog, _ = load_catalog(meta["catalog"])
     track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
     index = catalog.index()
     row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
+    n = len(catalog)
     log = args.logs or meta["logs"]
     t_val, t_test = meta["t_val"], meta["t_test"]
-    stats, counts, seen = {}, {}, set()
-    pairs = {"train": [], "val": [], "test": []}
+    stats, counts = {}, {}
     n_sessions = 0
     t0 = time.time()
-    plays_iter = iter_user_plays(log, catalog, id_information=args.id_information or meta["id_information"],
-                                 id_metadata=args.id_metadata or meta["id_metadata"], stats=stats)
-    for user, plays in tqdm(plays_iter, desc="mining pairs", unit=" users", disable=None):
-        sess = sessions_of(plays, catalog, args.session_gap)
-        n_sessions += len(sess)
-        for ctx, ch, rj, ts in mine_pairs(sess, row_codes, args.long_listen, args.skip, args.window_plays, counts):
-            key = (ctx, ch, rj)
-            if key in seen:
-                counts["dropped: duplicate pair"] = counts.get("dropped: duplicate pair", 0) + 1
-                continue
-            seen.add(key)
-            pairs[window(ts, t_val, t_test)].append(
-                {"prompt": NEXT_TEMPLATES[0].format(track=track_text(catalog, ctx, row_codes[ctx])),
-                 "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
-                 "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
-                 "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)})
-    seconds = time.time() - t0
-    rng = np.random.default_rng(args.seed)
-    caps = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
-    for w, cap in caps.items():
-        if cap and len(pairs[w]) > cap:
-            pairs[w] = [pairs[w][i] for i in sorted(rng.permutation(len(pairs[w]))[:cap])]
     os.makedirs(args.out, exist_ok=True)
-    for w, rows in pairs.items():
-        with atomic_open(os.path.join(args.out, f"{w}.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    tmp_dir = tempfile.mkdtemp(prefix=".partitions.", dir=args.out)
+    try:
+        parts = [open(os.path.join(tmp_dir, f"{b}.tsv"), "w", encoding="utf-8") for b in range(PARTITIONS)]
+        plays_iter = iter_user_plays(log, catalog, id_information=args.id_information or meta["id_information"],
+                                     id_metadata=args.id_metadata or meta["id_metadata"], stats=stats)
+        for user, plays in tqdm(plays_iter, desc="mining pairs", unit=" users", disable=None):
+            sess = sessions_of(plays, catalog, args.session_gap)
+            n_sessions += len(sess)
+            for ctx, ch, rj, ts in mine_pairs(sess, row_codes, args.long_listen, args.skip, args.window_plays,
+                                              counts):
+                key = (ctx * n + ch) * n + rj
+                line = json.dumps({"prompt": NEXT_TEMPLATES[0].format(track=track_text(catalog, ctx, row_codes[ctx])),
+                                   "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
+                                   "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
+                                   "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)},
+                                  ensure_ascii=False)
+                parts[key % PARTITIONS].write(f"{key}\t{window(ts, t_val, t_test)}\t{line}\n")
+        for f in parts:
+            f.close()
+        mined = time.time() - t0
+        rng = np.random.default_rng(args.seed)
+        caps = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
+        keep = {w: Reservoir(caps[w], rng) for w in caps}
+        with contextlib.ExitStack() as stack:
+            outs = {w: stack.enter_context(atomic_open(os.path.join(args.out, f"{w}.jsonl"), "w", encoding="utf-8"))
+                    for w in caps}
+            for b in range(PARTITIONS):   # the first occurrence of each (context, chosen, rejected) is kept
+                seen = set()
+                with open(os.path.join(tmp_dir, f"{b}.tsv"), encoding="utf-8") as f:
+                    for line in f:
+                        key, w, js = line.split("\t", 2)
+                        if key in seen:
+                            counts["dropped: duplicate pair"] = counts.get("dropped: duplicate pair", 0) + 1
+                            continue
+                        seen.add(key)
+                        if caps[w]:
+                            keep[w].add(js)
+                        else:
+                            keep[w].seen += 1
+                            outs[w].write(js)
+            for w in caps:
+                if caps[w]:
+                    outs[w].writelines(keep[w].sample())
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    seconds = time.time() - t0
+    n_pairs = {w: min(keep[w].seen, caps[w]) if caps[w] else keep[w].seen for w in caps}
     report = {"events_read": stats.get("events_read", 0), "matched": stats.get("matched", 0),
               "match_rate": stats.get("match_rate", 0.0), "users": stats.get("users", 0), "sessions": n_sessions,
               "labelled": {k: counts.get(k, 0) for k in ("chosen", "rejected", "between", "unlabelled")},
-              "pairs": {w: len(v) for w, v in pairs.items()},
+              "pairs": n_pairs, "pairs_before_caps": {w: keep[w].seen for w in caps},
               "dropped": {k[len("dropped: "):]: v for k, v in counts.items() if k.startswith("dropped")},
               "bad_rows": stats.get("bad_rows", 0), "seconds": seconds,
-              "events_per_second": stats.get("events_read", 0) / max(seconds, 1e-9)}
+              "events_per_second": stats.get("events_read", 0) / max(mined, 1e-9)}
     write_json(os.path.join(args.out, "report.json"), report)
     write_json(os.path.join(args.out, "meta.json"), {k: meta[k] for k in ("levels", "codebook_size",
                                                                          "id_table_sha256", "semantic_ids")})
     save_config(args.out, args, name="config.json")
-    print(f"preference pairs: train {len(pairs['train'])}, val {len(pairs['val'])}, test {len(pairs['test'])} "
+    print(f"preference pairs: train {n_pairs['train']}, val {n_pairs['val']}, test {n_pairs['test']} "
           f"from {report['events_read']:,} events ({report['match_rate']:.1%} matched), {n_sessions:,} sessions; "
           f"labelled {report['labelled']}; {report['events_per_second']:,.0f} events/s")
     return report
@@ -955,7 +1014,8 @@ def parse_args(argv=None):
     s.add_argument("--out", required=True)
     s.add_argument("--attribute-examples", type=int, default=2000, help="attribute requests for training")
     s.add_argument("--grounding-examples", type=int, default=1000, help="name -> ID examples (tracks sampled)")
-    s.add_argument("--next-examples", type=int, default=0, help="cap on next-track training examples (0: all)")
+    s.add_argument("--next-examples", type=int, default=200_000,
+                   help="next-track training examples, sampled uniformly (0: all, memory grows with the log)")
     s.add_argument("--test-next", type=int, default=1000, help="next-track test queries (sampled)")
     s.add_argument("--test-attributes", type=int, default=200, help="attribute test queries")
     s.add_argument("--val-fraction", type=float, default=VAL_FRACTION)

@@ -46,7 +46,7 @@ def pick_device(name="auto"):
 
 def autocast(device):
     """bf16 autocast on CUDA; plain fp32 on CPU, where bf16 matmuls are ~100x slower."""
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
@@ -56,16 +56,11 @@ def autocast(device):
 def load_base(path, device="cpu"):
     """(model, tokenizer) from a local Hugging Face Llama folder, in fp32, eval mode."""
     from transformers import AutoTokenizer, LlamaForCausalLM
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path):
-        raise UserError(f"{path}: model folder not found (run `make model`, or pass --model "
-                        "a local Hugging Face Llama folder)")
-    if not os.path.exists(cfg_path):
-        raise UserError(f"{path}: not a Hugging Face model folder (config.json missing)")
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()   # our own bars say what runs; weight loading takes a second
+    cfg = read_config(path)
     if cfg.get("model_type") != "llama":
-        raise UserError(f"{cfg_path}: model_type is {cfg.get('model_type')!r}; "
+        raise UserError(f"{os.path.join(path, 'config.json')}: model_type is {cfg.get('model_type')!r}; "
                         "this project trains LlamaForCausalLM models")
     if not any(n.endswith((".safetensors", ".bin")) for n in os.listdir(path)):
         raise UserError(f"{path}: no weights (*.safetensors) in the model folder")
@@ -75,11 +70,26 @@ def load_base(path, device="cpu"):
     return model, tokenizer
 
 
-def model_fingerprint(model):
-    """What must match between a base model and an adapter trained on it."""
-    c = model.config
-    return {"hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
-            "vocab_size": base_vocab_size(model), "num_attention_heads": c.num_attention_heads}
+def model_fingerprint(config, vocab_size=None):
+    """What must match between a base model and an adapter trained on it (config: dict or LlamaConfig).
+
+    vocab_size: the base vocabulary (the config's is enlarged once ID tokens are added).
+    """
+    c = config if isinstance(config, dict) else config.to_dict()
+    fp = {k: c[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    fp["vocab_size"] = vocab_size or c["vocab_size"]
+    return fp
+
+
+def read_config(path):
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: model folder not found (run `make model`, or pass --model "
+                        "a local Hugging Face Llama folder)")
+    if not os.path.exists(cfg_path):
+        raise UserError(f"{path}: not a Hugging Face model folder (config.json missing)")
+    with open(cfg_path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def convert_gguf(out, gguf_dir=None, gguf_file=GGUF_FILE):
@@ -270,7 +280,7 @@ def save_policy(model, vocab, folder, base_path, id_table_sha):
         save_file(id_rows_state(model), tmp, metadata={"format": "pt"})
     write_json(os.path.join(folder, ID_VOCAB_FILE), {
         **vocab.to_json(), "id_table_sha256": id_table_sha,
-        "base_model": str(base_path), "base_fingerprint": model_fingerprint(model)})
+        "base_model": str(base_path), "base_fingerprint": model_fingerprint(model.config, base_vocab_size(model))})
 
 
 def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_table_sha=None,
@@ -290,12 +300,12 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
             raise UserError(f"{adapter}: adapter was trained on another Semantic-ID table "
                             "(semantic_ids.tsv changed since); retrain it")
         levels, codebook_size = meta["levels"], meta["codebook_size"]
+        if model_fingerprint(read_config(base_path)) != meta["base_fingerprint"]:   # before loading any weights
+            raise UserError(f"{adapter}: adapter was trained on another base model "
+                            f"({meta['base_model']}), not {base_path}")
     model, tokenizer = load_base(base_path, device)
     vocab = add_id_tokens(model, levels, codebook_size)
     if adapter is not None:
-        if model_fingerprint(model) != meta["base_fingerprint"]:
-            raise UserError(f"{adapter}: adapter was trained on another base model "
-                            f"({meta['base_model']}), not {base_path}")
         lora.load_adapter(model, adapter, dropout=dropout)
         state = load_file(os.path.join(adapter, ID_TOKENS_FILE))
         with torch.no_grad():

@@ -86,6 +86,8 @@ def test_concatenated_equals_separate_and_padding_invariant(tiny_smol):
             alone = [M.sequence_logps(model, *M.pad_batch([p + a], pad, [len(a)])) for a in (c, r)]
             assert torch.allclose(alone[0], pc[i:i + 1], atol=1e-5)
             assert torch.allclose(alone[1], pr[i:i + 1], atol=1e-5)
+        full = M.sequence_logps(model, *dpo.concatenated_batch(pairs, pad))      # the plain concatenated forward
+        assert torch.allclose(full, torch.cat([pc, pr]), atol=1e-5)
     ids, attn, loss = dpo.concatenated_batch(pairs, pad)
     assert ids.shape[0] == 4 and loss.sum(1).tolist() == [4, 4, 4, 4]
 
@@ -138,3 +140,27 @@ def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
     from tests.test_sft import adapter_tensors
     a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shared_prompt_gradients_equal_full_forward(tiny_smol):
+    """The prompt computed once feeds both answers' gradients: same as two full sequences."""
+    model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    lora.inject_lora(model, r=4, alpha=8, dropout=0.0)
+    for p in M.id_parameters(model):
+        p.requires_grad_(True)
+    torch.manual_seed(0)
+    for _, m in lora.lora_layers(model):
+        torch.nn.init.normal_(m.lora_B.weight, std=0.2)
+    fmt = M.PromptFormat(tok, vocab)
+    pad = M.pad_id_of(tok)
+    pairs = [(fmt.prompt("rock"), fmt.answer((0, 1, 2)), fmt.answer((1, 2, 3))),
+             (fmt.prompt("a longer request for jazz"), fmt.answer((3, 0, 0)), fmt.answer((0, 0, 0)))]
+
+    def grads(fn):
+        model.zero_grad()
+        pc, pr = fn()
+        (pc.sum() - 2 * pr.sum()).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    shared = grads(lambda: dpo.concatenated_logps(model, pairs, pad, "cpu"))
+    full = grads(lambda: M.sequence_logps(model, *dpo.concatenated_batch(pairs, pad)).split(2))
+    assert torch.allclose(shared, full, atol=1e-5)

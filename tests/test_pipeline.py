@@ -1,0 +1,170 @@
+"""End to end: every script in order through the Makefile's own commands, on a tiny world and a tiny random
+Llama; then the faults: a training stage killed mid-run resumes to the same adapter, mismatched inputs stop
+before any work, an unwritable output folder is a one-line error."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+TINY = {"TRACKS": "120", "USERS": "30", "CODEBOOK": "8", "ATTRIBUTE_EXAMPLES": "40", "GROUNDING_EXAMPLES": "20",
+        "TEST_NEXT": "20", "TEST_ATTRIBUTES": "10", "SFT_STEPS": "4", "SFT_BATCH": "4", "DPO_STEPS": "3",
+        "DPO_BATCH": "2", "TRAIN_PAIRS": "12", "VAL_PAIRS": "6", "TEST_PAIRS": "10",
+        "SFT_ARGS": "--eval-every 2 --eval-examples 8 --micro-batch-size 4",
+        "DPO_ARGS": "--eval-every 2 --eval-pairs 6 --micro-batch-size 2",
+        "EVAL_ARGS": "--hallucination-prompts 4 --n-boot 50 --batch-size 4", "DEVICE": "cpu"}
+
+
+def make(target, run, model, extra=None, **popen):
+    """The Makefile's commands with this interpreter and no venv step."""
+    args = ["make", "-s", "-C", ROOT, target, f"RUN={run}", f"MODEL={model}", f"PY={sys.executable}", "VENV_STAMP="]
+    args += [f"{k}={v}" for k, v in {**TINY, **(extra or {})}.items()]
+    if popen:
+        return subprocess.Popen(args, start_new_session=True, **popen)
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def adapter(folder):
+    from safetensors.torch import load_file
+    return {**load_file(os.path.join(folder, "adapter_model.safetensors")),
+            **load_file(os.path.join(folder, "id_tokens.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_smol, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("pipeline") / "run")
+    r = make("demo", run, tiny_smol)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run, r
+
+
+def test_every_stage_writes_its_artifacts(demo_run):
+    run, r = demo_run
+    expected = ["world/catalog.csv", "world/userid_trackid_timestamp.tsv", "world/id_information.csv",
+                "world/id_metadata.csv", "world/truth.json", "world/world_config.json",
+                "rvq/rvq.safetensors", "rvq/semantic_ids.tsv", "rvq/rvq_report.json", "rvq/rvq_config.json",
+                "sft_data/train.jsonl", "sft_data/val.jsonl", "sft_data/test_next.jsonl",
+                "sft_data/test_attributes.jsonl", "sft_data/listening_stats.npz", "sft_data/meta.json",
+                "sft_data/config.json", "sft/adapter/adapter_model.safetensors", "sft/adapter/adapter_config.json",
+                "sft/adapter/id_tokens.safetensors", "sft/adapter/id_vocab.json", "sft/log.jsonl",
+                "sft/config.json", "sft/summary.json", "prefs/train.jsonl", "prefs/val.jsonl", "prefs/test.jsonl",
+                "prefs/report.json", "dpo/adapter/adapter_model.safetensors", "dpo/ref_logps.safetensors",
+                "dpo/log.jsonl", "dpo/summary.json", "eval/report.md", "eval/results.json", "eval/summary.txt",
+                "eval/config.json"]
+    missing = [p for p in expected if not os.path.exists(os.path.join(run, p))]
+    assert not missing
+    assert not [f for _, _, fs in os.walk(run) for f in fs if f.endswith(".tmp")]   # nothing half-written
+    ids = open(os.path.join(run, "rvq/semantic_ids.tsv")).read().splitlines()
+    assert ids[0] == "track_id\tcode_0\tcode_1\tcode_2" and len(set(l.split("\t", 1)[1] for l in ids[1:])) == len(ids) - 1
+    log = [json.loads(l) for l in open(os.path.join(run, "sft/log.jsonl"))]
+    assert [x["step"] for x in log] == [1, 2, 3, 4]
+    dlog = [json.loads(l) for l in open(os.path.join(run, "dpo/log.jsonl"))]
+    assert dlog[0]["step"] == 0 and abs(dlog[0]["eval/loss"] - 0.693147) < 1e-4
+
+
+def test_results_cover_every_system_and_metric(demo_run):
+    run, r = demo_run
+    res = json.load(open(os.path.join(run, "eval/results.json")))
+    nxt = res["ranking"]["next_track"]
+    assert set(nxt) >= {"random", "popularity", "content kNN", "item kNN", "MiniLM", "LLM base", "SFT", "DPO"}
+    assert set(res["ranking"]["attributes"]) >= {"random", "popularity", "MiniLM", "LLM base", "SFT", "DPO"}
+    for m in ("hit@1", "hit@5", "hit@10", "hit@20", "ndcg@10", "mrr@20", "precision@10"):
+        s = nxt["SFT"][m]
+        assert 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1
+    assert set(res["preference_accuracy"]) == {"LLM base", "SFT", "DPO"}
+    for h in res["hallucination"].values():
+        assert set(h) >= {"malformed@1", "invalid@1", "malformed@10", "invalid@10"}
+    report = open(os.path.join(run, "eval/report.md")).read()
+    assert "## Next track" in report and "| hit@10 |" in report and "Preference accuracy" in report
+    assert "next_track" in r.stdout and "preference accuracy" in r.stdout        # the demo prints the tables
+    if pytest.importorskip("matplotlib"):
+        for png in ("sft_loss.png", "dpo_rewards.png", "hr_next_track.png"):
+            assert open(os.path.join(run, "eval", png), "rb").read(4) == b"\x89PNG"
+
+
+def test_rerun_skips_up_to_date_stages(demo_run, tiny_smol):
+    run, _ = demo_run
+    r = make("demo", run, tiny_smol)
+    assert r.returncode == 0
+    for script in ("world.py", "rvq.py", "data.py", "sft.py", "dpo.py", "evaluate.py"):
+        assert script not in r.stdout                     # nothing re-ran
+
+
+def test_ask_for_music(demo_run, tiny_smol):
+    run, _ = demo_run
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "-k", "3",
+                        "upbeat rock for a party"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l[:3].strip().rstrip(".").isdigit()]
+    assert len(lines) == 3 and all("<a_" in l for l in lines)
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--adapter", "nope", "x"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no trained adapter" in r.stderr
+
+
+def test_sigkill_during_sft_resumes_to_the_same_adapter(demo_run, tiny_smol, tmp_path):
+    run, _ = demo_run
+    extra = {"SFT_STEPS": "40", "SFT_ARGS": "--eval-every 2 --eval-examples 4 --micro-batch-size 2"}
+    # the uninterrupted reference, from the same earlier stages
+    ref = tmp_path / "ref"
+    os.makedirs(ref)
+    for stage in ("world", "rvq", "sft_data"):
+        subprocess.run(["cp", "-a", os.path.join(run, stage), str(ref)], check=True)
+    killed = tmp_path / "killed"
+    subprocess.run(["cp", "-a", str(ref), str(killed)], check=True)
+    target = "{}/sft/summary.json"
+    assert make(target.format(ref), str(ref), tiny_smol, extra).returncode == 0
+    proc = make(target.format(killed), str(killed), tiny_smol, extra, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+    ckpt = killed / "sft" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)                 # the whole make process group, mid-run
+    proc.wait()
+    assert not (killed / "sft" / "summary.json").exists()
+    r = make(target.format(killed), str(killed), tiny_smol, extra)
+    assert r.returncode == 0, r.stderr
+    a, b = adapter(ref / "sft" / "adapter"), adapter(killed / "sft" / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mismatched_inputs_stop_before_work(demo_run, tiny_smol, tiny_llama, tmp_path):
+    run, _ = demo_run
+    # an adapter trained on another ID table
+    other = tmp_path / "ids.tsv"
+    lines = open(os.path.join(run, "rvq/semantic_ids.tsv")).read().splitlines()
+    a, b = lines[1].split("\t"), lines[2].split("\t")
+    lines[1], lines[2] = "\t".join([a[0]] + b[1:]), "\t".join([b[0]] + a[1:])   # two tracks swap IDs
+    other.write_text("\n".join(lines) + "\n")
+    import model as M
+    with pytest.raises(M.UserError, match="another Semantic-ID table"):
+        M.load_policy(tiny_smol, adapter=os.path.join(run, "sft/adapter"), id_table_sha=M.file_sha256(str(other)))
+    # a run folder from another base model
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_llama, "x"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "trained on another base model" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_unwritable_output_is_one_line_error(demo_run, tmp_path):
+    run, _ = demo_run
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")             # root can write anywhere, but not into a file
+    r = subprocess.run([sys.executable, "rvq.py", "train", "--catalog", os.path.join(run, "world/catalog.csv"),
+                        "--out", str(blocker / "rvq"), "--codebook-size", "8"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write" in r.stderr, r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    if not os.access(ro, os.W_OK):     # a read-only folder, where the user is not root
+        r = subprocess.run([sys.executable, "rvq.py", "train", "--catalog", os.path.join(run, "world/catalog.csv"),
+                            "--out", str(ro / "rvq"), "--codebook-size", "8"], cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write" in r.stderr

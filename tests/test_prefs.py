@@ -1,0 +1,110 @@
+"""Sessions, dwell times and preference pairs on hand-written logs with known answers; the real Last.fm lines."""
+import os
+
+import numpy as np
+import pytest
+
+import data
+
+
+def tiny_catalog(n=5, duration_s=200, short=None):
+    dur = np.full(n, duration_s * 1000, dtype=np.int64)
+    if short is not None:
+        dur[short] = 60_000
+    return data.Catalog(
+        track_id=[f"t{i}" for i in range(n)], track_name=[f"Song {i}" for i in range(n)],
+        artists=[f"Artist {i}" for i in range(n)], album_name=[""] * n, genres=[["rock"]] * n,
+        features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64), duration_ms=dur,
+        explicit=np.zeros(n, dtype=bool), mode=np.ones(n, dtype=np.int64))
+
+
+#          ts      row   dwell
+PLAYS = [(0, 0),        # 100 s          -> chosen
+         (100, 1),      # 10 s           -> rejected
+         (110, 2),      # 290 s, capped at the 200 s track length -> chosen
+         (400, 3),      # next play 9,600 s later: a new session -> unknown, no label
+         (10000, 4),    # 300 s, capped at its 60 s length -> between 30 and 90 s
+         (10300, 0)]    # the user's last play -> unknown
+
+
+def test_sessions_and_dwell_exact():
+    cat = tiny_catalog(short=4)
+    sess = data.sessions_of(PLAYS, cat, gap=1800)
+    assert sess == [[(0, 0, 100.0), (100, 1, 10.0), (110, 2, 200.0), (400, 3, None)],
+                    [(10000, 4, 60.0), (10300, 0, None)]]
+
+
+def test_unmatched_play_still_ends_the_previous_one():
+    cat = tiny_catalog()
+    sess = data.sessions_of([(0, 0), (20, -1), (300, 1)], cat)
+    assert sess == [[(0, 0, 20.0), (20, -1, 280.0), (300, 1, None)]]   # track 0 was skipped after 20 s
+
+
+def test_mine_pairs_known_answer():
+    cat = tiny_catalog(short=4)
+    counts = {}
+    pairs = data.mine_pairs(data.sessions_of(PLAYS, cat, gap=1800), {i: (i, 0, 0) for i in range(5)},
+                            counts=counts)
+    assert pairs == [(0, 2, 1, 0)]          # context 0: chosen 2 (long), rejected 1 (skip), both after it
+    assert counts["chosen"] == 2 and counts["rejected"] == 1 and counts["between"] == 1
+    assert counts["unlabelled"] == 2        # session ends are never counted as long listens
+    # a window of one play after the context finds no rejected play for context 0 -> no pair
+    assert data.mine_pairs(data.sessions_of(PLAYS, cat, gap=1800), {i: (i, 0, 0) for i in range(5)},
+                           window_plays=1) == []
+    # tracks without an ID (not in the table) never become context or answer
+    assert data.mine_pairs(data.sessions_of(PLAYS, cat, gap=1800), {0: (0, 0, 0), 2: (2, 0, 0)}) == []
+
+
+def test_context_is_never_an_answer():
+    cat = tiny_catalog()
+    # track 0 skipped (10 s) then replayed for long: its replay is never its own chosen answer
+    plays = [(0, 0), (10, 0), (200, 1), (400, 2), (420, 3), (600, 4)]
+    pairs = data.mine_pairs(data.sessions_of(plays, cat), {i: (i,) for i in range(5)})
+    assert pairs == [(0, 1, 2, 0), (0, 1, 2, 10), (1, 3, 2, 200)]   # the repeat is removed by build_prefs
+
+
+def test_newest_first_file_gives_the_same_plays(tmp_path):
+    cat = tiny_catalog(short=4)
+    path = tmp_path / "userid_trackid_timestamp.tsv"
+    base = 1577836800
+    rows = [("u1", f"m{r}", base + ts) for ts, r in PLAYS] + [("u2", "m1", base + 5)]
+    data.write_onion_events(iter(rows), str(path))
+    lines = path.read_text().splitlines()
+    assert lines[0] == "user_id\ttrack_id\ttimestamp" and lines[1].startswith("u1\tm0\t")    # newest first
+    info = {f"m{i}": (f"Artist {i}", f"Song {i}", "") for i in range(5)}
+    users = list(data.iter_user_plays(str(path), cat, id_information=info))
+    assert users[0] == ("u1", [(base + ts, r) for ts, r in PLAYS])
+    assert users[1] == ("u2", [(base + 5, 1)])
+
+
+def test_split_and_windows():
+    assert data.window(5, 10, 20) == "train" and data.window(10, 10, 20) == "val"
+    assert data.window(20, 10, 20) == "test"
+
+
+def test_mining_runs_on_real_lastfm_lines(shared_data):
+    """Real Last.fm-1K lines (newest first) through the real-format path: sessions, dwell, pairs."""
+    path = os.path.join(shared_data, "lastfm1k", "userid-timestamp-artid-artname-traid-traname.head5000.tsv")
+    seen, artists, titles = set(), [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            cells = line.rstrip("\n").split("\t")
+            key = data.norm_key(cells[3], cells[5])
+            if key not in seen:
+                seen.add(key)
+                artists.append(cells[3])
+                titles.append(cells[5])
+    n = len(artists)
+    cat = data.Catalog(track_id=[f"lf{i}" for i in range(n)], track_name=titles, artists=artists,
+                       album_name=[""] * n, genres=[["unknown"]] * n, features=np.full((n, 10), 0.5),
+                       popularity=np.zeros(n, dtype=np.int64), duration_ms=np.full(n, 240_000, dtype=np.int64),
+                       explicit=np.zeros(n, dtype=bool), mode=np.ones(n, dtype=np.int64))
+    stats, counts, pairs, n_sessions = {}, {}, [], 0
+    for user, plays in data.iter_user_plays(path, cat, stats=stats):
+        assert [p[0] for p in plays] == sorted(p[0] for p in plays)          # oldest first after reading
+        sess = data.sessions_of(plays, cat)
+        n_sessions += len(sess)
+        pairs += data.mine_pairs(sess, {i: (i,) for i in range(n)}, counts=counts)
+    assert stats["events_read"] == 5000 and stats["match_rate"] > 0.95 and stats["users"] == 2
+    assert n_sessions > 10 and counts["chosen"] > 100 and counts["rejected"] > 10
+    assert len(pairs) > 10 and all(c != ch != rj for c, ch, rj, _ in pairs)
