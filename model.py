@@ -394,7 +394,7 @@ class PromptFormat:
 
 # ----------------------------------------------------------------------------- log-probs
 
-def answer_logps(model, input_ids, attention_mask, loss_mask):
+def answer_logps(model, input_ids, attention_mask, loss_mask, shared_prefix=0):
     """Log-probabilities of the supervised tokens, computed only where they are needed.
 
     input_ids, attention_mask, loss_mask: (B, T); loss_mask marks answer tokens.
@@ -402,8 +402,22 @@ def answer_logps(model, input_ids, attention_mask, loss_mask):
     M = loss_mask[:, 1:].sum(). Position t predicts token t + 1 (the shifted mask),
     so the vocabulary projection (49k-128k columns, the dominant cost of short
     answers) runs on M rows instead of B * T.
+
+    shared_prefix = P > 0: the first P tokens are the same in every row (the chat
+    template's opening) and unsupervised; they run once, as a batch of one, and the
+    rows continue from that KV cache, which carries the gradient back to it.
     """
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B,T,H)
+    P = shared_prefix
+    if P:
+        B = input_ids.shape[0]
+        cache = model.model(input_ids=input_ids[:1, :P], use_cache=True).cache
+        cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=input_ids.device))   # one prefix, B rows
+        pos = torch.arange(P, input_ids.shape[1], device=input_ids.device).expand(B, -1)
+        hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
+                             cache=cache, use_cache=True).last_hidden_state                  # (B, T-P, H)
+        input_ids, loss_mask = input_ids[:, P:], loss_mask[:, P:]
+    else:
+        hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B,T,H)
     target_mask = loss_mask[:, 1:].bool()                                                       # (B,T-1)
     h = hidden[:, :-1][target_mask]                                                             # (M,H)
     targets = input_ids[:, 1:][target_mask]                                                     # (M,)

@@ -66,7 +66,7 @@ CENTRE_NOISE: float = 0.5      # user centre = a favourite-genre track + this mu
 GENRE_PENALTY: float = 1.0     # misfit added for a track outside the user's favourite genres
 SKIP_SHARE: float = 0.35       # target share of skipped plays (b0 is solved for it)
 SKIP_MISFIT: float = 1.5       # b1
-SKIP_PROPENSITY: float = 1.0   # b2
+SKIP_PROPENSITY: float = 2.0   # b2: some tracks are skipped by almost everyone (intros, weak songs)
 PROPENSITY_LINEAR: float = 0.8  # a: share (as a correlation) of s_t explained by the track's features
 PARTIAL_SHARE: float = 0.12    # non-skipped plays stopped between 30 and 90 s
 SKIP_SECONDS = (5, 25)         # dwell of a skip; with the 0-3 s gap the next play starts before 30 s

@@ -77,7 +77,7 @@ def test_results_cover_every_system_and_metric(demo_run):
     for m in ("hit@1", "hit@5", "hit@10", "hit@20", "ndcg@10", "mrr@20", "precision@10"):
         s = nxt["SFT"][m]
         assert 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1
-    assert set(res["preference_accuracy"]) == {"LLM base", "SFT", "DPO"}
+    assert set(res["preference_accuracy"]) == {"SFT", "DPO"}
     for h in res["hallucination"].values():
         assert set(h) >= {"malformed@1", "invalid@1", "malformed@10", "invalid@10"}
     report = open(os.path.join(run, "eval/report.md")).read()

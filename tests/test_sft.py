@@ -104,6 +104,28 @@ def test_micro_batching_does_not_change_gradient(tiny_smol):
     assert torch.allclose(grads([pairs]), grads([pairs[:1], pairs[1:]]), atol=1e-6)
 
 
+def test_shared_prefix_equals_full_forward(tiny_smol):
+    """The template opening computed once per batch: same log-probs and gradients as per example."""
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--lora-dropout", "0"])
+    model, tok, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu")
+    with torch.no_grad():
+        for _, m in __import__("lora").lora_layers(model):
+            m.lora_B.weight.normal_(std=0.1)
+    fmt = M.PromptFormat(tok, vocab)
+    pairs = [(fmt.prompt(p), fmt.answer(c)) for p, c in
+             [("rock", (0, 1, 2)), ("a much longer request for jazz <a_1><b_1><c_1>", (1, 1, 1))]]
+    P = len(fmt.prefix)
+    assert P > 0 and all(p[:P] == fmt.prefix for p, _ in pairs)
+
+    def run(prefix):
+        model.zero_grad()
+        loss = sft.sft_loss(model, pairs, 2, 8, "cpu", shared_prefix=prefix)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    (l0, g0), (l1, g1) = run(0), run(P)
+    assert torch.allclose(l0, l1, atol=1e-6) and torch.allclose(g0, g1, atol=1e-6)
+
+
 def test_lr_schedule():
     assert sft.lr_at(0, 100, 10) == pytest.approx(0.1)
     assert sft.lr_at(9, 100, 10) == pytest.approx(1.0)
@@ -177,3 +199,18 @@ def test_sft_bad_data_is_one_line_error(tiny_smol, tmp_path):
         f.write('{"prompt": "x", "answer": "<a_9><b_0><c_0>"}\n')
     with pytest.raises(M.UserError, match=r"train.jsonl, line 25: answer '<a_9><b_0><c_0>' is not a Semantic ID"):
         run_sft(data, str(tmp_path / "out"), tiny_smol)
+
+
+def test_llama32_path_trains_and_decodes(tiny_llama, tmp_path):
+    """The real Llama-3.2 base tokenizer (no chat template, 128,256-row vocabulary) through the same code."""
+    data = write_sft_data(tmp_path / "data")
+    sft.main(["--data", data, "--out", str(tmp_path / "out"), "--model", tiny_llama, "--steps", "2",
+              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
+    model, tok, vocab = M.load_policy(tiny_llama, adapter=str(tmp_path / "out" / "adapter"), id_table_sha="test")
+    assert vocab.offset == 128256 and model.lm_head.new_rows is model.model.embed_tokens.new_rows
+    fmt = M.PromptFormat(tok, vocab)
+    assert fmt.end_id == 128001 and fmt.prefix[0] == 128000
+    trie = M.IDTrie([(0, 1, 2), (1, 2, 3), (3, 3, 3)], 3)
+    res = M.beam_search(model, [fmt.prompt("I need music for a rock playlist")], vocab, 3, trie=trie,
+                        pad_id=M.pad_id_of(tok))[0]
+    assert sorted(tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in res) == sorted(trie.valid)
