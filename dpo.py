@@ -35,18 +35,21 @@ MODEL: str = M.DEFAULT_MODEL
 BETA: float = 0.1              # strength of the KL anchor to the reference (DPO paper: 0.1-0.5)
 LOSS_TYPE: str = "sigmoid"     # sigmoid (DPO), cdpo (conservative, label smoothing), robust, ipo, hinge
 LABEL_SMOOTHING: float = 0.0   # eps of cdpo / robust: the share of labels assumed flipped
-STEPS: int = 60                # optimizer steps
+STEPS: int = 80                # optimizer steps
 BATCH_SIZE: int = 8            # pairs per optimizer step
 MICRO_BATCH_SIZE: int = 8      # pairs per forward (each forward holds 2x as many sequences)
-LR: float = 2e-4               # peak LR of LoRA (LoRA DPO tolerates far more than full-model 5e-7)
-ID_LR: float = 2e-3            # peak LR of the Semantic-ID rows: per-track preferences live in them;
-                               # far higher (5e-3 with LR 5e-4) pushed every answer's log-prob down (-10 -> -22)
+LR: float = 5e-5               # peak LR of LoRA; 2e-4 already swung answer log-probs by 5-10 nats in 20 steps
+ID_LR: float = 5e-4            # peak LR of the Semantic-ID rows, where per-track preferences live; 2e-3 and
+                               # above pushed every answer's log-prob down (-10 -> -22: likelihood displacement)
 WARMUP_STEPS: int = 10
 GRAD_CLIP: float = 1.0
 EVAL_EVERY: int = 20           # steps between held-out evaluations (and checkpoints)
-EVAL_PAIRS: int = 128          # validation pairs scored each time
+EVAL_PAIRS: int = 96           # validation pairs scored each time
 SEED: int = 0
 DEVICE: str = "auto"
+# checkpoint choice on the held-out pairs: "accuracy" (log p(chosen) > log p(rejected), what evaluate.py reports;
+# ties broken by the loss) or "loss" (the DPO loss punishes a few confident mistakes more than it rewards ranking)
+SELECT: str = "accuracy"
 RPO_ALPHA: float = 0.0         # weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0 = pure DPO
 LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge")
 # -----------------------------------------------------------------------------
@@ -205,6 +208,18 @@ def evaluate(model, pairs, ref, pad_id, device, args, prefix="eval/"):
     return m
 
 
+def improves(rec, best, select):
+    """True if held-out metrics `rec` beat the best so far under the --select rule."""
+    if select == "loss":
+        return rec["eval/loss"] < best["eval/loss"]
+    return (rec["eval/logp_accuracy"], -rec["eval/loss"]) > (best["eval/logp_accuracy"], -best["eval/loss"])
+
+
+def snapshot(model, rec, step):
+    return {"eval/loss": rec["eval/loss"], "eval/logp_accuracy": rec["eval/logp_accuracy"], "step": step,
+            "state": {k: v.cpu() for k, v in sft.trainable_state(model).items()}}
+
+
 def train(args):
     device = M.pick_device(args.device)
     adapter_dir = args.sft
@@ -248,7 +263,7 @@ def train(args):
     opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0)
     schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
                                   args.batch_size, args.seed)
-    step, best, history = 0, {"eval/loss": float("inf"), "step": 0, "state": None}, []
+    step, best, history = 0, None, []
     log_path = os.path.join(args.out, "log.jsonl")
     run_fp = sft.run_fingerprint(args, [os.path.join(args.pairs, n) for n in ("train.jsonl", "val.jsonl")]
                                  + [os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)])
@@ -257,8 +272,7 @@ def train(args):
     else:
         # step 0: policy == reference, the held-out baseline every later step is compared with
         m0 = evaluate(model, val_pairs, ref_val, pad_id, device, args)
-        best = {"eval/loss": m0["eval/loss"], "step": 0,
-                "state": {k: v.cpu() for k, v in sft.trainable_state(model).items()}}
+        best = snapshot(model, m0, 0)
         history = [{"step": 0, **m0}]
     with atomic_path(log_path) as tmp:
         with open(tmp, "w") as f:
@@ -295,11 +309,10 @@ def train(args):
         at_eval = (step + 1) % args.eval_every == 0 or step + 1 == args.steps
         if at_eval:
             rec.update(evaluate(model, val_pairs, ref_val, pad_id, device, args))
-            if rec["eval/loss"] < best["eval/loss"]:
-                best = {"eval/loss": rec["eval/loss"], "step": step + 1,
-                        "state": {k: v.cpu() for k, v in sft.trainable_state(model).items()}}
+            if improves(rec, best, args.select):
+                best = snapshot(model, rec, step + 1)
             tqdm.write(f"step {step + 1}: loss {rec['loss']:.4f}, held-out loss {rec['eval/loss']:.4f}, "
-                       f"reward accuracy {rec['eval/rewards/accuracies']:.3f}, "
+                       f"preference accuracy {rec['eval/logp_accuracy']:.3f}, "
                        f"margin {rec['eval/rewards/margins']:.4f}")
         history.append(rec)
         with open(log_path, "a") as f:
@@ -312,12 +325,14 @@ def train(args):
     with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
         M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
     final = [h for h in history if "eval/loss" in h]
-    summary = {"best_step": best["step"], "eval/loss": best["eval/loss"], "steps": args.steps,
+    summary = {"best_step": best["step"], "eval/loss": best["eval/loss"],
+               "eval/logp_accuracy": best["eval/logp_accuracy"], "select": args.select, "steps": args.steps,
                "train_pairs": len(train_pairs), "held_out_pairs": len(val_pairs),
                "step0": final[0], "best": next(h for h in final if h["step"] == best["step"])}
     write_json(os.path.join(args.out, "summary.json"), summary)
-    print(f"best held-out loss {best['eval/loss']:.4f} at step {best['step']} "
-          f"(step 0: {final[0]['eval/loss']:.4f}); adapter in {os.path.join(args.out, 'adapter')}")
+    print(f"best held-out preference accuracy {best['eval/logp_accuracy']:.3f} (loss {best['eval/loss']:.4f}) at "
+          f"step {best['step']} (step 0: {final[0]['eval/logp_accuracy']:.3f}, {final[0]['eval/loss']:.4f}); "
+          f"adapter in {os.path.join(args.out, 'adapter')}")
     return summary
 
 
@@ -330,6 +345,8 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=BETA)
     p.add_argument("--loss-type", choices=LOSS_TYPES, default=LOSS_TYPE)
     p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
+    p.add_argument("--select", choices=("accuracy", "loss"), default=SELECT,
+                   help="held-out metric that picks the saved checkpoint")
     p.add_argument("--rpo-alpha", type=float, default=RPO_ALPHA, help="NLL weight on the chosen answer (0: off)")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)

@@ -36,7 +36,7 @@ from common import UserError, atomic_open, need_file, read_json, run_main, save_
 KS: tuple = (1, 5, 10, 20)     # cut-offs of every ranking metric
 BEAM_WIDTH: int = 21           # >= max(KS), plus one for the prompt's own track, which is excluded
 HALLUCINATION_BEAM: int = 10   # unconstrained beam: malformed / invalid shares at @1, @5, @10
-HALLUCINATION_PROMPTS: int = 60    # test prompts decoded without constraints, per model
+HALLUCINATION_PROMPTS: int = 40    # test prompts decoded without constraints, per model
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
 MAX_ATTRIBUTES: int = 0        # cap on attribute test queries (0: all)
 BATCH_SIZE: int = 16           # prompts per beam-search batch

@@ -62,6 +62,18 @@ def test_every_stage_writes_its_artifacts(demo_run):
     assert not [f for _, _, fs in os.walk(run) for f in fs if f.endswith(".tmp")]   # nothing half-written
     ids = open(os.path.join(run, "rvq/semantic_ids.tsv")).read().splitlines()
     assert ids[0] == "track_id\tcode_0\tcode_1\tcode_2" and len(set(l.split("\t", 1)[1] for l in ids[1:])) == len(ids) - 1
+    import data
+    train = [json.loads(l) for l in open(os.path.join(run, "sft_data/train.jsonl"))]
+    assert {e["task"] for e in train} == {"attributes", "grounding", "next_track"}
+    assert all(e["answer"] not in e["prompt"] for e in train)                  # never the answer in the prompt
+    tests_attr = [json.loads(l) for l in open(os.path.join(run, "sft_data/test_attributes.jsonl"))]
+    train_starts = {t.split("{")[0] for t in data.TRAIN_REQUEST_TEMPLATES}
+    assert tests_attr and not any(q["prompt"].startswith(s) for q in tests_attr for s in train_starts if s)
+    meta = json.load(open(os.path.join(run, "sft_data/meta.json")))
+    assert meta["t_val"] <= meta["t_test"]
+    pairs = [json.loads(l) for l in open(os.path.join(run, "prefs/test.jsonl"))]
+    assert pairs and all(data.parse_ts(p["time"]) >= meta["t_test"] for p in pairs)   # held-out = later
+    assert all(p["chosen"] not in p["prompt"] and p["rejected"] not in p["prompt"] for p in pairs)
     log = [json.loads(l) for l in open(os.path.join(run, "sft/log.jsonl"))]
     assert [x["step"] for x in log] == [1, 2, 3, 4]
     dlog = [json.loads(l) for l in open(os.path.join(run, "dpo/log.jsonl"))]
