@@ -32,18 +32,18 @@ LEVELS ?= 3
 CODEBOOK ?= 32
 ATTRIBUTE_EXAMPLES ?= 2000
 GROUNDING_EXAMPLES ?= 1000
-TEST_NEXT ?= 300
-TEST_ATTRIBUTES ?= 60
-SFT_STEPS ?= 150
+TEST_NEXT ?= 200
+TEST_ATTRIBUTES ?= 40
+SFT_STEPS ?= 120
 SFT_BATCH ?= 16
 SFT_ARGS ?=
-DPO_STEPS ?= 60
+DPO_STEPS ?= 80
 DPO_BATCH ?= 8
 DPO_ARGS ?=
 # DPO_STEPS x DPO_BATCH: reference log-probs are computed once for every training pair kept
-TRAIN_PAIRS ?= 480
-VAL_PAIRS ?= 128
-TEST_PAIRS ?= 400
+TRAIN_PAIRS ?= 640
+VAL_PAIRS ?= 96
+TEST_PAIRS ?= 700
 EVAL_ARGS ?=
 
 ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-metadata $(ID_META))
@@ -119,15 +119,14 @@ $(RUN)/eval/report.md: $(RUN)/dpo/summary.json $(RUN)/sft/summary.json
 test: $(VENV)/.peers
 	$(PY) -m pytest -q tests
 
-# benchmarks run serially (2 cores: anything running beside them distorts the figures)
-bench: $(VENV)/.peers
-	$(MAKE) RUN=runs/bench runs/bench/dpo/summary.json
+# benchmarks run serially (2 cores: anything running beside them distorts the figures), on the run's artifacts
+bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_rvq.py
-	$(PY) benchmarks/bench_sft.py --run runs/bench
-	$(PY) benchmarks/bench_dpo.py --run runs/bench
-	$(PY) benchmarks/bench_beam.py --run runs/bench
-	$(PY) benchmarks/bench_prefs.py --run runs/bench
-	$(PY) benchmarks/bench_llama1b.py
+	$(PY) benchmarks/bench_sft.py --run $(RUN)
+	$(PY) benchmarks/bench_dpo.py --run $(RUN)
+	$(PY) benchmarks/bench_beam.py --run $(RUN)
+	$(PY) benchmarks/bench_prefs.py --run $(RUN)
+	$(PY) benchmarks/bench_llama1b.py --run $(RUN)
 
 clean-run:
 	rm -rf $(RUN)

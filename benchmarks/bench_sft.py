@@ -15,7 +15,8 @@ TRL 1.16's fused LM head (`'TrainableTokensWrapper' object has no attribute 'bia
 Both start from the same function: new rows at the mean of the old ones, LoRA B = 0.
 
 Rows: ours; TRL at its best on this CPU (bf16=False, gradient_checkpointing=False, no pinned memory, no
-workers); TRL with its defaults (bf16 autocast and gradient checkpointing) for --defaults-steps timed steps only.
+workers); ours with the whole tied embedding trainable too, the peer's trainable set, for a like-for-like loss;
+TRL with its defaults (bf16 autocast and gradient checkpointing) for --defaults-steps timed steps only.
 Measured: training tokens per second (real, non-pad tokens of prompt + answer), seconds per step, peak RSS of
 each system's own process, and the training loss of the first and the last step. Warm-up steps are not timed.
 """
@@ -43,7 +44,7 @@ STEPS: int = 20                    # timed optimizer steps per system
 WARMUP: int = 2                    # untimed steps first (allocator, lazy init)
 BATCH_SIZE: int = sft.BATCH_SIZE
 MICRO_BATCH_SIZE: int = sft.MICRO_BATCH_SIZE
-LR: float = sft.LR                 # LoRA and ID rows alike (sft.py's two defaults are equal)
+LR: float = sft.LR                 # LoRA and ID rows alike: the peer has one rate (sft.py gives the rows --id-lr)
 LR_WARMUP: int = 0                 # 0: HF's cosine_with_min_lr and sft.lr_at are then the same schedule
 DEFAULTS_STEPS: int = 1            # timed steps of the TRL-defaults row (~150 s each on 2 cores); 0 skips it
 MAX_EXAMPLES: int = 0              # pool of training examples the schedule draws from (0: all)
@@ -79,14 +80,20 @@ def schedule(args, pairs):
 
 # ----------------------------------------------------------------------------- ours
 
-def run_ours(args, meta, pairs, sched):
-    """pairs: sft.tokenize_examples of the examples (the loaded tokenizer and ID offset give the same ids)."""
+def run_ours(args, meta, pairs, sched, full_embedding=False):
+    """pairs: sft.tokenize_examples of the examples (the loaded tokenizer and ID offset give the same ids).
+
+    full_embedding: also train the whole (tied) base embedding, the peer's trainable set, so that the two
+    losses can be compared like for like (sft.py itself never does this).
+    """
     device = torch.device("cpu")
     seed_everything(args.seed)
     opts = argparse.Namespace(model=args.model, lora_targets=args.lora_targets, lora_r=args.lora_r,
                               lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, use_rslora=args.use_rslora)
     model, tokenizer, _ = sft.build_policy(opts, meta, device)
     pad_id = M.pad_id_of(tokenizer)
+    if full_embedding:
+        model.model.embed_tokens.weight.requires_grad_(True)   # tied: the head reads the same tensor
     opt = sft.make_optimizer(model, args.lr, args.lr)
     total = len(sched)
     model.train()
@@ -260,8 +267,8 @@ def main(argv=None):
         fmt, rows = prompt_format(args, meta)
         pairs = sft.tokenize_examples(examples, fmt)
         sched = schedule(args, pairs)
-        if args.child == "ours":
-            res = run_ours(args, meta, pairs, sched)
+        if args.child in ("ours", "ours-full"):
+            res = run_ours(args, meta, pairs, sched, full_embedding=args.child == "ours-full")
         else:
             res = run_trl(args, meta, examples, sched, rows, defaults=args.child == "trl-defaults")
         res["threads"] = torch.get_num_threads()  # after training: a library could have changed it
@@ -277,7 +284,8 @@ def main(argv=None):
     print(f"{args.model}: {args.warmup} warm-up + {args.steps} timed steps of {args.batch_size} examples "
           f"(micro-batch {args.micro_batch_size}), {args.threads} threads; "
           + ", ".join(f"{k} {x}" for k, x in v.items()))
-    runs = [("ours: sft.py", "ours", []), ("TRL SFTTrainer, CPU best", "trl", [])]
+    runs = [("ours: sft.py", "ours", []), ("TRL SFTTrainer, CPU best", "trl", []),
+            ("ours + whole embedding", "ours-full", [])]
     if args.defaults_steps:
         runs.append(("TRL SFTTrainer, TRL defaults", "trl-defaults",
                      ["--steps", str(args.defaults_steps), "--warmup", "0"]))
@@ -307,8 +315,15 @@ def main(argv=None):
           f"(target >= {TARGET}: {'met' if speed >= TARGET else 'NOT met'}), "
           f"peak RSS x{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}; loss at step {ours['loss_step']}: "
           f"{ours['loss_last']:.4f} vs {peer['loss_last']:.4f} (mean of the last {k}: {tail[0]:.4f} vs {tail[1]:.4f})")
-    if len(rows) > 2:
-        print(f"ours / TRL (defaults): tokens/s x{ours['tokens_per_s'] / rows[2]['tokens_per_s']:.1f}")
+    full = rows[2]
+    full_tail = float(np.mean(full["losses"][-k:]))
+    print(f"like for like (ours with the peer's trainable set, {full['trainable_parameters']:,} parameters): "
+          f"tokens/s x{full['tokens_per_s'] / peer['tokens_per_s']:.2f}, loss at step {full['loss_step']}: "
+          f"{full['loss_last']:.4f} vs {peer['loss_last']:.4f} (mean of the last {k}: {full_tail:.4f} vs "
+          f"{tail[1]:.4f}), largest per-step loss difference "
+          f"{max(abs(a - b) for a, b in zip(full['losses'], peer['losses'])):.4f}")
+    if len(rows) > 3:
+        print(f"ours / TRL (defaults): tokens/s x{ours['tokens_per_s'] / rows[3]['tokens_per_s']:.1f}")
     out = args.out or os.path.join(args.run, "bench_sft.json")
     write_json(out, {"config": {k: x for k, x in vars(args).items() if k not in ("child", "result")},
                      "versions": v, "rows": rows, "speed_ratio": speed, "target": TARGET,
