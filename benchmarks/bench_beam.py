@@ -1,6 +1,6 @@
 """model.beam_search (trie-constrained) against transformers' generate(num_beams=W, prefix_allowed_tokens_fn=...).
 
-    python benchmarks/bench_beam.py [--run runs/bench] [--prompts 160] [--beam-width 20] [--batch-size 8]
+    python benchmarks/bench_beam.py [--run runs/demo] [--prompts 160] [--beam-width 20] [--batch-size 8]
 
 Same model object for both (model.load_policy: the base + RUN/sft/adapter when present, else the base with random
 Semantic-ID rows, so that scores have no ties), same prompts (the first --prompts of RUN/sft_data/test_next.jsonl,
@@ -30,7 +30,7 @@ import rvq
 from common import need_file, read_json, run_main, seed_everything, write_json
 
 # -----------------------------------------------------------------------------
-RUN: str = "runs/bench"
+RUN: str = "runs/demo"             # a pipeline run folder (make demo builds runs/demo)
 MODEL: str = M.DEFAULT_MODEL
 PROMPTS: int = 160              # test prompts decoded by each system
 BEAM_WIDTH: int = 20

@@ -1,7 +1,7 @@
 """dpo.py's training step against TRL's DPOTrainer + PEFT, from the same SFT adapter, pairs, batches and CPU.
 
     pip install -r requirements-bench.txt
-    python benchmarks/bench_dpo.py [--run runs/bench] [--sft RUN/sft/adapter] [--steps 20] [--batch-size 8]
+    python benchmarks/bench_dpo.py [--run runs/demo] [--sft RUN/sft/adapter] [--steps 20] [--batch-size 8]
 
 Both systems start from the SFT adapter (LoRA + Semantic-ID rows; dropout off) with the frozen SFT model as the
 reference, and get the SAME batches in the same order (sft.batch_schedule over the pairs, as dpo.train draws them).
@@ -39,7 +39,7 @@ import sft
 from common import UserError, read_json, run_main, seed_everything, write_json
 
 # -----------------------------------------------------------------------------
-RUN: str = "runs/bench"
+RUN: str = "runs/demo"             # a pipeline run folder (make demo builds runs/demo)
 MODEL: str = M.DEFAULT_MODEL
 STEPS: int = 20                  # timed optimizer steps per system
 WARMUP: int = 2                  # untimed steps first

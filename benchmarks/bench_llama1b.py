@@ -37,7 +37,7 @@ LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
                     rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                      "original_max_position_embeddings": 8192})
-RUN: str = "runs/bench"
+RUN: str = "runs/demo"             # a pipeline run folder (make demo builds runs/demo)
 BATCH_SIZE: int = 8             # examples per step (one micro-batch, as sft.py's default 16 / 16)
 PROMPT_TOKENS: int = 36         # + L IDs + end token: about 40 tokens, a typical SFT example
 LEVELS: int = rvq.LEVELS

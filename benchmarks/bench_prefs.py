@@ -1,6 +1,6 @@
 """Preference-mining throughput of `data.py prefs` on synthetic Music4All-Onion logs of 1 and 10 million events.
 
-    python benchmarks/bench_prefs.py [--run runs/bench] [--sizes 1000000 10000000] [--tracks 2000]
+    python benchmarks/bench_prefs.py [--run runs/demo] [--sizes 1000000 10000000] [--tracks 2000]
 
 The data is generated once and cached under RUN/prefs_world/ (delete it to regenerate):
   world/     `world.py generate` (--tracks, 400 users): the catalogue, its Music4All id tables, a small log;
@@ -28,7 +28,7 @@ import data
 from common import atomic_open, read_json, run_main, write_json
 
 # -----------------------------------------------------------------------------
-RUN: str = "runs/bench"
+RUN: str = "runs/demo"             # a pipeline run folder (make demo builds runs/demo)
 SIZES: tuple = (1_000_000, 10_000_000)   # events per benchmarked log
 CHUNK_EVENTS: int = 1_000_000            # events per world.py listen call
 TRACKS: int = 2000                       # catalogue size (make's default world)

@@ -1,7 +1,7 @@
 """sft.py's training step against TRL's SFTTrainer + PEFT LoRA, on the same model, examples, batches and CPU.
 
     pip install -r requirements-bench.txt
-    python benchmarks/bench_sft.py [--run runs/bench] [--steps 20] [--warmup 2] [--batch-size 16]
+    python benchmarks/bench_sft.py [--run runs/demo] [--steps 20] [--warmup 2] [--batch-size 16]
 
 Both systems get the SAME batches in the same order: the example indices of sft.batch_schedule (as sft.py
 draws them), flattened into a dataset the Trainer reads sequentially. Ours: sft.build_policy, make_optimizer,
@@ -38,7 +38,7 @@ import sft
 from common import UserError, read_json, run_main, seed_everything, write_json
 
 # -----------------------------------------------------------------------------
-RUN: str = "runs/bench"            # a pipeline run folder (make RUN=runs/bench ...)
+RUN: str = "runs/demo"             # a pipeline run folder (make demo builds runs/demo)
 MODEL: str = M.DEFAULT_MODEL
 STEPS: int = 20                    # timed optimizer steps per system
 WARMUP: int = 2                    # untimed steps first (allocator, lazy init)
