@@ -43,7 +43,7 @@ ID_LR: float = 5e-4            # peak LR of the Semantic-ID rows, where per-trac
                                # above pushed every answer's log-prob down (-10 -> -22: likelihood displacement)
 WARMUP_STEPS: int = 10
 GRAD_CLIP: float = 1.0
-EVAL_EVERY: int = 20           # steps between held-out evaluations (and checkpoints)
+EVAL_EVERY: int = 40           # steps between held-out evaluations (and checkpoints); each costs ~10 s
 EVAL_PAIRS: int = 96           # validation pairs scored each time
 SEED: int = 0
 DEVICE: str = "auto"

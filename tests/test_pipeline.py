@@ -180,3 +180,29 @@ def test_unwritable_output_is_one_line_error(demo_run, tmp_path):
                             "--out", str(ro / "rvq"), "--codebook-size", "8"], cwd=ROOT, capture_output=True,
                            text=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write" in r.stderr
+
+
+def test_real_catalogue_through_the_same_commands(shared_data, tiny_smol, tmp_path):
+    """The real-format path through the Makefile: the real Spotify Tracks rows in ../shared/data as CATALOG
+    (duplicated track_ids, 113 genres), listening simulated over that very catalogue (`world.py listen`, the
+    Music4All-Onion layout and Music4All id tables) as LOGS, every stage through evaluation."""
+    real = os.path.join(shared_data, "spotify_tracks", "union_8325.csv")
+    logs = tmp_path / "listen"
+    r = subprocess.run([sys.executable, "world.py", "listen", "--catalog", real, "--out", str(logs),
+                        "--users", "40", "--seed", "3"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    r = make("demo", str(run), tiny_smol, {"CATALOG": real, "LOGS": str(logs / "userid_trackid_timestamp.tsv"),
+                                           "ID_INFO": str(logs / "id_information.csv"),
+                                           "ID_META": str(logs / "id_metadata.csv"), "CODEBOOK": "32",
+                                           "EVAL_ARGS": TINY["EVAL_ARGS"] + " --no-minilm"})   # 8k texts: slow
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not (run / "world").exists()                          # nothing synthetic was generated
+    meta = json.load(open(run / "sft_data" / "meta.json"))
+    cat = meta["catalog_report"]
+    assert cat["rows_read"] == 8325 and cat["kept"] == 7991      # SOURCES.md: 7,991 unique track_ids
+    assert meta["log"]["format"] == "onion" and meta["log"]["match_rate"] == 1.0
+    ids = open(run / "rvq" / "semantic_ids.tsv").read().splitlines()[1:]
+    assert len(ids) == 7991 and len({l.split("\t", 1)[1] for l in ids}) == 7991   # unique despite duplicates
+    assert json.load(open(run / "prefs" / "report.json"))["pairs"]["test"] > 0
+    assert "next_track" in r.stdout and (run / "eval" / "report.md").exists()
