@@ -162,7 +162,6 @@ def peer_model(args):
 
 def run_trl(args, rows, precompute):
     from datasets import Dataset
-    from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
     from trl import DPOConfig, DPOTrainer
     hf_logging.set_verbosity_error()
@@ -187,18 +186,7 @@ def run_trl(args, rows, precompute):
                     seed=args.seed, data_seed=args.seed, train_sampling_strategy="sequential", logging_steps=1,
                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False,
                     dataloader_pin_memory=False, dataloader_num_workers=0)
-    losses, ends, t0, ref_secs = [], [], [0.0], [0.0]
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            t0[0] = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            ends.append(time.perf_counter())
-
-        def on_log(self, _args, state, control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+    clock, ref_secs = harness.trainer_clock(), [0.0]
 
     class TimedDPOTrainer(DPOTrainer):
         def _precompute_ref_logps(self, *a, **k):  # runs inside __init__; timed as the reference's cost
@@ -207,7 +195,7 @@ def run_trl(args, rows, precompute):
             ref_secs[0] += time.perf_counter() - t
             return out
 
-    trainer = TimedDPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+    trainer = TimedDPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
     if len(trainer.train_dataset) != len(flat):
         raise RuntimeError(f"TRL dropped {len(flat) - len(trainer.train_dataset)} pairs while preparing them")
     try:
@@ -217,8 +205,8 @@ def run_trl(args, rows, precompute):
     d = trainer.train_dataset
     seqs = [[p + c, p + r] for p, c, r in zip(d["prompt_ids"], d["chosen_ids"], d["rejected_ids"])]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return {"losses": losses, "t0": t0[0], "ends": ends, "ref_secs": ref_secs[0] if precompute else None,
-            "ref_pairs": len(flat), "sequences": seqs, "trainable": trainable,
+    return {"losses": clock.losses, "t0": clock.t0, "ends": clock.ends,
+            "ref_secs": ref_secs[0] if precompute else None, "ref_pairs": len(flat), "sequences": seqs, "trainable": trainable,
             "reference": "precompute_ref_log_probs" if precompute else "every step (ref adapter)"}
 
 

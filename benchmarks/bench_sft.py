@@ -163,7 +163,6 @@ def prompt_text(tok, text):
 
 def run_trl(args, meta, examples, sched, rows, defaults):
     from datasets import Dataset
-    from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
     hf_logging.set_verbosity_error()
@@ -183,21 +182,9 @@ def run_trl(args, meta, examples, sched, rows, defaults):
                     seed=args.seed, data_seed=args.seed, train_sampling_strategy="sequential",
                     completion_only_loss=True, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                     **cpu_best)
-    losses, ends, t0 = [], [], [0.0]
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            t0[0] = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            ends.append(time.perf_counter())
-
-        def on_log(self, _args, state, control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
+    clock = harness.trainer_clock()
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                         peft_config=peer_peft_config(args, rows, len(tok) - rows), callbacks=[Clock()])
+                         peft_config=peer_peft_config(args, rows, len(tok) - rows), callbacks=[clock])
     if len(trainer.train_dataset) != len(flat):
         raise RuntimeError(f"TRL dropped {len(flat) - len(trainer.train_dataset)} examples while preparing them")
     try:
@@ -209,7 +196,7 @@ def run_trl(args, meta, examples, sched, rows, defaults):
     tokens = [sum(len(x) for x in ids[s:s + b]) for s in range(0, len(ids), b)]
     seqs = [[list(x), sum(l != -100 for l in y)] for x, y in zip(ids, labels)]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return {"losses": losses, "t0": t0[0], "ends": ends, "tokens": tokens, "sequences": seqs,
+    return {"losses": clock.losses, "t0": clock.t0, "ends": clock.ends, "tokens": tokens, "sequences": seqs,
             "trainable": trainable, "bf16": cfg.bf16, "gradient_checkpointing": cfg.gradient_checkpointing,
             "optim": str(cfg.optim)}
 

@@ -110,3 +110,25 @@ def versions(*packages):
         except PackageNotFoundError:
             out[p] = None
     return out
+
+
+def trainer_clock():
+    """A transformers TrainerCallback that records when training starts (t0), when every optimizer step ends
+    (ends) and every logged training loss (losses): the peer's side of the figures ours records inline."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t0, self.ends, self.losses = 0.0, [], []
+
+        def on_train_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.ends.append(time.perf_counter())
+
+        def on_log(self, _args, state, control, logs=None, **k):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return Clock()
