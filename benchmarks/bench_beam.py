@@ -183,9 +183,7 @@ def main(argv=None):
                      "peak_rss_mib": rss})
         raw[name] = res
     cmp = compare(raw["ours"]["results"], raw["hf"]["results"])
-    for name, res in raw.items():
-        if res["threads"] != args.threads:
-            print(f"warning: {name} ended with {res['threads']} torch threads, not {args.threads}")
+    harness.warn_threads(raw, args.threads)
     print(f"model: {raw['ours']['adapter'] or 'base + random Semantic-ID rows (no SFT adapter)'}")
     print(f"\n{'system':<40} {'prompts/s':>9} {'seconds':>8} {'peak RSS MiB':>12}")
     for r in rows:

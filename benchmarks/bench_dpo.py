@@ -278,9 +278,7 @@ def main(argv=None):
         out_rows.append(summarise(label, res, rss, args.warmup, args.batch_size))
         raw[name] = res
     same = sum(a == b for a, b in zip(raw["ours"]["sequences"], raw["trl"]["sequences"]))
-    for name, res in raw.items():
-        if res["threads"] != args.threads:
-            print(f"warning: {name} ended with {res['threads']} torch threads, not {args.threads}")
+    harness.warn_threads(raw, args.threads)
 
     print(f"\n{'system':<32} {'pairs/s':>8} {'incl. ref':>9} {'ref s/pair':>10} {'s/step':>7} {'peak RSS MiB':>12} "
           f"{'loss step 1':>11} {'loss last':>10} {'trainable':>11}")

@@ -283,9 +283,7 @@ def main(argv=None):
         rows.append(summarise(label, res, rss, warm))
         raw[name] = res
     diff, n = compare_tokens(raw["ours"]["sequences"], raw["trl"]["sequences"])
-    for name, res in raw.items():
-        if res["threads"] != args.threads:
-            print(f"warning: {name} ended with {res['threads']} torch threads, not {args.threads}")
+    harness.warn_threads(raw, args.threads)
 
     print(f"\n{'system':<30} {'tokens/s':>9} {'s/step':>7} {'peak RSS MiB':>12} {'loss step 1':>11} "
           f"{'loss last':>10} {'trainable':>11} {'bf16':>5} {'grad ckpt':>9}")

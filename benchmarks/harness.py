@@ -132,3 +132,10 @@ def trainer_clock():
                 self.losses.append(float(logs["loss"]))
 
     return Clock()
+
+
+def warn_threads(raw, threads):
+    """Say when a system's child ended with another torch thread count than asked (a library changed it)."""
+    for name, res in raw.items():
+        if res["threads"] != threads:
+            print(f"warning: {name} ended with {res['threads']} torch threads, not {threads}")
