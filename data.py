@@ -559,6 +559,9 @@ def _chain_first(first, rest):
 SESSION_GAP: int = 30 * 60     # seconds of silence that start a new session
 LONG_LISTEN: float = 90.0      # dwell > 90 s: a long listen (chosen), as the seed
 SKIP: float = 30.0             # dwell < 30 s: a skip (rejected), as the seed
+HISTORY: int = 20             # session plays kept per next-track query (TIGER feeds about 20 items)
+PROMPT_HISTORY: int = 1       # of those, the plays a prompt shows (1: the context track alone, as the seed)
+MAX_SESSIONS: int = 200_000   # sessions per window kept for sequential baselines (uniform sample; memory bound)
 VAL_FRACTION: float = 0.1      # share of (matched) events in the validation window, before the test window
 TEST_FRACTION: float = 0.2     # share of events in the final, held-out test window
 
@@ -612,6 +615,22 @@ def track_text(cat, row, codes=None):
     return s if codes is None else f"{s} ({cat.genres[row][0]}) {id_text(codes)}"
 
 
+def next_track_prompt(cat, hist, row_codes, template=None, n_history=1):
+    """The next-track request for a listening history hist (catalogue rows, oldest first; the last is the
+    context track): that track by name, genre and ID, and with n_history > 1 the plays before it as IDs.
+
+    hist [7, 3] with n_history 2 -> 'Played before: <a_..><b_..><c_..>. I want to listen to A - T (rock)
+    <a_..><b_..><c_..> or something similar'. IDs only for the earlier plays: 3 tokens each, where a name
+    costs 10 or more, and TIGER feeds its whole history as IDs.
+    """
+    prev = hist[-1]
+    text = (template or NEXT_TEMPLATES[0]).format(track=track_text(cat, prev, row_codes[prev]))
+    earlier = list(hist[-n_history:-1]) if n_history > 1 else []
+    if earlier:
+        text = "Played before: " + " ".join(id_text(row_codes[r]) for r in earlier) + ". " + text
+    return text
+
+
 def id_text(codes):
     return "".join(f"<{chr(97 + l)}_{int(c)}>" for l, c in enumerate(codes))
 
@@ -653,13 +672,15 @@ def request_examples(cat, row_codes, masks, n, templates, rng):
     rows = np.array(sorted(row_codes))
     out = []
     for _ in range(n):
-        r = int(rng.choice(rows))
-        own = [k for k in ATTRIBUTES if masks[k][r]]
-        attrs = [("genre", cat.genres[r][0])] if rng.random() < 0.85 else []
-        for j in rng.permutation(len(own))[:int(rng.integers(0 if attrs else 1, 3))]:
-            attrs.append(own[j])
-        if rng.random() < 0.1:
-            attrs.append(("bpm", int(round(cat.feature("tempo")[r] / BPM_STEP) * BPM_STEP)))
+        attrs = []
+        while not attrs:  # a request without attributes ("Suggest a music  song") would make every track relevant
+            r = int(rng.choice(rows))
+            own = [k for k in ATTRIBUTES if masks[k][r]]
+            attrs = [("genre", cat.genres[r][0])] if rng.random() < 0.85 else []
+            for j in rng.permutation(len(own))[:int(rng.integers(0 if attrs else 1, 3))]:
+                attrs.append(own[j])
+            if rng.random() < 0.1:
+                attrs.append(("bpm", int(round(cat.feature("tempo")[r] / BPM_STEP) * BPM_STEP)))
         order = {k: i for i, k in enumerate(("genre",) + tuple(dict.fromkeys(a for a, _ in ATTRIBUTES)) + ("bpm",))}
         attrs = sorted(set(attrs), key=lambda a: order[a[0]])
         prompt = templates[int(rng.integers(len(templates)))].format(desc=describe_request(attrs))
@@ -745,24 +766,34 @@ class Reservoir:
 
 
 def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=None, id_metadata=None,
-              long_listen=LONG_LISTEN, gap=SESSION_GAP, stats=None):
+              long_listen=LONG_LISTEN, gap=SESSION_GAP, stats=None, history=HISTORY, max_sessions=MAX_SESSIONS):
     """One streaming pass for the SFT stage: next-track transitions per window and training-window statistics.
 
-    Returns (transitions {window: [(user, prev_row, next_row)]}, counts {window: all transitions seen},
-    popularity (N,), cooc {(i, j): count}). A transition is a play followed, in the same session, by a long
-    listen of another catalogued track; each window keeps a uniform sample of at most caps[window] of them.
-    Co-listening counts pairs within 3 plays of each other in a training-window session (symmetric).
+    Returns (transitions {window: [(user, history_rows, next_row)]}, counts {window: all transitions seen},
+    popularity (N,), cooc {(i, j): count}, sequences {"train"|"val": [[row, ...], ...]}).
+    A transition is a play followed, in the same session, by a long listen of another catalogued track;
+    history_rows are the session's last `history` catalogued plays up to and including that play (oldest
+    first), so its last element is the context track. Each window keeps a uniform sample of at most
+    caps[window] transitions. Co-listening counts pairs within 3 plays of each other in a training-window
+    session (symmetric). sequences: each session's catalogued plays inside one window (a session crossing a
+    window boundary is cut there), for sequential baselines such as SASRec; at most max_sessions per window.
     """
     transitions = {w: Reservoir(caps[w], rng) for w in ("train", "val", "test")}
+    sequences = {w: Reservoir(max_sessions, rng) for w in ("train", "val")}
     popularity = np.zeros(len(catalog), dtype=np.int64)
     cooc = {}
     for user, plays in iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata,
                                        stats=stats):
         for sess in sessions_of(plays, catalog, gap):
+            seq = {"train": [], "val": []}
+            seen = []  # catalogued plays of this session so far, for the histories
             for i, (ts, row, dwell) in enumerate(sess):
                 if row < 0 or row not in row_codes:
                     continue
+                seen.append(row)
                 w = window(ts, t_val, t_test)
+                if w in seq:
+                    seq[w].append(row)
                 if w == "train":
                     popularity[row] += 1
                     for ts2, row2, _ in sess[i + 1:i + 4]:
@@ -773,9 +804,20 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
                     ts2, row2, dwell2 = sess[i + 1]
                     if row2 >= 0 and row2 != row and row2 in row_codes and dwell2 is not None \
                             and dwell2 > long_listen and window(ts2, t_val, t_test) == w:
-                        transitions[w].add((user, row, row2))
+                        transitions[w].add((user, tuple(seen[-history:]), row2))
+            for w, rows in seq.items():
+                if len(rows) >= 2:  # a sequence model learns nothing from a single play
+                    sequences[w].add(rows)
     return ({w: r.sample() for w, r in transitions.items()}, {w: r.seen for w, r in transitions.items()},
-            popularity, cooc)
+            popularity, cooc, {w: r.sample() for w, r in sequences.items()})
+
+
+def flat_sequences(seqs):
+    """[[row, ...], ...] -> (items int32, offsets int64 of length S + 1): session s is items[off[s]:off[s+1]]."""
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(q) for q in seqs])
+    items = np.fromiter((r for q in seqs for r in q), dtype=np.int32, count=int(offsets[-1]))
+    return items, offsets
 
 
 def build_sft(args):
@@ -822,17 +864,26 @@ def build_sft(args):
     # 3. next track from the logs, split by time
     t_val, t_test = split_times(args.logs, catalog, args.id_information, args.id_metadata,
                                 args.val_fraction, args.test_fraction)
+    if rvq_meta.get("t_val") is not None and rvq_meta["t_val"] > t_val:
+        raise UserError(f"{args.rvq}: its IDs read listening up to {format_ts(rvq_meta['t_val'])}, after this "
+                        f"split's training window ends ({format_ts(t_val)}); use the same --val-fraction / "
+                        "--test-fraction in rvq.py train and data.py sft")
     log_stats = {}
     caps = {"train": args.next_examples, "val": args.next_examples // 10, "test": args.test_next}
-    chosen, n_trans, popularity, cooc = mine_logs(args.logs, catalog, row_codes, t_val, t_test, caps, rng,
-                                                  args.id_information, args.id_metadata, stats=log_stats)
+    chosen, n_trans, popularity, cooc, seqs = mine_logs(args.logs, catalog, row_codes, t_val, t_test, caps, rng,
+                                                        args.id_information, args.id_metadata, stats=log_stats,
+                                                        max_sessions=args.max_sessions)
+    n_hist = args.prompt_history
     for w in ("train", "val"):
-        for user, prev, nxt in chosen[w]:
+        for user, hist, nxt in chosen[w]:
             tmpl = NEXT_TEMPLATES[int(rng.integers(len(NEXT_TEMPLATES)))]
-            add(w, tmpl.format(track=track_text(catalog, prev, row_codes[prev])), nxt, "next_track")
-    tests_next = [{"prompt": NEXT_TEMPLATES[0].format(track=track_text(catalog, prev, row_codes[prev])),
-                   "task": "next_track", "context_track": catalog.track_id[prev],
-                   "relevant": [catalog.track_id[nxt]], "user": user} for user, prev, nxt in chosen["test"]]
+            add(w, next_track_prompt(catalog, hist, row_codes, tmpl, n_hist), nxt, "next_track")
+    # `history`: the plays the prompt shows, all a baseline may read; `session`: the longer history, for reference
+    tests_next = [{"prompt": next_track_prompt(catalog, hist, row_codes, NEXT_TEMPLATES[0], n_hist),
+                   "task": "next_track", "context_track": catalog.track_id[hist[-1]],
+                   "history": [catalog.track_id[r] for r in hist[-n_hist:]],
+                   "session": [catalog.track_id[r] for r in hist],
+                   "relevant": [catalog.track_id[nxt]], "user": user} for user, hist, nxt in chosen["test"]]
     for split in examples:  # mix the task families
         examples[split] = [examples[split][i] for i in rng.permutation(len(examples[split]))]
     if not examples["train"] or not examples["val"]:
@@ -849,7 +900,9 @@ def build_sft(args):
     cc = np.array(list(cooc.values()), dtype=np.int64)
     with atomic_path(os.path.join(out, "listening_stats.npz")) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, popularity=popularity, cooc_i=ci, cooc_j=cj, cooc_count=cc)
+            np.savez(f, popularity=popularity, cooc_i=ci, cooc_j=cj, cooc_count=cc,
+                     **{f"{w}_seq_{k}": a for w in ("train", "val") for k, a in zip(("items", "offsets"),
+                                                                                  flat_sequences(seqs[w]))})
     counts = {s: {t: sum(e["task"] == t for e in examples[s]) for t in ("attributes", "grounding", "next_track")}
               for s in examples}
     meta = {"catalog": os.path.abspath(args.catalog), "rvq": os.path.abspath(args.rvq),
@@ -858,7 +911,7 @@ def build_sft(args):
             "logs": os.path.abspath(args.logs),
             "id_information": args.id_information and os.path.abspath(args.id_information),
             "id_metadata": args.id_metadata and os.path.abspath(args.id_metadata),
-            "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val), "t_test_utc": format_ts(t_test),
+            "prompt_history": n_hist, "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val), "t_test_utc": format_ts(t_test),
             "examples": counts, "test_next": len(tests_next), "test_attributes": len(tests_attr),
             "transitions": n_trans, "log": log_stats, "catalog_report": cat_report}
     write_json(os.path.join(out, "meta.json"), meta)
@@ -871,7 +924,8 @@ def build_sft(args):
 
 # ============================================================================================== preference pairs
 
-def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_plays=0, counts=None):
+def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_plays=0, counts=None,
+               windows=None, history=0):
     """Preference pairs of one user's sessions: [(context_row, chosen_row, rejected_row, ts)].
 
     The context is a play; the candidates are the plays after it in the same session (the next
@@ -879,6 +933,10 @@ def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_p
     (dwell > long_listen) is chosen and the first labelled skip (dwell < skip) is rejected; plays without a
     known dwell (a session's last) are unlabelled. Both must be catalogued tracks other than the context, so
     the prompt never names an answer. ts = the context's time, which decides the split.
+    windows = (t_val, t_test): candidates must lie in the context's time window, so no validation pair
+    uses a test-window play and no training pair a later one.
+    history > 0: each pair also carries the session's last `history` catalogued plays up to the context
+    (a tuple of rows, oldest first), as the next-track prompts show them: (context, chosen, rejected, ts, hist).
     """
     counts = {} if counts is None else counts
 
@@ -900,6 +958,12 @@ def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_p
             if ctx < 0 or ctx not in row_codes:
                 continue
             cands = sess[i + 1:i + 1 + window_plays] if window_plays else sess[i + 1:]
+            if windows is not None:
+                w = window(ts, *windows)
+                inside = [c for c in cands if window(c[0], *windows) == w]
+                if len(inside) < len(cands):
+                    count("candidates cut at a window boundary")
+                cands = inside
             chosen = next((r for _, r, d in cands if d is not None and d > long_listen and r >= 0
                            and r != ctx and r in row_codes), None)
             rejected = next((r for _, r, d in cands if d is not None and d < skip and r >= 0
@@ -908,6 +972,9 @@ def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_p
                 count("dropped: no chosen and rejected play after the context")
             elif chosen == rejected:
                 count("dropped: chosen and rejected are the same track")
+            elif history:
+                hist = [r for _, r, _ in sess[:i + 1] if r >= 0 and r in row_codes][-history:]
+                out.append((ctx, chosen, rejected, ts, tuple(hist)))
             else:
                 out.append((ctx, chosen, rejected, ts))
     return out
@@ -932,7 +999,10 @@ def build_prefs(args):
     n = len(catalog)
     log = args.logs or meta["logs"]
     t_val, t_test = meta["t_val"], meta["t_test"]
+    n_hist = meta.get("prompt_history", 1)   # the prompts show what the SFT prompts show
     stats, counts = {}, {}
+    # training-window labelled plays per track, for the preference baselines of evaluate.py
+    plays, long, skips = (np.zeros(n, dtype=np.int64) for _ in range(3))
     n_sessions = 0
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
@@ -941,13 +1011,19 @@ def build_prefs(args):
         parts = [open(os.path.join(tmp_dir, f"{b}.tsv"), "w", encoding="utf-8") for b in range(PARTITIONS)]
         plays_iter = iter_user_plays(log, catalog, id_information=args.id_information or meta["id_information"],
                                      id_metadata=args.id_metadata or meta["id_metadata"], stats=stats)
-        for user, plays in tqdm(plays_iter, desc="mining pairs", unit=" users", disable=None):
-            sess = sessions_of(plays, catalog, args.session_gap)
+        for user, user_plays in tqdm(plays_iter, desc="mining pairs", unit=" users", disable=None):
+            sess = sessions_of(user_plays, catalog, args.session_gap)
             n_sessions += len(sess)
-            for ctx, ch, rj, ts in mine_pairs(sess, row_codes, args.long_listen, args.skip, args.window_plays,
-                                              counts):
+            for ts, row, dwell in (p for ss in sess for p in ss):   # per-track labels of the training window
+                if row >= 0 and dwell is not None and ts < t_val:
+                    plays[row] += 1
+                    long[row] += dwell > args.long_listen
+                    skips[row] += dwell < args.skip
+            for ctx, ch, rj, ts, hist in mine_pairs(sess, row_codes, args.long_listen, args.skip,
+                                                    args.window_plays, counts, windows=(t_val, t_test),
+                                                    history=n_hist):
                 key = (ctx * n + ch) * n + rj
-                line = json.dumps({"prompt": NEXT_TEMPLATES[0].format(track=track_text(catalog, ctx, row_codes[ctx])),
+                line = json.dumps({"prompt": next_track_prompt(catalog, hist, row_codes, n_history=n_hist),
                                    "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
                                    "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
                                    "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)},
@@ -988,8 +1064,13 @@ def build_prefs(args):
               "labelled": {k: counts.get(k, 0) for k in ("chosen", "rejected", "between", "unlabelled")},
               "pairs": n_pairs, "pairs_before_caps": {w: keep[w].seen for w in caps},
               "dropped": {k[len("dropped: "):]: v for k, v in counts.items() if k.startswith("dropped")},
+              "contexts_with_candidates_cut_at_a_window_boundary": counts.get("candidates cut at a window boundary",
+                                                                              0),
               "bad_rows": stats.get("bad_rows", 0), "seconds": seconds,
               "events_per_second": stats.get("events_read", 0) / max(mined, 1e-9)}
+    with atomic_path(os.path.join(args.out, "track_labels.npz")) as tmp:
+        with open(tmp, "wb") as f:   # plays with a known dwell, long listens, skips: training window only
+            np.savez(f, plays=plays, long=long, skip=skips)
     write_json(os.path.join(args.out, "report.json"), report)
     write_json(os.path.join(args.out, "meta.json"), {k: meta[k] for k in ("levels", "codebook_size",
                                                                          "id_table_sha256", "semantic_ids")})
@@ -1018,6 +1099,10 @@ def parse_args(argv=None):
                    help="next-track training examples, sampled uniformly (0: all, memory grows with the log)")
     s.add_argument("--test-next", type=int, default=1000, help="next-track test queries (sampled)")
     s.add_argument("--test-attributes", type=int, default=200, help="attribute test queries")
+    s.add_argument("--prompt-history", type=int, default=PROMPT_HISTORY,
+                   help="plays a next-track prompt shows: the context track and up to N - 1 plays before it (as IDs)")
+    s.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
+                   help="training / validation sessions kept for the SASRec baseline (uniform sample; 0: all)")
     s.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     s.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     s.add_argument("--seed", type=int, default=0)

@@ -108,3 +108,45 @@ def test_mining_runs_on_real_lastfm_lines(shared_data):
     assert stats["events_read"] == 5000 and stats["match_rate"] > 0.95 and stats["users"] == 2
     assert n_sessions > 10 and counts["chosen"] > 100 and counts["rejected"] > 10
     assert len(pairs) > 10 and all(c != ch != rj for c, ch, rj, _ in pairs)
+
+
+def test_no_pair_crosses_a_window_boundary():
+    cat = tiny_catalog()
+    # context 0 in the training window (t < 1000); its only chosen (2) and rejected (1) plays are later: the
+    # rejected one at t = 1000 is already in the validation window, so no training pair may use it
+    plays = [(900, 0), (950, 3), (1000, 1), (1010, 2), (1400, 4)]
+    sess = data.sessions_of(plays, cat, gap=1800)
+    assert data.mine_pairs(sess, {i: (i,) for i in range(5)}) == [(0, 2, 1, 900), (3, 2, 1, 950)]
+    counts = {}
+    pairs = data.mine_pairs(sess, {i: (i,) for i in range(5)}, windows=(1000, 1400), counts=counts)
+    assert pairs == []                               # 0 and 3 lose their skip; 1 (val) has no later skip
+    assert counts["candidates cut at a window boundary"] == 4     # contexts 0, 3 (train), 1, 2 (val)
+    # inside one window nothing changes
+    assert data.mine_pairs(sess, {i: (i,) for i in range(5)}, windows=(5000, 6000)) == \
+        data.mine_pairs(sess, {i: (i,) for i in range(5)})
+
+
+
+def test_an_attribute_request_always_names_an_attribute():
+    """A track with no attribute of its own and no genre drawn must not yield "Suggest a music  song"."""
+    cat = tiny_catalog(n=20)
+    cat.features[:, data.FEATURES.index("tempo")] = 110.0     # neither fast nor slow; every other feature 0.5
+    masks = data.attribute_masks(cat)
+    assert not any(masks[k].any() for k in data.ATTRIBUTES)  # no track has any attribute but its genre
+    rng = np.random.default_rng(0)
+    reqs = data.request_examples(cat, {i: (i,) for i in range(20)}, masks, 400, data.TEST_REQUEST_TEMPLATES, rng)
+    assert len(reqs) == 400 and all(attrs for attrs, _, _ in reqs)
+    assert not any("  " in prompt or "music song" in prompt for _, prompt, _ in reqs)
+
+
+def test_pairs_and_prompts_carry_the_session_history():
+    cat = tiny_catalog()
+    codes = {i: (i, 0, 0) for i in range(5)}
+    sess = data.sessions_of([(0, 3), (50, 0), (150, 1), (160, 2), (500, 4)], cat, gap=1800)
+    pairs = data.mine_pairs(sess, codes, history=2)
+    assert pairs[0] == (3, 0, 1, 0, (3,)) and pairs[1] == (0, 2, 1, 50, (3, 0))
+    assert data.next_track_prompt(cat, (0,), codes) == \
+        "I want to listen to Artist 0 - Song 0 (rock) <a_0><b_0><c_0> or something similar"
+    assert data.next_track_prompt(cat, (3, 0), codes, n_history=2) == \
+        "Played before: <a_3><b_0><c_0>. I want to listen to Artist 0 - Song 0 (rock) <a_0><b_0><c_0> or something similar"
+    assert data.next_track_prompt(cat, (4, 3, 0), codes, n_history=1) == data.next_track_prompt(cat, (0,), codes)
