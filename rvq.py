@@ -36,6 +36,12 @@ TOL: float = 1e-4           # stop a level when the k-means objective drops by l
 CHUNK: int = 4096           # rows per distance block: CHUNK x K floats stay in cache (1.5x faster than 16k)
 LOG_EPS: float = 1e-3       # log(x + eps): values below ~1e-3 (a third of instrumentalness is 0) stay near one point
 PURITY_PERMUTATIONS: int = 20  # random code assignments averaged for the genre-purity baseline
+SIGNALS: str = "audio"      # blocks the quantiser reads, comma-separated: audio (the seed's), genre, collab
+WEIGHTS: str = ""           # total variance of each block, comma-separated in SIGNALS order (empty: 1 each)
+COLLAB_DIM: int = 16        # PPMI-SVD dimensions of the collab block (enough for 20 genres' neighbourhoods)
+COLLAB_WINDOW: int = 3      # plays within this distance in a session co-occur (as data.py's item kNN counts)
+COLLAB_RIDGE: float = 1.0   # ridge of the content -> collab map that places cold tracks
+KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
 FEATURES = data.FEATURES   # the seed's 10 audio features, raw units, this order
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
@@ -100,6 +106,137 @@ def preprocess(features_raw, params):
     k = FEATURES.index("key")
     pair = float(params["key_scale"]) * _key_circle(features_raw[:, k])
     return np.concatenate([z[:, :k], pair, z[:, k + 1:]], axis=1)
+
+
+# ----------------------------------------------------------------------------- signal blocks
+# The quantiser reads a concatenation of named blocks, each scaled to a chosen total variance, so that a
+# 16-column block and an 11-column one weigh what their weights say, not what their widths say:
+#   audio   the seed's 10 audio features, preprocessed as above (11 columns)
+#   genre   one-hot primary genre: tracks of a genre share a first code once this block dominates
+#   collab  PPMI + truncated SVD of training-window co-listening (Levy & Goldberg 2014: the factorisation
+#           behind item2vec); tracks that people play one after another get nearby vectors, hence prefixes.
+#           A track never played in the training window (cold start, or a new track) gets the vector a ridge
+#           regression predicts from its audio and genre blocks.
+
+def block_scale(x):
+    """1 / sqrt(total variance) of a block x (N, d): multiplying by it gives the block total variance 1."""
+    total = float(np.asarray(x, np.float64).var(axis=0).sum())
+    return 1.0 / math.sqrt(total) if total > 0 else 1.0
+
+
+def genre_onehot(primary, names):
+    """(N,) primary genre names, the known names (G,) -> (N, G) one-hot; an unknown genre is all zeros."""
+    col = {g: j for j, g in enumerate(names)}
+    out = np.zeros((len(primary), len(names)))
+    for i, g in enumerate(primary):
+        if g in col:
+            out[i, col[g]] = 1.0
+    return out
+
+
+def co_listening(log, catalog, t_val, window=COLLAB_WINDOW, id_information=None, id_metadata=None):
+    """Symmetric co-listening counts of the training window: (i (M,), j (M,), count (M,)) int64 arrays.
+
+    Two catalogued plays of one session at most `window` plays apart, both before t_val, co-occur once
+    (each direction counted), as data.py counts them for item kNN.
+    """
+    counts = {}
+    for _, plays in data.iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata):
+        for sess in data.sessions_of(plays, catalog):
+            rows = [r for ts, r, _ in sess if r >= 0 and ts < t_val]
+            for a, ra in enumerate(rows):
+                for rb in rows[a + 1:a + 1 + window]:
+                    if ra != rb:
+                        counts[(ra, rb)] = counts.get((ra, rb), 0) + 1
+                        counts[(rb, ra)] = counts.get((rb, ra), 0) + 1
+    keys = np.array(list(counts), dtype=np.int64).reshape(-1, 2)
+    return keys[:, 0], keys[:, 1], np.array(list(counts.values()), dtype=np.int64)
+
+
+def ppmi(i, j, c, n):
+    """Positive PMI of each count: max(0, log(c_ij * total / (c_i * c_j))), c_i = row sums. (M,) in, (M,) out.
+
+    Worked example: counts (0,1): 2, (1,0): 2, (1,2): 1, (2,1): 1 -> total 6, row sums 2, 3, 1;
+    PPMI(0,1) = log(2 * 6 / (2 * 3)) = log 2, PPMI(1,2) = log(1 * 6 / (3 * 1)) = log 2.
+    """
+    c = np.asarray(c, np.float64)
+    row = np.bincount(i, weights=c, minlength=n)
+    return np.maximum(np.log(c * c.sum() / (row[i] * row[j])), 0.0)
+
+
+def ppmi_svd(i, j, c, n, dim, seed=SEED):
+    """Item vectors from co-listening counts: (N, dim), rows of never co-listened items are 0.
+
+    PPMI_ij = max(0, log(c_ij * total / (c_i * c_j))), c_i the row sums; then a rank-`dim` truncated SVD
+    PPMI ~ U S V^T and the vectors U sqrt(S) (Levy & Goldberg 2014). Randomised SVD on the sparse matrix
+    (torch.svd_lowrank), seeded, so it scales to a real catalogue.
+    """
+    if len(c) == 0:
+        return np.zeros((n, dim))
+    pmi = ppmi(i, j, c, n)
+    keep = pmi > 0
+    a = torch.sparse_coo_tensor(np.stack([i[keep], j[keep]]), pmi[keep], (n, n), check_invariants=True).coalesce()
+    q = min(dim, n - 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        u, s, _ = torch.svd_lowrank(a, q=min(q + 10, n), niter=6)
+    emb = np.zeros((n, dim))
+    emb[:, :q] = (u[:, :q] * s[:q].sqrt()).numpy()
+    return emb
+
+
+def fit_cold_map(content, emb, warm, ridge=COLLAB_RIDGE):
+    """Ridge regression content -> collab vector on the warm tracks: W (D + 1, dim), bias in the last row.
+
+    content (N, D), emb (N, dim), warm (N,) bool. A cold track's vector is [content, 1] @ W.
+    """
+    x = np.hstack([content[warm], np.ones((int(warm.sum()), 1))])
+    reg = ridge * np.eye(x.shape[1])
+    reg[-1, -1] = 0.0                      # the bias is not shrunk
+    return np.linalg.solve(x.T @ x + reg, x.T @ emb[warm])
+
+
+def signal_blocks(features_raw, primary, rvq_params, collab=None):
+    """{name: (N, d) unscaled block} for the signals in rvq_params["signals"].
+
+    collab: the catalogue's PPMI-SVD vectors (N, dim) and warm mask (N,), or None for new tracks, whose
+    collab vectors (like the catalogue's cold ones) are predicted from [audio, genre] by the saved map.
+    """
+    audio = preprocess(features_raw, rvq_params)
+    genre = genre_onehot(primary, rvq_params["genres"])
+    blocks = {"audio": audio, "genre": genre}
+    if "collab" in rvq_params["signals"]:
+        pred = np.hstack([audio, genre, np.ones((len(audio), 1))]) @ rvq_params["collab_map"]
+        if collab is not None:
+            emb, warm = collab
+            pred[warm] = emb[warm]
+        blocks["collab"] = pred
+    return {name: blocks[name] for name in rvq_params["signals"]}
+
+
+def with_signal_defaults(params):
+    """The preprocessing dict completed with the signal fields; a bare one means the seed's audio-only input."""
+    p = dict(params)
+    p["signals"] = list(p.get("signals") or ["audio"])
+    p["genres"] = list(p.get("genres") or [])
+    p["weights"] = list(p.get("weights") or [1.0] * len(p["signals"]))
+    p["scales"] = list(p.get("scales") or [1.0] * len(p["signals"]))
+    p.setdefault("collab_map", None)
+    p.setdefault("t_val", None)
+    return p
+
+
+def signal_dims(params):
+    """Width of the quantiser's input for these signals."""
+    widths = {"audio": len(COLUMNS), "genre": len(params["genres"]),
+              "collab": 0 if params.get("collab_map") is None else np.asarray(params["collab_map"]).shape[1]}
+    return sum(widths[b] for b in params["signals"])
+
+
+def signal_matrix(blocks, rvq_params):
+    """The quantiser's input (N, D): the blocks side by side, block b times scale_b * sqrt(weight_b)."""
+    return np.hstack([blocks[b] * rvq_params["scales"][k] * math.sqrt(rvq_params["weights"][k])
+                      for k, b in enumerate(rvq_params["signals"])])
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -335,6 +472,38 @@ def quality_report(x, codes, codes_unique, codebooks, primary_genres, seed=SEED,
     }
 
 
+def prefix_genre_purity(codes, primary):
+    """Genre purity of the ID prefixes: for l = 1..L, the share of tracks whose primary genre is the majority
+    genre of the tracks sharing their first l codes. codes (N,L), primary (N,) str -> [L floats]."""
+    codes = np.asarray(codes)
+    names = {g: j for j, g in enumerate(sorted(set(primary)))}
+    labels = np.array([names[g] for g in primary])
+    out = []
+    for level in range(1, codes.shape[1] + 1):
+        _, group = np.unique(codes[:, :level], axis=0, return_inverse=True)
+        table = np.zeros((group.max() + 1, len(names)), dtype=np.int64)
+        np.add.at(table, (group.reshape(-1), labels), 1)
+        out.append(float(table.max(axis=1).sum() / len(labels)))
+    return out
+
+
+def neighbour_code_share(i, j, c, code1, k, neighbours=KNN_NEIGHBOURS):
+    """Share of each track's top co-listening neighbours (item kNN, training window) that share its first code,
+    averaged over tracks with a neighbour; and the share expected if first codes were random (sum of squared
+    code shares). (i, j, c): co-listening counts; code1 (N,) first codes."""
+    order = np.lexsort((-c, i))            # by track, then most co-listened first
+    i, j = i[order], j[order]
+    shares, start = [], 0
+    for s in range(1, len(i) + 1):
+        if s == len(i) or i[s] != i[start]:
+            nb = j[start:start + neighbours]
+            shares.append(float((code1[nb] == code1[i[start]]).mean()))
+            start = s
+    p = np.bincount(code1, minlength=k) / len(code1)
+    return {"share": float(np.mean(shares)) if shares else None, "random": float((p ** 2).sum()),
+            "tracks": len(shares), "neighbours": neighbours}
+
+
 def format_report(rep):
     """The report as a printable table (a few lines)."""
     lines = [f"{'level':>5}  {'mse':>8}  {'explained':>9}  {'gain':>6}  {'used/K':>9}  {'entropy':>7}"]
@@ -349,6 +518,12 @@ def format_report(rep):
                  f"MSE +{i['mse_added']:.5f}")
     lift = f" (x{g['lift']:.2f})" if g["lift"] else ""
     lines.append(f"genre purity of code 1: {g['code1']:.3f} vs {g['random']:.3f} random{lift}, {g['genres']} genres")
+    if "per_level" in g:
+        lines.append("genre purity of the ID prefixes (levels 1..L): " + ", ".join(f"{v:.3f}" for v in g["per_level"]))
+    nb = rep.get("colisten_neighbours_sharing_code1")
+    if nb and nb["share"] is not None:
+        lines.append(f"co-listening neighbours sharing the first code: {nb['share']:.3f} "
+                     f"(random codes: {nb['random']:.3f}; top {nb['neighbours']} of {nb['tracks']} tracks)")
     return "\n".join(lines)
 
 
@@ -357,12 +532,18 @@ def format_report(rep):
 def save_rvq(folder, codebooks, params, levels, k):
     """rvq.safetensors: codebooks (L,K,D) and preprocessing tensors; metadata names the features."""
     from safetensors.torch import save_file
+    p = with_signal_defaults(params)
     tensors = {"codebooks": codebooks.contiguous()}
-    tensors.update({f"pre_{name}": torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(-1)
-                    for name, v in params.items()})
+    tensors.update({f"pre_{name}": torch.as_tensor(np.asarray(p[name], dtype=np.float64)).reshape(-1)
+                    for name in ("mean", "std", "key_scale", "log_eps")})
+    tensors["block_scales"] = torch.tensor(p["scales"], dtype=torch.float64)
+    tensors["block_weights"] = torch.tensor(p["weights"], dtype=torch.float64)
+    if p.get("collab_map") is not None:
+        tensors["collab_map"] = torch.as_tensor(np.asarray(p["collab_map"], dtype=np.float64)).contiguous()
     # one metadata entry: safetensors writes several in hash order, which would change the file's bytes
     meta = {"rvq": json.dumps({"format": "rvq-1", "features": list(FEATURES), "columns": list(COLUMNS),
-                               "levels": levels, "codebook_size": k})}
+                               "levels": levels, "codebook_size": k, "signals": p["signals"],
+                               "genres": p["genres"], "t_val": p.get("t_val")})}
     with atomic_path(os.path.join(folder, MODEL_FILE)) as tmp:
         save_file(tensors, tmp, metadata=meta)
 
@@ -387,23 +568,33 @@ def load_rvq(folder):
     if missing or info.get("format") != "rvq-1":
         fail(path, f"not an rvq.py model (missing {', '.join(missing) or 'rvq metadata'})")
     books = tensors["codebooks"]
-    if books.ndim != 3 or books.shape[2] != len(COLUMNS) or info.get("features") != list(FEATURES):
-        fail(path, f"codebooks {tuple(books.shape)} / features do not match this rvq.py ({len(COLUMNS)} dims)")
-    params = {"mean": tensors["pre_mean"].numpy(), "std": tensors["pre_std"].numpy(),
-              "key_scale": np.float64(tensors["pre_key_scale"][0]), "log_eps": np.float64(tensors["pre_log_eps"][0])}
+    params = with_signal_defaults({
+        "mean": tensors["pre_mean"].numpy(), "std": tensors["pre_std"].numpy(),
+        "key_scale": np.float64(tensors["pre_key_scale"][0]), "log_eps": np.float64(tensors["pre_log_eps"][0]),
+        "signals": info.get("signals", ["audio"]), "genres": info.get("genres", []), "t_val": info.get("t_val"),
+        "scales": tensors["block_scales"].tolist() if "block_scales" in tensors else None,
+        "weights": tensors["block_weights"].tolist() if "block_weights" in tensors else None,
+        "collab_map": tensors["collab_map"].numpy() if "collab_map" in tensors else None})
+    dims = signal_dims(params)
+    if books.ndim != 3 or books.shape[2] != dims or info.get("features") != list(FEATURES):
+        fail(path, f"codebooks {tuple(books.shape)} / features do not match the signals {params['signals']} "
+                   f"({dims} dims)")
     meta = {"features": list(FEATURES), "columns": list(COLUMNS), "levels": books.shape[0],
-            "codebook_size": books.shape[1]}
+            "codebook_size": books.shape[1], "signals": params["signals"], "t_val": params["t_val"]}
     return {"codebooks": books, "params": params, "meta": meta}
 
 
-def encode_new(features_raw, rvq):
+def encode_new(features_raw, rvq, primary_genres=None):
     """Codes for tracks outside the catalogue (cold start): (N,10) raw features -> (N,L) int64.
 
-    Uses the saved preprocessing and codebooks, greedy like the catalogue. Collision resolution
-    applies only to the catalogue, so a new track may share its full ID with an existing track.
+    Uses the saved preprocessing and codebooks, greedy like the catalogue. primary_genres (N,) feeds the
+    genre block (an unknown genre: all zeros); the collab block of a new track is predicted from its audio
+    and genre by the saved map, as for the catalogue's cold tracks. Collision resolution applies only to
+    the catalogue, so a new track may share its full ID with an existing track.
     """
-    x = torch.as_tensor(preprocess(features_raw, rvq["params"]), dtype=rvq["codebooks"].dtype)
-    return encode(x, rvq["codebooks"])
+    primary = [""] * len(features_raw) if primary_genres is None else list(primary_genres)
+    x = signal_matrix(signal_blocks(features_raw, primary, rvq["params"]), rvq["params"])
+    return encode(torch.as_tensor(x, dtype=rvq["codebooks"].dtype), rvq["codebooks"])
 
 
 def write_semantic_ids(path, track_ids, codes):
@@ -462,14 +653,49 @@ def train(args):
     if n > args.codebook_size ** args.levels:
         raise UserError(f"{n} tracks need more than {args.codebook_size}^{args.levels} IDs; "
                         "raise --levels or --codebook-size")
+    signals = [b.strip() for b in args.signals.split(",") if b.strip()]
+    unknown = [b for b in signals if b not in ("audio", "genre", "collab")] or len(set(signals)) < len(signals)
+    if unknown or not signals:
+        raise UserError(f"--signals {args.signals!r}: expected a comma-separated subset of audio, genre, collab")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(signals)
+    if len(weights) != len(signals) or min(weights) <= 0:
+        raise UserError(f"--weights {args.weights!r}: one positive number per signal ({', '.join(signals)})")
+    if "collab" in signals and not args.logs:
+        raise UserError("--signals collab needs --logs (the listening log; only its training window is read)")
+    primary = [g[0] if len(g) else "" for g in catalog.genres]
     params = fit_preprocess(catalog.features)
-    x = torch.from_numpy(preprocess(catalog.features, params))  # (N,D) float64
+    params.update(signals=signals, weights=weights, genres=sorted(set(primary)))
+    cooc, collab = None, None
+    if args.logs:
+        # the same time split as data.py sft, so only training-window listening shapes the IDs
+        params["t_val"], _ = data.split_times(args.logs, catalog, args.id_information, args.id_metadata,
+                                              args.val_fraction, args.test_fraction)
+        cooc = co_listening(args.logs, catalog, params["t_val"], args.collab_window, args.id_information,
+                            args.id_metadata)
+    if "collab" in signals:
+        emb = ppmi_svd(*cooc, n, args.collab_dim, args.seed)
+        warm = np.abs(emb).sum(1) > 0
+        content = np.hstack([preprocess(catalog.features, params), genre_onehot(primary, params["genres"])])
+        params["collab_map"] = fit_cold_map(content, emb, warm, args.collab_ridge)
+        collab = (emb, warm)
+        print(f"collab block: {int(warm.sum())} of {n} tracks co-listened in the training window; "
+              f"{n - int(warm.sum())} placed from their audio and genre")
+    blocks = signal_blocks(catalog.features, primary, params, collab)
+    # one block: used as it is (the seed's input); several: each scaled to its weight's total variance
+    params["scales"] = [1.0] if len(signals) == 1 else [block_scale(blocks[b]) for b in signals]
+    x = torch.from_numpy(signal_matrix(blocks, params))  # (N,D) float64
     # float32 halves the distance work; the residual chain and the report stay in float64
     books = fit_rvq(x.float(), args.levels, args.codebook_size, args.seed, args.max_iter, args.tol).double()
     codes = encode(x, books)
     codes_unique, _ = resolve_collisions(x, codes, books)
-    primary = [g[0] if len(g) else "" for g in catalog.genres]
     rep = quality_report(x, codes, codes_unique, books, primary, seed=args.seed)
+    rep["signals"] = {"blocks": signals, "weights": weights, "dims": {b: blocks[b].shape[1] for b in signals}}
+    if collab is not None:
+        rep["signals"]["collab_warm_tracks"] = int(collab[1].sum())
+    rep["genre_purity"]["per_level"] = prefix_genre_purity(codes_unique, primary)
+    if cooc is not None:
+        rep["colisten_neighbours_sharing_code1"] = neighbour_code_share(*cooc, codes_unique[:, 0].numpy(),
+                                                                        args.codebook_size)
     os.makedirs(args.out, exist_ok=True)
     save_rvq(args.out, books, params, args.levels, args.codebook_size)
     write_semantic_ids(os.path.join(args.out, IDS_FILE), catalog.track_id, codes_unique)
@@ -482,7 +708,7 @@ def train(args):
 def encode_cli(args):
     rvq = load_rvq(args.rvq)
     catalog, _ = data.load_catalog(args.catalog)
-    codes = encode_new(catalog.features, rvq)
+    codes = encode_new(catalog.features, rvq, [g[0] if g else "" for g in catalog.genres])
     try:
         print("\t".join(["track_id"] + [f"code_{j}" for j in range(codes.shape[1])]))
         for tid, row in zip(catalog.track_id, codes.tolist()):
@@ -502,6 +728,24 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=SEED, help="k-means++ seed (level l uses seed + l)")
     t.add_argument("--max-iter", type=int, default=MAX_ITER, help="Lloyd iterations per level at most")
     t.add_argument("--tol", type=float, default=TOL, help="relative objective drop that stops a level")
+    t.add_argument("--signals", default=SIGNALS,
+                   help="what the IDs encode, comma-separated: audio (the seed's 10 features), genre (one-hot "
+                        "primary genre), collab (co-listening of the training window; needs --logs)")
+    t.add_argument("--weights", default=WEIGHTS,
+                   help="total variance of each signal block, in --signals order (default 1 each)")
+    t.add_argument("--logs", default=None,
+                   help="listening log: its training window feeds the collab block and the quality sheet")
+    t.add_argument("--id-information", default=None, help="Music4All id_information (for Music4All ids)")
+    t.add_argument("--id-metadata", default=None, help="Music4All id_metadata (join by spotify_id)")
+    t.add_argument("--val-fraction", type=float, default=data.VAL_FRACTION,
+                   help="as data.py sft: the split that decides the training window")
+    t.add_argument("--test-fraction", type=float, default=data.TEST_FRACTION,
+                   help="as data.py sft: the split that decides the training window")
+    t.add_argument("--collab-dim", type=int, default=COLLAB_DIM, help="PPMI-SVD dimensions of the collab block")
+    t.add_argument("--collab-window", type=int, default=COLLAB_WINDOW,
+                   help="plays at most this far apart in a session co-occur")
+    t.add_argument("--collab-ridge", type=float, default=COLLAB_RIDGE,
+                   help="ridge of the audio+genre -> collab map that places cold tracks")
     e = sub.add_parser("encode", help="codes for new tracks from a trained quantiser")
     e.add_argument("--rvq", required=True, help="folder written by `rvq.py train`")
     e.add_argument("--catalog", required=True, help="CSV of new tracks (Spotify Tracks layout)")

@@ -1,4 +1,5 @@
 """rvq.py: k-means, residual quantisation, unique IDs, preprocessing, artifacts, report, CLI."""
+import json
 import math
 import os
 
@@ -302,3 +303,74 @@ def test_cli_user_errors(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing written on a user error
     rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "2"])
     assert len(rvq.load_semantic_ids(tmp_path / "o" / rvq.IDS_FILE)[0]) == 5
+
+
+# ----------------------------------------------------------------------------- signal blocks
+
+def test_ppmi_worked_example_and_cliques():
+    i, j, c = np.array([0, 1, 1, 2]), np.array([1, 0, 2, 1]), np.array([2, 2, 1, 1])
+    assert rvq.ppmi(i, j, c, 3) == pytest.approx([math.log(2)] * 4)
+    # two cliques of co-listening {0,1,2} and {3,4,5}; track 6 never co-listened
+    pairs = [(a, b) for clique in ((0, 1, 2), (3, 4, 5)) for a in clique for b in clique if a != b]
+    i, j = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    emb = rvq.ppmi_svd(i, j, np.full(len(pairs), 3), 7, dim=2, seed=0)
+    d = ((emb[:, None] - emb[None]) ** 2).sum(-1)
+    assert d[0, 1] < 1e-6 and d[3, 5] < 1e-6 and d[0, 3] > 0.1       # a clique shares one vector
+    assert np.all(emb[6] == 0)                                          # cold: no vector of its own
+
+
+def test_blocks_weigh_what_their_weights_say():
+    rng = np.random.default_rng(0)
+    blocks = {"audio": rng.normal(size=(300, 11)) * 3, "genre": np.eye(4)[rng.integers(0, 4, 300)],
+              "collab": rng.normal(size=(300, 16)) * 0.1}
+    params = {"signals": ["audio", "genre", "collab"], "weights": [1.0, 2.0, 0.5],
+              "scales": [rvq.block_scale(blocks[b]) for b in ("audio", "genre", "collab")]}
+    x = rvq.signal_matrix(blocks, params)
+    total = x.var(axis=0)
+    assert [total[:11].sum(), total[11:15].sum(), total[15:].sum()] == pytest.approx([1.0, 2.0, 0.5])
+    assert rvq.genre_onehot(["rock", "jazz", "polka"], ["jazz", "rock"]).tolist() == [[0, 1], [1, 0], [0, 0]]
+
+
+def test_cold_map_recovers_a_linear_relation():
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(200, 5))
+    w = rng.normal(size=(5, 3))
+    emb = content @ w + 0.5
+    warm = np.arange(200) < 150
+    m = rvq.fit_cold_map(content, emb, warm, ridge=1e-6)
+    pred = np.hstack([content, np.ones((200, 1))]) @ m
+    assert np.allclose(pred[~warm], emb[~warm], atol=1e-4)              # the cold tracks are placed right
+
+
+def test_train_with_genre_and_collab_signals(tmp_path):
+    """rvq.py train on a small world: genre-pure first codes, a saved model that encodes new tracks like the
+    catalogue's cold ones, the quality sheet's new entries, and one-line errors for bad options."""
+    import world
+    w = tmp_path / "world"
+    world.main(["generate", "--out", str(w), "--tracks", "300", "--users", "40", "--genres", "6", "--seed", "1"])
+    logs = ["--logs", str(w / "userid_trackid_timestamp.tsv"), "--id-information", str(w / "id_information.csv"),
+            "--id-metadata", str(w / "id_metadata.csv")]
+    out = tmp_path / "rvq"
+    rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--levels", "3",
+              "--codebook-size", "8", "--signals", "audio,genre,collab", "--weights", "1,4,1"] + logs)
+    rep = json.loads((out / rvq.REPORT_FILE).read_text())
+    assert rep["genre_purity"]["code1"] == 1.0 and len(rep["genre_purity"]["per_level"]) == 3
+    nb = rep["colisten_neighbours_sharing_code1"]
+    assert nb["share"] > nb["random"]
+    assert rep["signals"]["blocks"] == ["audio", "genre", "collab"] and rep["signals"]["dims"]["genre"] == 6
+    model = rvq.load_rvq(out)
+    assert model["meta"]["signals"] == ["audio", "genre", "collab"] and model["meta"]["t_val"] > 0
+    cat, _ = data.load_catalog(w / "catalog.csv")
+    primary = [g[0] for g in cat.genres]
+    new = rvq.encode_new(cat.features, model, primary)                   # every track as if it were new
+    cold = rep["tracks"] - rep["signals"]["collab_warm_tracks"]
+    assert new.shape == (300, 3) and cold >= 0
+    _, ids = rvq.load_semantic_ids(out / rvq.IDS_FILE)
+    assert (new[:, 0].numpy() == ids[:, 0]).mean() > 0.95                # a new track lands in its genre's code
+    with pytest.raises(UserError, match="needs --logs"):
+        rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,collab"])
+    with pytest.raises(UserError, match="--signals"):
+        rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,moods"])
+    with pytest.raises(UserError, match="--weights"):
+        rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,genre",
+                  "--weights", "1"])
