@@ -5,8 +5,13 @@
 
 A request naming a track ("something like {artist} - {title}", "more like ...") is looked up in
 the catalogue and sent in the SFT next-track format, with the track's Semantic ID beside its
-name; anything else is sent as written. The answer is the top K catalogue tracks found by
-constrained beam search (so every one exists), with name, artists, genres and ID.
+name; anything else is sent as written. --played names what you listened to before it, oldest
+first ("Artist - Title" or a Semantic ID such as <a_1><b_2><c_3>); the prompt shows as many of
+those plays as the model was trained with (sft_data/meta.json: prompt_history). The answer is the
+model's top K catalogue tracks, scored exactly over the ID trie (constrained beam search for a
+catalogue above 20,000 tracks), so every one exists, with name, artists, genres and ID.
+
+    python ask.py --run runs/demo --played "A - One" --played "B - Two" "something like C - Three"
 """
 import argparse
 import os
@@ -19,6 +24,7 @@ from common import UserError, read_json, run_main
 
 # -----------------------------------------------------------------------------
 TOP_K: int = 10               # tracks to show
+EXACT_MAX_ITEMS: int = 20_000   # rank exactly up to this many tracks (evaluate.py's default), beam search above
 ADAPTER: str = "sft"          # sft, dpo, base, or an adapter folder; sft: the better next-track ranker at the
                               # demo's budget (README), while dpo's lists vary little between prompts
 # "something like X", "more like X", "similar to X": X may name a catalogue track
@@ -39,13 +45,29 @@ def find_track(catalog, text):
     return hits[0] if len(hits) == 1 else None
 
 
-def build_prompt(request, catalog, row_codes):
-    """(prompt text, row of the named track or None)."""
+def played_row(text, catalog, row_codes):
+    """Catalogue row of a --played entry: 'Artist - Title', a unique 'Title' or a Semantic ID text."""
+    codes = M.IDVocab(len(next(iter(row_codes.values()))), 1 << 30, 0).parse(text.strip())
+    if codes is not None:
+        row = {c: r for r, c in row_codes.items()}.get(codes)
+    else:
+        row = find_track(catalog, text)
+    if row is None:
+        raise UserError(f"--played {text!r}: no such track in the catalogue ('Artist - Title' or an ID like "
+                        f"{M.IDVocab.text(next(iter(row_codes.values())))})")
+    return row
+
+
+def build_prompt(request, catalog, row_codes, played=(), n_history=1):
+    """(prompt text, row of the named track or None). played: rows heard before it, oldest first."""
     m = LIKE_RE.match(request)
     if m:
         row = find_track(catalog, m.group(1))
         if row is not None:
-            return data.NEXT_TEMPLATES[0].format(track=data.track_text(catalog, row, row_codes[row])), row
+            return data.next_track_prompt(catalog, list(played) + [row], row_codes, n_history=n_history), row
+    if played:
+        raise UserError("--played needs a request naming a catalogue track (\"something like Artist - Title\"), "
+                        "the play it comes before")
     return request, None
 
 
@@ -58,7 +80,7 @@ def resolve_adapter(run, name):
     return path
 
 
-def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL, device="auto"):
+def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL, device="auto", played=()):
     """Top-k [(row, score, codes)] for a request, plus the catalogue and the prompt used."""
     if not os.path.isdir(run):
         raise UserError(f"{run}: no such run folder")
@@ -73,14 +95,17 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
                                       codebook_size=meta["codebook_size"], id_table_sha=meta["id_table_sha256"],
                                       device=device)
     fmt = M.PromptFormat(tok, vocab)
-    prompt, named = build_prompt(request, catalog, row_codes)
-    res = M.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=M.IDTrie(list(id_to_row), vocab.levels),
-                        pad_id=M.pad_id_of(tok), device=device)[0]
-    out = []
-    for toks, score in res:
-        c = tuple(vocab.level_code(t)[1] for t in toks)
-        if id_to_row[c] != named:
-            out.append((id_to_row[c], score, c))
+    played = [played_row(t, catalog, row_codes) for t in played]
+    prompt, named = build_prompt(request, catalog, row_codes, played, meta.get("prompt_history", 1))
+    trie = M.IDTrie(list(id_to_row), vocab.levels)
+    if len(id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
+        res = M.exact_top_k(model, [fmt.prompt(prompt)], vocab, trie, k + 1, device=device,
+                            pad_id=M.pad_id_of(tok))[0]
+    else:
+        res = [(tuple(vocab.level_code(t)[1] for t in toks), score) for toks, score in
+               M.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=trie, pad_id=M.pad_id_of(tok),
+                             device=device)[0]]
+    out = [(id_to_row[c], score, c) for c, score in res if id_to_row[c] != named]
     return out[:k], catalog, prompt
 
 
@@ -91,11 +116,15 @@ def main(argv=None):
     p.add_argument("--adapter", default=ADAPTER, help="sft, dpo, base, or an adapter folder")
     p.add_argument("-k", type=int, default=TOP_K, help="number of tracks")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model the adapter was trained on")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--played", action="append", default=[],
+                   help="a track heard before the one the request names (repeat, oldest first): "
+                        "'Artist - Title' or a Semantic ID")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     args = p.parse_args(argv)
     if args.k < 1:
         p.error("-k must be at least 1")
-    results, catalog, prompt = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device)
+    results, catalog, prompt = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device,
+                                         args.played)
     print(f"prompt: {prompt}")
     for i, (row, score, codes) in enumerate(results, 1):
         print(f"{i:>2}. {data.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
