@@ -56,7 +56,8 @@ LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge")
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-             beta=BETA, loss_type=LOSS_TYPE, label_smoothing=LABEL_SMOOTHING):
+             beta=BETA, loss_type=LOSS_TYPE, label_smoothing=LABEL_SMOOTHING, rpo_alpha=RPO_ALPHA,
+             chosen_lengths=None):
     """Per-pair preference losses and the implicit rewards.
 
     All inputs (B,) summed sequence log-probs. Delta = policy log-ratio - reference log-ratio:
@@ -65,9 +66,14 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
       robust:  [-(1 - eps) log s(beta D) + eps log s(-beta D)] / (1 - 2 eps)   (Chowdhury et al. 2024)
       ipo:     (D - 1 / (2 beta))^2                                        (Azar et al. 2023, eq. 17)
       hinge:   relu(1 - beta D)                                            (SLiC, Zhao et al. 2023)
+    and with rpo_alpha > 0, every branch adds the chosen answer's NLL per token (RPO, Pang et al. 2024, eq. 3):
+      + alpha * (-log pi(y_w|x) / |y_w|)       chosen_lengths (B,): answer tokens of each chosen answer
+    which keeps the chosen answers likely where DPO alone lowers both (likelihood displacement).
     Returns losses (B,), chosen_rewards (B,), rejected_rewards (B,); rewards
     beta * (log pi - log ref) are detached (they are logged, not trained on).
     """
+    if label_smoothing and loss_type not in ("cdpo", "robust"):
+        raise ValueError(f"label_smoothing applies to cdpo and robust only, not {loss_type!r}")
     pi_logratios = policy_chosen_logps - policy_rejected_logps
     ref_logratios = reference_chosen_logps - reference_rejected_logps
     d = pi_logratios - ref_logratios
@@ -84,6 +90,10 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
         losses = torch.relu(1 - beta * d)
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; one of {LOSS_TYPES}")
+    if rpo_alpha:
+        if chosen_lengths is None:
+            raise ValueError("rpo_alpha needs chosen_lengths (tokens of each chosen answer)")
+        losses = losses + rpo_alpha * (-policy_chosen_logps / chosen_lengths)
     chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards
@@ -201,7 +211,9 @@ def reference_logps(path, model, pairs_by_split, pad_id, device, batch_size, fin
 @torch.no_grad()
 def evaluate(model, pairs, ref, pad_id, device, args, prefix="eval/"):
     pc, pr = score_pairs(model, pairs, pad_id, device, args.micro_batch_size, desc="held-out")
-    losses, cr, rr = dpo_loss(pc, pr, ref[0], ref[1], args.beta, args.loss_type, args.label_smoothing)
+    n_tok = torch.tensor([len(c) for _, c, _ in pairs], dtype=torch.float32)
+    losses, cr, rr = dpo_loss(pc, pr, ref[0], ref[1], args.beta, args.loss_type, args.label_smoothing,
+                              args.rpo_alpha, n_tok)
     m = preference_metrics(losses, cr, rr, pc, pr, prefix)
     m[f"{prefix}logp_accuracy"] = (pc > pr).float().mean().item()   # ranks chosen above rejected
     model.train()
@@ -288,11 +300,9 @@ def train(args):
             mb = idx[s:s + args.micro_batch_size]
             with M.autocast(device):
                 pc, pr = concatenated_logps(model, [train_pairs[i] for i in mb], pad_id, device)
+            n_tok = torch.tensor([len(train_pairs[i][1]) for i in mb], device=pc.device)
             losses, cr, rr = dpo_loss(pc.float(), pr.float(), ref_train[0][mb], ref_train[1][mb],
-                                      args.beta, args.loss_type, args.label_smoothing)
-            if args.rpo_alpha:  # keeps the chosen answers likely: DPO alone lowers both answers' log-probs
-                n_tok = torch.tensor([len(train_pairs[i][1]) for i in mb], device=pc.device)
-                losses = losses + args.rpo_alpha * (-pc.float() / n_tok)
+                                      args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, n_tok)
             (losses.sum() / len(idx)).backward()
             parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach()))
         rec.update(preference_metrics(*[torch.cat(x) for x in zip(*parts)]))
@@ -344,7 +354,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=MODEL, help="the base model the SFT adapter was trained on")
     p.add_argument("--beta", type=float, default=BETA)
     p.add_argument("--loss-type", choices=LOSS_TYPES, default=LOSS_TYPE)
-    p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
+    p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
+                   help="cdpo / robust: the share of preference labels assumed flipped")
     p.add_argument("--select", choices=("accuracy", "loss"), default=SELECT,
                    help="held-out metric that picks the saved checkpoint")
     p.add_argument("--rpo-alpha", type=float, default=RPO_ALPHA, help="NLL weight on the chosen answer (0: off)")
@@ -365,6 +376,8 @@ def parse_args(argv=None):
         p.error("--batch-size must be a multiple of --micro-batch-size")
     if not 0 <= args.label_smoothing < 0.5:
         p.error("--label-smoothing must be in [0, 0.5)")
+    if args.label_smoothing and args.loss_type not in ("cdpo", "robust"):
+        p.error(f"--label-smoothing applies to --loss-type cdpo and robust, not {args.loss_type}")
     return args
 
 

@@ -48,7 +48,28 @@ def test_eps_zero_variants_equal_sigmoid():
 def test_finite_at_extreme_logps():
     big = torch.tensor([-1e4]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0])
     for t in dpo.LOSS_TYPES:
-        assert torch.isfinite(dpo.dpo_loss(*big, beta=0.1, loss_type=t, label_smoothing=0.1)[0]).all()
+        eps = 0.1 if t in ("cdpo", "robust") else 0.0
+        assert torch.isfinite(dpo.dpo_loss(*big, beta=0.1, loss_type=t, label_smoothing=eps)[0]).all()
+
+
+def test_rpo_term_lives_in_the_loss():
+    # sigmoid 0.31326169 + alpha * NLL per token of the chosen answer: 0.5 * (1.0 / 4 tokens) = 0.125
+    losses, cr, rr = dpo.dpo_loss(PC, PR, RC, RR, beta=0.5, rpo_alpha=0.5, chosen_lengths=torch.tensor([4.0]))
+    assert losses.item() == pytest.approx(SIG + 0.125, abs=1e-6) and cr.item() == pytest.approx(0.5)
+    ipo = dpo.dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="ipo", rpo_alpha=2.0, chosen_lengths=torch.tensor([1.0]))
+    assert ipo[0].item() == pytest.approx(1.0 + 2.0)
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo.dpo_loss(PC, PR, RC, RR, rpo_alpha=1.0)
+
+
+def test_label_smoothing_only_where_it_applies():
+    for t in ("sigmoid", "ipo", "hinge"):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            dpo.dpo_loss(PC, PR, RC, RR, loss_type=t, label_smoothing=0.1)
+    with pytest.raises(SystemExit):
+        dpo.parse_args(["--pairs", "p", "--sft", "s", "--out", "o", "--label-smoothing", "0.1"])
+    assert dpo.parse_args(["--pairs", "p", "--sft", "s", "--out", "o", "--loss-type", "cdpo",
+                           "--label-smoothing", "0.1"]).label_smoothing == 0.1
 
 
 def test_step0_identities(tiny_smol):
