@@ -139,6 +139,20 @@ def test_ask_for_music(demo_run, tiny_smol):
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l[:3].strip().rstrip(".").isdigit()]
     assert len(lines) == 3 and all("<a_" in l for l in lines)
+    # a listening history: "something like" a catalogue track, after two others (one given by its ID)
+    import data
+    cat, _ = data.load_catalog(os.path.join(run, "world", "catalog.csv"))
+    ids = dict(l.split("\t", 1) for l in open(os.path.join(run, "rvq", "semantic_ids.tsv")).read().splitlines()[1:])
+    name = lambda i: f"{data.display_artist(cat.artists[i])} - {cat.track_name[i]}"
+    first_id = data.id_text(ids[cat.track_id[1]].split("\t"))
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "-k", "2", "--played",
+                        name(0), "--played", first_id, f"something like {name(2)}"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert name(2) in r.stdout.splitlines()[0]                                  # the prompt names the track
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--played", "Nobody - Nothing",
+                        f"something like {name(2)}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--played 'Nobody - Nothing': no such track" in r.stderr
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--adapter", "nope", "x"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no trained adapter" in r.stderr
