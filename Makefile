@@ -55,13 +55,14 @@ EVAL_ARGS ?=
 
 ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-metadata $(ID_META))
 
-.PHONY: demo setup venv model test bench clean-run help
+.PHONY: demo setup venv model test bench ablation clean-run help
 .DELETE_ON_ERROR:
 
 help:
 	@echo "make demo    # set up and run the whole pipeline on the embedded default (about 20 min on 2 cores)"
 	@echo "make test    # run the tests"
 	@echo "make bench   # the benchmarks (see BENCHMARKS.md)"
+	@echo "make ablation  # the configurations side by side (README: the ablation table)"
 
 demo: $(RUN)/eval/report.md
 	@echo
@@ -140,6 +141,10 @@ bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_beam.py --run $(RUN)
 	$(PY) benchmarks/bench_prefs.py --run $(RUN)
 	$(PY) benchmarks/bench_llama1b.py --run $(RUN)
+
+# the ablation table (README): every configuration on the same world, about 20 minutes a row on 2 cores
+ablation: $(VENV_STAMP) $(MODEL)/config.json
+	$(PY) ablation.py --out runs/ablation --seed $(SEED)
 
 clean-run:
 	rm -rf $(RUN)

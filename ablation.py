@@ -1,0 +1,130 @@
+"""The ablation table: the pipeline's configurations side by side on the same world, one table.
+
+    python ablation.py --out runs/ablation              # every row (about 20 minutes each on 2 cores)
+    python ablation.py --out runs/ablation --rows audio,default
+    python ablation.py --out runs/ablation --table-only # rebuild the table from the runs already there
+
+Each row is `make demo` with a few variables changed (the Makefile is the one list of the pipeline's commands),
+in its own run folder under --out, from the same world (same seed); a row whose run already finished is not
+run again. A DPO row copies the SFT stage of the row it builds on and retrains DPO only. The table (--out /
+ablation.md, and ablation.json) has, per row: next-track HR@10 and NDCG@10, attribute precision@10 and held-out
+preference accuracy for SFT and DPO, each with its 95% bootstrap interval, and the wall time of the row.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from common import UserError, atomic_open, run_main, write_json
+
+# -----------------------------------------------------------------------------
+# name -> (what changes, make variables, the row whose SFT it reuses or None)
+ROWS = {
+    "audio": ("Semantic IDs from the seed's 10 audio features only", {"SIGNALS": "audio"}, None),
+    "genre": ("+ a genre block", {"SIGNALS": "audio,genre"}, None),
+    "default": ("+ a co-listening block (the demo's default)", {"SIGNALS": "audio,genre,collab"}, None),
+    "history": ("+ 4 earlier plays of the session in the prompt", {"SIGNALS": "audio,genre,collab", "HISTORY": "5"},
+                None),
+    "rpo": ("default, DPO + NLL on the chosen answer (RPO, alpha 1)",
+            {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--rpo-alpha 1"}, "default"),
+    "beta0.5": ("default, DPO with beta 0.5", {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--beta 0.5"}, "default"),
+}
+OUT: str = "runs/ablation"
+SEED: int = 0
+PYTHON: str = sys.executable   # the interpreter every stage runs with (the venv's, when run as the README says)
+# -----------------------------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_row(name, out, seed, extra):
+    """`make` the row's eval/report.md in out/name; returns wall seconds (0 if it was already there)."""
+    _, variables, base = ROWS[name]
+    run = os.path.join(out, name)
+    report = os.path.join(run, "eval", "report.md")
+    if os.path.exists(report):
+        return None
+    if base is not None:   # retrain DPO only: the base row's world, IDs, data and SFT, then DPO and evaluation
+        src = os.path.join(out, base)
+        if not os.path.exists(os.path.join(src, "sft", "summary.json")):
+            raise UserError(f"row {name} reuses the SFT of row {base}: run that row first (--rows {base},{name})")
+        if os.path.exists(run):
+            shutil.rmtree(run)
+        shutil.copytree(src, run, symlinks=True, ignore=shutil.ignore_patterns("dpo", "eval"))
+    cmd = ["make", "-C", HERE, "demo", f"RUN={os.path.abspath(run)}", f"SEED={seed}",
+           f"PY={PYTHON}", "VENV_STAMP="] + [f"{k}={v}" for k, v in {**variables, **extra}.items()]
+    print(f"[{name}] " + " ".join(cmd[3:]), flush=True)
+    t0 = time.time()
+    r = subprocess.run(cmd)
+    if r.returncode != 0:
+        raise UserError(f"row {name}: make exited with {r.returncode} (its output is above)")
+    return time.time() - t0
+
+
+def ci(s):
+    return f"{s['mean']:.3f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+
+
+def table(out, names, seconds):
+    """Markdown table and JSON rows from each row's eval/results.json."""
+    rows, lines = [], [
+        "| row | what changes | SFT next HR@10 | SFT next NDCG@10 | DPO next HR@10 | SFT attr P@10 | SFT pref acc "
+        "| DPO pref acc | strongest next-track baseline HR@10 | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        path = os.path.join(out, name, "eval", "results.json")
+        if not os.path.exists(path):
+            continue
+        r = json.load(open(path))
+        nxt, att, pref = r["ranking"]["next_track"], r["ranking"]["attributes"], r["preference_accuracy"]
+        best = r["strongest_baseline"]["next_track"]["name"]
+        row = {"row": name, "what": ROWS[name][0], "sft_hit@10": nxt["SFT"]["hit@10"],
+               "sft_ndcg@10": nxt["SFT"]["ndcg@10"], "dpo_hit@10": nxt["DPO"]["hit@10"],
+               "sft_attr_precision@10": att["SFT"]["precision@10"], "sft_pref": pref["SFT"], "dpo_pref": pref["DPO"],
+               "best_baseline": best, "best_baseline_hit@10": nxt[best]["hit@10"], "seconds": seconds.get(name)}
+        rows.append(row)
+        minutes = f"{row['seconds'] / 60:.1f}" if row["seconds"] else "-"
+        lines.append(f"| {name} | {row['what']} | {ci(row['sft_hit@10'])} | {ci(row['sft_ndcg@10'])} | "
+                     f"{ci(row['dpo_hit@10'])} | {ci(row['sft_attr_precision@10'])} | {ci(row['sft_pref'])} | "
+                     f"{ci(row['dpo_pref'])} | {best} {ci(row['best_baseline_hit@10'])} | {minutes} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=OUT, help="folder holding one run folder per row, and the table")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, of: {', '.join(ROWS)}")
+    p.add_argument("--seed", type=int, default=SEED, help="the world's and every stage's seed (try 1 as well)")
+    p.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                   help="a make variable for every row, e.g. --set SFT_STEPS=60 for a quicker table")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished rows")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise UserError(f"--rows: unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
+    extra = dict(kv.split("=", 1) for kv in args.set if "=" in kv)
+    if len(extra) != len(args.set):
+        raise UserError("--set takes VAR=VALUE")
+    os.makedirs(args.out, exist_ok=True)
+    times_path = os.path.join(args.out, "seconds.json")
+    seconds = json.load(open(times_path)) if os.path.exists(times_path) else {}
+    if not args.table_only:
+        for name in names:
+            took = run_row(name, args.out, args.seed, extra)
+            if took is not None:
+                seconds[name] = took
+                write_json(times_path, seconds)
+    md, rows = table(args.out, names, seconds)
+    with atomic_open(os.path.join(args.out, "ablation.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    write_json(os.path.join(args.out, "ablation.json"), rows)
+    print(md)
+    print(f"table: {os.path.join(args.out, 'ablation.md')}")
+
+
+if __name__ == "__main__":
+    run_main(main)

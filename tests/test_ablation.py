@@ -1,0 +1,43 @@
+"""The ablation table from finished rows, and its one-line errors (the rows themselves are demo runs)."""
+import json
+import os
+
+import pytest
+
+import ablation
+from common import UserError
+
+
+def fake_results(folder, sft_hit):
+    s = lambda m: {"mean": m, "lo": m - 0.05, "hi": m + 0.05}
+    systems = {"SFT": {"hit@10": s(sft_hit), "ndcg@10": s(sft_hit / 2)}, "DPO": {"hit@10": s(0.1), "ndcg@10": s(0.05)},
+               "SASRec": {"hit@10": s(0.45), "ndcg@10": s(0.25)}}
+    res = {"ranking": {"next_track": systems, "attributes": {"SFT": {"precision@10": s(0.2)}}},
+           "preference_accuracy": {"SFT": s(0.6), "DPO": s(0.7)},
+           "strongest_baseline": {"next_track": {"name": "SASRec", "metric": "hit@10"}}}
+    os.makedirs(os.path.join(folder, "eval"))
+    json.dump(res, open(os.path.join(folder, "eval", "results.json"), "w"))
+    open(os.path.join(folder, "eval", "report.md"), "w").write("done\n")
+
+
+def test_table_from_finished_rows(tmp_path, capsys):
+    fake_results(tmp_path / "audio", 0.09)
+    fake_results(tmp_path / "default", 0.275)
+    json.dump({"audio": 1200.0}, open(tmp_path / "seconds.json", "w"))
+    ablation.main(["--out", str(tmp_path), "--rows", "audio,default,history", "--table-only"])
+    md = (tmp_path / "ablation.md").read_text().splitlines()
+    assert len(md) == 4                                                      # header, rule, two finished rows
+    assert md[2].startswith("| audio |") and "0.090 [0.04, 0.14]" in md[2] and md[2].endswith("| 20.0 |")
+    assert md[3].startswith("| default |") and "SASRec 0.450 [0.40, 0.50]" in md[3] and md[3].endswith("| - |")
+    rows = json.load(open(tmp_path / "ablation.json"))
+    assert [r["row"] for r in rows] == ["audio", "default"] and rows[1]["sft_hit@10"]["mean"] == 0.275
+    assert ablation.run_row("audio", str(tmp_path), 0, {}) is None           # finished: not run again
+
+
+def test_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown row"):
+        ablation.main(["--out", str(tmp_path), "--rows", "audio,nope", "--table-only"])
+    with pytest.raises(UserError, match="VAR=VALUE"):
+        ablation.main(["--out", str(tmp_path), "--rows", "audio", "--set", "SFT_STEPS", "--table-only"])
+    with pytest.raises(UserError, match="reuses the SFT of row default"):
+        ablation.run_row("rpo", str(tmp_path), 0, {})
