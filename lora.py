@@ -171,6 +171,17 @@ def lora_state_dict(model):
     return out
 
 
+def target_names(model, wrapped):
+    """The adapter config's target_modules: the short names (`q_proj`) when they select exactly the wrapped
+    modules, else the wrapped modules' full names (a regex target such as `model.layers.0..*q_proj` wrapped
+    some of them only; PEFT matches a full name as a suffix, inject_lora as a regex matching only itself)."""
+    short = sorted({n.rsplit(".", 1)[-1] for n in wrapped})
+    linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))
+              and not n.endswith("lm_head") and ".lora_" not in n]
+    selected = [n for n in linear if n.rsplit(".", 1)[-1] in short]
+    return short if sorted(selected) == sorted(wrapped) else sorted(wrapped)
+
+
 def save_adapter(model, folder, base_model_name_or_path=""):
     """Write adapter_model.safetensors + adapter_config.json in PEFT's format."""
     layers = lora_layers(model)
@@ -185,7 +196,7 @@ def save_adapter(model, folder, base_model_name_or_path=""):
         "lora_alpha": m0.alpha,
         "lora_dropout": m0.lora_dropout.p if isinstance(m0.lora_dropout, nn.Dropout) else 0.0,
         "use_rslora": m0.use_rslora,
-        "target_modules": sorted({n.rsplit(".", 1)[-1] for n, _ in layers}),
+        "target_modules": target_names(model, [n for n, _ in layers]),
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,

@@ -30,7 +30,7 @@ from common import UserError, atomic_dir, atomic_path, need_file, read_json, run
 MODEL: str = M.DEFAULT_MODEL   # local Hugging Face Llama folder
 STEPS: int = 120               # optimizer steps (the default run: about 6 minutes for SmolLM2-135M on 2 cores)
 BATCH_SIZE: int = 16           # examples per optimizer step
-MICRO_BATCH_SIZE: int = 16     # examples per forward; gradients are accumulated up to BATCH_SIZE
+MICRO_BATCH_SIZE: int = 16     # examples per forward at most (min with --batch-size); gradients accumulate
 LR: float = 1e-3               # peak learning rate of the LoRA matrices (few steps: higher than the usual 2e-4)
 ID_LR: float = 1e-2            # peak LR of the new ID rows: they start identical (the mean embedding) and must
                                # move to the scale of real embeddings (~0.14 per coordinate) within a few hundred steps
@@ -180,18 +180,25 @@ def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY):
 
 def load_checkpoint(path, model, opt, device):
     """Restore trainable tensors, optimizer and RNG; returns (step, best, history)."""
-    ck = torch.load(path, map_location=device, weights_only=False)
+    # on the CPU first: the RNG states must stay CPU ByteTensors; copy_ and the optimizer move the rest
+    ck = torch.load(path, map_location="cpu", weights_only=False)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in ck["trainable"].items():
             params[n].copy_(t)
     opt.load_state_dict(ck["optimizer"])
     torch.set_rng_state(ck["torch_rng"])  # dropout masks continue as if never interrupted
+    if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])   # dropout on a GPU draws from the CUDA generators
     print(f"resumed from step {ck['step']}")
     return ck["step"], ck["best"], ck["history"]
 
 
 def restore_best(model, best):
+    """Copy the best validation state back into the model; one clear line if no validation was ever finite."""
+    if best.get("state") is None:
+        raise UserError("no finite validation loss in the whole run (every one was NaN or inf): no adapter "
+                        "to save; lower --lr / --id-lr or check the data")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in best["state"].items():
@@ -201,7 +208,9 @@ def restore_best(model, best):
 def save_checkpoint(path, model, opt, step, best, history, fingerprint):
     with atomic_path(path) as tmp:
         torch.save({"step": step, "trainable": trainable_state(model), "optimizer": opt.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "best": best, "history": history,
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "best": best, "history": history,
                     "fingerprint": fingerprint}, tmp)
 
 
@@ -322,7 +331,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default=MODEL, help="local Hugging Face Llama folder")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE)
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help=f"examples per forward (default: the batch size, at most {MICRO_BATCH_SIZE}); "
+                        "gradients are accumulated up to --batch-size")
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--id-lr", type=float, default=ID_LR)
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
@@ -335,6 +346,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
     add_lora_args(p)
     args = p.parse_args(argv)
+    if args.micro_batch_size is None:
+        args.micro_batch_size = min(args.batch_size, MICRO_BATCH_SIZE)
     if args.batch_size % args.micro_batch_size:
         p.error("--batch-size must be a multiple of --micro-batch-size")
     return args

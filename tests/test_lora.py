@@ -145,3 +145,24 @@ def test_peft_loads_our_adapter(tiny_smol, tmp_path):
     base = LlamaForCausalLM.from_pretrained(tiny_smol, dtype=torch.float32)
     theirs = peft.PeftModel.from_pretrained(base, str(tmp_path)).eval()
     assert torch.allclose(logits_of(theirs, ids), ours, atol=1e-5)
+
+
+def test_regex_target_round_trip(tiny_smol, tmp_path):
+    """A regex target wraps some q_proj only: the saved config names them in full and loads back the same."""
+    model, _ = M.load_base(tiny_smol)
+    wrapped = lora.inject_lora(model, targets=(r"model\.layers\.0\..*_proj",), r=2, alpha=4)
+    assert wrapped and all(n.startswith("model.layers.0.") for n in wrapped)
+    torch.manual_seed(1)
+    for _, m in lora.lora_layers(model):
+        nn.init.normal_(m.lora_B.weight, std=0.3)
+    config = lora.save_adapter(model, str(tmp_path))
+    assert config["target_modules"] == sorted(wrapped)                      # not the ambiguous ["q_proj", ...]
+    ids = torch.tensor([[1, 5, 9, 200, 7, 42]])
+    loaded, _ = M.load_base(tiny_smol)
+    lora.load_adapter(loaded, str(tmp_path))
+    assert [n for n, _ in lora.lora_layers(loaded)] == wrapped
+    assert torch.allclose(logits_of(loaded, ids), logits_of(model, ids), atol=1e-6)
+    # plain names that select every such module stay short, as PEFT writes them
+    full, _ = M.load_base(tiny_smol)
+    lora.inject_lora(full, targets=("q_proj", "v_proj"), r=2, alpha=4)
+    assert lora.save_adapter(full, str(tmp_path / "short"))["target_modules"] == ["q_proj", "v_proj"]

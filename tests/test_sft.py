@@ -238,3 +238,32 @@ def test_llama32_path_trains_and_decodes(tiny_llama, tmp_path):
     res = M.beam_search(model, [fmt.prompt("I need music for a rock playlist")], vocab, 3, trie=trie,
                         pad_id=M.pad_id_of(tok))[0]
     assert sorted(tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in res) == sorted(trie.valid)
+
+
+def test_micro_batch_defaults_to_the_batch():
+    args = sft.parse_args(["--data", "d", "--out", "o", "--batch-size", "8"])
+    assert args.micro_batch_size == 8                                     # was 16: "--batch-size 8" failed
+    assert sft.parse_args(["--data", "d", "--out", "o", "--batch-size", "64"]).micro_batch_size == 16
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--data", "d", "--out", "o", "--batch-size", "8", "--micro-batch-size", "3"])
+
+
+def test_no_finite_validation_is_one_clear_error():
+    best = {"val/loss": float("inf"), "step": -1, "state": None}       # every validation loss was NaN
+    with pytest.raises(M.UserError, match="no finite validation loss"):
+        sft.restore_best(torch.nn.Linear(2, 2), best)
+
+
+def test_checkpoint_rng_is_restored_on_the_cpu_whatever_the_device(tmp_path):
+    """The saved RNG state must come back as a CPU ByteTensor: map_location=device broke a CUDA resume."""
+    lin = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(lin.parameters())
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    sft.save_checkpoint(tmp_path / "ck.pt", lin, opt, 3, {"state": None}, [], "fp")
+    ck = torch.load(tmp_path / "ck.pt", weights_only=False)
+    assert "cuda_rng" in ck                                               # saved too (None without a GPU)
+    torch.manual_seed(0)
+    step, _, _ = sft.load_checkpoint(tmp_path / "ck.pt", lin, opt, torch.device("meta"))
+    assert step == 3 and torch.equal(torch.rand(3), expected)
