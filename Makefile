@@ -90,45 +90,64 @@ model: $(MODEL)/config.json
 $(MODEL)/config.json: | $(VENV_STAMP)
 	$(PY) model.py setup --out $(MODEL)
 
+# Each stage also depends on a stamp holding its command line, rewritten only when that line changes: so
+# `make demo SFT_STEPS=300` on an existing run reruns SFT and every stage after it, and a second `make demo`
+# still runs nothing. (Only for the goals that run stages: `make test` or `make help` write nothing.)
+ifneq ($(filter demo bench ablation,$(MAKECMDGOALS)),)
+stamp = $(shell mkdir -p $(RUN)/.stamps && printf '%s\n' '$(strip $(2))' | cmp -s - $(RUN)/.stamps/$(1) || \
+          printf '%s\n' '$(strip $(2))' > $(RUN)/.stamps/$(1))$(RUN)/.stamps/$(1)
+else
+stamp =
+endif
+
+WORLD_CMD = $(PY) world.py generate --out $(WORLD) --tracks $(TRACKS) --users $(USERS) --seed $(SEED)
+RVQ_CMD = $(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LEVELS) --codebook-size $(CODEBOOK) \
+	  --seed $(SEED) --signals $(SIGNALS) --logs $(LOGS) $(ID_OPTS) $(RVQ_ARGS)
+SFT_DATA_CMD = $(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(LOGS) $(ID_OPTS) --out $(RUN)/sft_data \
+	  --attribute-examples $(ATTRIBUTE_EXAMPLES) --grounding-examples $(GROUNDING_EXAMPLES) \
+	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) --seed $(SEED)
+SFT_CMD = $(PY) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
+	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SFT_ARGS)
+PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
+	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS)
+DPO_CMD = $(PY) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
+	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(DPO_ARGS)
+SASREC_CMD = $(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
+EVAL_CMD = $(PY) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
+
 # 1. the synthetic world, written in the real formats (skipped when CATALOG / LOGS are real files)
-$(WORLD)/world_config.json: | $(VENV_STAMP)
-	$(PY) world.py generate --out $(WORLD) --tracks $(TRACKS) --users $(USERS) --seed $(SEED)
+$(WORLD)/world_config.json: $(call stamp,world,$(WORLD_CMD)) | $(VENV_STAMP)
+	$(WORLD_CMD)
 $(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv: $(WORLD)/world_config.json ;
 
 # 2. Semantic IDs
-$(RUN)/rvq/rvq_config.json: $(CATALOG) $(LOGS) | $(VENV_STAMP)
-	$(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LEVELS) --codebook-size $(CODEBOOK) --seed $(SEED) \
-	  --signals $(SIGNALS) --logs $(LOGS) $(ID_OPTS) $(RVQ_ARGS)
+$(RUN)/rvq/rvq_config.json: $(CATALOG) $(LOGS) $(call stamp,rvq,$(RVQ_CMD)) | $(VENV_STAMP)
+	$(RVQ_CMD)
 
 # 3. SFT examples and test sets
-$(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) | $(VENV_STAMP)
-	$(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(LOGS) $(ID_OPTS) --out $(RUN)/sft_data \
-	  --attribute-examples $(ATTRIBUTE_EXAMPLES) --grounding-examples $(GROUNDING_EXAMPLES) \
-	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) --seed $(SEED)
+$(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) $(call stamp,sft_data,$(SFT_DATA_CMD)) | $(VENV_STAMP)
+	$(SFT_DATA_CMD)
 
 # 4. SFT (resumes from its checkpoint if killed)
-$(RUN)/sft/summary.json: $(RUN)/sft_data/config.json $(MODEL)/config.json
-	$(PY) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
-	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SFT_ARGS)
+$(RUN)/sft/summary.json: $(RUN)/sft_data/config.json $(MODEL)/config.json $(call stamp,sft,$(SFT_CMD))
+	$(SFT_CMD)
 
 # 5. preference pairs
-$(RUN)/prefs/config.json: $(RUN)/sft_data/config.json
-	$(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
-	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS)
+$(RUN)/prefs/config.json: $(RUN)/sft_data/config.json $(call stamp,prefs,$(PREFS_CMD))
+	$(PREFS_CMD)
 
 # 6. DPO from the SFT adapter
-$(RUN)/dpo/summary.json: $(RUN)/prefs/config.json $(RUN)/sft/summary.json
-	$(PY) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
-	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(DPO_ARGS)
+$(RUN)/dpo/summary.json: $(RUN)/prefs/config.json $(RUN)/sft/summary.json $(call stamp,dpo,$(DPO_CMD))
+	$(DPO_CMD)
 
 # 7. the SASRec baseline, trained on the training window's sessions (2 minutes at most, early-stopped)
-$(RUN)/sasrec/summary.json: $(RUN)/sft_data/config.json
-	$(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
+$(RUN)/sasrec/summary.json: $(RUN)/sft_data/config.json $(call stamp,sasrec,$(SASREC_CMD))
+	$(SASREC_CMD)
 
 # 8. evaluation: report.md, results.json, plots
 $(RUN)/eval/report.md: $(RUN)/dpo/summary.json $(RUN)/sft/summary.json $(RUN)/sasrec/summary.json \
-                       $(RUN)/prefs/config.json
-	$(PY) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
+                       $(RUN)/prefs/config.json $(call stamp,eval,$(EVAL_CMD))
+	$(EVAL_CMD)
 
 test: $(VENV)/.peers
 	$(PY) -m pytest -q tests

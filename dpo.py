@@ -13,6 +13,7 @@ Reads train.jsonl / val.jsonl of (prompt, chosen, rejected) pairs written by
 checkpoint.pt (for --resume), config.json, summary.json.
 """
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -190,6 +191,12 @@ def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def base_weights_sha256(folder):
+    """One hash over the base model's weight files (*.safetensors, *.bin), in name order."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")))
+    return hashlib.sha256("".join(n + M.file_sha256(os.path.join(folder, n)) for n in names).encode()).hexdigest()
+
+
 def reference_logps(path, model, pairs_by_split, pad_id, device, batch_size, fingerprint):
     """Reference log-probs of every pair, computed once with the frozen SFT model and cached.
 
@@ -255,7 +262,11 @@ def train(args):
     val_pairs = [val_all[i] for i in val_idx]
     save_config(args.out, args)
 
-    fingerprint = json.dumps({"sft": M.file_sha256(os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)),
+    # what the cached reference log-probs depend on: the base weights (another base of the same shape gives
+    # other values), the SFT adapter, the pairs, and where and in what precision they were computed
+    fingerprint = json.dumps({"base": base_weights_sha256(args.model), "device": str(device),
+                              "dtype": str(next(model.parameters()).dtype),
+                              "sft": M.file_sha256(os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)),
                               "train": M.file_sha256(os.path.join(args.pairs, "train.jsonl")),
                               "val": M.file_sha256(os.path.join(args.pairs, "val.jsonl")),
                               "eval_pairs": args.eval_pairs, "seed": args.seed})

@@ -141,6 +141,10 @@ def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
     assert log[0]["eval/rewards/margins"] == 0.0
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
     assert log[-1]["eval/rewards/margins"] > 0          # it moves toward the chosen answers
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "full" / "ref_logps.safetensors"), "pt") as f:
+        fp = json.loads(f.metadata()["fingerprint"])
+    assert fp["base"] == dpo.base_weights_sha256(tiny_smol) and fp["device"] == "cpu" and fp["dtype"] == "torch.float32"
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                 "logps/chosen", "logps/rejected"):
         assert key in log[1]
@@ -185,3 +189,14 @@ def test_shared_prompt_gradients_equal_full_forward(tiny_smol):
     shared = grads(lambda: dpo.concatenated_logps(model, pairs, pad, "cpu"))
     full = grads(lambda: M.sequence_logps(model, *dpo.concatenated_batch(pairs, pad)).split(2))
     assert torch.allclose(shared, full, atol=1e-5)
+
+
+def test_reference_cache_knows_its_base(tiny_smol, smol_tokenizer, tmp_path):
+    """Another base of the same shape must not reuse the cached reference log-probs: its hash differs."""
+    import shutil
+    from tests.conftest import make_tiny_llama
+    other = make_tiny_llama(smol_tokenizer, tmp_path / "other", seed=1)
+    same = tmp_path / "same"
+    shutil.copytree(tiny_smol, same)
+    assert dpo.base_weights_sha256(other) != dpo.base_weights_sha256(tiny_smol)
+    assert dpo.base_weights_sha256(str(same)) == dpo.base_weights_sha256(tiny_smol)

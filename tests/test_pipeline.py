@@ -25,7 +25,7 @@ TINY = {"TRACKS": "120", "USERS": "30", "CODEBOOK": "8", "ATTRIBUTE_EXAMPLES": "
 
 def make(target, run, model, extra=None, **popen):
     """The Makefile's commands with this interpreter and no venv step."""
-    args = ["make", "-s", "-C", ROOT, target, f"RUN={run}", f"MODEL={model}", f"PY={sys.executable}", "VENV_STAMP="]
+    args = ["make", "-s", "-C", ROOT, *target.split(), f"RUN={run}", f"MODEL={model}", f"PY={sys.executable}", "VENV_STAMP="]
     args += [f"{k}={v}" for k, v in {**TINY, **(extra or {})}.items()]
     if popen:
         return subprocess.Popen(args, start_new_session=True, **popen)
@@ -130,6 +130,19 @@ def test_rerun_skips_up_to_date_stages(demo_run, tiny_smol):
     assert r.returncode == 0
     for script in ("world.py", "rvq.py", "data.py", "sft.py", "dpo.py", "sasrec.py", "evaluate.py"):
         assert script not in r.stdout                     # nothing re-ran
+
+
+def test_a_changed_option_reruns_its_stage_and_the_later_ones(demo_run, tiny_smol, tmp_path):
+    """Stage stamps: SFT_STEPS=5 on a finished run reruns SFT, DPO and the evaluation, nothing before them."""
+    import shutil
+    run = str(tmp_path / "copy")
+    shutil.copytree(demo_run[0], run)                                  # copy2 keeps the timestamps
+    ran = lambda r: {s for s in ("world.py", "rvq.py", "data.py", "sft.py", "dpo.py", "sasrec.py", "evaluate.py")
+                     if s in r.stdout}
+    assert ran(make("-n demo", run, tiny_smol)) == set()
+    assert ran(make("-n demo", run, tiny_smol, {"SFT_STEPS": "5"})) == {"sft.py", "dpo.py", "evaluate.py"}
+    assert ran(make("-n demo", run, tiny_smol, {"SFT_STEPS": "5", "SIGNALS": "audio"})) == \
+        {"rvq.py", "data.py", "sft.py", "dpo.py", "sasrec.py", "evaluate.py"}
 
 
 def test_ask_for_music(demo_run, tiny_smol):
