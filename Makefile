@@ -92,10 +92,12 @@ $(MODEL)/config.json: | $(VENV_STAMP)
 
 # Each stage also depends on a stamp holding its command line, rewritten only when that line changes: so
 # `make demo SFT_STEPS=300` on an existing run reruns SFT and every stage after it, and a second `make demo`
-# still runs nothing. (Only for the goals that run stages: `make test` or `make help` write nothing.)
+# still runs nothing. The stamp spells the run folder <RUN>, so a run moved or copied elsewhere stays up to date.
+# (Only for the goals that run stages: `make test` or `make help` write nothing.)
 ifneq ($(filter demo bench ablation,$(MAKECMDGOALS)),)
-stamp = $(shell mkdir -p $(RUN)/.stamps && printf '%s\n' '$(strip $(2))' | cmp -s - $(RUN)/.stamps/$(1) || \
-          printf '%s\n' '$(strip $(2))' > $(RUN)/.stamps/$(1))$(RUN)/.stamps/$(1)
+stamp_text = $(subst $(RUN),<RUN>,$(strip $(1)))
+stamp = $(shell mkdir -p $(RUN)/.stamps && printf '%s\n' '$(call stamp_text,$(2))' | cmp -s - $(RUN)/.stamps/$(1) || \
+          printf '%s\n' '$(call stamp_text,$(2))' > $(RUN)/.stamps/$(1))$(RUN)/.stamps/$(1)
 else
 stamp =
 endif
@@ -116,9 +118,11 @@ SASREC_CMD = $(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --se
 EVAL_CMD = $(PY) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
 
 # 1. the synthetic world, written in the real formats (skipped when CATALOG / LOGS are real files)
+WORLD_FILES := $(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv
 $(WORLD)/world_config.json: $(call stamp,world,$(WORLD_CMD)) | $(VENV_STAMP)
 	$(WORLD_CMD)
-$(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv: $(WORLD)/world_config.json ;
+	touch -c -r $@ $(WORLD_FILES)   # written before world_config.json: give them its time, or make -n sees them stale
+$(WORLD_FILES): $(WORLD)/world_config.json ;
 
 # 2. Semantic IDs
 $(RUN)/rvq/rvq_config.json: $(CATALOG) $(LOGS) $(call stamp,rvq,$(RVQ_CMD)) | $(VENV_STAMP)
