@@ -29,7 +29,7 @@ ID_META ?= $(WORLD)/id_metadata.csv
 
 # --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
-# co-listening); SIGNALS=audio is the seed's configuration (README: next-track HR@10 0.09 there, 0.275 here)
+# co-listening); SIGNALS=audio is the seed's configuration (README: the ablation table compares them)
 SIGNALS ?= audio,genre,collab
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
