@@ -125,6 +125,9 @@ def main(argv=None):
         p.error("-k must be at least 1")
     results, catalog, prompt = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device,
                                          args.played)
+    if args.played and "Played before:" not in prompt:
+        print("note: this model was trained on prompts that show the context track alone (data.py sft "
+              "--prompt-history 1), so the --played tracks are not in the prompt")
     print(f"prompt: {prompt}")
     for i, (row, score, codes) in enumerate(results, 1):
         print(f"{i:>2}. {data.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
