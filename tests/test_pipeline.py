@@ -162,7 +162,8 @@ def test_ask_for_music(demo_run, tiny_smol):
                         name(0), "--played", first_id, f"something like {name(2)}"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
-    assert name(2) in r.stdout.splitlines()[0]                                  # the prompt names the track
+    prompt = next(l for l in r.stdout.splitlines() if l.startswith("prompt: "))
+    assert name(2) in prompt and "--played tracks are not in the prompt" in r.stdout   # HISTORY=1: told so
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--played", "Nobody - Nothing",
                         f"something like {name(2)}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "--played 'Nobody - Nothing': no such track" in r.stderr
