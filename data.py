@@ -56,7 +56,7 @@ class Catalog:
     genres: list          # (N,) list[str], primary genre first (all genres the track appeared under)
     features: np.ndarray  # (N, 10) float64, FEATURES order, raw units
     popularity: np.ndarray   # (N,) int64
-    duration_ms: np.ndarray  # (N,) int64
+    duration_ms: np.ndarray  # (N,) int64; 0 = unknown (an empty cell): never caps a dwell time
     explicit: np.ndarray     # (N,) bool
     mode: np.ndarray         # (N,) int64
     _cache: dict = field(default_factory=dict, repr=False)
@@ -212,7 +212,9 @@ def _number(value, column, lineno, bad, lo=None, hi=None, integer=False):
 
 _RANGES = {**{f: (0.0, 1.0) for f in UNIT_FEATURES}, "key": (-1, 11), "tempo": (0.0, None),
            "loudness": (None, None)}  # loudness: any finite dB value
-# (column, value when the cell is empty, low, high, must be an integer); an empty feature is a missing value
+# (column, value when the cell is empty, low, high, must be an integer); an empty feature is a missing value.
+# An empty duration_ms reads as 0, which means "unknown": it never caps a dwell (a cap of 0 would make every play
+# of the track a skip); load_catalog's report counts them.
 _NUMERIC = [(c, "", *_RANGES[c], c == "key") for c in FEATURES] + [
     ("popularity", "0", 0, 100, True), ("duration_ms", "0", 0, None, True), ("mode", "1", 0, 1, True)]
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "": False}
@@ -277,7 +279,8 @@ def load_catalog(path):
                   np.array(pops, dtype=np.int64), np.array(durs, dtype=np.int64), np.array(expl, dtype=bool),
                   np.array(modes, dtype=np.int64))
     report = {"path": str(path), "rows_read": rows_read, "kept": len(ids), "dropped": bad.total(),
-              "dropped_by_reason": bad.counts, "dropped_examples": bad.examples, "duplicate_rows_merged": merged}
+              "dropped_by_reason": bad.counts, "dropped_examples": bad.examples, "duplicate_rows_merged": merged,
+              "unknown_duration": int((cat.duration_ms == 0).sum())}
     return cat, report
 
 
@@ -369,10 +372,12 @@ def parse_ts(text):
 def write_onion_events(rows_iter, path):
     """rows_iter: (user, track_id, ts unix seconds), grouped by user -> `userid_trackid_timestamp.tsv[.bz2]`.
 
-    Within a user the rows are written newest first, as in Music4All-Onion.
+    Within a user the rows are written newest first, as in Music4All-Onion; rows of one second, given in play
+    order, are written in reverse too, so iter_user_plays reads them back in play order.
     """
     def flush(f, group):
-        group.sort(key=lambda r: -r[2])
+        group.reverse()
+        group.sort(key=lambda r: -r[2])   # stable: ties keep the reversed order
         f.writelines(f"{u}\t{t}\t{format_ts(ts)}\n" for u, t, ts in group)
 
     with atomic_path(path) as tmp:
@@ -422,7 +427,22 @@ def _sort_command(path, sep, header):
     return f"{cat} | sort -s -t {t} -k1,1 > sorted_file"
 
 
-def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt="auto", stats=None):
+RESOLUTION_SAMPLE: int = 10_000   # events read before the log's timestamp resolution is decided
+
+
+def timestamp_resolution(timestamps):
+    """The step of a log's clock in seconds: 60 when every timestamp is a whole minute, else 1.
+
+    Music4All's listening_history writes minutes ('2019-02-20 12:28'), so each of its timestamps is a multiple
+    of 60; a clock that keeps seconds lands on a whole minute once in 60 events, so 10 such events in a row
+    happen by chance once in 60**10. [1550665680, 1550665860] -> 60; [1550665680, 1550665710] -> 1; [] -> 1.
+    """
+    timestamps = list(timestamps)
+    return 60 if timestamps and all(t % 60 == 0 for t in timestamps) else 1
+
+
+def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt="auto", stats=None,
+                    resolution=None):
     """Stream a listening log and yield (user, plays) one user at a time.
 
     plays: list of (ts unix seconds, catalogue row) sorted oldest first. A play whose track is not in the catalogue
@@ -434,6 +454,10 @@ def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt
     the dicts from load_id_information / load_id_metadata.
     Rows of one user must be consecutive (true of every public file); a user seen again after another stops the
     run with the `sort` command that fixes the file. stats (a dict) is updated in place as the stream advances.
+
+    resolution: the step of the log's clock in seconds; None detects it (timestamp_resolution) from the first
+    users' events, at least RESOLUTION_SAMPLE of them or the whole file: those users are held back until it is
+    known, so stats["resolution_s"] is set before the first user is yielded, and dwell times can be read with it.
     """
     stats = {} if stats is None else stats
     if isinstance(id_information, str) or hasattr(id_information, "__fspath__"):
@@ -490,6 +514,31 @@ def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt
             body = _chain_first(first, lines)
         stats["format"] = fmt
         cur, group, done = None, [], set()
+        held, n_held = [], 0   # the first users, held back until the timestamp resolution is known
+        decided = resolution is not None
+        if decided:
+            stats.update(resolution_s=int(resolution), resolution_source="given")
+
+        def decide_resolution():
+            nonlocal decided
+            ts = [t for _, plays in held for t, _ in plays]
+            r = timestamp_resolution(ts)
+            why = "every one is a whole minute" if r == 60 else f"{sum(t % 60 != 0 for t in ts):,} are not"
+            stats.update(resolution_s=r, resolution_source=f"detected from the first {len(ts):,} timestamps: {why}")
+            decided = True
+
+        def release(item):
+            """Yield a finished user, or hold it back while the resolution is still unknown."""
+            nonlocal n_held
+            if decided:
+                yield item
+                return
+            held.append(item)
+            n_held += len(item[1])
+            if n_held >= RESOLUTION_SAMPLE:
+                decide_resolution()
+                yield from held
+                held.clear()
 
         def update_stats():
             stats.update(events_read=n_events, matched=matched, unmatched=n_events - matched,
@@ -524,7 +573,7 @@ def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt
             user = cells[iu]
             if user != cur:
                 if group:
-                    yield finish()
+                    yield from release(finish())
                 if user in done:
                     fail(path, f"user {user} appears again after other users' rows; the file must be grouped by "
                                f"user: {_sort_command(path, sep, fmt != 'lastfm')}", line=lineno)
@@ -535,7 +584,10 @@ def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt
             matched += row >= 0
             group.append((ts, row))
         if group:
-            yield finish()
+            yield from release(finish())
+        if held:   # a file shorter than RESOLUTION_SAMPLE events
+            decide_resolution()
+            yield from held
         update_stats()
     if n_events == 0:
         detail = f"; first problem: {bad.examples[0]}" if bad.examples else ""
@@ -695,28 +747,110 @@ def relevant_rows(cat, masks, attrs, rows_with_id):
     return [int(i) for i in np.flatnonzero(m) if i in rows_with_id]
 
 
-def sessions_of(plays, catalog, gap=SESSION_GAP):
+def sessions_of(plays, catalog, gap=SESSION_GAP, resolution=1):
     """Split one user's plays (oldest first) into sessions with dwell times.
 
     plays: [(ts, row)], row -1 for tracks outside the catalogue (they still end the previous play).
     Returns a list of sessions, each a list of (ts, row, dwell): dwell = seconds to the next play of the same
-    session, capped at the track's duration; None for a session's last play, whose length is unknown (the
-    seed counted session breaks as long listens).
+    session, capped at the track's duration when it is known (duration_ms > 0). dwell is None, unknown, for
+    a session's last play, whose length is unknown (the seed counted session breaks as long listens), and for a
+    play whose next play comes less than `resolution` seconds later, i.e. has the same timestamp: the log cannot
+    time it, and in scrobble logs such runs are batch submissions (an offline player syncing), not skips.
+
+    Worked example, tracks of 240 s, gap 1800: [(0, 0), (0, 1), (200, 2), (5000, 3)] ->
+    [[(0, 0, None), (0, 1, 200.0), (200, 2, None)], [(5000, 3, None)]]: track 0 shares its second with track
+    1, so its dwell is unknown, not 0 s; track 2 is its session's last play.
     """
     out, cur = [], []
     for i, (ts, row) in enumerate(plays):
         nxt = plays[i + 1][0] if i + 1 < len(plays) else None
-        if nxt is not None and nxt - ts <= gap:
+        ends_session = nxt is None or nxt - ts > gap
+        dwell = None
+        if not ends_session and nxt - ts >= resolution:
             dwell = float(nxt - ts)
-            if row >= 0:
+            if row >= 0 and catalog.duration_ms[row] > 0:   # 0: unknown length, nothing to cap at
                 dwell = min(dwell, catalog.duration_ms[row] / 1000.0)
-        else:
-            dwell = None
         cur.append((ts, row, dwell))
-        if dwell is None:
+        if ends_session:
             out.append(cur)
             cur = []
     return out
+
+
+LABELS = ("chosen", "rejected", "between", "unlabelled")
+
+
+@dataclass(frozen=True)
+class DwellRule:
+    """When a dwell time makes a play chosen (a long listen), rejected (a skip), or neither.
+
+    The seed's rule, the default, is absolute: chosen above long_listen (90 s), rejected below skip (30 s). Then
+    a full play of a 25 s track is a skip and a track under 90 s can never be chosen. Relative thresholds (off
+    unless set) fix that: long_fraction makes a play chosen also when more than that share of the track was
+    heard (more than 80% or 90 s), skip_fraction makes it rejected only when also less than that share was heard
+    (less than 30 s and less than 50%). Both need the track's duration; without it the absolute rule decides.
+    """
+    long_listen: float = LONG_LISTEN
+    skip: float = SKIP
+    long_fraction: float | None = None   # None: off
+    skip_fraction: float | None = None   # None: off
+
+    def label(self, dwell, duration_s=0.0, resolution=1):
+        """(label, reason) of one play: label in LABELS, reason a key of explain().
+
+        resolution: the log's clock step in seconds. Both timestamps are truncated to it, so a dwell read as d
+        lies in [d - (resolution - 1), d + (resolution - 1)] whole seconds, and the play gets a label only when
+        that whole interval lies on one side of a threshold; at 1 s the interval is d itself.
+        Worked examples, the default rule: dwell 100 -> ('chosen', 'long listen'); 12 -> ('rejected', 'skip');
+        45 -> ('between', 'between'); None -> ('unlabelled', 'unknown dwell'). At 60 s resolution a reading of
+        60 s means 1-119 s: ('unlabelled', 'resolution'); 180 s means 121-239 s: ('chosen', 'long listen').
+        With long_fraction 0.8 and skip_fraction 0.5: a 60 s track heard 55 s -> ('chosen', 'most of the
+        track'); a 20 s track heard 12 s (60%) -> ('between', 'short track'), heard to its end -> chosen.
+        """
+        if dwell is None:
+            return "unlabelled", "unknown dwell"
+        slack = resolution - 1
+        lo, hi = max(dwell - slack, 0.0), dwell + slack
+        if duration_s > 0:
+            hi = min(hi, duration_s)   # never more than the whole track
+        chosen_above, skip_below = self.long_listen, self.skip
+        if duration_s > 0 and self.long_fraction is not None:
+            chosen_above = min(chosen_above, self.long_fraction * duration_s)
+        if duration_s > 0 and self.skip_fraction is not None:
+            skip_below = min(skip_below, self.skip_fraction * duration_s)
+        if lo > chosen_above:
+            return "chosen", "long listen" if lo > self.long_listen else "most of the track"
+        if hi < skip_below:
+            return "rejected", "skip"
+        if lo >= skip_below and hi <= chosen_above:
+            return "between", "short track" if hi < self.skip else "between"
+        return "unlabelled", "resolution"   # the interval straddles a threshold
+
+    def explain(self, reason, resolution=1):
+        """The sentence a report shows for a reason of label() (and for mine_pairs' two unknown dwells)."""
+        skip = f"less than {self.skip:g} s"
+        if self.skip_fraction is not None:
+            skip += f" and less than {self.skip_fraction:.0%} of the track"
+        return {
+            "long listen": f"chosen: more than {self.long_listen:g} s heard",
+            "most of the track": f"chosen: more than {self.long_fraction or 0:.0%} of the track heard, but not "
+                                 f"{self.long_listen:g} s",
+            "skip": f"rejected: {skip} heard",
+            "between": "between: neither chosen nor rejected",
+            "short track": f"between: less than {self.skip:g} s heard, but at least "
+                           f"{self.skip_fraction or 0:.0%} of a short track",
+            "resolution": f"unlabelled: at the log's {resolution} s timestamp resolution the dwell could lie on "
+                          "either side of a threshold",
+            "session end": "unlabelled: the last play of its session (no next play bounds it)",
+            "same timestamp": f"unlabelled: the next play has the same timestamp (closer than the log's "
+                              f"{resolution} s resolution can time; in a scrobble log, a batch submission)",
+        }[reason]
+
+    def reasons(self):
+        """The reasons this rule can give, in report order (the fraction ones only when set)."""
+        return (("long listen",) + (("most of the track",) if self.long_fraction is not None else ())
+                + ("skip", "between") + (("short track",) if self.skip_fraction is not None else ())
+                + ("resolution", "session end", "same timestamp"))
 
 
 def split_times(log, catalog, id_information=None, id_metadata=None, val_fraction=VAL_FRACTION,
@@ -782,9 +916,12 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
     sequences = {w: Reservoir(max_sessions, rng) for w in ("train", "val")}
     popularity = np.zeros(len(catalog), dtype=np.int64)
     cooc = {}
+    stats = {} if stats is None else stats
+    rule = DwellRule(long_listen=long_listen)
     for user, plays in iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata,
                                        stats=stats):
-        for sess in sessions_of(plays, catalog, gap):
+        resolution = stats["resolution_s"]   # known before the first user arrives
+        for sess in sessions_of(plays, catalog, gap, resolution):
             seq = {"train": [], "val": []}
             seen = []  # catalogued plays of this session so far, for the histories
             for i, (ts, row, dwell) in enumerate(sess):
@@ -802,8 +939,8 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
                             cooc[(row2, row)] = cooc.get((row2, row), 0) + 1
                 if i + 1 < len(sess):
                     ts2, row2, dwell2 = sess[i + 1]
-                    if row2 >= 0 and row2 != row and row2 in row_codes and dwell2 is not None \
-                            and dwell2 > long_listen and window(ts2, t_val, t_test) == w:
+                    if row2 >= 0 and row2 != row and row2 in row_codes and window(ts2, t_val, t_test) == w \
+                            and rule.label(dwell2, resolution=resolution)[0] == "chosen":
                         transitions[w].add((user, tuple(seen[-history:]), row2))
             for w, rows in seq.items():
                 if len(rows) >= 2:  # a sequence model learns nothing from a single play
@@ -924,19 +1061,23 @@ def build_sft(args):
 
 # ============================================================================================== preference pairs
 
-def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_plays=0, counts=None,
-               windows=None, history=0):
+def mine_pairs(sessions, row_codes, rule=DwellRule(), window_plays=0, counts=None, windows=None, history=0,
+               durations=None, resolution=1):
     """Preference pairs of one user's sessions: [(context_row, chosen_row, rejected_row, ts)].
 
     The context is a play; the candidates are the plays after it in the same session (the next
-    `window_plays` of them, or the rest of the session when 0). The first candidate labelled long
-    (dwell > long_listen) is chosen and the first labelled skip (dwell < skip) is rejected; plays without a
-    known dwell (a session's last) are unlabelled. Both must be catalogued tracks other than the context, so
-    the prompt never names an answer. ts = the context's time, which decides the split.
+    `window_plays` of them, or the rest of the session when 0). The first candidate that rule.label calls
+    chosen (by default: dwell > 90 s) is chosen and the first it calls rejected (dwell < 30 s) is rejected;
+    plays without a known dwell (a session's last, or one sharing its timestamp with the next play) are
+    unlabelled. Both must be catalogued tracks other than the context, so the prompt never names an answer.
+    ts = the context's time, which decides the split. durations: (N,) track lengths in seconds, 0 = unknown
+    (for the relative thresholds; None: all unknown). resolution: the log's clock step in seconds.
     windows = (t_val, t_test): candidates must lie in the context's time window, so no validation pair
     uses a test-window play and no training pair a later one.
     history > 0: each pair also carries the session's last `history` catalogued plays up to the context
     (a tuple of rows, oldest first), as the next-track prompts show them: (context, chosen, rejected, ts, hist).
+    counts (a dict) gains, per play, its label and "reason: " + the reason of label() (the two unknown dwells
+    told apart: "session end", "same timestamp"), and why pairs were dropped.
     """
     counts = {} if counts is None else counts
 
@@ -945,29 +1086,31 @@ def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_p
 
     out = []
     for sess in sessions:
-        for ts, row, dwell in sess:
-            if dwell is None:
-                count("unlabelled")
-            elif dwell > long_listen:
-                count("chosen")
-            elif dwell < skip:
-                count("rejected")
-            else:
-                count("between")
+        labels = []
+        for i, (ts, row, dwell) in enumerate(sess):
+            dur = float(durations[row]) if durations is not None and row >= 0 else 0.0
+            label, reason = rule.label(dwell, dur, resolution)
+            if reason == "unknown dwell":   # only a session's last play or a same-timestamp one has none
+                reason = "session end" if i == len(sess) - 1 else "same timestamp"
+            count(label)
+            count("reason: " + reason)
+            labels.append(label)
         for i, (ts, ctx, _) in enumerate(sess):
             if ctx < 0 or ctx not in row_codes:
                 continue
-            cands = sess[i + 1:i + 1 + window_plays] if window_plays else sess[i + 1:]
+            cands = range(i + 1, min(i + 1 + window_plays, len(sess)) if window_plays else len(sess))
             if windows is not None:
                 w = window(ts, *windows)
-                inside = [c for c in cands if window(c[0], *windows) == w]
+                inside = [j for j in cands if window(sess[j][0], *windows) == w]
                 if len(inside) < len(cands):
                     count("candidates cut at a window boundary")
                 cands = inside
-            chosen = next((r for _, r, d in cands if d is not None and d > long_listen and r >= 0
-                           and r != ctx and r in row_codes), None)
-            rejected = next((r for _, r, d in cands if d is not None and d < skip and r >= 0
-                             and r != ctx and r in row_codes), None)
+
+            def first(label):
+                return next((sess[j][1] for j in cands if labels[j] == label and sess[j][1] >= 0
+                             and sess[j][1] != ctx and sess[j][1] in row_codes), None)
+
+            chosen, rejected = first("chosen"), first("rejected")
             if chosen is None or rejected is None:
                 count("dropped: no chosen and rejected play after the context")
             elif chosen == rejected:
@@ -980,6 +1123,22 @@ def mine_pairs(sessions, row_codes, long_listen=LONG_LISTEN, skip=SKIP, window_p
     return out
 
 
+def check_label_options(args):
+    """One-line errors for thresholds that cannot label a play consistently."""
+    for name in ("long_fraction", "skip_fraction"):
+        x = getattr(args, name)
+        if x is not None and not 0 < x <= 1:
+            raise UserError(f"--{name.replace('_', '-')} {x:g}: a share of the track, between 0 (excluded) and 1")
+    if args.skip > args.long_listen:
+        raise UserError(f"--skip {args.skip:g} is above --long-listen {args.long_listen:g}: a play could be both a "
+                        "skip and a long listen")
+    if None not in (args.long_fraction, args.skip_fraction) and args.skip_fraction > args.long_fraction:
+        raise UserError(f"--skip-fraction {args.skip_fraction:g} is above --long-fraction {args.long_fraction:g}: "
+                        "a play could be both a skip and a long listen")
+    if args.resolution < 0:
+        raise UserError(f"--resolution {args.resolution}: seconds between clock ticks, or 0 to detect them")
+
+
 PARTITIONS: int = 64            # hash partitions of the pair stream: dedupe holds one partition in memory
 
 
@@ -990,6 +1149,7 @@ def build_prefs(args):
     (context, chosen, rejected); each partition is then deduplicated on its own, and capped splits keep a
     uniform reservoir sample. Memory holds one user's plays, one partition and the caps, never the log.
     """
+    check_label_options(args)
     meta = read_json(os.path.join(args.sft_data, "meta.json"), "SFT data meta.json")
     import rvq
     catalog, _ = load_catalog(meta["catalog"])
@@ -1001,27 +1161,33 @@ def build_prefs(args):
     t_val, t_test = meta["t_val"], meta["t_test"]
     n_hist = meta.get("prompt_history", 1)   # the prompts show what the SFT prompts show
     stats, counts = {}, {}
+    rule = DwellRule(args.long_listen, args.skip, args.long_fraction, args.skip_fraction)
+    durations = (catalog.duration_ms / 1000.0).tolist()   # seconds, 0 = unknown
     # training-window labelled plays per track, for the preference baselines of evaluate.py
     plays, long, skips = (np.zeros(n, dtype=np.int64) for _ in range(3))
-    n_sessions = 0
+    n_sessions = unknown_duration = 0
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".partitions.", dir=args.out)
     try:
         parts = [open(os.path.join(tmp_dir, f"{b}.tsv"), "w", encoding="utf-8") for b in range(PARTITIONS)]
         plays_iter = iter_user_plays(log, catalog, id_information=args.id_information or meta["id_information"],
-                                     id_metadata=args.id_metadata or meta["id_metadata"], stats=stats)
+                                     id_metadata=args.id_metadata or meta["id_metadata"], stats=stats,
+                                     resolution=args.resolution or None)
         for user, user_plays in tqdm(plays_iter, desc="mining pairs", unit=" users", disable=None):
-            sess = sessions_of(user_plays, catalog, args.session_gap)
+            resolution = stats["resolution_s"]   # known before the first user arrives
+            sess = sessions_of(user_plays, catalog, args.session_gap, resolution)
             n_sessions += len(sess)
             for ts, row, dwell in (p for ss in sess for p in ss):   # per-track labels of the training window
+                unknown_duration += row >= 0 and durations[row] == 0
                 if row >= 0 and dwell is not None and ts < t_val:
+                    label = rule.label(dwell, durations[row], resolution)[0]
                     plays[row] += 1
-                    long[row] += dwell > args.long_listen
-                    skips[row] += dwell < args.skip
-            for ctx, ch, rj, ts, hist in mine_pairs(sess, row_codes, args.long_listen, args.skip,
-                                                    args.window_plays, counts, windows=(t_val, t_test),
-                                                    history=n_hist):
+                    long[row] += label == "chosen"
+                    skips[row] += label == "rejected"
+            for ctx, ch, rj, ts, hist in mine_pairs(sess, row_codes, rule, args.window_plays, counts,
+                                                    windows=(t_val, t_test), history=n_hist,
+                                                    durations=durations, resolution=resolution):
                 key = (ctx * n + ch) * n + rj
                 line = json.dumps({"prompt": next_track_prompt(catalog, hist, row_codes, n_history=n_hist),
                                    "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
@@ -1061,7 +1227,12 @@ def build_prefs(args):
     n_pairs = {w: min(keep[w].seen, caps[w]) if caps[w] else keep[w].seen for w in caps}
     report = {"events_read": stats.get("events_read", 0), "matched": stats.get("matched", 0),
               "match_rate": stats.get("match_rate", 0.0), "users": stats.get("users", 0), "sessions": n_sessions,
-              "labelled": {k: counts.get(k, 0) for k in ("chosen", "rejected", "between", "unlabelled")},
+              "labelled": {k: counts.get(k, 0) for k in LABELS},
+              "timestamp_resolution_s": stats.get("resolution_s"),
+              "timestamp_resolution": stats.get("resolution_source"),
+              "labelled_by_rule": {rule.explain(k, stats.get("resolution_s", 1)): counts.get("reason: " + k, 0)
+                                   for k in rule.reasons()},
+              "plays_of_tracks_without_duration": unknown_duration,
               "pairs": n_pairs, "pairs_before_caps": {w: keep[w].seen for w in caps},
               "dropped": {k[len("dropped: "):]: v for k, v in counts.items() if k.startswith("dropped")},
               "contexts_with_candidates_cut_at_a_window_boundary": counts.get("candidates cut at a window boundary",
@@ -1115,6 +1286,15 @@ def parse_args(argv=None):
     q.add_argument("--session-gap", type=int, default=SESSION_GAP, help="seconds")
     q.add_argument("--long-listen", type=float, default=LONG_LISTEN, help="chosen: dwell above this (s)")
     q.add_argument("--skip", type=float, default=SKIP, help="rejected: dwell below this (s)")
+    q.add_argument("--long-fraction", type=float, default=None,
+                   help="also chosen: more than this share of the track heard (e.g. 0.8), so tracks shorter than "
+                        "--long-listen can be chosen; default off (the seed's absolute rule)")
+    q.add_argument("--skip-fraction", type=float, default=None,
+                   help="rejected only if also less than this share of the track was heard (e.g. 0.5), so a full "
+                        "play of a track shorter than --skip is no skip; default off (the seed's absolute rule)")
+    q.add_argument("--resolution", type=int, default=0,
+                   help="seconds between the log's clock ticks (60 for minute timestamps): a dwell is labelled "
+                        "only where this uncertainty cannot move it across a threshold; 0 detects it from the file")
     q.add_argument("--window-plays", type=int, default=0, help="candidates after the context (0: the session)")
     q.add_argument("--max-train", type=int, default=0, help="cap on training pairs (0: all)")
     q.add_argument("--max-val", type=int, default=0)
