@@ -734,7 +734,9 @@ def request_examples(cat, row_codes, masks, n, templates, rng):
             if rng.random() < 0.1:
                 attrs.append(("bpm", int(round(cat.feature("tempo")[r] / BPM_STEP) * BPM_STEP)))
         order = {k: i for i, k in enumerate(("genre",) + tuple(dict.fromkeys(a for a, _ in ATTRIBUTES)) + ("bpm",))}
-        attrs = sorted(set(attrs), key=lambda a: order[a[0]])
+        # dict.fromkeys, not set: a set of strings iterates in an order that changes with PYTHONHASHSEED, and
+        # the stable sort would pass that order on to two attributes of one kind (two activities)
+        attrs = sorted(dict.fromkeys(attrs), key=lambda a: order[a[0]])
         prompt = templates[int(rng.integers(len(templates)))].format(desc=describe_request(attrs))
         out.append((attrs, prompt[0].upper() + prompt[1:], r))
     return out
