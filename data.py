@@ -1064,7 +1064,7 @@ def build_sft(args):
 # ============================================================================================== preference pairs
 
 def mine_pairs(sessions, row_codes, rule=DwellRule(), window_plays=0, counts=None, windows=None, history=0,
-               durations=None, resolution=1):
+               durations=None, resolution=1, rejected_per_context=1):
     """Preference pairs of one user's sessions: [(context_row, chosen_row, rejected_row, ts)].
 
     The context is a play; the candidates are the plays after it in the same session (the next
@@ -1080,6 +1080,10 @@ def mine_pairs(sessions, row_codes, rule=DwellRule(), window_plays=0, counts=Non
     (a tuple of rows, oldest first), as the next-track prompts show them: (context, chosen, rejected, ts, hist).
     counts (a dict) gains, per play, its label and "reason: " + the reason of label() (the two unknown dwells
     told apart: "session end", "same timestamp"), and why pairs were dropped.
+    rejected_per_context K > 1 (for S-DPO): each pair ends with a tuple of up to K - 1 further rejected tracks,
+    the next distinct skips after the context in play order (may be empty), after hist when history > 0.
+    Example: plays ctx, a (skip), b (long), c (skip), a (skip), d (skip) with K = 3 give
+    (ctx, b, a, ts, (c, d)): a is the pair's rejected answer, c and d the further ones.
     """
     counts = {} if counts is None else counts
 
@@ -1117,11 +1121,19 @@ def mine_pairs(sessions, row_codes, rule=DwellRule(), window_plays=0, counts=Non
                 count("dropped: no chosen and rejected play after the context")
             elif chosen == rejected:
                 count("dropped: chosen and rejected are the same track")
-            elif history:
-                hist = [r for _, r, _ in sess[:i + 1] if r >= 0 and r in row_codes][-history:]
-                out.append((ctx, chosen, rejected, ts, tuple(hist)))
             else:
-                out.append((ctx, chosen, rejected, ts))
+                pair = (ctx, chosen, rejected, ts)
+                if history:
+                    pair += (tuple([r for _, r, _ in sess[:i + 1] if r >= 0 and r in row_codes][-history:]),)
+                if rejected_per_context > 1:
+                    more = []
+                    for j in cands:
+                        r = sess[j][1]
+                        if labels[j] == "rejected" and r >= 0 and r in row_codes \
+                                and r not in (ctx, chosen, rejected) and r not in more:
+                            more.append(r)
+                    pair += (tuple(more[:rejected_per_context - 1]),)
+                out.append(pair)
     return out
 
 
@@ -1137,6 +1149,8 @@ def check_label_options(args):
     if None not in (args.long_fraction, args.skip_fraction) and args.skip_fraction > args.long_fraction:
         raise UserError(f"--skip-fraction {args.skip_fraction:g} is above --long-fraction {args.long_fraction:g}: "
                         "a play could be both a skip and a long listen")
+    if args.rejected_per_context < 1:
+        raise UserError(f"--rejected-per-context {args.rejected_per_context}: at least 1 (the pair's own rejected)")
     if args.resolution < 0:
         raise UserError(f"--resolution {args.resolution}: seconds between clock ticks, or 0 to detect them")
 
@@ -1187,15 +1201,18 @@ def build_prefs(args):
                     plays[row] += 1
                     long[row] += label == "chosen"
                     skips[row] += label == "rejected"
-            for ctx, ch, rj, ts, hist in mine_pairs(sess, row_codes, rule, args.window_plays, counts,
-                                                    windows=(t_val, t_test), history=n_hist,
-                                                    durations=durations, resolution=resolution):
+            for ctx, ch, rj, ts, hist, *more in mine_pairs(sess, row_codes, rule, args.window_plays, counts,
+                                                           windows=(t_val, t_test), history=n_hist,
+                                                           durations=durations, resolution=resolution,
+                                                           rejected_per_context=args.rejected_per_context):
                 key = (ctx * n + ch) * n + rj
-                line = json.dumps({"prompt": next_track_prompt(catalog, hist, row_codes, n_history=n_hist),
-                                   "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
-                                   "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
-                                   "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)},
-                                  ensure_ascii=False)
+                pair = {"prompt": next_track_prompt(catalog, hist, row_codes, n_history=n_hist),
+                        "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
+                        "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
+                        "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)}
+                if more:   # S-DPO's further rejected answers; "rejected" stays the one pairwise accuracy uses
+                    pair["more_rejected"] = [id_text(row_codes[r]) for r in more[0]]
+                line = json.dumps(pair, ensure_ascii=False)
                 parts[key % PARTITIONS].write(f"{key}\t{window(ts, t_val, t_test)}\t{line}\n")
         for f in parts:
             f.close()
@@ -1298,6 +1315,9 @@ def parse_args(argv=None):
                    help="seconds between the log's clock ticks (60 for minute timestamps): a dwell is labelled "
                         "only where this uncertainty cannot move it across a threshold; 0 detects it from the file")
     q.add_argument("--window-plays", type=int, default=0, help="candidates after the context (0: the session)")
+    q.add_argument("--rejected-per-context", type=int, default=1,
+                   help="skips kept per context: above 1, each pair also lists up to this many - 1 further skipped "
+                        "tracks as more_rejected, which dpo.py --loss-type sdpo trains on (S-DPO); 1: plain pairs")
     q.add_argument("--max-train", type=int, default=0, help="cap on training pairs (0: all)")
     q.add_argument("--max-val", type=int, default=0)
     q.add_argument("--max-test", type=int, default=0)

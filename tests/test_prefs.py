@@ -150,3 +150,20 @@ def test_pairs_and_prompts_carry_the_session_history():
     assert data.next_track_prompt(cat, (3, 0), codes, n_history=2) == \
         "Played before: <a_3><b_0><c_0>. I want to listen to Artist 0 - Song 0 (rock) <a_0><b_0><c_0> or something similar"
     assert data.next_track_prompt(cat, (4, 3, 0), codes, n_history=1) == data.next_track_prompt(cat, (0,), codes)
+
+
+def test_more_rejected_for_sdpo():
+    """The docstring's example: ctx, a (skip), b (long), c (skip), a (skip), d (skip) with K = 3."""
+    cat = tiny_catalog(n=6)
+    plays = [(0, 0), (100, 1), (110, 2), (310, 3), (320, 1), (330, 4), (340, 5)]   # the last: unknown dwell
+    ids = {i: (i,) for i in range(6)}
+    sess = data.sessions_of(plays, cat)
+    three = data.mine_pairs(sess, ids, rejected_per_context=3)
+    assert three[0] == (0, 2, 1, 0, (3, 4))
+    assert data.mine_pairs(sess, ids, rejected_per_context=2)[0] == (0, 2, 1, 0, (3,))
+    # K = 1: the plain pairs, unchanged; with history the further rejected come after hist
+    assert data.mine_pairs(sess, ids)[0] == (0, 2, 1, 0)
+    assert data.mine_pairs(sess, ids, history=1, rejected_per_context=3)[0] == (0, 2, 1, 0, (0,), (3, 4))
+    # context a (row 1): c is its rejected, its own replay is no answer, d the one further skip; contexts after b
+    # have no long listen left, so no pair
+    assert three[1:] == [(1, 2, 3, 100, (4,))]
