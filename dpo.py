@@ -171,7 +171,7 @@ def concatenated_logps(model, pairs, pad_id, device):
     # the prompt's last position predicts answer token 0; answer position j predicts token j + 1
     h = torch.cat([out.last_hidden_state[:, -1:].repeat(2, 1, 1), h_ans[:, :-1]], dim=1)          # (2B, A, H)
     mask = a_mask.bool()
-    logits = model.lm_head(h[mask]).float()   # fp32 log-softmax over the whole vocabulary
+    logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
     logps = torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).squeeze(1)
     row = torch.arange(2 * B, device=device)[:, None].expand_as(mask)[mask]
     seq = torch.zeros(2 * B, device=device).index_add(0, row, logps)                 # summed, not averaged

@@ -220,7 +220,32 @@ class IDHead(nn.Module):
         self.new_rows = new_rows      # (n_new, H): the same Parameter as IDEmbedding.new_rows when tied
 
     def forward(self, h):  # (..., H) -> (..., V + n_new)
-        return torch.cat([F.linear(h, self.weight), F.linear(h, self.new_rows)], dim=-1)
+        # weights in h's dtype: a no-op in fp32, and under autocast F.linear casts both to bf16 anyway; so
+        # head_logits gets an fp32 head even from bf16 weights
+        return torch.cat([F.linear(h, self.weight.to(h.dtype)), F.linear(h, self.new_rows.to(h.dtype))], dim=-1)
+
+
+def head_logits(model, hidden):
+    """fp32 logits of the output head: hidden (..., H) -> (..., V'), autocast off whatever the caller runs under.
+
+    Under CUDA's bf16 autocast the head would run in bf16, and `.float()` afterwards cannot restore what was lost:
+    logits off by up to ~0.1, which log_softmax and a sum over answer tokens carry into every score, loss and
+    ranking. The rest of the model may stay in bf16; this one matmul per scored position runs in fp32. Weights are
+    cast too (IDHead.forward casts its tensors to the input's dtype). On the CPU, where nothing runs under autocast
+    and everything is fp32, this is exactly model.lm_head(hidden).
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return model.lm_head(hidden.float())
+
+
+def next_token_logps(model, hidden):
+    """fp32 log-probs of the token after each row's last position: hidden (B, T, H) -> (B, V').
+
+    The head gets hidden[:, -1:], (B, 1, H), the shape LlamaForCausalLM(logits_to_keep=1) gives it: on the CPU the
+    floats are then bit for bit those of model(...).logits (a (B, H) input takes another matmul path and rounds
+    differently in the last bits).
+    """
+    return torch.log_softmax(head_logits(model, hidden[:, -1:])[:, -1], -1)
 
 
 def base_vocab_size(model):
@@ -422,7 +447,7 @@ def answer_logps(model, input_ids, attention_mask, loss_mask, shared_prefix=0):
     target_mask = loss_mask[:, 1:].bool()                                                       # (B,T-1)
     h = hidden[:, :-1][target_mask]                                                             # (M,H)
     targets = input_ids[:, 1:][target_mask]                                                     # (M,)
-    logits = model.lm_head(h).float()  # fp32 logits: log_softmax over 49k+ classes in bf16 is too coarse
+    logits = head_logits(model, h)     # fp32 logits: log_softmax over 49k+ classes in bf16 is too coarse
     logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)           # (M,)
     row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
     return logps, row
@@ -515,9 +540,9 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
         B = len(batch)
         ids, attn, pos = (t.to(device) for t in left_pad(batch, pad_id))
         with autocast(device):
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+            out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         cache = out.cache
-        logp = torch.log_softmax(out.logits[:, -1].float(), -1)      # (B*nb, V'), nb = 1 at first
+        logp = next_token_logps(model, out.last_hidden_state)          # (B*nb, V'), nb = 1 at first
         scores = torch.zeros(B, 1, device=device)                    # (B, nb)
         seqs = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, nb, t)
         next_pos = pos[:, -1:] + 1                                    # (B, 1)
@@ -556,9 +581,9 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
             attn = torch.cat([attn[rows], attn.new_ones(B * k, 1)], 1)   # (B*k, T + t + 1)
             next_pos = next_pos[rows]
             with autocast(device):
-                out = model(input_ids=tok.reshape(-1, 1), attention_mask=attn, position_ids=next_pos,
-                            cache=cache, use_cache=True)
-            logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+                out = model.model(input_ids=tok.reshape(-1, 1), attention_mask=attn, position_ids=next_pos,
+                                  cache=cache, use_cache=True)
+            logp = next_token_logps(model, out.last_hidden_state)
             next_pos = next_pos + 1
         for b in range(B):
             res = [(tuple(int(x) for x in seqs[b, j]), float(scores[b, j]))
@@ -629,12 +654,12 @@ def score_all_ids(model, prompt_ids, vocab, trie, device="cpu", chunk=64):
     device = torch.device(device)
     L, T = vocab.levels, len(prompt_ids)
     with autocast(device):
-        out = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
+        out = model.model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
     prompt_kv = kv_of(out.cache)                                        # per layer (1, h, T, d)
     prefixes = [()]                                                     # the frontier: the prefixes of length l
     scores = torch.zeros(1, device=device)                              # (n_l,) their summed log-probs
     # (n_l, K): log-probs of the next level's K codes after each prefix; the other columns are never needed
-    logp = torch.log_softmax(out.logits[:, -1].float(), -1)[:, vocab.level_tokens(0).to(device)]
+    logp = next_token_logps(model, out.last_hidden_state)[:, vocab.level_tokens(0).to(device)]
     id_kv = None                                                        # per layer (n_l, h, l, d): the ID tokens
     for l in range(L):
         # every child of every frontier prefix, in trie order (children are sorted, so codes stay ascending)
@@ -657,8 +682,9 @@ def score_all_ids(model, prompt_ids, vocab, trie, device="cpu", chunk=64):
                       for (k, v), (ik, iv) in zip(kv, id_kv)]
             pos = torch.full((n, 1), T + l, device=device)
             with autocast(device):
-                out = model(input_ids=tok[s:s + chunk, None], position_ids=pos, cache=cache_of(kv), use_cache=True)
-            logps.append(torch.log_softmax(out.logits[:, -1].float(), -1)[:, vocab.level_tokens(l + 1).to(device)])
+                out = model.model(input_ids=tok[s:s + chunk, None], position_ids=pos, cache=cache_of(kv),
+                                  use_cache=True)
+            logps.append(next_token_logps(model, out.last_hidden_state)[:, vocab.level_tokens(l + 1).to(device)])
             if l + 2 < L:   # deeper forwards continue these prefixes: keep their ID tokens (a copy, not the chunk)
                 kvs.append([(k[:, :, T:].clone(), v[:, :, T:].clone()) for k, v in kv_of(out.cache)])
         logp = torch.cat(logps)
@@ -686,7 +712,7 @@ class TrieScorer:
         self.device = torch.device(device)
         ids, attn, pos = (t.to(self.device) for t in left_pad(prompts, pad_id))
         with autocast(self.device):
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+            out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         self.prompt_kv = kv_of(out.cache)            # per layer (B, h, T, d), T the longest prompt
         self.attn, self.first_pos = attn, pos[:, -1] + 1   # (B, T); (B,) position of the first ID token
         self.T = ids.shape[1]
@@ -694,7 +720,7 @@ class TrieScorer:
         self.score, self.expanded, self.id_scores = {}, set(), [[] for _ in prompts]
         self.id_kv = {}    # level l -> per layer (keys, values) (rows, h, l, d) of expanded prefixes' ID tokens
         self.id_row = {}   # (b, prefix) -> its row in id_kv[len(prefix)]
-        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        logp = next_token_logps(model, out.last_hidden_state)
         self._add_children([(b, ()) for b in range(len(prompts))], logp)
 
     def _add_children(self, keys, logp):
@@ -736,9 +762,9 @@ class TrieScorer:
         pos = (self.first_pos[b] + l - 1)[:, None]                           # (n, 1)
         tok = torch.tensor([[self.vocab.token_id(l - 1, p[-1])] for _, p in keys], device=dev)
         with autocast(dev):
-            out = self.model(input_ids=tok, attention_mask=attn, position_ids=pos, cache=cache_of(kv),
-                             use_cache=True)
-        self._add_children(keys, torch.log_softmax(out.logits[:, -1].float(), -1))
+            out = self.model.model(input_ids=tok, attention_mask=attn, position_ids=pos, cache=cache_of(kv),
+                                   use_cache=True)
+        self._add_children(keys, next_token_logps(self.model, out.last_hidden_state))
         for bb, _ in keys:
             self.forwards[bb] += 1
         if l + 1 < self.vocab.levels:   # deeper forwards will continue these prefixes: keep their ID tokens

@@ -138,7 +138,7 @@ def evaluate(model, pairs, pad_id, vocab, device, batch_size):
         ids, attn, loss_mask = (t.to(device) for t in collate(chunk, pad_id))
         hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
         mask = loss_mask[:, 1:].bool()
-        logits = model.lm_head(hidden[:, :-1][mask]).float()                       # (M, V')
+        logits = M.head_logits(model, hidden[:, :-1][mask])                        # (M, V') fp32
         targets = ids[:, 1:][mask]
         logps = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
         nll -= logps.sum().item()
