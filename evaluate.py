@@ -186,12 +186,17 @@ def id_codes(toks, vocab, end_id):
 
 
 def hallucination(model, fmt, prompts, trie, args, desc):
-    """Shares of unconstrained top-K outputs that are malformed, or well-formed but match no track."""
+    """Shares of unconstrained top-K outputs that are malformed, or well-formed but match no track.
+
+    A beam stops at the end token (beam_search's end_id): one that ends before its L ID tokens is malformed, scored
+    by what it generated, not by tokens it would have gone on to score after its end.
+    """
     enc = [fmt.prompt(p) for p in prompts]
     res = []
     for s in tqdm(range(0, len(enc), args.batch_size), desc=desc, disable=None, leave=False):
         res += M.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.hallucination_beam, trie=None,
-                             pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size, device=args.device)
+                             end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
+                             device=args.device)
     out = {}
     for k in (1, 5, 10):
         malformed = invalid = total = 0

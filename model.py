@@ -518,6 +518,11 @@ def left_pad(seqs, pad_id):
     return ids, attn, pos
 
 
+def cut_at_end(toks, end_id):
+    """toks up to and including the first end_id (a finished beam's padding dropped); all of them if none."""
+    return toks[:toks.index(end_id) + 1] if end_id in toks else toks
+
+
 @torch.no_grad()
 def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_id=0, batch_size=8,
                 device="cpu"):
@@ -525,9 +530,12 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
 
     With `trie`: L steps, each restricted to the current level's codes that the trie
     allows after the beam's prefix, so every result is a catalogue ID. Without: L + 1
-    unconstrained steps over the whole vocabulary (to measure hallucination).
+    unconstrained steps over the whole vocabulary (to measure hallucination); a beam
+    that emits `end_id` is finished there: its score stays the sum up to and including
+    the end token, it is not expanded further, and it is returned cut after that token.
     Score = summed log-prob of the generated tokens (no length normalisation: all
-    results have the same length). Beams are unique: each is a distinct
+    complete results have the same length, and a finished one scores at least as high
+    as any continuation of it would). Beams are unique: each is a distinct
     (parent, token) pair. Returns per prompt a list of (tokens tuple, score), best first.
     """
     model.eval()
@@ -566,6 +574,13 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
                 tok_of = level_tok
             else:
                 cand, tok_of = logp, None
+                if end_id is not None and t > 0:
+                    # a finished beam (its last token is the end token) gets one continuation, the end token again
+                    # at log-prob 0: its score stays frozen and it holds one beam slot, not a slot per next token
+                    done = (seqs[:, :, -1] == end_id).reshape(-1, 1)                      # (B*nb, 1)
+                    frozen = torch.full_like(cand[:1], float("-inf"))                     # (1, V')
+                    frozen[0, end_id] = 0.0
+                    cand = torch.where(done, frozen, cand)
             C = cand.shape[1]
             total = (scores.reshape(-1, 1) + cand).view(B, nb * C)       # (B, nb*C)
             k = min(beam_width, nb * C)
@@ -586,7 +601,7 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
             logp = next_token_logps(model, out.last_hidden_state)
             next_pos = next_pos + 1
         for b in range(B):
-            res = [(tuple(int(x) for x in seqs[b, j]), float(scores[b, j]))
+            res = [(cut_at_end(tuple(int(x) for x in seqs[b, j]), end_id), float(scores[b, j]))
                    for j in range(scores.shape[1]) if torch.isfinite(scores[b, j])]
             if trie is not None:
                 for toks, _ in res:  # by construction; checked because a silent miss would be a bug

@@ -1,11 +1,15 @@
-"""model.py: the output head in fp32 under autocast."""
+"""model.py: the output head in fp32 under autocast; unconstrained beams stop at the end token."""
+import argparse
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dpo
+import evaluate as E
 import model as M
 import sft
+from tests.conftest import make_tiny_llama
 from tests.test_exact import IDS
 
 # ----------------------------------------------------------------------------- fp32 head under autocast
@@ -100,3 +104,84 @@ def test_every_score_uses_an_fp32_head_under_autocast(bigram, monkeypatch):
            else "other results" for name in want}
     bad = {n: o for n, o in off.items() if o == "other results" or float(o.split()[-1]) > 1e-5}
     assert not bad, f"under autocast: {bad}"
+
+
+# ----------------------------------------------------------------------------- finished beams stop
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory, smol_tokenizer):
+    """A tiny untied policy with noisy ID rows in and out (a tied random model mostly repeats its last token)."""
+    folder = make_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny_untied_beam"), tie=False)
+    model, tok, vocab = M.load_policy(folder, levels=3, codebook_size=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.model.embed_tokens.new_rows.normal_(std=1.0)
+        model.lm_head.new_rows.normal_(std=1.0)
+    fmt = M.PromptFormat(tok, vocab)
+    return model, fmt, fmt.prompt("rock"), M.pad_id_of(tok)
+
+
+def next_logp(model, ids):
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+
+
+def teacher_forced(model, prompt, toks, pad):
+    with torch.no_grad():
+        return M.sequence_logps(model, *M.pad_batch([prompt + list(toks)], pad, [len(toks)])).item()
+
+
+@pytest.mark.parametrize("end_after", [0, 1])
+def test_unconstrained_beam_stops_at_the_end_token(noisy, end_after):
+    """A beam that emits the end token keeps the score it had there and is not expanded further.
+
+    The end token is chosen to be the model's favourite after `end_after` tokens of the best beam, so a beam ends
+    early (at step end_after) and would otherwise go on adding (negative) log-probs of tokens after its end.
+    """
+    model, fmt, prompt, pad = noisy
+    L, width = fmt.vocab.levels, 6
+    first = next_logp(model, prompt)
+    best = [int(first.argmax())]
+    then = next_logp(model, prompt + best)
+    then[best[0]] = float("-inf")                    # another token than the first, so that the end is visible
+    end = int(then.argmax()) if end_after else best[0]
+    res = M.beam_search(model, [prompt], fmt.vocab, width, trie=None, end_id=end, pad_id=pad)[0]
+    assert len(res) == width and len({toks for toks, _ in res}) == width             # unique beams
+    assert [s for _, s in res] == sorted((s for _, s in res), reverse=True)
+    ended = [toks for toks, _ in res if len(toks) < L + 1]
+    assert ended, "some beam must end early"
+    for toks, score in res:
+        assert end not in toks[:-1]                                                   # nothing after the end
+        assert len(toks) == L + 1 or toks[-1] == end
+        # the score is the sum of log-probs up to and including the end token, nothing after it
+        assert score == pytest.approx(teacher_forced(model, prompt, toks, pad), abs=1e-4)
+        assert len(toks) == L + 1 or E.id_codes(toks, fmt.vocab, end) is None         # ended early: malformed
+    early = (best + [end]) if end_after else [end]
+    assert tuple(early) in {toks for toks, _ in res}
+    # the best beam's own first token has the top step-0 log-prob; ended at step 0, nothing can beat it
+    if not end_after:
+        assert res[0][0] == (end,) and res[0][1] == pytest.approx(first[end].item(), abs=1e-5)
+
+
+def test_beam_without_end_id_and_constrained_beams_are_unchanged(noisy):
+    """end_id only affects unconstrained search; a trie never allows it, and without it every beam has L+1 tokens."""
+    model, fmt, prompt, pad = noisy
+    trie = M.IDTrie(IDS, 3)
+    with_end = M.beam_search(model, [prompt], fmt.vocab, 5, trie=trie, end_id=fmt.end_id, pad_id=pad)
+    assert with_end == M.beam_search(model, [prompt], fmt.vocab, 5, trie=trie, pad_id=pad)
+    plain = M.beam_search(model, [prompt], fmt.vocab, 5, trie=None, pad_id=pad)[0]
+    assert all(len(toks) == fmt.vocab.levels + 1 for toks, _ in plain)
+
+
+def test_hallucination_passes_the_end_token(noisy, monkeypatch):
+    model, fmt, prompt, pad = noisy
+    seen = []
+    real = M.beam_search
+
+    def spy(*a, **k):
+        seen.append(k.get("end_id"))
+        return real(*a, **k)
+    monkeypatch.setattr(M, "beam_search", spy)
+    args = argparse.Namespace(batch_size=2, hallucination_beam=3, device="cpu")
+    out = E.hallucination(model, fmt, ["rock", "jazz"], M.IDTrie(IDS, 3), args, "test")
+    assert seen == [fmt.end_id] and 0 <= out["hallucinated@10"] <= 1
