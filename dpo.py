@@ -197,10 +197,28 @@ def base_weights_sha256(folder):
     return hashlib.sha256("".join(n + M.file_sha256(os.path.join(folder, n)) for n in names).encode()).hexdigest()
 
 
-def reference_logps(path, model, pairs_by_split, pad_id, device, batch_size, fingerprint):
-    """Reference log-probs of every pair, computed once with the frozen SFT model and cached.
+def drawn_pairs(schedule):
+    """The training pairs a run draws: the distinct indices of its (steps, batch_size) schedule, ascending.
 
-    The cache is reused only if its fingerprint (SFT adapter, pair files) matches.
+    Only they need reference log-probs. `data.py prefs --max-train 0` keeps every pair (~20k in the demo world)
+    while 80 steps of 8 draw at most 640. Ascending, so that when every pair is drawn the reference batches are
+    those of the file order, and the floats are the same as scoring the whole file.
+    """
+    return np.unique(schedule)
+
+
+def spread(values, index, n):
+    """values (len(index),) at positions index of an (n,) tensor; NaN at the others (never read: the schedule
+    draws only `index`, and a NaN loss would say so loudly)."""
+    out = torch.full((n,), float("nan"), dtype=values.dtype)
+    out[torch.as_tensor(index)] = values
+    return out
+
+
+def reference_logps(path, model, pairs_by_split, pad_id, device, batch_size, fingerprint):
+    """Reference log-probs of every pair given, computed once with the frozen SFT model and cached.
+
+    The cache is reused only if its fingerprint (SFT adapter, pair files, which pairs) matches.
     """
     if os.path.exists(path):
         with safe_open(path, "pt") as f:
@@ -262,18 +280,24 @@ def train(args):
     val_pairs = [val_all[i] for i in val_idx]
     save_config(args.out, args)
 
+    # the pairs each step trains on, fixed by the seed; reference log-probs are needed for those only
+    schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
+                                  args.batch_size, args.seed)
+    drawn = drawn_pairs(schedule)
     # what the cached reference log-probs depend on: the base weights (another base of the same shape gives
-    # other values), the SFT adapter, the pairs, and where and in what precision they were computed
+    # other values), the SFT adapter, the pairs (the files, and which training pairs are drawn), and where and in
+    # what precision they were computed
     fingerprint = json.dumps({"base": base_weights_sha256(args.model), "device": str(device),
                               "dtype": str(next(model.parameters()).dtype),
                               "sft": M.file_sha256(os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)),
                               "train": M.file_sha256(os.path.join(args.pairs, "train.jsonl")),
                               "val": M.file_sha256(os.path.join(args.pairs, "val.jsonl")),
-                              "eval_pairs": args.eval_pairs, "seed": args.seed})
+                              "eval_pairs": args.eval_pairs, "seed": args.seed,
+                              "train_drawn": hashlib.sha256(drawn.tobytes()).hexdigest()})
     ref = reference_logps(os.path.join(args.out, "ref_logps.safetensors"), model,
-                          {"train": train_pairs, "val": val_pairs}, pad_id, device, args.micro_batch_size,
-                          fingerprint)
-    ref_train = (ref["train/chosen"].to(device), ref["train/rejected"].to(device))
+                          {"train": [train_pairs[i] for i in drawn], "val": val_pairs}, pad_id, device,
+                          args.micro_batch_size, fingerprint)
+    ref_train = tuple(spread(ref[f"train/{k}"], drawn, len(train_pairs)).to(device) for k in ("chosen", "rejected"))
     ref_val = (ref["val/chosen"].to(device), ref["val/rejected"].to(device))
 
     for n, p in model.named_parameters():
@@ -281,11 +305,10 @@ def train(args):
     for p in M.id_parameters(model):
         p.requires_grad_(True)
     trainable, total = lora.count_parameters(model)
-    print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train / "
-          f"{len(val_pairs):,} held-out pairs; beta {args.beta}, loss {args.loss_type}")
+    print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs "
+          f"({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} held-out pairs; "
+          f"beta {args.beta}, loss {args.loss_type}")
     opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0)
-    schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
-                                  args.batch_size, args.seed)
     step, best, history = 0, None, []
     log_path = os.path.join(args.out, "log.jsonl")
     run_fp = sft.run_fingerprint(args, [os.path.join(args.pairs, n) for n in ("train.jsonl", "val.jsonl")]
@@ -348,7 +371,7 @@ def train(args):
     final = [h for h in history if "eval/loss" in h]
     summary = {"best_step": best["step"], "eval/loss": best["eval/loss"],
                "eval/logp_accuracy": best["eval/logp_accuracy"], "select": args.select, "steps": args.steps,
-               "train_pairs": len(train_pairs), "held_out_pairs": len(val_pairs),
+               "train_pairs": len(train_pairs), "train_pairs_drawn": len(drawn), "held_out_pairs": len(val_pairs),
                "step0": final[0], "best": next(h for h in final if h["step"] == best["step"])}
     write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"best held-out preference accuracy {best['eval/logp_accuracy']:.3f} (loss {best['eval/loss']:.4f}) at "
