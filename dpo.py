@@ -52,13 +52,13 @@ DEVICE: str = "auto"
 # ties broken by the loss) or "loss" (the DPO loss punishes a few confident mistakes more than it rewards ranking)
 SELECT: str = "accuracy"
 RPO_ALPHA: float = 0.0         # weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0 = pure DPO
-LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge")
+LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sdpo")
 # -----------------------------------------------------------------------------
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
              beta=BETA, loss_type=LOSS_TYPE, label_smoothing=LABEL_SMOOTHING, rpo_alpha=RPO_ALPHA,
-             chosen_lengths=None):
+             chosen_lengths=None, rejected_mask=None):
     """Per-pair preference losses and the implicit rewards.
 
     All inputs (B,) summed sequence log-probs. Delta = policy log-ratio - reference log-ratio:
@@ -67,14 +67,23 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
       robust:  [-(1 - eps) log s(beta D) + eps log s(-beta D)] / (1 - 2 eps)   (Chowdhury et al. 2024)
       ipo:     (D - 1 / (2 beta))^2                                        (Azar et al. 2023, eq. 17)
       hinge:   relu(1 - beta D)                                            (SLiC, Zhao et al. 2023)
+      sdpo:    -log s(-log sum_j exp(-beta D_j))                           (S-DPO, Chen et al. 2024)
+    sdpo takes K rejected answers per chosen one: rejected log-probs (B, K), D_j the delta against the j-th,
+    rejected_mask (B, K) True where a rejected answer exists (column 0 always); with K = 1 it is sigmoid.
+    Example: one chosen, two rejected, beta D = (1, 2): -log s(-log(e^-1 + e^-2)) = log(1 + e^-1 + e^-2)
+    = 0.4076, against DPO's 0.3133 and 0.1269 for the two pairs alone: every rejected answer adds to the sum.
     and with rpo_alpha > 0, every branch adds the chosen answer's NLL per token (RPO, Pang et al. 2024, eq. 3):
       + alpha * (-log pi(y_w|x) / |y_w|)       chosen_lengths (B,): answer tokens of each chosen answer
     which keeps the chosen answers likely where DPO alone lowers both (likelihood displacement).
     Returns losses (B,), chosen_rewards (B,), rejected_rewards (B,); rewards
-    beta * (log pi - log ref) are detached (they are logged, not trained on).
+    beta * (log pi - log ref) are detached (they are logged, not trained on); for sdpo the rejected
+    reward is the first rejected answer's, the one every other loss type sees.
     """
     if label_smoothing and loss_type not in ("cdpo", "robust"):
         raise ValueError(f"label_smoothing applies to cdpo and robust only, not {loss_type!r}")
+    if loss_type == "sdpo":
+        return sdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps, beta, rpo_alpha, chosen_lengths, rejected_mask)
     pi_logratios = policy_chosen_logps - policy_rejected_logps
     ref_logratios = reference_chosen_logps - reference_rejected_logps
     d = pi_logratios - ref_logratios
@@ -98,6 +107,32 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def sdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+              beta=BETA, rpo_alpha=RPO_ALPHA, chosen_lengths=None, rejected_mask=None):
+    """Softmax DPO (Chen et al. 2024): one chosen answer against K rejected ones for the same prompt.
+
+    With implicit rewards r(y) = beta (log pi(y|x) - log ref(y|x)):
+      loss = -log s(-log sum_j exp(r(l_j) - r(w)))
+    chosen (B,), rejected (B, K); rejected_mask (B, K) bool, False where a context had fewer than K rejected
+    answers (those columns drop out of the sum; column 0 must exist). K = 1 is DPO's sigmoid loss exactly.
+    The sum is a soft maximum: the rejected answer the policy rates highest carries the most gradient.
+    """
+    if policy_rejected_logps.dim() == 1:   # plain pairs: K = 1
+        policy_rejected_logps = policy_rejected_logps[:, None]
+        reference_rejected_logps = reference_rejected_logps[:, None]
+    if rejected_mask is None:
+        rejected_mask = torch.ones_like(policy_rejected_logps, dtype=torch.bool)
+    chosen_r = beta * (policy_chosen_logps - reference_chosen_logps)                    # (B,)
+    rejected_r = beta * (policy_rejected_logps - reference_rejected_logps)              # (B, K)
+    gaps = (rejected_r - chosen_r[:, None]).masked_fill(~rejected_mask, float("-inf"))  # absent: exp(-inf) = 0
+    losses = -F.logsigmoid(-torch.logsumexp(gaps, dim=1))
+    if rpo_alpha:
+        if chosen_lengths is None:
+            raise ValueError("rpo_alpha needs chosen_lengths (tokens of each chosen answer)")
+        losses = losses + rpo_alpha * (-policy_chosen_logps / chosen_lengths)
+    return losses, chosen_r.detach(), rejected_r[:, 0].detach()
 
 
 def preference_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps,
@@ -137,6 +172,31 @@ def read_pairs(path, fmt):
     return out
 
 
+def read_more_rejected(path, fmt):
+    """Per pair of `path`, the answer ids of its further rejected answers (S-DPO; [] where there are none)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            more = [fmt.vocab.parse(t) for t in json.loads(line).get("more_rejected", [])]
+            if None in more:
+                raise UserError(f"{path}, line {i}: more_rejected must list Semantic IDs")
+            out.append([fmt.answer(codes) for codes in more])
+    return out
+
+
+def rejected_slots(pairs, more):
+    """S-DPO's K rejected answers per pair, (N lists of K answers) and a (N, K) bool mask of the real ones.
+
+    Column 0 is the pair's own rejected answer; a pair with fewer than K fills its slots with its chosen
+    answer (any sequence would do: the mask takes it out of the loss)."""
+    K = 1 + max((len(m) for m in more), default=0)
+    slots = [[r] + m + [c] * (K - 1 - len(m)) for (_, c, r), m in zip(pairs, more)]
+    mask = torch.tensor([[True] * (1 + len(m)) + [False] * (K - 1 - len(m)) for m in more]).view(len(pairs), K)
+    return slots, mask
+
+
 def concatenated_batch(pairs, pad_id):
     """Chosen and rejected sequences padded to one length and stacked: (2B, T) tensors.
 
@@ -150,32 +210,39 @@ def concatenated_batch(pairs, pad_id):
 
 
 def concatenated_logps(model, pairs, pad_id, device):
-    """(chosen_logps (B,), rejected_logps (B,)): summed answer log-probs, the prompt computed once.
+    """(chosen_logps (B,), rejected_logps (B,)): summed answer log-probs, the prompt computed once."""
+    logps = answer_set_logps(model, [p for p, _, _ in pairs], [[c for _, c, _ in pairs], [r for _, _, r in pairs]],
+                             pad_id, device)
+    return logps[0], logps[1]
 
-    Chosen and rejected share their prompt, which is ~90% of the tokens of a pair: one forward
-    runs the B prompts (left-padded) and keeps their KV cache; a second forward runs the 2B
-    answers, chosen rows then rejected rows, concatenated on that cache (duplicated, so the
-    gradient of both answers flows back into the one prompt computation).
+
+def answer_set_logps(model, prompts, answer_sets, pad_id, device):
+    """Summed log-probs (S, B) of S answers to each of B prompts (answer_sets: S lists of B answers).
+
+    The answers share their prompt, which is ~90% of the tokens of a pair: one forward runs the B
+    prompts (left-padded) and keeps their KV cache; a second forward runs the S x B answers, set by
+    set, concatenated on that cache (repeated S times, so the gradient of every answer flows back into
+    the one prompt computation). DPO has S = 2 (chosen, rejected); S-DPO 1 + K.
     """
-    B = len(pairs)
-    ids, attn, pos = (t.to(device) for t in M.left_pad([p for p, _, _ in pairs], pad_id))      # (B, Tp)
+    B, S = len(prompts), len(answer_sets)
+    ids, attn, pos = (t.to(device) for t in M.left_pad(prompts, pad_id))                     # (B, Tp)
     out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    answers = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (2B, A)
+    answers = [a for answer_set in answer_sets for a in answer_set]
+    a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (SB, A)
     cache = out.cache
-    cache.reorder_cache(torch.cat([torch.arange(B), torch.arange(B)]).to(device))   # rows: prompts twice
-    attn2 = torch.cat([attn.repeat(2, 1), a_mask], dim=1)                            # (2B, Tp + A)
-    pos2 = pos[:, -1:].repeat(2, 1) + 1 + torch.arange(a_ids.shape[1], device=device)
+    cache.reorder_cache(torch.arange(B).repeat(S).to(device))                       # rows: prompts S times
+    attn2 = torch.cat([attn.repeat(S, 1), a_mask], dim=1)                            # (SB, Tp + A)
+    pos2 = pos[:, -1:].repeat(S, 1) + 1 + torch.arange(a_ids.shape[1], device=device)
     h_ans = model.model(input_ids=a_ids, attention_mask=attn2, position_ids=pos2, cache=cache,
-                        use_cache=True).last_hidden_state                            # (2B, A, H)
+                        use_cache=True).last_hidden_state                            # (SB, A, H)
     # the prompt's last position predicts answer token 0; answer position j predicts token j + 1
-    h = torch.cat([out.last_hidden_state[:, -1:].repeat(2, 1, 1), h_ans[:, :-1]], dim=1)          # (2B, A, H)
+    h = torch.cat([out.last_hidden_state[:, -1:].repeat(S, 1, 1), h_ans[:, :-1]], dim=1)          # (SB, A, H)
     mask = a_mask.bool()
     logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
     logps = torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).squeeze(1)
-    row = torch.arange(2 * B, device=device)[:, None].expand_as(mask)[mask]
-    seq = torch.zeros(2 * B, device=device).index_add(0, row, logps)                 # summed, not averaged
-    return seq[:B], seq[B:]
+    row = torch.arange(S * B, device=device)[:, None].expand_as(mask)[mask]
+    seq = torch.zeros(S * B, device=device).index_add(0, row, logps)                 # summed, not averaged
+    return seq.view(S, B)
 
 
 @torch.no_grad()
@@ -284,6 +351,10 @@ def train(args):
     schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
                                   args.batch_size, args.seed)
     drawn = drawn_pairs(schedule)
+    if args.loss_type == "sdpo":   # K rejected answers per pair: the pair's own and its more_rejected
+        slots, slot_mask = rejected_slots(train_pairs, read_more_rejected(os.path.join(args.pairs, "train.jsonl"),
+                                                                         fmt))
+        slot_mask = slot_mask.to(device)
     # what the cached reference log-probs depend on: the base weights (another base of the same shape gives
     # other values), the SFT adapter, the pairs (the files, and which training pairs are drawn), and where and in
     # what precision they were computed
@@ -293,11 +364,19 @@ def train(args):
                               "train": M.file_sha256(os.path.join(args.pairs, "train.jsonl")),
                               "val": M.file_sha256(os.path.join(args.pairs, "val.jsonl")),
                               "eval_pairs": args.eval_pairs, "seed": args.seed,
-                              "train_drawn": hashlib.sha256(drawn.tobytes()).hexdigest()})
-    ref = reference_logps(os.path.join(args.out, "ref_logps.safetensors"), model,
-                          {"train": [train_pairs[i] for i in drawn], "val": val_pairs}, pad_id, device,
+                              "train_drawn": hashlib.sha256(drawn.tobytes()).hexdigest(),
+                              "rejected_slots": slot_mask.shape[1] if args.loss_type == "sdpo" else 1})
+    splits = {"train": [train_pairs[i] for i in drawn], "val": val_pairs}
+    if args.loss_type == "sdpo":   # the further rejected answers' reference log-probs, scored as pairs of their own
+        for k in range(1, slot_mask.shape[1]):
+            splits[f"train_slot{k}"] = [(train_pairs[i][0], train_pairs[i][1], slots[i][k]) for i in drawn]
+    ref = reference_logps(os.path.join(args.out, "ref_logps.safetensors"), model, splits, pad_id, device,
                           args.micro_batch_size, fingerprint)
     ref_train = tuple(spread(ref[f"train/{k}"], drawn, len(train_pairs)).to(device) for k in ("chosen", "rejected"))
+    if args.loss_type == "sdpo":   # (N, K): the pair's rejected, then the further ones
+        ref_train = (ref_train[0], torch.stack([ref_train[1]] + [
+            spread(ref[f"train_slot{k}/rejected"], drawn, len(train_pairs)).to(device)
+            for k in range(1, slot_mask.shape[1])], dim=1))
     ref_val = (ref["val/chosen"].to(device), ref["val/rejected"].to(device))
 
     for n, p in model.named_parameters():
@@ -332,13 +411,21 @@ def train(args):
         parts = []
         for s in range(0, len(idx), args.micro_batch_size):
             mb = idx[s:s + args.micro_batch_size]
-            with M.autocast(device):
-                pc, pr = concatenated_logps(model, [train_pairs[i] for i in mb], pad_id, device)
+            if args.loss_type == "sdpo":   # chosen and K rejected answers on one prompt computation
+                with M.autocast(device):
+                    logps = answer_set_logps(model, [train_pairs[i][0] for i in mb], [[train_pairs[i][1] for i in mb]]
+                                             + [[slots[i][k] for i in mb] for k in range(slot_mask.shape[1])],
+                                             pad_id, device)
+                pc, pr = logps[0], logps[1:].T                                     # (B,), (B, K)
+            else:
+                with M.autocast(device):
+                    pc, pr = concatenated_logps(model, [train_pairs[i] for i in mb], pad_id, device)
             n_tok = torch.tensor([len(train_pairs[i][1]) for i in mb], device=pc.device)
             losses, cr, rr = dpo_loss(pc.float(), pr.float(), ref_train[0][mb], ref_train[1][mb],
-                                      args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, n_tok)
+                                      args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, n_tok,
+                                      rejected_mask=slot_mask[mb] if args.loss_type == "sdpo" else None)
             (losses.sum() / len(idx)).backward()
-            parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach()))
+            parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach() if pr.dim() == 1 else pr[:, 0].detach()))
         rec.update(preference_metrics(*[torch.cat(x) for x in zip(*parts)]))
         rec["grad_norm"] = torch.nn.utils.clip_grad_norm_(
             [p for g in opt.param_groups for p in g["params"]], args.grad_clip).item()
