@@ -31,6 +31,9 @@ ROWS = {
     "rpo": ("default, DPO + NLL on the chosen answer (RPO, alpha 1)",
             {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--rpo-alpha 1"}, "default"),
     "beta0.5": ("default, DPO with beta 0.5", {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--beta 0.5"}, "default"),
+    "sdpo": ("default, S-DPO: each chosen answer against up to 3 skipped ones",
+             {"SIGNALS": "audio,genre,collab", "PREFS_ARGS": "--rejected-per-context 3",
+              "DPO_ARGS": "--loss-type sdpo"}, "default"),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0
@@ -72,8 +75,8 @@ def table(out, names, seconds):
     """Markdown table and JSON rows from each row's eval/results.json."""
     rows, lines = [], [
         "| row | what changes | SFT next HR@10 | SFT next NDCG@10 | DPO next HR@10 | SFT attr P@10 | SFT pref acc "
-        "| DPO pref acc | strongest next-track baseline HR@10 | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "| DPO pref acc | hallucinated@1 SFT / DPO | strongest next-track baseline HR@10 | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         path = os.path.join(out, name, "eval", "results.json")
         if not os.path.exists(path):
@@ -84,12 +87,15 @@ def table(out, names, seconds):
         row = {"row": name, "what": ROWS[name][0], "sft_hit@10": nxt["SFT"]["hit@10"],
                "sft_ndcg@10": nxt["SFT"]["ndcg@10"], "dpo_hit@10": nxt["DPO"]["hit@10"],
                "sft_attr_precision@10": att["SFT"]["precision@10"], "sft_pref": pref["SFT"], "dpo_pref": pref["DPO"],
+               "sft_hallucinated@1": r["hallucination"]["SFT"]["hallucinated@1"],
+               "dpo_hallucinated@1": r["hallucination"]["DPO"]["hallucinated@1"],
                "best_baseline": best, "best_baseline_hit@10": nxt[best]["hit@10"], "seconds": seconds.get(name)}
         rows.append(row)
         minutes = f"{row['seconds'] / 60:.1f}" if row["seconds"] else "-"
         lines.append(f"| {name} | {row['what']} | {ci(row['sft_hit@10'])} | {ci(row['sft_ndcg@10'])} | "
                      f"{ci(row['dpo_hit@10'])} | {ci(row['sft_attr_precision@10'])} | {ci(row['sft_pref'])} | "
-                     f"{ci(row['dpo_pref'])} | {best} {ci(row['best_baseline_hit@10'])} | {minutes} |")
+                     f"{ci(row['dpo_pref'])} | {row['sft_hallucinated@1']:.1%} / {row['dpo_hallucinated@1']:.1%} | "
+                     f"{best} {ci(row['best_baseline_hit@10'])} | {minutes} |")
     return "\n".join(lines) + "\n", rows
 
 

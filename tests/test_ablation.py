@@ -14,7 +14,8 @@ def fake_results(folder, sft_hit):
                "SASRec": {"hit@10": s(0.45), "ndcg@10": s(0.25)}}
     res = {"ranking": {"next_track": systems, "attributes": {"SFT": {"precision@10": s(0.2)}}},
            "preference_accuracy": {"SFT": s(0.6), "DPO": s(0.7)},
-           "strongest_baseline": {"next_track": {"name": "SASRec", "metric": "hit@10"}}}
+           "strongest_baseline": {"next_track": {"name": "SASRec", "metric": "hit@10"}},
+           "hallucination": {"SFT": {"hallucinated@1": 0.125}, "DPO": {"hallucinated@1": 0.5}}}
     os.makedirs(os.path.join(folder, "eval"))
     json.dump(res, open(os.path.join(folder, "eval", "results.json"), "w"))
     open(os.path.join(folder, "eval", "report.md"), "w").write("done\n")
@@ -29,6 +30,7 @@ def test_table_from_finished_rows(tmp_path, capsys):
     assert len(md) == 4                                                      # header, rule, two finished rows
     assert md[2].startswith("| audio |") and "0.090 [0.04, 0.14]" in md[2] and md[2].endswith("| 20.0 |")
     assert md[3].startswith("| default |") and "SASRec 0.450 [0.40, 0.50]" in md[3] and md[3].endswith("| - |")
+    assert "| 12.5% / 50.0% |" in md[3]
     rows = json.load(open(tmp_path / "ablation.json"))
     assert [r["row"] for r in rows] == ["audio", "default"] and rows[1]["sft_hit@10"]["mean"] == 0.275
     assert ablation.run_row("audio", str(tmp_path), 0, {}) is None           # finished: not run again
