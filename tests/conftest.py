@@ -10,6 +10,10 @@ sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU, skipped without one (run them: pytest -m gpu tests)")
+
+
 def package_dir(name):
     spec = importlib.util.find_spec(name)
     if spec is None:
