@@ -29,6 +29,7 @@ Last.fm-1K joins by (artist, title) text and stays on data.py's loop (its sample
 minutes there). Nothing here imports torch.
 """
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -44,7 +45,7 @@ from tqdm import tqdm
 import data
 from common import atomic_open, fail
 
-CHUNK_BYTES: int = 16 << 20   # bytes read at a time (~400,000 Onion events; a block's arrays take ~250 B per event)
+CHUNK_BYTES: int = 1 << 20   # bytes read at a time (~25,000 Onion events): memory holds a few blocks' arrays
 FORMATS = ("onion", "music4all", "onion_csv")   # the layouts read here; Last.fm-1K stays on data.py's loop
 _BOM = b"\xef\xbb\xbf"
 _MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)  # low k bytes
@@ -471,6 +472,10 @@ class _Reader:
 
     def _batches(self, columns):
         """Batches of whole listeners, in file order (plays oldest first), from the blocks' columns."""
+        with contextlib.closing(columns):
+            yield from self._listeners(columns)
+
+    def _listeners(self, columns):
         done, n_users = set(), 0
         carry = None   # the last listener so far: its rows wait for the next block
         for cols in itertools.chain(columns, [None]):
@@ -545,25 +550,26 @@ class _Reader:
             held = []
             # three threads: read (and decompress), parse, and the caller's mining; each hands on a block ahead
             batches = self._batches(_ahead(self._columns(_ahead(self._blocks()))))
-            for batch in batches:
-                if decided:
-                    self.update_stats()
-                    yield batch
-                    continue
-                held.append(batch)
-                if sum(len(b) for b in held) >= data.RESOLUTION_SAMPLE:
-                    self.update_stats()
+            try:
+                for batch in batches:
+                    if decided:
+                        self.update_stats()
+                        yield batch
+                        continue
+                    held.append(batch)
+                    if sum(len(b) for b in held) >= data.RESOLUTION_SAMPLE:
+                        self.update_stats()
+                        self._decide(held)
+                        decided = True
+                        yield from held
+                        held = []
+                self.update_stats()
+                if held:   # a file shorter than RESOLUTION_SAMPLE events
                     self._decide(held)
-                    decided = True
                     yield from held
-                    held = []
-            self.update_stats()
-            if held:   # a file shorter than RESOLUTION_SAMPLE events
-                self._decide(held)
-                yield from held
-            self.update_stats()
-            batches.close()
-            self.f = None
+                self.update_stats()
+            finally:
+                batches.close()   # stops the threads before the file closes
         if self.n_events == 0:
             detail = f"; first problem: {self.bad.examples[0]}" if self.bad.examples else ""
             fail(path, f"no listening event could be parsed as {fmt} ({self.bad.total()} bad lines){detail}")
@@ -725,35 +731,45 @@ def feed(rng, adds):
     for a, (s, order, make) in enumerate(adds):
         k = len(order)
         seen = s.seen + 1 + np.arange(k)
+        s.seen += k
         if not s.cap:
             s.items.extend(zip(seen.tolist(), make(np.arange(k))))
-            s.seen += k
             continue
         slot = np.where(seen <= s.cap, seen - 1, s.cap)   # s.cap: not kept
         mine = which == a
         slot[idx[mine]] = np.where(draws[mine] < s.cap, draws[mine], s.cap)
-        fill = int(min(s.cap, s.seen + k) - len(s.items))
-        s.items.extend([None] * max(fill, 0))
-        kept = slot < s.cap
+        kept = np.flatnonzero(slot < s.cap)
         # the last add written to each slot is the one that stays
-        rev_slot = slot[kept][::-1]
-        u, last = np.unique(rev_slot, return_index=True)
-        winners = np.flatnonzero(kept)[::-1][last]
-        for sl, sn, x in zip(u.tolist(), seen[winners].tolist(), make(winners)):
-            s.items[sl] = (sn, x)
-        s.seen += k
+        u, last = np.unique(slot[kept][::-1], return_index=True)
+        winners = kept[::-1][last]
+        items = list(zip(seen[winners].tolist(), make(winners)))
+        grow = u >= len(s.items)   # slots filled for the first time come last, in order
+        for sl, item in zip(u[~grow].tolist(), items):
+            s.items[sl] = item
+        s.items.extend(items[int((~grow).sum()):])
 
 
 class KeyCounts:
     """int64 key -> (count, first position), merged batch by batch: what a dict of counts filled in stream order
-    holds (its keys in insertion order = by first position). Memory: the distinct keys, as the dict's."""
+    holds (its keys in insertion order = by first position). Kept as sorted arrays; memory: the distinct keys, as
+    the dict's."""
+
+    BUFFER: int = 1 << 21   # keys gathered before they are merged (a merge costs a pass over the distinct keys)
 
     def __init__(self):
         self.keys = self.counts = self.first = np.empty(0, dtype=np.int64)
-        self.pending, self.n_pending = [], 0
+        self.buffer, self.buffered = [], 0
 
     def add(self, keys, first_pos):
         """keys (k,) >= 0 in stream order, first_pos (k,) increasing: their positions in the whole stream."""
+        self.buffer.append((keys, first_pos))
+        self.buffered += len(keys)
+        if self.buffered >= self.BUFFER:
+            self._merge()
+
+    def _merge(self):
+        keys, first_pos = (np.concatenate(x) for x in zip(*self.buffer)) if self.buffer else ([], [])
+        self.buffer, self.buffered = [], 0
         if not len(keys):
             return
         bits = max(1, (len(keys) - 1).bit_length())
@@ -765,27 +781,33 @@ class KeyCounts:
         else:
             u, i, c = np.unique(keys, return_index=True, return_counts=True)
             first = first_pos[i]
-        self.pending.append((u, c.astype(np.int64), first))
-        self.n_pending += len(u)
-        if self.n_pending > max(1 << 22, len(self.keys)):
-            self._compact()
-
-    def _compact(self):
-        if not self.pending:
-            return
-        keys, counts, first = (np.concatenate([a] + [p[i] for p in self.pending])
-                               for i, a in enumerate((self.keys, self.counts, self.first)))
-        order = np.lexsort((first, keys))
-        keys, counts, first = keys[order], counts[order], first[order]
-        start = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-        self.keys, self.counts, self.first = keys[start], np.add.reduceat(counts, start), first[start]
-        self.pending, self.n_pending = [], 0
+        at = np.searchsorted(self.keys, u)
+        old = at < len(self.keys)
+        old[old] = self.keys[at[old]] == u[old]
+        self.counts[at[old]] += c[old]   # keys seen before keep their first position
+        new = ~old
+        if new.any():
+            self.keys, self.counts, self.first = (np.insert(a, at[new], v[new]) for a, v in
+                                                  ((self.keys, u), (self.counts, c), (self.first, first)))
 
     def in_first_order(self):
         """(keys, counts, first positions) ordered by first position."""
-        self._compact()
+        self._merge()
         order = np.argsort(self.first, kind="stable")
         return self.keys[order], self.counts[order], self.first[order]
+
+
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """Pause Python's cyclic garbage collector: the samples hold up to millions of tuples and lists, none of them
+    in a reference cycle, and the collector walking them again and again cost as much as the mining."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _progress(desc):
@@ -795,15 +817,23 @@ def _progress(desc):
 def split_times(log, catalog, id_information=None, id_metadata=None, val_fraction=data.VAL_FRACTION,
                 test_fraction=data.TEST_FRACTION, chunk_bytes=CHUNK_BYTES):
     """data.split_times: the time cut-offs from an hourly histogram of matched events."""
-    hours = KeyCounts()
+    hours = {}
     with _progress("splitting by time") as bar:
         for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata,
                               chunk_bytes=chunk_bytes):
             h = b.ts[b.row >= 0] // 3600
-            hours.add(h, np.zeros(len(h), dtype=np.int64))
+            if len(h):
+                lo = int(h.min())
+                if h.max() - lo < 4 * len(h):   # the usual batch: a few weeks of hours
+                    c = np.bincount(h - lo)
+                    u = np.flatnonzero(c)
+                    u, c = u + lo, c[u]
+                else:
+                    u, c = np.unique(h, return_counts=True)
+                for k, v in zip(u.tolist(), c.tolist()):
+                    hours[k] = hours.get(k, 0) + v
             bar.update(len(b))
-    keys, counts, _ = hours.in_first_order()
-    return data.split_from_hours(log, dict(zip(keys.tolist(), counts.tolist())), val_fraction, test_fraction)
+    return data.split_from_hours(log, hours, val_fraction, test_fraction)
 
 
 def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=None, id_metadata=None,
@@ -821,7 +851,7 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
     stats = {} if stats is None else stats
     rule = data.DwellRule(long_listen=long_listen)
     before = 0   # plays of the earlier batches: positions in the whole stream
-    with _progress("mining transitions") as bar:
+    with _progress("mining transitions") as bar, _no_cycle_collection():
         for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata, stats=stats,
                               chunk_bytes=chunk_bytes):
             resolution = stats["resolution_s"]
@@ -1030,7 +1060,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, id_in
     before = 0
     try:
         parts = [open(os.path.join(tmp_dir, f"{b}.bin"), "wb") for b in range(data.PARTITIONS)]
-        with _progress("mining pairs") as bar:
+        with _progress("mining pairs") as bar, _no_cycle_collection():
             for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata, stats=stats,
                                   resolution=args.resolution or None, chunk_bytes=chunk_bytes):
                 resolution = stats["resolution_s"]
@@ -1112,7 +1142,8 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, id_in
         for k, name in enumerate(names):
             _bump(counts, "reason: " + name, reason_counts[k])
         mined = time.time() - t0
-        seen = _write_pairs(tmp_dir, args, dtype, text, counts)
+        with _no_cycle_collection():
+            seen = _write_pairs(tmp_dir, args, dtype, text, counts)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return {"plays": plays, "long": long, "skip": skips, "sessions": n_sessions,

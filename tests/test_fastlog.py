@@ -7,11 +7,13 @@ listeners, ISO 'T' timestamps) and read in small blocks, so listeners and sessio
 (config.json records the engine; report.json's two timing fields differ). The real Music4All-Onion events in
 ../shared/data are compared too (skipped when absent).
 """
+import bz2
 import csv
 import filecmp
 import json
 import os
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -195,6 +197,32 @@ def test_track_ids_sharing_a_hash_still_join_exactly(worlds, monkeypatch):
     want = list(data.iter_user_plays(logs["onion"], cat, **ids))
     monkeypatch.setattr(fastlog, "_hash", lambda words, length: np.zeros(len(length), dtype=np.uint64))
     assert [u for b in fastlog.user_batches(logs["onion"], cat, chunk_bytes=5000, **ids) for u in b.users()] == want
+
+
+def test_bz2_logs_early_stops_and_errors_in_the_reader_threads(worlds, tmp_path):
+    """A .bz2 log reads the same; a caller that stops early leaves no thread behind; an error in a reader thread
+    (a truncated .bz2) reaches the caller as data.py's loop raises it."""
+    d, logs = worlds[0]
+    cat, ids = catalog_of(d)
+    packed = bz2.compress(open(logs["onion"], "rb").read())
+    path = tmp_path / "log.tsv.bz2"
+    path.write_bytes(packed)
+    want = list(data.iter_user_plays(str(path), cat, **ids))
+    assert [u for b in fastlog.user_batches(str(path), cat, chunk_bytes=3000, **ids) for u in b.users()] == want
+    before = threading.active_count()
+    batches = fastlog.user_batches(str(path), cat, chunk_bytes=3000, **ids)
+    next(batches)
+    batches.close()
+    assert threading.active_count() == before
+    cut = tmp_path / "cut.tsv.bz2"
+    cut.write_bytes(packed[:len(packed) // 2])
+    errors = []
+    for read in (lambda: list(data.iter_user_plays(str(cut), cat, **ids)),
+                 lambda: list(fastlog.user_batches(str(cut), cat, chunk_bytes=3000, **ids))):
+        with pytest.raises(Exception) as e:
+            read()
+        errors.append((type(e.value), str(e.value)))
+    assert errors[0] == errors[1] and threading.active_count() == before
 
 
 def test_engine_choice(worlds, tmp_path):
