@@ -84,7 +84,11 @@ def table(out, names, seconds):
         r = json.load(open(path))
         nxt, att, pref = r["ranking"]["next_track"], r["ranking"]["attributes"], r["preference_accuracy"]
         best = r["strongest_baseline"]["next_track"]["name"]
-        row = {"row": name, "what": ROWS[name][0], "sft_hit@10": nxt["SFT"]["hit@10"],
+        what = ROWS[name][0]
+        if r.get("ranking_method") == "beam":   # the seed's flat IDs make exact ranking many times slower
+            width = json.load(open(os.path.join(out, name, "eval", "config.json")))["beam_width"]
+            what += f" (LLMs ranked by beam search of width {width}, not exactly)"
+        row = {"row": name, "what": what, "sft_hit@10": nxt["SFT"]["hit@10"],
                "sft_ndcg@10": nxt["SFT"]["ndcg@10"], "dpo_hit@10": nxt["DPO"]["hit@10"],
                "sft_attr_precision@10": att["SFT"]["precision@10"], "sft_pref": pref["SFT"], "dpo_pref": pref["DPO"],
                "sft_hallucinated@1": r["hallucination"]["SFT"]["hallucinated@1"],
