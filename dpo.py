@@ -11,6 +11,10 @@ with the run (ref_logps.safetensors), so no second model sits in memory.
 Reads train.jsonl / val.jsonl of (prompt, chosen, rejected) pairs written by
 `data.py prefs`; writes adapter/ (same format as SFT), log.jsonl, ref_logps.safetensors,
 checkpoint.pt (for --resume), config.json, summary.json.
+
+    torchrun --standalone --nproc-per-node N -- dpo.py ...
+
+trains data-parallel as sft.py does (ddp.py); the reference and held-out scoring is shared out too.
 """
 import argparse
 import hashlib
@@ -25,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+import ddp
 import lora
 import model as M
 import sft
@@ -247,14 +252,17 @@ def answer_set_logps(model, prompts, answer_sets, pad_id, device):
 
 @torch.no_grad()
 def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
-    """Summed log-probs of chosen and rejected answers for all pairs: two (N,) fp32 tensors."""
+    """Summed log-probs of chosen and rejected answers for all pairs: two (N,) fp32 tensors.
+
+    Under torchrun each rank scores every N-th batch and all of them get every batch's scores back.
+    """
     model.eval()
-    chosen, rejected = [], []
-    for s in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=None, leave=False):
+    out = []
+    for s in tqdm(ddp.shard(range(0, len(pairs), batch_size)), desc=desc, disable=ddp.bar_off(), leave=False):
         with M.autocast(device):
             c, r = concatenated_logps(model, pairs[s:s + batch_size], pad_id, device)
-        chosen.append(c.float().cpu())
-        rejected.append(r.float().cpu())
+        out.append((c.float().cpu(), r.float().cpu()))
+    chosen, rejected = zip(*ddp.gather(out))
     return torch.cat(chosen), torch.cat(rejected)
 
 
@@ -295,8 +303,9 @@ def reference_logps(path, model, pairs_by_split, pad_id, device, batch_size, fin
     for split, pairs in pairs_by_split.items():
         out[f"{split}/chosen"], out[f"{split}/rejected"] = score_pairs(
             model, pairs, pad_id, device, batch_size, desc=f"reference log-probs ({split})")
-    with atomic_path(path) as tmp:
-        save_file(out, tmp, metadata={"fingerprint": fingerprint})
+    if ddp.is_main():
+        with atomic_path(path) as tmp:
+            save_file(out, tmp, metadata={"fingerprint": fingerprint})
     return out
 
 
@@ -325,7 +334,9 @@ def snapshot(model, rec, step):
 
 
 def train(args):
-    device = M.pick_device(args.device)
+    device = ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes
+    if args.batch_size % ddp.world_size():
+        raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
     adapter_dir = args.sft
     sft_vocab = os.path.join(adapter_dir, M.ID_VOCAB_FILE)
     need_file(sft_vocab, "SFT adapter (id_vocab.json)")
@@ -345,7 +356,8 @@ def train(args):
     val_all = read_pairs(os.path.join(args.pairs, "val.jsonl"), fmt)
     val_idx = np.sort(np.random.default_rng(args.seed).permutation(len(val_all))[:args.eval_pairs])
     val_pairs = [val_all[i] for i in val_idx]
-    save_config(args.out, args)
+    if ddp.is_main():
+        save_config(args.out, args)
 
     # the pairs each step trains on, fixed by the seed; reference log-probs are needed for those only
     schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
@@ -384,9 +396,10 @@ def train(args):
     for p in M.id_parameters(model):
         p.requires_grad_(True)
     trainable, total = lora.count_parameters(model)
-    print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs "
-          f"({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} held-out pairs; "
-          f"beta {args.beta}, loss {args.loss_type}")
+    if ddp.is_main():
+        print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs "
+              f"({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} held-out pairs; "
+              f"beta {args.beta}, loss {args.loss_type}")
     opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0)
     step, best, history = 0, None, []
     log_path = os.path.join(args.out, "log.jsonl")
@@ -399,18 +412,21 @@ def train(args):
         m0 = evaluate(model, val_pairs, ref_val, pad_id, device, args)
         best = snapshot(model, m0, 0)
         history = [{"step": 0, **m0}]
-    with atomic_path(log_path) as tmp:
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
+    if ddp.is_main():
+        with atomic_path(log_path) as tmp:
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in history)
     model.train()
+    params = [p for g in opt.param_groups for p in g["params"]]
     t0, done = time.time(), 0
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="dpo", disable=None)
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="dpo", disable=ddp.bar_off())
     for step in bar:
         idx = schedule[step]
+        mine = ddp.shard(idx)     # under torchrun: this rank's share of the batch; the loss still divides by len(idx)
         rec = {"step": step + 1}
         parts = []
-        for s in range(0, len(idx), args.micro_batch_size):
-            mb = idx[s:s + args.micro_batch_size]
+        for s in range(0, len(mine), args.micro_batch_size):
+            mb = mine[s:s + args.micro_batch_size]
             if args.loss_type == "sdpo":   # chosen and K rejected answers on one prompt computation
                 with M.autocast(device):
                     logps = answer_set_logps(model, [train_pairs[i][0] for i in mb], [[train_pairs[i][1] for i in mb]]
@@ -426,9 +442,9 @@ def train(args):
                                       rejected_mask=slot_mask[mb] if args.loss_type == "sdpo" else None)
             (losses.sum() / len(idx)).backward()
             parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach() if pr.dim() == 1 else pr[:, 0].detach()))
-        rec.update(preference_metrics(*[torch.cat(x) for x in zip(*parts)]))
-        rec["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-            [p for g in opt.param_groups for p in g["params"]], args.grad_clip).item()
+        ddp.sum_grads(params)     # the shares' gradients add up to the whole batch's
+        rec.update(preference_metrics(*[ddp.cat_all(torch.cat(x)) for x in zip(*parts)]))   # every rank's pairs
+        rec["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
         mult = sft.lr_at(step, args.steps, args.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * mult
@@ -442,24 +458,28 @@ def train(args):
             rec.update(evaluate(model, val_pairs, ref_val, pad_id, device, args))
             if improves(rec, best, args.select):
                 best = snapshot(model, rec, step + 1)
-            tqdm.write(f"step {step + 1}: loss {rec['loss']:.4f}, held-out loss {rec['eval/loss']:.4f}, "
-                       f"preference accuracy {rec['eval/logp_accuracy']:.3f}, "
-                       f"margin {rec['eval/rewards/margins']:.4f}")
+            if ddp.is_main():
+                tqdm.write(f"step {step + 1}: loss {rec['loss']:.4f}, held-out loss {rec['eval/loss']:.4f}, "
+                           f"preference accuracy {rec['eval/logp_accuracy']:.3f}, "
+                           f"margin {rec['eval/rewards/margins']:.4f}")
         history.append(rec)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if ddp.is_main():
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['rewards/accuracies']:.2f}")
         if at_eval:
             sft.save_checkpoint(ckpt_path, model, opt, step + 1, best, history, run_fp)
     bar.close()
-    sft.restore_best(model, best)
-    with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
-        M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
     final = [h for h in history if "eval/loss" in h]
     summary = {"best_step": best["step"], "eval/loss": best["eval/loss"],
                "eval/logp_accuracy": best["eval/logp_accuracy"], "select": args.select, "steps": args.steps,
                "train_pairs": len(train_pairs), "train_pairs_drawn": len(drawn), "held_out_pairs": len(val_pairs),
                "step0": final[0], "best": next(h for h in final if h["step"] == best["step"])}
+    if not ddp.is_main():
+        return summary
+    sft.restore_best(model, best)
+    with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
+        M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
     write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"best held-out preference accuracy {best['eval/logp_accuracy']:.3f} (loss {best['eval/loss']:.4f}) at "
           f"step {best['step']} (step 0: {final[0]['eval/logp_accuracy']:.3f}, {final[0]['eval/loss']:.4f}); "
@@ -504,6 +524,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     train(parse_args(argv))
+    ddp.cleanup()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,13 @@ Systems (baselines.py): random, popularity, genre popularity, content kNN and ge
 (the "semantic similarity" approach); for preferences, per-track play count, long-listen rate and
 audio logistic regression. The LLMs: base zero-shot, SFT and DPO, ranking the catalogue's IDs by
 log-probability: exactly (a pruned walk over the ID trie) or by constrained beam search.
+
+    torchrun --standalone --nproc-per-node N -- evaluate.py --run runs/demo
+
+(the `--`, or torchrun takes --run for its own --run-path) shares the LLMs' work out (ddp.py): each process ranks
+every N-th batch of queries, decodes every N-th batch of hallucination prompts and scores every N-th batch of
+preference pairs, exactly as one process would; all of them get every result back (the baselines, cheap, run in
+each), and rank 0 writes: the same numbers as one process.
 """
 import argparse
 import json
@@ -30,6 +37,7 @@ from tqdm import tqdm
 
 import baselines as B
 import data
+import ddp
 import dpo
 import lora
 import model as M
@@ -155,17 +163,21 @@ def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, arg
         scored = [[(codes, 0.0) for codes in trie.valid]] * len(prompts)
     else:
         enc = [fmt.prompt(p) for p in prompts]
-        scored = []
-        for s in tqdm(range(0, len(enc), args.batch_size), desc=desc, disable=None, leave=False):
+        batches = []
+        # under torchrun each rank takes every N-th batch; gather puts all of them back in order on every rank
+        for s in tqdm(ddp.shard(range(0, len(enc), args.batch_size)), desc=desc, disable=ddp.bar_off(),
+                      leave=False):
             chunk = enc[s:s + args.batch_size]
             if args.ranking == "exact":
-                scored += M.exact_top_k(model, chunk, fmt.vocab, trie, k, device=args.device,
-                                        batch_size=args.batch_size)
+                batches.append(M.exact_top_k(model, chunk, fmt.vocab, trie, k, device=args.device,
+                                             batch_size=args.batch_size))
             else:
                 res = M.beam_search(model, chunk, fmt.vocab, args.beam_width, trie=trie,
                                     pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
                                     device=args.device)
-                scored += [[(tuple(fmt.vocab.level_code(t)[1] for t in toks), sc) for toks, sc in r] for r in res]
+                batches.append([[(tuple(fmt.vocab.level_code(t)[1] for t in toks), sc) for toks, sc in r]
+                                for r in res])
+        scored = [r for batch in ddp.gather(batches) for r in batch]
     out = []
     for i, res in enumerate(scored):
         v = np.full(n_items, -np.inf)
@@ -192,11 +204,12 @@ def hallucination(model, fmt, prompts, trie, args, desc):
     by what it generated, not by tokens it would have gone on to score after its end.
     """
     enc = [fmt.prompt(p) for p in prompts]
-    res = []
-    for s in tqdm(range(0, len(enc), args.batch_size), desc=desc, disable=None, leave=False):
-        res += M.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.hallucination_beam, trie=None,
-                             end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
-                             device=args.device)
+    batches = []
+    for s in tqdm(ddp.shard(range(0, len(enc), args.batch_size)), desc=desc, disable=ddp.bar_off(), leave=False):
+        batches.append(M.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.hallucination_beam,
+                                     trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
+                                     batch_size=args.batch_size, device=args.device))
+    res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
     out = {}
     for k in (1, 5, 10):
         malformed = invalid = total = 0
@@ -265,7 +278,7 @@ def strongest(per_q, names, metric):
 
 
 def evaluate(args):
-    device = M.pick_device(args.device)
+    device = ddp.setup(M.pick_device(args.device))   # under torchrun: this rank's device
     args.device = str(device)
     sft_data, prefs_dir = os.path.join(args.run, "sft_data"), os.path.join(args.run, "prefs")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
@@ -327,7 +340,7 @@ def evaluate(args):
         sas_scores = sasrec.score(sas, history, n_items)                          # (Q, N)
         scored("SASRec", "next_track", lambda i: sas_scores[i])
         del sas, sas_scores
-    else:
+    elif ddp.is_main():
         print(f"no SASRec model in {sasrec_dir} (run sasrec.py): its row is left out")
     if not args.no_minilm:
         enc = B.MiniLM(device)
@@ -337,7 +350,8 @@ def evaluate(args):
             sims = q @ items.T                                                  # (Q, N) cosine
             scored("MiniLM", test, lambda i: sims[i])
         del enc
-    print(f"baselines ranked in {time.time() - t0:.0f}s")
+    if ddp.is_main():
+        print(f"baselines ranked in {time.time() - t0:.0f}s")
 
     # preference baselines: per-track scores, on the same held-out pairs as the LLMs
     pref_path = os.path.join(prefs_dir, "test.jsonl")
@@ -365,7 +379,8 @@ def evaluate(args):
         hall[label] = hallucination(model, fmt, h_prompts, trie, args, f"{name} unconstrained")
         if adapter is not None:  # the base model's ID rows are all the mean embedding: every pair ties
             prefs[label] = preference_accuracy(model, fmt, pref_path, args)
-        print(f"{label}: evaluated in {time.time() - t0:.0f}s")
+        if ddp.is_main():
+            print(f"{label}: evaluated in {time.time() - t0:.0f}s")
         del model
 
     results = {"queries": {k: len(v) for k, v in tests.items()}, "catalogue_size": n_items,
@@ -587,10 +602,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes first; rank 0 alone writes
     out = args.out or os.path.join(args.run, "eval")
     os.makedirs(out, exist_ok=True)
-    save_config(out, args)
-    results = evaluate(args)
+    if ddp.is_main():
+        save_config(out, args)
+    results = evaluate(args)   # under torchrun: the same results on every rank
+    writer = ddp.is_main()
+    ddp.cleanup()
+    if not writer:
+        return
     write_json(os.path.join(out, "results.json"), results)
     pngs = plots(results, args.run, out)
     table = console_table(results)

@@ -10,6 +10,11 @@ Outputs in --out: adapter/ (PEFT-format LoRA + id_tokens.safetensors + id_vocab.
 log.jsonl (one line per step / evaluation), checkpoint.pt (for --resume), config.json,
 summary.json. Killing it and running it again with --resume continues where the last
 checkpoint left off and ends with the same weights as an uninterrupted run.
+
+    torchrun --standalone --nproc-per-node N -- sft.py ...
+
+trains data-parallel (ddp.py): every process a disjoint share of each global batch of --batch-size, the
+gradients summed, rank 0 alone writing; the steps, batches and learning rates are those of one process.
 """
 import argparse
 import json
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import ddp
 import lora
 import model as M
 from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
@@ -133,7 +139,7 @@ def evaluate(model, pairs, pad_id, vocab, device, batch_size):
     model.eval()
     nll, n_tok, correct = 0.0, 0, 0
     L = vocab.levels
-    for s in range(0, len(pairs), batch_size):
+    for s in ddp.shard(range(0, len(pairs), batch_size)):   # under torchrun: this rank's batches
         chunk = pairs[s:s + batch_size]
         ids, attn, loss_mask = (t.to(device) for t in collate(chunk, pad_id))
         hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
@@ -145,6 +151,7 @@ def evaluate(model, pairs, pad_id, vocab, device, batch_size):
         n_tok += len(targets)
         hit = (logits.argmax(-1) == targets).view(len(chunk), L + 1)[:, :L]     # answers are L IDs + end
         correct += hit.all(1).sum().item()
+    nll, n_tok, correct = ddp.sum_all([nll, n_tok, correct])
     model.train()
     return {"val/loss": nll / n_tok, "val/id_accuracy": correct / len(pairs)}
 
@@ -187,10 +194,17 @@ def load_checkpoint(path, model, opt, device):
         for n, t in ck["trainable"].items():
             params[n].copy_(t)
     opt.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["torch_rng"])  # dropout masks continue as if never interrupted
-    if ck.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ck["cuda_rng"])   # dropout on a GPU draws from the CUDA generators
-    print(f"resumed from step {ck['step']}")
+    if ddp.is_main():
+        torch.set_rng_state(ck["torch_rng"])  # dropout masks continue as if never interrupted
+        if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])   # dropout on a GPU draws from the CUDA generators
+        print(f"resumed from step {ck['step']}")
+    elif ddp.rank() < len(ck.get("rank_rngs", [])):   # under torchrun, each rank its own generators
+        cpu_rng, cuda_rng = ck["rank_rngs"][ddp.rank()]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
+    # (a rank the saving run did not have keeps the stream its seed started: see train)
     return ck["step"], ck["best"], ck["history"]
 
 
@@ -206,12 +220,19 @@ def restore_best(model, best):
 
 
 def save_checkpoint(path, model, opt, step, best, history, fingerprint):
+    """Rank 0 writes; under torchrun every rank must call it, to hand over its RNG states."""
+    extra = {}
+    if ddp.world_size() > 1:     # each rank's generators (its dropout masks), so a resume continues them all
+        extra["rank_rngs"] = ddp.gather([(torch.get_rng_state(), torch.cuda.get_rng_state()
+                                          if torch.cuda.is_initialized() else None)])
+    if not ddp.is_main():
+        return
     with atomic_path(path) as tmp:
         torch.save({"step": step, "trainable": trainable_state(model), "optimizer": opt.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "best": best, "history": history,
-                    "fingerprint": fingerprint}, tmp)
+                    "fingerprint": fingerprint, **extra}, tmp)
 
 
 def run_fingerprint(args, files, ignore=("resume", "device", "out")):
@@ -226,15 +247,19 @@ def resumable(path, fingerprint):
     if not os.path.exists(path):
         return False
     ck = torch.load(path, map_location="cpu", weights_only=False)
+    ddp.barrier()       # every rank has read it before rank 0 may set it aside
     if ck.get("fingerprint") == fingerprint:
         return True
-    print(f"{path} was made from other inputs or options: starting over")
-    os.replace(path, path + ".stale")
+    if ddp.is_main():
+        print(f"{path} was made from other inputs or options: starting over")
+        os.replace(path, path + ".stale")
     return False
 
 
 def train(args):
-    device = M.pick_device(args.device)
+    device = ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes
+    if args.batch_size % ddp.world_size():
+        raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
     meta = read_json(os.path.join(args.data, "meta.json"), "SFT data meta.json")
     train_ex = read_jsonl(os.path.join(args.data, "train.jsonl"))
     val_ex = read_jsonl(os.path.join(args.data, "val.jsonl"))
@@ -242,8 +267,9 @@ def train(args):
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     if os.path.exists(ckpt_path) and not args.resume:
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or remove {args.out}")
-    seed_everything(args.seed)
+    seed_everything(args.seed + ddp.rank())   # rank 0 draws what one process draws; the others their own masks
     model, tokenizer, vocab = build_policy(args, meta, device)
+    ddp.broadcast_([p for p in model.parameters() if p.requires_grad])   # one start: rank 0's LoRA init
     fmt = M.PromptFormat(tokenizer, vocab)
     pad_id = M.pad_id_of(tokenizer)
     train_pairs = tokenize_examples(train_ex, fmt, os.path.join(args.data, "train.jsonl"))
@@ -251,9 +277,11 @@ def train(args):
     val_idx = rng.permutation(len(val_ex))[:args.eval_examples]
     val_pairs = [tokenize_examples([val_ex[i]], fmt)[0] for i in sorted(val_idx)]
     trainable, total = lora.count_parameters(model)
-    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%); "
-          f"{len(train_pairs):,} train / {len(val_pairs):,} val examples; device {device}")
-    save_config(args.out, args, meta=meta, trainable_parameters=trainable)
+    if ddp.is_main():
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%); "
+              f"{len(train_pairs):,} train / {len(val_pairs):,} val examples; device {device}"
+              + (f" x {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
+        save_config(args.out, args, meta=meta, trainable_parameters=trainable)
 
     schedule = batch_schedule([len(p) + len(a) for p, a in train_pairs], args.steps, args.batch_size, args.seed)
     opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay)
@@ -263,25 +291,29 @@ def train(args):
     if args.resume and resumable(ckpt_path, fingerprint):
         step, best, history = load_checkpoint(ckpt_path, model, opt, device)
     log_path = os.path.join(args.out, "log.jsonl")
-    with atomic_path(log_path) as tmp:  # the log holds exactly the checkpoint's history
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
+    if ddp.is_main():
+        with atomic_path(log_path) as tmp:  # the log holds exactly the checkpoint's history
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in history)
     model.train()
+    params = [p for g in opt.param_groups for p in g["params"]]
     n_train_tok = 0
     t0 = time.time()
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="sft", disable=None)
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="sft", disable=ddp.bar_off())
     for step in bar:
         batch = [train_pairs[i] for i in schedule[step]]
-        n_tok = sum(len(a) for _, a in batch)
+        n_tok = sum(len(a) for _, a in batch)   # of the whole batch: every rank divides by it
+        mine = ddp.shard(batch)                 # under torchrun: this rank's share of the batch
         loss_sum = 0.0
-        for s in range(0, len(batch), args.micro_batch_size):
+        for s in range(0, len(mine), args.micro_batch_size):
             with M.autocast(device):
-                loss = sft_loss(model, batch[s:s + args.micro_batch_size], pad_id, n_tok, device,
+                loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
                                 shared_prefix=len(fmt.prefix))
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
-                                                   args.grad_clip).item()
+        ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's
+        loss_sum = ddp.sum_all([loss_sum])[0]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
         mult = lr_at(step, args.steps, args.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * mult
@@ -295,21 +327,25 @@ def train(args):
             if rec["val/loss"] < best["val/loss"]:
                 best = {"val/loss": rec["val/loss"], "val/id_accuracy": rec["val/id_accuracy"],
                         "step": step + 1, "state": {k: v.cpu() for k, v in trainable_state(model).items()}}
-            tqdm.write(f"step {step + 1}: loss {loss_sum:.3f}, val loss {rec['val/loss']:.3f}, "
-                       f"val ID accuracy {rec['val/id_accuracy']:.3f}")
+            if ddp.is_main():
+                tqdm.write(f"step {step + 1}: loss {loss_sum:.3f}, val loss {rec['val/loss']:.3f}, "
+                           f"val ID accuracy {rec['val/id_accuracy']:.3f}")
         history.append(rec)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if ddp.is_main():
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             save_checkpoint(ckpt_path, model, opt, step + 1, best, history, fingerprint)
     bar.close()
-    restore_best(model, best)  # the best validation state becomes the adapter
-    with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
-        M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
     summary = {"best_step": best["step"], "val/loss": best["val/loss"],
                "val/id_accuracy": best.get("val/id_accuracy"), "steps": args.steps,
                "train_examples": len(train_pairs)}
+    if not ddp.is_main():
+        return summary
+    restore_best(model, best)  # the best validation state becomes the adapter
+    with atomic_dir(os.path.join(args.out, "adapter")) as tmp:
+        M.save_policy(model, vocab, tmp, args.model, meta["id_table_sha256"])
     write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"best validation loss {best['val/loss']:.4f} at step {best['step']}; "
           f"adapter in {os.path.join(args.out, 'adapter')}")
@@ -355,6 +391,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     train(parse_args(argv))
+    ddp.cleanup()
 
 
 if __name__ == "__main__":
