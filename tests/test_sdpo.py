@@ -96,8 +96,7 @@ def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
     import dpo
     import sft
     from safetensors import safe_open
-    from tests.test_dpo import write_pairs
-    from tests.test_sft import adapter_tensors, write_sft_data
+    from tests.conftest import adapter_tensors, write_pairs, write_sft_data
     data = write_sft_data(tmp_path / "sft_data")
     sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
               "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])

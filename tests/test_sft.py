@@ -9,25 +9,7 @@ import torch
 
 import model as M
 import sft
-
-
-def write_sft_data(folder, n_train=24, n_val=8):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    genres = ["rock", "jazz", "metal"]
-
-    def ex(i):
-        g = i % 3
-        codes = (g, int(rng.integers(4)), int(rng.integers(4)))
-        return {"prompt": f"I need music for a {genres[g]} playlist", "answer": M.IDVocab.text(codes),
-                "task": "attributes", "track_id": f"t{i}"}
-    with open(os.path.join(folder, "train.jsonl"), "w") as f:
-        f.writelines(json.dumps(ex(i)) + "\n" for i in range(n_train))
-    with open(os.path.join(folder, "val.jsonl"), "w") as f:
-        f.writelines(json.dumps(ex(100 + i)) + "\n" for i in range(n_val))
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
-    return str(folder)
+from tests.conftest import adapter_tensors, write_sft_data
 
 
 def test_prompt_format_smol_exact(smol_tokenizer):
@@ -176,12 +158,6 @@ def run_sft(data, out, tiny, extra=()):
             "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2", "--id-lr", "1e-2",
             "--warmup-steps", "2", "--lora-r", "4", "--lora-dropout", "0.1", *extra]
     return sft.main(argv)
-
-
-def adapter_tensors(folder):
-    from safetensors.torch import load_file
-    return {**load_file(os.path.join(folder, "adapter_model.safetensors")),
-            **load_file(os.path.join(folder, "id_tokens.safetensors"))}
 
 
 def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, monkeypatch):
