@@ -17,6 +17,12 @@ RUN ?= runs/demo
 MODEL ?= models/smollm2-135m
 DEVICE ?= auto
 SEED ?= 0
+# processes for sft.py, dpo.py and evaluate.py: NPROC=8 runs them under torchrun (ddp.py), one per GPU with
+# DEVICE=cuda, or as CPU processes; the global batch, the schedule and the results stay those of one process.
+# NPROC=1 keeps the plain command lines, so the stamps of existing runs still match. (The `--`: torchrun would
+# take evaluate.py's --run for an abbreviation of its own --run-path.)
+NPROC ?= 1
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) --,$(PY))
 
 # --- the synthetic world (ignored when CATALOG / LOGS point at real files)
 TRACKS ?= 2000
@@ -109,14 +115,14 @@ RVQ_CMD = $(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LE
 SFT_DATA_CMD = $(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(LOGS) $(ID_OPTS) --out $(RUN)/sft_data \
 	  --attribute-examples $(ATTRIBUTE_EXAMPLES) --grounding-examples $(GROUNDING_EXAMPLES) \
 	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) --seed $(SEED)
-SFT_CMD = $(PY) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
+SFT_CMD = $(LAUNCH) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
 	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SFT_ARGS)
 PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
 	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS) $(PREFS_ARGS)
-DPO_CMD = $(PY) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
+DPO_CMD = $(LAUNCH) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
 	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(DPO_ARGS)
 SASREC_CMD = $(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
-EVAL_CMD = $(PY) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
+EVAL_CMD = $(LAUNCH) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
 
 # 1. the synthetic world, written in the real formats (skipped when CATALOG / LOGS are real files)
 WORLD_FILES := $(WORLD)/catalog.csv $(WORLD)/userid_trackid_timestamp.tsv $(WORLD)/id_information.csv $(WORLD)/id_metadata.csv
