@@ -212,7 +212,7 @@ def _time_bytes(ts, tail=b""):
     return out.view(f"S{out.shape[1]}").ravel().tolist()
 
 
-THREADS: bool = True   # read, parse and mine in three threads (False: one, for measuring what they bring)
+THREADS: bool = os.environ.get("FASTLOG_THREADS", "1") != "0"   # read, parse, mine in 3 threads (0: one thread)
 
 
 def _ahead(items, depth=2):
@@ -866,11 +866,8 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
             j = src[:, None] + np.arange(1, 4)                                    # (m, 3)
             jj = np.minimum(j, p - 1)
             ok = (j < s.stop[s.sid[src]][:, None]) & (row[jj] >= 0) & (row[jj] != row[src][:, None]) & (w[jj] == 0)
-            a_, b_ = np.broadcast_to(row[src][:, None], ok.shape)[ok], row[jj][ok]
-            # the loop counts (a, b) then (b, a): one count for both, kept under (min, max) with the position of
-            # the pair's first sighting and, in its lowest bit, which way round that was
             pos = (before + np.broadcast_to(src[:, None], ok.shape)[ok]) * 3 + np.nonzero(ok)[1]
-            cooc.add(np.minimum(a_, b_) * n + np.maximum(a_, b_), pos * 2 + (a_ > b_))
+            _pairs_once(cooc, np.broadcast_to(row[src][:, None], ok.shape)[ok], row[jj][ok], pos, n)
             # transitions: a catalogued play, then a long listen of another catalogued track in its window
             label, _ = label_codes(rule, s.dwell, np.zeros(p), resolution)
             i = np.flatnonzero(coded[:-1] & ~s.ends[:-1] & coded[1:] & (row[1:] != row[:-1]) & (w[1:] == w[:-1])
@@ -905,12 +902,46 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
             feed(rng, adds)
             before += p
             bar.update(p)
-    keys, counts, first = cooc.in_first_order()
-    lo, hi, flip = keys // n, keys % n, (first & 1).astype(bool)
-    i, j = np.where(flip, hi, lo), np.where(flip, lo, hi)   # the first sighting's (row, next row)
-    cooc = (np.stack([i, j], axis=1).ravel(), np.stack([j, i], axis=1).ravel(), np.repeat(counts, 2))
     return ({w: r.sample() for w, r in transitions.items()}, {w: r.seen for w, r in transitions.items()},
-            popularity, cooc, {w: r.sample() for w, r in sequences.items()})
+            popularity, _both_ways(cooc, n), {w: r.sample() for w, r in sequences.items()})
+
+
+def _pairs_once(counts, a, b, pos, n):
+    """Count the co-occurrences a[k] -> b[k] (stream positions pos, increasing) in counts: the loop adds 1 to
+    (a, b) then to (b, a), so one count serves both, kept under (min, max) with the position of the pair's first
+    sighting and, in its lowest bit, which way round that was."""
+    counts.add(np.minimum(a, b) * n + np.maximum(a, b), pos * 2 + (a > b))
+
+
+def _both_ways(counts, n):
+    """(i, j, count) int64 arrays as the loop's dict {(i, j): count} lists them: each pair's first sighting
+    (row, later row), then the reverse, in the order of the first sightings."""
+    keys, c, first = counts.in_first_order()
+    lo, hi, flip = keys // n, keys % n, (first & 1).astype(bool)
+    i, j = np.where(flip, hi, lo), np.where(flip, lo, hi)
+    return np.stack([i, j], axis=1).ravel(), np.stack([j, i], axis=1).ravel(), np.repeat(c, 2)
+
+
+def co_listening(log, catalog, t_val, window=3, id_information=None, id_metadata=None, chunk_bytes=CHUNK_BYTES):
+    """rvq.co_listening on arrays: the same (i, j, count) arrays in the same order. Two matched plays of one
+    session at most `window` matched training-window plays apart co-occur."""
+    n = len(catalog)
+    counts = KeyCounts()
+    before = 0
+    with _progress("co-listening") as bar:
+        for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata,
+                              chunk_bytes=chunk_bytes):
+            s = Sessions(b, catalog.duration_ms)   # the loop's sessions_of(plays, catalog): its default gap
+            q = np.flatnonzero((b.row >= 0) & (b.ts < t_val))
+            r, sid, m = b.row[q], s.sid[q], len(q)
+            j = np.arange(m)[:, None] + np.arange(1, window + 1)                # (m, window)
+            jj = np.minimum(j, max(m - 1, 0))
+            ok = (j < m) & (sid[jj] == sid[:, None]) & (r[jj] != r[:, None])
+            pos = (before + np.broadcast_to(q[:, None], ok.shape)[ok]) * window + np.nonzero(ok)[1]
+            _pairs_once(counts, np.broadcast_to(r[:, None], ok.shape)[ok], r[jj][ok], pos, n)
+            before += len(b)
+            bar.update(len(b))
+    return _both_ways(counts, n)
 
 
 # ============================================================================================== preference pairs
@@ -1150,6 +1181,9 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, id_in
             "unknown_duration": unknown_duration, "seen": seen, "mined": mined}
 
 
+LINES: int = 1 << 14   # JSON lines joined at a time (~5 MB)
+
+
 def _write_pairs(tmp_dir, args, dtype, text, counts):
     """build_prefs' second half: the first of each (context, chosen, rejected) per partition, in stream order;
     uncapped windows written as they come, capped ones sampled with the loop's draws. Returns pairs seen."""
@@ -1172,8 +1206,8 @@ def _write_pairs(tmp_dir, args, dtype, text, counts):
                     adds.append((keep[w], sel, lambda idx, sel=sel: text.lines(recs[sel[idx]])))
                 else:
                     seen[w] += len(sel)
-                    for x in range(0, len(sel), 100_000):
-                        outs[w].write(text.text(recs[sel[x:x + 100_000]]))
+                    for x in range(0, len(sel), LINES):
+                        outs[w].write(text.text(recs[sel[x:x + LINES]]))
             feed(rng, adds)
         if duplicates:
             counts["dropped: duplicate pair"] = counts.get("dropped: duplicate pair", 0) + duplicates

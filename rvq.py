@@ -668,10 +668,13 @@ def train(args):
     cooc, collab = None, None
     if args.logs:
         # the same time split as data.py sft, so only training-window listening shapes the IDs
-        params["t_val"], _ = data.split_times(args.logs, catalog, args.id_information, args.id_metadata,
-                                              args.val_fraction, args.test_fraction)
-        cooc = co_listening(args.logs, catalog, params["t_val"], args.collab_window, args.id_information,
-                            args.id_metadata)
+        split, co = data.split_times, co_listening
+        if data.log_engine(args.engine, args.logs) == "numpy":   # the same passes on arrays, the same counts
+            import fastlog
+            split, co = fastlog.split_times, fastlog.co_listening
+        params["t_val"], _ = split(args.logs, catalog, args.id_information, args.id_metadata,
+                                   args.val_fraction, args.test_fraction)
+        cooc = co(args.logs, catalog, params["t_val"], args.collab_window, args.id_information, args.id_metadata)
     if "collab" in signals:
         emb = ppmi_svd(*cooc, n, args.collab_dim, args.seed)
         warm = np.abs(emb).sum(1) > 0
@@ -746,6 +749,7 @@ def main(argv=None):
                    help="plays at most this far apart in a session co-occur")
     t.add_argument("--collab-ridge", type=float, default=COLLAB_RIDGE,
                    help="ridge of the audio+genre -> collab map that places cold tracks")
+    t.add_argument("--engine", choices=data.ENGINES, default="auto", help=data.ENGINE_HELP)
     e = sub.add_parser("encode", help="codes for new tracks from a trained quantiser")
     e.add_argument("--rvq", required=True, help="folder written by `rvq.py train`")
     e.add_argument("--catalog", required=True, help="CSV of new tracks (Spotify Tracks layout)")

@@ -294,6 +294,26 @@ def test_sft_and_prefs_files_are_byte_identical(worlds, tmp_path, seed, layout, 
                 assert sum(report["pairs"].values()) > 0 and report["dropped"].get("duplicate pair", 0) > 0
 
 
+@pytest.mark.parametrize("layout", ["onion", "music4all"])
+def test_co_listening_and_rvq_ids_are_the_same(worlds, tmp_path, layout, monkeypatch):
+    """rvq.py's pass over the log (the time split, then co-listening within a window of plays) gives the same
+    counts in the same order, so `rvq.py train --signals audio,genre,collab` writes the same files."""
+    monkeypatch.setattr(fastlog, "CHUNK_BYTES", 3000)
+    d, logs = worlds[1]
+    cat, ids = catalog_of(d)
+    t_val, _ = data.split_times(logs[layout], cat, **ids)
+    for window in (1, 3, 8):
+        want = rvq.co_listening(logs[layout], cat, t_val, window, **ids)
+        got = fastlog.co_listening(logs[layout], cat, t_val, window, **ids)
+        assert len(want[0]) > 0 and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(want, got))
+    w = d / "world"
+    for engine in ("loop", "numpy"):
+        rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(tmp_path / engine), "--codebook-size",
+                  "8", "--signals", "audio,genre,collab", "--logs", logs[layout], "--id-information",
+                  str(w / "id_information.csv"), "--id-metadata", str(w / "id_metadata.csv"), "--engine", engine])
+    assert "rvq.safetensors" in same_files(tmp_path / "loop", tmp_path / "numpy", skip=("rvq_config.json",))
+
+
 # ---------------------------------------------------------------------------------------------- the real sample
 
 @pytest.fixture(scope="module")
