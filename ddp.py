@@ -12,7 +12,7 @@ Training stays exact without DistributedDataParallel: every rank takes every N-t
 batch (the schedule is fixed by the seed, the same on every rank), and its loss is its share's summed NLL divided
 by the WHOLE batch's size, so the sum of the ranks' gradients is the gradient one process would get. sum_grads
 adds them up after backward, and every rank then takes the same optimizer step from the same gradients: the
-weights stay equal everywhere without ever being sent. (DDP's wrapper would do the same sum, but it hooks into
+weights stay equal everywhere, bit for bit, without ever being sent. (DDP's wrapper would do the same sum, but it hooks into
 model.forward, which our losses bypass: they call model.model and the head separately.)
 
 Evaluation deals whole batches round-robin (shard) and puts the results back in order on every rank (gather):
@@ -79,13 +79,15 @@ def shard(items):
     """This rank's share of `items` (a list, range or array): items rank, rank + N, rank + 2N, ...
 
     Round-robin, so shares differ by one item at most and, where items are sorted by length (a batch of
-    bucket_schedule), every rank gets short and long ones alike.
+    sft.batch_schedule), every rank gets short and long ones alike.
     """
     return items[rank()::world_size()]
 
 
 def gather(mine):
-    """The inverse of shard: every rank's list, interleaved back into the original order, on every rank."""
+    """The inverse of shard: every rank's list, interleaved back into the original order, on every rank.
+
+    The items travel pickled, so they should be plain Python values or CPU tensors."""
     n = world_size()
     if n == 1:
         return list(mine)
