@@ -171,6 +171,9 @@ bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_beam.py --run $(RUN)
 	$(PY) benchmarks/bench_prefs.py --run $(RUN)
 	$(PY) benchmarks/bench_llama1b.py --run $(RUN)
+	$(PY) benchmarks/bench_exact.py --run $(RUN)
+	$(PY) benchmarks/bench_ddp.py --run $(RUN)
+	$(PY) benchmarks/bench_mining.py
 
 # the ablation table (README): every configuration on the same world, about 20 minutes a row on 2 cores
 ablation: $(VENV_STAMP) $(MODEL)/config.json
