@@ -1,10 +1,13 @@
-"""Log mining on columnar numpy arrays: data.py's passes over a listening log, the same output bytes, faster.
+"""Log mining on columnar numpy arrays: the passes over a listening log, the same output bytes, 5-20x faster.
 
 data.py reads a log one line at a time and holds one listener's plays in Python lists: the readable reference, at
-about 54,000 events a second (80 minutes a pass over the 253 million Music4All-Onion events). This module does the
-same work on arrays, thousands of listeners at a time. data.py's `--engine` option picks one or the other; both
-stay because the loop is the specification (short, readable, what the tutorial explains) and this is the same
-specification made fast (tests/test_fastlog.py checks that the files they write are byte-identical).
+about 50,000 events a second for `data.py prefs` (80 minutes a pass over the 253 million Music4All-Onion events).
+This module does the same work on arrays, many listeners at a time: the time split and the SFT mining of `data.py
+sft` (split_times, mine_logs), the preference pairs of `data.py prefs` (mine_prefs) and the co-listening counts of
+`rvq.py train --logs` (co_listening), at 1-1.6 million events a second per pass (BENCHMARKS.md). The `--engine`
+option of those commands picks one or the other; both stay because the loop is the specification (short,
+readable, what the tutorial explains) and this is the same specification made fast (tests/test_fastlog.py checks
+that the files they write are byte-identical).
 
   read     the file in blocks of CHUNK_BYTES. numpy finds the newlines and the separators and cuts each field out
            of the bytes: timestamps are parsed from their digits, track ids are looked up by a hash of their bytes
@@ -24,9 +27,13 @@ specification made fast (tests/test_fastlog.py checks that the files they write 
            order, numpy's Generator gives the same numbers (checked in the tests), so the same items are kept and
            only those become Python objects.
 
+Memory: a few CHUNK_BYTES blocks in flight (three threads: read and decompress, parse, mine) and what the outputs
+hold, as in the loop: the samples up to their caps, the co-listening counts (24 bytes per distinct pair), one of
+data.PARTITIONS partitions of pairs while deduplicating; nothing grows with the file but what the loop also keeps.
+
 The Onion (`userid_trackid_timestamp.tsv`), Music4All `listening_history` and Onion-CSV layouts are read here;
-Last.fm-1K joins by (artist, title) text and stays on data.py's loop (its sample is 19 million lines, a few
-minutes there). Nothing here imports torch.
+Last.fm-1K joins by (artist, title) text and stays on data.py's loop (its full file is 19 million lines, about 6
+minutes a pass there at 50,000 events a second). Nothing here imports torch.
 """
 import contextlib
 import gc

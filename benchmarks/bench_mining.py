@@ -14,7 +14,10 @@ Then, each command in its own process (wall time with imports and writing, CPU s
   (sessions, dwell, labels, pairs, dedupe; uncapped as benchmarks/bench_prefs.py runs it, so every pair is
   written, and capped as the Makefile runs it) with --engine loop and --engine numpy on onion_<R>.tsv; their
   output files are compared byte for byte (config.json records the engine; report.json's timing fields differ).
-  The numpy engine also runs on onion_<small>.tsv, so its peak RSS on two log lengths shows the memory bound.
+  The numpy engine also runs `data.py sft` keeping samples of 1,000 (the 200,000 next-track examples and sessions
+  it keeps by default cost the same fixed time at any log length: Python objects for what is kept), so its passes
+  show the per-event rate of a long log, and `data.py prefs` on onion_<small>.tsv, so its peak RSS on two log
+  lengths shows the memory bound.
 bz2: the first --bz2-events events are compressed (bzip2 -9, as the real file) and decompressed by Python's bz2
 module and by `bzip2 -dc` / `lbzip2 -dc` where installed: MB/s of output, events/s, and the hours the real file's
 252,984,396 events (2.2 GB compressed) take at those rates; then the numpy engine's `data.py prefs` reads the
@@ -220,6 +223,7 @@ def main(argv=None):
     engines = ("numpy",) if args.skip_loop else ("numpy", "loop")
     for engine in engines:
         run("sft", "sft", engine, big)
+    run("sft, small samples", "sft", "numpy", big, "--next-examples", "1000", "--max-sessions", "1000")
     for engine in engines:
         run("prefs", "prefs", engine, big)
     for engine in engines:
