@@ -26,6 +26,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import dpo  # noqa: E402
 import model as M  # noqa: E402
 import sft  # noqa: E402
+from tests.conftest import adapter_tensors, write_pairs, write_sft_data  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")]
@@ -39,40 +40,6 @@ SFT_REL = 1e-2
 DPO_ABS = 5e-2
 
 
-def write_sft_data(folder, n_train=24, n_val=8):
-    """SFT examples of 3 x 4 IDs whose first code follows the genre in the prompt."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    genres = ["rock", "jazz", "metal"]
-
-    def ex(i):
-        g = i % 3
-        codes = (g, int(rng.integers(4)), int(rng.integers(4)))
-        return {"prompt": f"I need music for a {genres[g]} playlist", "answer": M.IDVocab.text(codes),
-                "task": "attributes", "track_id": f"t{i}"}
-    with open(os.path.join(folder, "train.jsonl"), "w") as f:
-        f.writelines(json.dumps(ex(i)) + "\n" for i in range(n_train))
-    with open(os.path.join(folder, "val.jsonl"), "w") as f:
-        f.writelines(json.dumps(ex(100 + i)) + "\n" for i in range(n_val))
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
-    return str(folder)
-
-
-def write_pairs(folder, n_train=16, n_val=8):
-    os.makedirs(folder, exist_ok=True)
-
-    def pair(i):
-        return {"prompt": f"I want to listen to Artist {i} - Song <a_{i % 4}><b_1><c_2> or something similar",
-                "chosen": M.IDVocab.text((i % 4, 1, 3)), "rejected": M.IDVocab.text(((i + 1) % 4, 2, 0))}
-    for name, n, off in (("train", n_train, 0), ("val", n_val, 100)):
-        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
-            f.writelines(json.dumps(pair(off + i)) + "\n" for i in range(n))
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"levels": 3, "codebook_size": 4, "id_table_sha256": "test"}, f)
-    return str(folder)
-
-
 def run_sft(data, out, model, device, extra=()):
     return sft.main(["--data", data, "--out", str(out), "--model", model, "--device", device, "--steps", "6",
                      "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2",
@@ -82,12 +49,6 @@ def run_sft(data, out, model, device, extra=()):
 def log_of(folder):
     with open(os.path.join(folder, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-def adapter_tensors(folder):
-    from safetensors.torch import load_file
-    return {**load_file(os.path.join(folder, "adapter_model.safetensors")),
-            **load_file(os.path.join(folder, "id_tokens.safetensors"))}
 
 
 def max_diff(a, b):
