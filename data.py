@@ -523,7 +523,8 @@ def iter_user_plays(path, catalog, *, id_information=None, id_metadata=None, fmt
             nonlocal decided
             ts = [t for _, plays in held for t, _ in plays]
             r = timestamp_resolution(ts)
-            why = "every one is a whole minute" if r == 60 else f"{sum(t % 60 != 0 for t in ts):,} are not"
+            off_minute = sum(t % 60 != 0 for t in ts)
+            why = "every one is a whole minute" if r == 60 else f"{off_minute:,} are not whole minutes"
             stats.update(resolution_s=r, resolution_source=f"detected from the first {len(ts):,} timestamps: {why}")
             decided = True
 
@@ -1076,7 +1077,8 @@ def build_sft(args):
             "logs": os.path.abspath(args.logs),
             "id_information": args.id_information and os.path.abspath(args.id_information),
             "id_metadata": args.id_metadata and os.path.abspath(args.id_metadata),
-            "prompt_history": n_hist, "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val), "t_test_utc": format_ts(t_test),
+            "prompt_history": n_hist, "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val),
+            "t_test_utc": format_ts(t_test),
             "examples": counts, "test_next": len(tests_next), "test_attributes": len(tests_attr),
             "transitions": n_trans, "log": log_stats, "catalog_report": cat_report}
     write_json(os.path.join(out, "meta.json"), meta)

@@ -587,7 +587,7 @@ class _Reader:
         last = int(np.searchsorted(np.cumsum(counts), data.RESOLUTION_SAMPLE))   # listener reaching it (or past all)
         ts = np.concatenate([b.ts for b in held])[:int(counts[:last + 1].sum())]
         r = data.timestamp_resolution(ts.tolist()) if len(ts) else data.timestamp_resolution([])
-        why = "every one is a whole minute" if r == 60 else f"{int((ts % 60 != 0).sum()):,} are not"
+        why = "every one is a whole minute" if r == 60 else f"{int((ts % 60 != 0).sum()):,} are not whole minutes"
         self.stats.update(resolution_s=r, resolution_source=f"detected from the first {len(ts):,} timestamps: {why}")
 
 
