@@ -120,3 +120,31 @@ def adapter_tensors(folder):
     from safetensors.torch import load_file
     return {**load_file(os.path.join(folder, "adapter_model.safetensors")),
             **load_file(os.path.join(folder, "id_tokens.safetensors"))}
+
+
+def tiny_dpo_argv(tiny_model, tmp_path, steps):
+    """A 2-step SFT adapter of `tiny_model` and a pairs folder; returns dpo.py's argv for them (without --out)."""
+    import sft
+    data = write_sft_data(tmp_path / "sft_data")
+    sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_model, "--steps", "2",
+              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
+    pairs = write_pairs(tmp_path / "prefs")
+    return ["--pairs", pairs, "--sft", str(tmp_path / "sft" / "adapter"), "--model", tiny_model,
+            "--steps", str(steps), "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2",
+            "--lr", "1e-2", "--warmup-steps", "1"]
+
+
+def write_onion_last_two(folder, path):
+    """The real Music4All-Onion validation and test events as one Onion-CSV log: each listener's last two plays.
+    Returns the Music4All track ids it names, sorted."""
+    import csv
+    by_user = {}
+    for split in ("val", "test"):
+        with open(os.path.join(folder, f"listening_history_{split}.csv"), encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                by_user.setdefault(r["old_user_id"], []).append(r)
+    columns = ("old_user_id", "old_item_id", "timestamp", "user_id", "item_id")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(",".join(columns) + "\n")
+        f.writelines(",".join(r[c] for c in columns) + "\n" for u in by_user for r in by_user[u])
+    return sorted({r["old_item_id"] for rs in by_user.values() for r in rs})

@@ -10,7 +10,7 @@ import dpo
 import lora
 import model as M
 import sft
-from tests.conftest import adapter_tensors, write_pairs, write_sft_data
+from tests.conftest import adapter_tensors, tiny_dpo_argv, write_pairs, write_sft_data
 
 PC, PR, RC, RR = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
 # Delta = (-1 - -3) - (-2 - -2) = 2; with beta = 0.5, beta * Delta = 1
@@ -114,13 +114,7 @@ def test_concatenated_equals_separate_and_padding_invariant(tiny_smol):
 
 
 def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
-    data = write_sft_data(tmp_path / "sft_data")
-    sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
-              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
-    pairs = write_pairs(tmp_path / "prefs")
-    argv = ["--pairs", pairs, "--sft", str(tmp_path / "sft" / "adapter"), "--model", tiny_smol,
-            "--steps", "4", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2",
-            "--lr", "1e-2", "--warmup-steps", "1"]
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
     dpo.main(argv + ["--out", str(tmp_path / "full")])
     log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
     assert log[0]["step"] == 0 and log[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)

@@ -3,7 +3,6 @@
 Hand-written logs with known answers, the `data.py prefs` report on a tiny hand-made run, and the real Last.fm-1K
 and Music4All-Onion lines in ../shared/data (skipped when absent).
 """
-import csv
 import json
 import os
 
@@ -12,6 +11,7 @@ import pytest
 
 import data
 from common import UserError
+from tests.conftest import write_onion_last_two
 
 BASE = 1577836800   # 2020-01-01 00:00:00 UTC, a whole minute
 
@@ -275,17 +275,8 @@ def test_real_lastfm_batch_scrobbles_are_not_skips(shared_data):
 def test_real_onion_events_same_second_plays_are_not_skips(shared_data, tmp_path):
     """Each user's validation and test events are their last two plays: one 2-play history per user."""
     folder = os.path.join(shared_data, "music4all_onion_events")
-    by_user = {}
-    for split in ("val", "test"):
-        with open(os.path.join(folder, f"listening_history_{split}.csv"), encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                by_user.setdefault(r["old_user_id"], []).append(r)
     path = tmp_path / "onion_val_test.csv"
-    columns = ("old_user_id", "old_item_id", "timestamp", "user_id", "item_id")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(",".join(columns) + "\n")
-        f.writelines(",".join(r[c] for c in columns) + "\n" for u in by_user for r in by_user[u])
-    ids = sorted({r["old_item_id"] for rs in by_user.values() for r in rs})
+    ids = write_onion_last_two(folder, path)
     same, rejected, counted, stats = same_second_skips(str(path), named_catalog([("", "")] * len(ids), ids),
                                                        id_metadata={i: i for i in ids})
     assert stats["events_read"] == 16770 and stats["users"] == 8385

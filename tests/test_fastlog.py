@@ -8,7 +8,6 @@ listeners, ISO 'T' timestamps) and read in small blocks, so listeners and sessio
 ../shared/data are compared too (skipped when absent).
 """
 import bz2
-import csv
 import filecmp
 import json
 import os
@@ -23,6 +22,7 @@ import fastlog
 import rvq
 import world
 from common import UserError
+from tests.conftest import write_onion_last_two
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONION_EVENTS = os.path.join(ROOT, "..", "shared", "data", "music4all_onion_events")
@@ -326,17 +326,8 @@ def onion_sample():
 def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     """The real Music4All-Onion events (Onion-CSV layout): each file, and both files as one log (each listener's
     last two plays), read the same by both engines."""
-    by_user = {}
-    for split in ("val", "test"):
-        with open(os.path.join(onion_sample, f"listening_history_{split}.csv"), encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                by_user.setdefault(r["old_user_id"], []).append(r)
     both = tmp_path / "onion_val_test.csv"
-    columns = ("old_user_id", "old_item_id", "timestamp", "user_id", "item_id")
-    with open(both, "w", encoding="utf-8") as f:
-        f.write(",".join(columns) + "\n")
-        f.writelines(",".join(r[c] for c in columns) + "\n" for u in by_user for r in by_user[u])
-    ids = sorted({r["old_item_id"] for rs in by_user.values() for r in rs})
+    ids = write_onion_last_two(onion_sample, both)
     cat = data.Catalog(track_id=ids, track_name=[f"Song {i}" for i in range(len(ids))],
                        artists=["A"] * len(ids), album_name=[""] * len(ids), genres=[["rock"]] * len(ids),
                        features=np.full((len(ids), 10), 0.5), popularity=np.zeros(len(ids), dtype=np.int64),

@@ -94,16 +94,10 @@ def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
     cache holds one column per rejected slot and the run trains on them."""
     import json
     import dpo
-    import sft
     from safetensors import safe_open
-    from tests.conftest import adapter_tensors, write_pairs, write_sft_data
-    data = write_sft_data(tmp_path / "sft_data")
-    sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
-              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
-    pairs = write_pairs(tmp_path / "prefs")
-    argv = ["--pairs", pairs, "--sft", str(tmp_path / "sft" / "adapter"), "--model", tiny_smol,
-            "--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2",
-            "--lr", "1e-2", "--warmup-steps", "1"]
+    from tests.conftest import adapter_tensors, tiny_dpo_argv
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=2)
+    pairs = argv[1]
     dpo.main(argv + ["--out", str(tmp_path / "sigmoid")])
     dpo.main(argv + ["--out", str(tmp_path / "sdpo1"), "--loss-type", "sdpo"])
     a, b = adapter_tensors(tmp_path / "sigmoid" / "adapter"), adapter_tensors(tmp_path / "sdpo1" / "adapter")
