@@ -56,9 +56,19 @@ def run_row(name, out, seed, extra):
             raise UserError(f"row {name} reuses the SFT of row {base}: run that row first (--rows {base},{name})")
         if os.path.exists(run):
             shutil.rmtree(run)
-        shutil.copytree(src, run, symlinks=True, ignore=shutil.ignore_patterns("dpo", "eval"))
+        shutil.copytree(src, run, symlinks=True, ignore=shutil.ignore_patterns("dpo", "eval", ".stamps"))
     cmd = ["make", "-C", HERE, "demo", f"RUN={os.path.abspath(run)}", f"SEED={seed}",
            f"PY={PYTHON}", "VENV_STAMP="] + [f"{k}={v}" for k, v in {**variables, **extra}.items()]
+    if base is not None:
+        # The copied stages are this row's own (a DPO row changes no option before the pairs): `make -n` writes
+        # the row's stamps, then the copied outputs are dated after them, so make reruns from the pairs on only
+        # (the pairs themselves are rebuilt: their options may differ, and they take seconds).
+        subprocess.run(cmd + ["-n"], stdout=subprocess.DEVNULL, check=True)
+        now = time.time()
+        for stage in ("world", "rvq", "sft_data", "sft", "sasrec"):
+            for folder, _, files in os.walk(os.path.join(run, stage)):
+                for f in files:
+                    os.utime(os.path.join(folder, f), (now, now))
     print(f"[{name}] " + " ".join(cmd[3:]), flush=True)
     t0 = time.time()
     r = subprocess.run(cmd)

@@ -43,3 +43,31 @@ def test_errors(tmp_path):
         ablation.main(["--out", str(tmp_path), "--rows", "audio", "--set", "SFT_STEPS", "--table-only"])
     with pytest.raises(UserError, match="reuses the SFT of row default"):
         ablation.run_row("rpo", str(tmp_path), 0, {})
+
+
+def test_dpo_row_keeps_the_copied_stages(tmp_path, monkeypatch):
+    """A DPO row copies its base row's stages; they must be dated after the stamps `make -n` writes, or the row's
+    `make demo` would rerun the world, the IDs and SFT (20 minutes) for nothing."""
+    base = tmp_path / "default"
+    for stage in ("world", "rvq", "sft_data", "sft", "sasrec", "prefs", "dpo", "eval"):
+        os.makedirs(base / stage)
+        (base / stage / "out.json").write_text("{}")
+    os.utime(base / "sft" / "out.json", (1, 1))      # an old copy: what make would see as stale
+    (base / "sft" / "summary.json").write_text("{}")
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        if "-n" in cmd:      # make -n writes the row's stamps at parse time
+            os.makedirs(tmp_path / "rpo" / ".stamps", exist_ok=True)
+            (tmp_path / "rpo" / ".stamps" / "sft").write_text("cmd\n")
+        return type("R", (), {"returncode": 0})()
+
+    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+    ablation.run_row("rpo", str(tmp_path), 0, {})
+    row = tmp_path / "rpo"
+    assert [("-n" in c) for c in calls] == [True, False]              # stamps first, then the real make
+    assert not (row / "dpo").exists() and not (row / "eval").exists()   # retrained, not copied
+    stamp = os.path.getmtime(row / ".stamps" / "sft")
+    for stage in ("world", "rvq", "sft_data", "sft", "sasrec"):
+        assert os.path.getmtime(row / stage / "out.json") >= stamp

@@ -1,0 +1,159 @@
+"""Next-track HR@10 / NDCG@10 on the VALIDATION window: compare options without ever looking at the test set.
+
+    python benchmarks/val_next.py --run runs/ablation/default --adapter SFT=runs/ablation/default/sft/adapter \\
+        --adapter SFT_b8=runs/b8/sft/adapter [--queries 200] [--out val_next.json]
+
+Queries: --queries next-track examples of RUN/sft_data/val.jsonl (a seeded draw; long listens after a play, built as
+the test queries are, from the window between the training and the test windows), each with its prompt exactly as
+the SFT model saw such prompts; the context track is the last Semantic ID in the prompt. Rows, all ranking the whole
+catalogue, the context track excluded, ties broken against the relevant item (evaluate.py's rules):
+  genre popularity, item kNN   training-window statistics, as evaluate.py
+  SASRec                       RUN/sasrec on the plays the prompt shows (early-stopped on validation sessions, so
+                               optimistic here)
+  ID prefix popularity         tracks sharing the context's first code, then its first two codes, by popularity:
+                               what the Semantic IDs' prefixes alone say, no model (a proxy to compare ID options)
+  each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (model.exact_top_k)
+Then every adapter minus the first, paired on the same queries, with 95% bootstrap intervals.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import harness  # first: it puts the repository root on sys.path for the imports below
+import baselines as B
+import data
+import evaluate as E
+import lora
+import model as M
+import rvq
+import sasrec
+from common import UserError, need_file, read_json, run_main, write_json
+
+# -----------------------------------------------------------------------------
+RUN: str = "runs/demo"          # a pipeline run folder: its sft_data, and sasrec if there
+MODEL: str = M.DEFAULT_MODEL    # the base the adapters were trained on
+QUERIES: int = 200              # validation next-track queries (as many as the test set's default)
+SEED: int = 0                   # the draw of the queries and the bootstrap
+BATCH_SIZE: int = 8             # prompts per exact-ranking batch
+K: int = 10                     # HR@K, NDCG@K
+# -----------------------------------------------------------------------------
+
+
+def prefix_popularity_scores(codes, popularity, ctx):
+    """ID prefix popularity: 2 for the context's first code, +4 for its first two codes, + popularity in [0, 1).
+
+    codes (N, L) int, -1 for a track without an ID; popularity (N,); ctx a row. Returns (N,) float64.
+    """
+    first = codes[:, 0] == codes[ctx, 0]
+    two = first & (codes[:, 1] == codes[ctx, 1])
+    return 2.0 * first + 4.0 * two + popularity / (popularity.max() + 1.0)
+
+
+def val_queries(sft_data, n, seed, code_row):
+    """[(prompt, history rows, relevant row)] from the validation window's next-track examples."""
+    path = os.path.join(sft_data, "val.jsonl")
+    need_file(path, "SFT validation examples (data.py sft)")
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    rows = [r for r in rows if r.get("task") == "next_track"]
+    if not rows:
+        raise UserError(f"{path}: no next_track examples")
+    out = []
+    for i in np.random.default_rng(seed).permutation(len(rows))[:n]:
+        r = rows[i]
+        found = M.ID_TOKEN_RE.findall(r["prompt"])
+        L = len(next(iter(code_row)))
+        hist = [code_row[tuple(int(c) for _, c in found[j:j + L])] for j in range(0, len(found), L)]
+        answer = tuple(int(c) for _, c in M.ID_TOKEN_RE.findall(r["answer"]))
+        out.append((r["prompt"], hist, code_row[answer]))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default=RUN, help="run folder whose sft_data (and sasrec) to use")
+    p.add_argument("--model", default=MODEL, help="base model folder of the adapters")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=FOLDER",
+                   help="an adapter to rank with (repeat); the first is the reference of the paired differences")
+    p.add_argument("--queries", type=int, default=QUERIES, help="validation next-track queries")
+    p.add_argument("--seed", type=int, default=SEED, help="draw of the queries and the bootstrap")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per exact-ranking batch")
+    p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (optional)")
+    args = p.parse_args(argv)
+    adapters = [a.split("=", 1) for a in args.adapter]
+    if any(len(a) != 2 for a in adapters):
+        raise UserError("--adapter takes NAME=FOLDER")
+    sft_data = os.path.join(args.run, "sft_data")
+    meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
+    catalog, _ = data.load_catalog(meta["catalog"])
+    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    index = catalog.index()
+    C = np.full((len(catalog), meta["levels"]), -1, dtype=np.int64)
+    for t, cs in zip(track_ids, codes):
+        C[index[t]] = cs
+    code_row = {tuple(int(c) for c in C[r]): r for r in range(len(catalog)) if C[r, 0] >= 0}
+    n_items = len(catalog)
+    queries = val_queries(sft_data, args.queries, args.seed, code_row)
+    stats = np.load(os.path.join(sft_data, "listening_stats.npz"))
+    popularity = stats["popularity"].astype(np.float64)
+    cooc = {}
+    for i, j, c in zip(stats["cooc_i"], stats["cooc_j"], stats["cooc_count"]):
+        cooc.setdefault(int(i), {})[int(j)] = float(c)
+    genres = B.genre_masks(catalog.genres)
+    hits = {}
+
+    def record(name, score_fn):
+        ranked = [E.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
+        hits[name] = {"hit": [E.hit_at_k(r, {q[2]}, K) for r, q in zip(ranked, queries)],
+                      "ndcg": [E.ndcg_at_k(r, {q[2]}, K) for r, q in zip(ranked, queries)]}
+        print(f"{name:24s} HR@{K} {np.mean(hits[name]['hit']):.3f}  NDCG@{K} {np.mean(hits[name]['ndcg']):.3f}",
+              flush=True)
+
+    print(f"{len(queries)} validation next-track queries from {sft_data}/val.jsonl")
+    record("genre popularity", lambda i: B.genre_popularity_scores(
+        popularity, genres[catalog.genres[queries[i][1][-1]][0]]))
+    record("item kNN", lambda i: B.item_knn_scores(cooc, popularity, queries[i][1][-1]))
+    sas_dir = os.path.join(args.run, "sasrec")
+    if os.path.exists(os.path.join(sas_dir, "model.safetensors")):
+        sas_scores = sasrec.score(sasrec.load(sas_dir), [q[1] for q in queries], n_items)
+        record("SASRec", lambda i: sas_scores[i])
+    record("ID prefix popularity", lambda i: prefix_popularity_scores(C, popularity, queries[i][1][-1]))
+    trie = M.IDTrie(list(code_row), meta["levels"])
+    for name, folder in adapters:
+        model, tok, vocab = M.load_policy(args.model, adapter=folder, id_table_sha=meta["id_table_sha256"])
+        lora.merge_lora(model)   # as evaluate.py
+        fmt = M.PromptFormat(tok, vocab)
+        enc = [fmt.prompt(q[0]) for q in queries]
+        t0 = time.time()
+        scored = []
+        with torch.no_grad():
+            for s in range(0, len(enc), args.batch_size):
+                scored += M.exact_top_k(model, enc[s:s + args.batch_size], vocab, trie, K + 1,
+                                        batch_size=args.batch_size)
+
+        def llm_scores(i, scored=scored):
+            v = np.full(n_items, -np.inf)
+            for cs, sc in scored[i]:
+                v[code_row[cs]] = sc
+            return v
+        record(name, llm_scores)
+        print(f"{'':24s} ({time.time() - t0:.0f} s)")
+    table = {n: {"hit@10": E.bootstrap_ci(h["hit"], seed=args.seed), "ndcg@10": E.bootstrap_ci(h["ndcg"], seed=args.seed)}
+             for n, h in hits.items()}
+    paired = {}
+    if len(adapters) > 1:
+        ref = adapters[0][0]
+        print(f"\npaired against {ref} (95% interval)")
+        for name, _ in adapters[1:]:
+            d = E.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
+            paired[f"{name} - {ref}"] = d
+            print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    if args.out:
+        write_json(args.out, {"queries": len(queries), "table": table, "paired": paired, "hits": hits})
+
+
+if __name__ == "__main__":
+    run_main(main)
