@@ -35,8 +35,14 @@ ID_META ?= $(WORLD)/id_metadata.csv
 
 # --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
-# co-listening); SIGNALS=audio is the seed's configuration (README: the ablation table compares them)
+# co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them)
 SIGNALS ?= audio,genre,collab
+# SEED_CONFIG=1: the seed notebook's configuration in one option: audio-only IDs and pure DPO (no NLL term)
+SEED_CONFIG ?=
+ifeq ($(SEED_CONFIG),1)
+SIGNALS := audio
+SEED_DPO_ARGS := --rpo-alpha 0
+endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
 HISTORY ?= 1
@@ -120,7 +126,8 @@ SFT_CMD = $(LAUNCH) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MOD
 PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
 	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS) $(PREFS_ARGS)
 DPO_CMD = $(LAUNCH) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
-	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(DPO_ARGS)
+	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SEED_DPO_ARGS) \
+	  $(DPO_ARGS)
 SASREC_CMD = $(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
 EVAL_CMD = $(LAUNCH) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)
 

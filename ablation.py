@@ -25,15 +25,16 @@ from common import UserError, atomic_open, run_main, write_json
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only", {"SIGNALS": "audio"}, None),
     "genre": ("+ a genre block", {"SIGNALS": "audio,genre"}, None),
-    "default": ("+ a co-listening block (the demo's default)", {"SIGNALS": "audio,genre,collab"}, None),
+    "default": ("+ a co-listening block; DPO + NLL on the chosen answer (RPO, alpha 1): the demo's default",
+                {"SIGNALS": "audio,genre,collab"}, None),
     "history": ("+ 4 earlier plays of the session in the prompt", {"SIGNALS": "audio,genre,collab", "HISTORY": "5"},
                 None),
-    "rpo": ("default, DPO + NLL on the chosen answer (RPO, alpha 1)",
-            {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--rpo-alpha 1"}, "default"),
-    "beta0.5": ("default, DPO with beta 0.5", {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--beta 0.5"}, "default"),
-    "sdpo": ("default, S-DPO: each chosen answer against up to 3 skipped ones",
+    "dpo": ("default, pure DPO (no NLL term: the seed's loss)",
+            {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--rpo-alpha 0"}, "default"),
+    "beta0.5": ("default, beta 0.5", {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--beta 0.5"}, "default"),
+    "sdpo": ("default, S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
              {"SIGNALS": "audio,genre,collab", "PREFS_ARGS": "--rejected-per-context 3",
-              "DPO_ARGS": "--loss-type sdpo"}, "default"),
+              "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "default"),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0
@@ -81,12 +82,18 @@ def ci(s):
     return f"{s['mean']:.3f} [{s['lo']:.2f}, {s['hi']:.2f}]"
 
 
+def signed(s):
+    """'+0.015 [-0.020, +0.050]' for a paired difference; '-' when the results hold none."""
+    return f"{s['mean']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]" if s else "-"
+
+
 def table(out, names, seconds):
     """Markdown table and JSON rows from each row's eval/results.json."""
     rows, lines = [], [
-        "| row | what changes | SFT next HR@10 | SFT next NDCG@10 | DPO next HR@10 | SFT attr P@10 | SFT pref acc "
-        "| DPO pref acc | hallucinated@1 SFT / DPO | strongest next-track baseline HR@10 | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| row | what changes | SFT next HR@10 | SFT next NDCG@10 | DPO next HR@10 | DPO - SFT next HR@10 (paired) "
+        "| SFT attr P@10 | SFT pref acc | DPO pref acc | hallucinated@1 SFT / DPO | strongest next-track baseline HR@10 "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         path = os.path.join(out, name, "eval", "results.json")
         if not os.path.exists(path):
@@ -100,6 +107,7 @@ def table(out, names, seconds):
             what += f" (LLMs ranked by beam search of width {width}, not exactly)"
         row = {"row": name, "what": what, "sft_hit@10": nxt["SFT"]["hit@10"],
                "sft_ndcg@10": nxt["SFT"]["ndcg@10"], "dpo_hit@10": nxt["DPO"]["hit@10"],
+               "dpo_minus_sft_hit@10": r.get("paired", {}).get("next_track: DPO - SFT (hit@10)"),
                "sft_attr_precision@10": att["SFT"]["precision@10"], "sft_pref": pref["SFT"], "dpo_pref": pref["DPO"],
                "sft_hallucinated@1": r["hallucination"]["SFT"]["hallucinated@1"],
                "dpo_hallucinated@1": r["hallucination"]["DPO"]["hallucinated@1"],
@@ -107,8 +115,9 @@ def table(out, names, seconds):
         rows.append(row)
         minutes = f"{row['seconds'] / 60:.1f}" if row["seconds"] else "-"
         lines.append(f"| {name} | {row['what']} | {ci(row['sft_hit@10'])} | {ci(row['sft_ndcg@10'])} | "
-                     f"{ci(row['dpo_hit@10'])} | {ci(row['sft_attr_precision@10'])} | {ci(row['sft_pref'])} | "
-                     f"{ci(row['dpo_pref'])} | {row['sft_hallucinated@1']:.1%} / {row['dpo_hallucinated@1']:.1%} | "
+                     f"{ci(row['dpo_hit@10'])} | {signed(row['dpo_minus_sft_hit@10'])} | "
+                     f"{ci(row['sft_attr_precision@10'])} | {ci(row['sft_pref'])} | {ci(row['dpo_pref'])} | "
+                     f"{row['sft_hallucinated@1']:.1%} / {row['dpo_hallucinated@1']:.1%} | "
                      f"{best} {ci(row['best_baseline_hit@10'])} | {minutes} |")
     return "\n".join(lines) + "\n", rows
 

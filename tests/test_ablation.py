@@ -15,7 +15,9 @@ def fake_results(folder, sft_hit):
     res = {"ranking": {"next_track": systems, "attributes": {"SFT": {"precision@10": s(0.2)}}},
            "preference_accuracy": {"SFT": s(0.6), "DPO": s(0.7)},
            "strongest_baseline": {"next_track": {"name": "SASRec", "metric": "hit@10"}},
-           "hallucination": {"SFT": {"hallucinated@1": 0.125}, "DPO": {"hallucinated@1": 0.5}}}
+           "hallucination": {"SFT": {"hallucinated@1": 0.125}, "DPO": {"hallucinated@1": 0.5}},
+           "paired": {"next_track: DPO - SFT (hit@10)": {"mean": 0.1 - sft_hit, "lo": 0.05 - sft_hit,
+                                                         "hi": 0.15 - sft_hit}}}
     os.makedirs(os.path.join(folder, "eval"))
     json.dump(res, open(os.path.join(folder, "eval", "results.json"), "w"))
     open(os.path.join(folder, "eval", "report.md"), "w").write("done\n")
@@ -30,7 +32,7 @@ def test_table_from_finished_rows(tmp_path, capsys):
     assert len(md) == 4                                                      # header, rule, two finished rows
     assert md[2].startswith("| audio |") and "0.090 [0.04, 0.14]" in md[2] and md[2].endswith("| 20.0 |")
     assert md[3].startswith("| default |") and "SASRec 0.450 [0.40, 0.50]" in md[3] and md[3].endswith("| - |")
-    assert "| 12.5% / 50.0% |" in md[3]
+    assert "| 12.5% / 50.0% |" in md[3] and "| -0.175 [-0.225, -0.125] |" in md[3]
     rows = json.load(open(tmp_path / "ablation.json"))
     assert [r["row"] for r in rows] == ["audio", "default"] and rows[1]["sft_hit@10"]["mean"] == 0.275
     assert ablation.run_row("audio", str(tmp_path), 0, {}) is None           # finished: not run again
@@ -42,7 +44,7 @@ def test_errors(tmp_path):
     with pytest.raises(UserError, match="VAR=VALUE"):
         ablation.main(["--out", str(tmp_path), "--rows", "audio", "--set", "SFT_STEPS", "--table-only"])
     with pytest.raises(UserError, match="reuses the SFT of row default"):
-        ablation.run_row("rpo", str(tmp_path), 0, {})
+        ablation.run_row("dpo", str(tmp_path), 0, {})
 
 
 def test_dpo_row_keeps_the_copied_stages(tmp_path, monkeypatch):
@@ -59,13 +61,13 @@ def test_dpo_row_keeps_the_copied_stages(tmp_path, monkeypatch):
     def fake_run(cmd, **kw):
         calls.append(cmd)
         if "-n" in cmd:      # make -n writes the row's stamps at parse time
-            os.makedirs(tmp_path / "rpo" / ".stamps", exist_ok=True)
-            (tmp_path / "rpo" / ".stamps" / "sft").write_text("cmd\n")
+            os.makedirs(tmp_path / "dpo" / ".stamps", exist_ok=True)
+            (tmp_path / "dpo" / ".stamps" / "sft").write_text("cmd\n")
         return type("R", (), {"returncode": 0})()
 
     monkeypatch.setattr(ablation.subprocess, "run", fake_run)
-    ablation.run_row("rpo", str(tmp_path), 0, {})
-    row = tmp_path / "rpo"
+    ablation.run_row("dpo", str(tmp_path), 0, {})
+    row = tmp_path / "dpo"
     assert [("-n" in c) for c in calls] == [True, False]              # stamps first, then the real make
     assert not (row / "dpo").exists() and not (row / "eval").exists()   # retrained, not copied
     stamp = os.path.getmtime(row / ".stamps" / "sft")
