@@ -13,7 +13,7 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
   ID prefix popularity         tracks sharing the context's first code, then its first two codes, by popularity:
                                what the Semantic IDs' prefixes alone say, no model (a proxy to compare ID options)
   each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (model.exact_top_k)
-Then every adapter minus the first, paired on the same queries, with 95% bootstrap intervals.
+Then every other row minus the first adapter, paired on the same queries, with 95% bootstrap intervals.
 """
 import argparse
 import json
@@ -144,10 +144,10 @@ def main(argv=None):
     table = {n: {"hit@10": E.bootstrap_ci(h["hit"], seed=args.seed), "ndcg@10": E.bootstrap_ci(h["ndcg"], seed=args.seed)}
              for n, h in hits.items()}
     paired = {}
-    if len(adapters) > 1:
+    if adapters:
         ref = adapters[0][0]
         print(f"\npaired against {ref} (95% interval)")
-        for name, _ in adapters[1:]:
+        for name in [n for n in hits if n != ref]:
             d = E.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
             paired[f"{name} - {ref}"] = d
             print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
