@@ -117,7 +117,11 @@ def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
     argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
     dpo.main(argv + ["--out", str(tmp_path / "full")])
     log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
-    assert log[0]["step"] == 0 and log[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    # step 0: the policy is the reference, so the DPO part is log 2; the NLL term (RPO, on by default) adds the
+    # chosen answers' NLL per token (4 tokens each: 3 IDs + end)
+    nll = -log[0]["eval/logps/chosen"] / 4
+    assert dpo.RPO_ALPHA > 0 and nll > 1
+    assert log[0]["step"] == 0 and log[0]["eval/loss"] == pytest.approx(math.log(2) + dpo.RPO_ALPHA * nll, abs=1e-5)
     assert log[0]["eval/rewards/margins"] == 0.0
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
     assert log[-1]["eval/rewards/margins"] > 0          # it moves toward the chosen answers

@@ -90,7 +90,9 @@ def test_every_stage_writes_its_artifacts(demo_run):
     log = [json.loads(l) for l in open(os.path.join(run, "sft/log.jsonl"))]
     assert [x["step"] for x in log] == [1, 2, 3, 4]
     dlog = [json.loads(l) for l in open(os.path.join(run, "dpo/log.jsonl"))]
-    assert dlog[0]["step"] == 0 and abs(dlog[0]["eval/loss"] - 0.693147) < 1e-4
+    alpha = json.load(open(os.path.join(run, "dpo/config.json")))["rpo_alpha"]   # log 2 + the NLL term at step 0
+    nll = -dlog[0]["eval/logps/chosen"] / 4                                      # per token: 3 IDs + end
+    assert dlog[0]["step"] == 0 and abs(dlog[0]["eval/loss"] - (0.693147 + alpha * nll)) < 1e-4
 
 
 def test_results_cover_every_system_and_metric(demo_run):
