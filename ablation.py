@@ -91,8 +91,8 @@ def table(out, names, seconds):
     """Markdown table and JSON rows from each row's eval/results.json."""
     rows, lines = [], [
         "| row | what changes | SFT next HR@10 | SFT next NDCG@10 | DPO next HR@10 | DPO - SFT next HR@10 (paired) "
-        "| SFT attr P@10 | SFT pref acc | DPO pref acc | hallucinated@1 SFT / DPO | strongest next-track baseline HR@10 "
-        "| minutes |",
+        "| SFT attr P@10 | SFT pref acc | DPO pref acc | hallucinated@1 SFT / DPO "
+        "| strongest next-track baseline HR@10 | minutes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         path = os.path.join(out, name, "eval", "results.json")

@@ -502,7 +502,8 @@ def parse_args(argv=None):
                    help="cdpo / robust: the share of preference labels assumed flipped")
     p.add_argument("--select", choices=("accuracy", "loss"), default=SELECT,
                    help="held-out metric that picks the saved checkpoint")
-    p.add_argument("--rpo-alpha", type=float, default=RPO_ALPHA, help="weight of the NLL term on the chosen answer, inside the loss (RPO); 0: pure DPO, as the seed")
+    p.add_argument("--rpo-alpha", type=float, default=RPO_ALPHA,
+                   help="weight of the NLL term on the chosen answer, inside the loss (RPO); 0: pure DPO, as the seed")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE)

@@ -141,8 +141,8 @@ def main(argv=None):
             return v
         record(name, llm_scores)
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
-    table = {n: {"hit@10": E.bootstrap_ci(h["hit"], seed=args.seed), "ndcg@10": E.bootstrap_ci(h["ndcg"], seed=args.seed)}
-             for n, h in hits.items()}
+    table = {n: {"hit@10": E.bootstrap_ci(h["hit"], seed=args.seed),
+                 "ndcg@10": E.bootstrap_ci(h["ndcg"], seed=args.seed)} for n, h in hits.items()}
     paired = {}
     if adapters:
         ref = adapters[0][0]
