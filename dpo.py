@@ -56,9 +56,9 @@ DEVICE: str = "auto"
 # checkpoint choice on the held-out pairs: "accuracy" (log p(chosen) > log p(rejected), what evaluate.py reports;
 # ties broken by the loss) or "loss" (the DPO loss punishes a few confident mistakes more than it rewards ranking)
 SELECT: str = "accuracy"
-# weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0 = pure DPO, the seed's loss. 1: pure DPO
-# pushed the chosen answers' likelihood down with the rejected ones and cost next-track HR@10 (-0.075 against SFT,
-# README: the ablation table, seeds 0 and 1); the NLL term keeps what SFT learnt at the same preference gain
+# weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0 = pure DPO, the seed's loss. 1 by default:
+# pure DPO pushed the chosen answers' likelihood down with the rejected ones and cost next-track HR@10 (-0.075 and
+# -0.095 against SFT on seeds 0 and 1, README: the ablation table); with the term DPO keeps SFT's ranking
 RPO_ALPHA: float = 1.0
 LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sdpo")
 # -----------------------------------------------------------------------------

@@ -61,11 +61,10 @@ def val_queries(sft_data, n, seed, code_row):
     rows = [r for r in rows if r.get("task") == "next_track"]
     if not rows:
         raise UserError(f"{path}: no next_track examples")
-    out = []
+    out, L = [], len(next(iter(code_row)))   # codes per ID
     for i in np.random.default_rng(seed).permutation(len(rows))[:n]:
         r = rows[i]
         found = M.ID_TOKEN_RE.findall(r["prompt"])
-        L = len(next(iter(code_row)))
         hist = [code_row[tuple(int(c) for _, c in found[j:j + L])] for j in range(0, len(found), L)]
         answer = tuple(int(c) for _, c in M.ID_TOKEN_RE.findall(r["answer"]))
         out.append((r["prompt"], hist, code_row[answer]))
@@ -74,7 +73,7 @@ def val_queries(sft_data, n, seed, code_row):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=RUN, help="run folder whose sft_data (and sasrec) to use")
+    p.add_argument("--run", default=RUN, help="run folder whose sft_data, prefs (and sasrec) to use")
     p.add_argument("--model", default=MODEL, help="base model folder of the adapters")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=FOLDER",
                    help="an adapter to rank with (repeat); the first is the reference of the paired differences")
@@ -97,18 +96,14 @@ def main(argv=None):
     code_row = {tuple(int(c) for c in C[r]): r for r in range(len(catalog)) if C[r, 0] >= 0}
     n_items = len(catalog)
     queries = val_queries(sft_data, args.queries, args.seed, code_row)
-    stats = np.load(os.path.join(sft_data, "listening_stats.npz"))
-    popularity = stats["popularity"].astype(np.float64)
-    cooc = {}
-    for i, j, c in zip(stats["cooc_i"], stats["cooc_j"], stats["cooc_count"]):
-        cooc.setdefault(int(i), {})[int(j)] = float(c)
+    popularity, cooc, _ = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     genres = B.genre_masks(catalog.genres)
     hits = {}
 
     def record(name, score_fn):
         ranked = [E.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
-        hits[name] = {"hit": [E.hit_at_k(r, {q[2]}, K) for r, q in zip(ranked, queries)],
-                      "ndcg": [E.ndcg_at_k(r, {q[2]}, K) for r, q in zip(ranked, queries)]}
+        m = E.per_query(ranked, [{q[2]} for q in queries], ks=(K,))
+        hits[name] = {"hit": m[f"hit@{K}"].tolist(), "ndcg": m[f"ndcg@{K}"].tolist()}
         print(f"{name:24s} HR@{K} {np.mean(hits[name]['hit']):.3f}  NDCG@{K} {np.mean(hits[name]['ndcg']):.3f}",
               flush=True)
 
