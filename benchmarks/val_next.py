@@ -12,7 +12,9 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                optimistic here)
   ID prefix popularity         tracks sharing the context's first code, then its first two codes, by popularity:
                                what the Semantic IDs' prefixes alone say, no model (a proxy to compare ID options)
-  each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (model.exact_top_k)
+  each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (model.exact_top_k); for a DPO
+                               adapter also its validation preference accuracy (FOLDER/../summary.json), so the
+                               DPO options can be weighed on both without the test set
 Then every other row minus the first adapter, paired on the same queries, with 95% bootstrap intervals.
 """
 import argparse
@@ -98,7 +100,7 @@ def main(argv=None):
     queries = val_queries(sft_data, args.queries, args.seed, code_row)
     popularity, cooc, _ = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     genres = B.genre_masks(catalog.genres)
-    hits = {}
+    hits, pref_acc = {}, {}
 
     def record(name, score_fn):
         ranked = [E.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
@@ -136,6 +138,14 @@ def main(argv=None):
             return v
         record(name, llm_scores)
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
+        dpo_summary = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
+        if os.path.exists(dpo_summary) and "eval/logp_accuracy" in read_json(dpo_summary, "summary"):
+            # a DPO run: its held-out preference accuracy at the kept checkpoint, on the validation pairs that
+            # chose that checkpoint (so slightly optimistic), to weigh against next-track HR@10
+            d = read_json(dpo_summary, "summary")
+            pref_acc[name] = (d["eval/logp_accuracy"], d.get("held_out_pairs"))
+            print(f"{'':24s} validation preference accuracy {pref_acc[name][0]:.3f} "
+                  f"({pref_acc[name][1]} pairs, dpo.py's checkpoint choice)")
     table = {n: {"hit@10": E.bootstrap_ci(h["hit"], seed=args.seed),
                  "ndcg@10": E.bootstrap_ci(h["ndcg"], seed=args.seed)} for n, h in hits.items()}
     paired = {}
@@ -147,7 +157,8 @@ def main(argv=None):
             paired[f"{name} - {ref}"] = d
             print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:
-        write_json(args.out, {"queries": len(queries), "table": table, "paired": paired, "hits": hits})
+        write_json(args.out, {"queries": len(queries), "table": table, "paired": paired, "hits": hits,
+                              "preference_accuracy": pref_acc})
 
 
 if __name__ == "__main__":
