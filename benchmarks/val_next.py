@@ -16,6 +16,7 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                adapter also its validation preference accuracy (FOLDER/../summary.json), so the
                                DPO options can be weighed on both without the test set
 Then every other row minus the first adapter, paired on the same queries, with 95% bootstrap intervals.
+--pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
 """
 import argparse
 import json
@@ -73,6 +74,32 @@ def val_queries(sft_data, n, seed, code_row):
     return out
 
 
+def paired_from_files(a, b, seed=SEED):
+    """Paired HR@10 / NDCG@10 difference of row A minus row B read from two --out JSONs, each "FILE:ROW".
+
+    For rows of different runs (other Semantic IDs cannot share one call: an adapter needs its own ID table). The
+    two files must hold the same queries: the same count, and the same hits for the rows that read no Semantic ID
+    (genre popularity, item kNN), which depend on the queries alone. Returns {"hit@10": (mean, lo, hi), ...}.
+    """
+    rows = []
+    for spec in (a, b):
+        path, sep, name = spec.rpartition(":")
+        if not sep:
+            raise UserError(f"--pair takes FILE:ROW, got {spec!r}")
+        d = read_json(path, "val_next.py --out JSON")
+        if name not in d["hits"]:
+            raise UserError(f"{path}: no row {name!r} (rows: {', '.join(d['hits'])})")
+        rows.append((path, d, name))
+    (pa, da, na), (pb, db, nb) = rows
+    same = da["queries"] == db["queries"] and all(da["hits"][r] == db["hits"][r] for r in
+                                                    ("genre popularity", "item kNN"))
+    if not same:
+        raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
+                        "--queries and --seed)")
+    return {f"{m}@{K}": E.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
+            for m in ("hit", "ndcg")}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default=RUN, help="run folder whose sft_data, prefs (and sasrec) to use")
@@ -83,7 +110,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries and the bootstrap")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per exact-ranking batch")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (optional)")
+    p.add_argument("--pair", nargs=2, metavar="FILE:ROW", default=None,
+                   help="no ranking: the paired difference of two rows of earlier --out JSONs (first minus second), "
+                        "e.g. an adapter of another run, whose other Semantic IDs cannot share one call")
     args = p.parse_args(argv)
+    if args.pair:
+        for m, d in paired_from_files(*args.pair, seed=args.seed).items():
+            print(f"{args.pair[0]} - {args.pair[1]} {m}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+        return
     adapters = [a.split("=", 1) for a in args.adapter]
     if any(len(a) != 2 for a in adapters):
         raise UserError("--adapter takes NAME=FOLDER")
@@ -138,11 +172,11 @@ def main(argv=None):
             return v
         record(name, llm_scores)
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
-        dpo_summary = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
-        if os.path.exists(dpo_summary) and "eval/logp_accuracy" in read_json(dpo_summary, "summary"):
+        summary_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
+        d = read_json(summary_path, "summary") if os.path.exists(summary_path) else {}
+        if "eval/logp_accuracy" in d:
             # a DPO run: its held-out preference accuracy at the kept checkpoint, on the validation pairs that
             # chose that checkpoint (so slightly optimistic), to weigh against next-track HR@10
-            d = read_json(dpo_summary, "summary")
             pref_acc[name] = (d["eval/logp_accuracy"], d.get("held_out_pairs"))
             print(f"{'':24s} validation preference accuracy {pref_acc[name][0]:.3f} "
                   f"({pref_acc[name][1]} pairs, dpo.py's checkpoint choice)")
