@@ -7,6 +7,7 @@ mistake into one clear line instead of a traceback.
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import random
@@ -132,6 +133,15 @@ def seed_everything(seed):
         torch.manual_seed(seed)
     except ImportError:
         pass
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes, read 1 MiB at a time: the fingerprint later stages check inputs against."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def need_file(path, what):

@@ -29,7 +29,9 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, atomic_open, atomic_path, fail, read_json, run_main, save_config, write_json
+from common import (UserError, atomic_open, atomic_path, fail, file_sha256, read_json, run_main, save_config,
+                    write_json)
+from idfiles import IDS_FILE, load_semantic_ids, read_rvq_meta
 
 FEATURES = ("danceability", "energy", "key", "loudness", "speechiness", "acousticness",
             "instrumentalness", "liveness", "valence", "tempo")   # the seed's 10 audio features, this order
@@ -981,13 +983,11 @@ def flat_sequences(seqs):
 
 def build_sft(args):
     """`data.py sft`: write train/val JSONL, the two test sets, listening statistics and meta.json."""
-    import rvq  # the ID table's reader lives with the quantiser
-    from model import file_sha256
     rng = np.random.default_rng(args.seed)
     catalog, cat_report = load_catalog(args.catalog)
-    ids_path = os.path.join(args.rvq, "semantic_ids.tsv")
-    track_ids, codes = rvq.load_semantic_ids(ids_path)
-    rvq_meta = rvq.load_rvq(args.rvq)["meta"]
+    ids_path = os.path.join(args.rvq, IDS_FILE)
+    track_ids, codes = load_semantic_ids(ids_path)
+    rvq_meta = read_rvq_meta(args.rvq)
     index = catalog.index()
     missing = [t for t in track_ids if t not in index]
     if missing:
@@ -1271,9 +1271,8 @@ def build_prefs(args):
     fastlog.mine_prefs mine them), the per-track labels and the report."""
     check_label_options(args)
     meta = read_json(os.path.join(args.sft_data, "meta.json"), "SFT data meta.json")
-    import rvq
     catalog, _ = load_catalog(meta["catalog"])
-    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    track_ids, codes = load_semantic_ids(meta["semantic_ids"])
     index = catalog.index()
     row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
     log = args.logs or meta["logs"]

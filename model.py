@@ -9,7 +9,6 @@
     python model.py setup --out models/smollm2-135m    # convert the embedded model once
 """
 import argparse
-import hashlib
 import heapq
 import json
 import os
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import lora
-from common import UserError, atomic_path, run_main, write_json
+from common import UserError, atomic_path, file_sha256, run_main, write_json  # noqa: F401 (M.file_sha256)
 
 # -----------------------------------------------------------------------------
 DEFAULT_MODEL: str = "models/smollm2-135m"   # where `make` puts the converted embedded model
@@ -289,14 +288,6 @@ def id_parameters(model):
 
 
 # ----------------------------------------------------------------------------- saving / loading
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def save_policy(model, vocab, folder, base_path, id_table_sha):
     """LoRA (PEFT format) + Semantic-ID rows + what they were trained on, in one folder."""

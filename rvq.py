@@ -25,7 +25,9 @@ import torch
 from tqdm import tqdm
 
 import data
-from common import UserError, atomic_open, atomic_path, fail, need_file, run_main, save_config, write_json
+from common import UserError, atomic_path, fail, need_file, run_main, save_config, write_json
+# the ID table's reader and writer live where the data stage reads them without torch; rvq.* names kept
+from idfiles import IDS_FILE, MODEL_FILE, load_semantic_ids, write_semantic_ids  # noqa: F401
 
 # -----------------------------------------------------------------------------
 LEVELS: int = 3             # codes per track (TIGER and the seed: 3)
@@ -48,8 +50,6 @@ FEATURES = data.FEATURES   # the seed's 10 audio features, raw units, this order
 SKEWED = ("speechiness", "acousticness", "instrumentalness", "liveness")
 COLUMNS = ("danceability", "energy", "key_cos", "key_sin", "loudness", "speechiness", "acousticness",
            "instrumentalness", "liveness", "valence", "tempo")               # D = 11 model dims
-MODEL_FILE = "rvq.safetensors"
-IDS_FILE = "semantic_ids.tsv"
 REPORT_FILE = "rvq_report.json"
 CONFIG_FILE = "rvq_config.json"
 # -----------------------------------------------------------------------------
@@ -595,50 +595,6 @@ def encode_new(features_raw, rvq, primary_genres=None):
     primary = [""] * len(features_raw) if primary_genres is None else list(primary_genres)
     x = signal_matrix(signal_blocks(features_raw, primary, rvq["params"]), rvq["params"])
     return encode(torch.as_tensor(x, dtype=rvq["codebooks"].dtype), rvq["codebooks"])
-
-
-def write_semantic_ids(path, track_ids, codes):
-    """semantic_ids.tsv: header track_id<TAB>code_0...code_{L-1}, one line per track in catalogue order."""
-    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(["track_id"] + [f"code_{j}" for j in range(codes.shape[1])]) + "\n")
-        for tid, row in zip(track_ids, codes.tolist()):
-            f.write("\t".join([tid] + [str(c) for c in row]) + "\n")
-
-
-def load_semantic_ids(path):
-    """Read semantic_ids.tsv -> (track_ids list (N,), codes np.int64 (N,L)); one-line errors on bad input."""
-    need_file(path, "Semantic-ID table")
-    with open(path, encoding="utf-8", newline="") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    header = lines[0].rstrip("\r").split("\t") if lines else []
-    n_levels = len(header) - 1
-    if n_levels < 1 or header != ["track_id"] + [f"code_{j}" for j in range(n_levels)]:
-        fail(path, "expected the header 'track_id<TAB>code_0<TAB>code_1...'", line=1)
-    track_ids, codes, seen_track, seen_id = [], [], set(), {}
-    for lineno, line in enumerate(lines[1:], start=2):
-        fields = line.rstrip("\r").split("\t")
-        if len(fields) != n_levels + 1:
-            fail(path, f"expected {n_levels + 1} tab-separated fields, got {len(fields)}", line=lineno)
-        tid = fields[0]
-        if not tid:
-            fail(path, "empty track_id", line=lineno, column="track_id")
-        if tid in seen_track:
-            fail(path, f"track_id {tid} appears twice", line=lineno, column="track_id")
-        for j, field in enumerate(fields[1:]):
-            if not field.isdigit():
-                fail(path, f"expected a non-negative integer code, got {field!r}", line=lineno, column=f"code_{j}")
-        row = tuple(int(v) for v in fields[1:])
-        if row in seen_id:
-            fail(path, f"Semantic ID {row} already used by {seen_id[row]} (IDs must be unique)", line=lineno)
-        seen_track.add(tid)
-        seen_id[row] = tid
-        track_ids.append(tid)
-        codes.append(row)
-    if not track_ids:
-        fail(path, "no tracks below the header", line=1)
-    return track_ids, np.array(codes, dtype=np.int64).reshape(-1, n_levels)
 
 
 # ----------------------------------------------------------------------------- CLI

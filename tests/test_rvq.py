@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import data
+import idfiles
 import rvq
 from common import UserError, read_json
 
@@ -193,6 +194,8 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(model["codebooks"], books)
     assert all(np.array_equal(model["params"][name], params[name]) for name in params)
     assert model["meta"]["levels"] == 2 and model["meta"]["codebook_size"] == 16
+    assert idfiles.read_rvq_meta(tmp_path) == {k: model["meta"][k] for k in ("levels", "codebook_size", "signals",
+                                                                             "t_val")}   # the torch-free reader
     assert torch.equal(rvq.encode_new(feats, model), rvq.encode(x, books))
 
     codes, _ = rvq.resolve_collisions(x, rvq.encode(x, books), books)
@@ -221,9 +224,13 @@ def test_load_semantic_ids_errors(tmp_path, text, where):
 def test_load_rvq_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         rvq.load_rvq(tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        idfiles.read_rvq_meta(tmp_path)
     (tmp_path / rvq.MODEL_FILE).write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="rvq.safetensors"):
         rvq.load_rvq(tmp_path)
+    with pytest.raises(UserError, match="rvq.safetensors: not a readable safetensors file"):
+        idfiles.read_rvq_meta(tmp_path)
 
 
 # ----------------------------------------------------------------------------- report
