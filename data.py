@@ -973,6 +973,11 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
             popularity, cooc, {w: r.sample() for w, r in sequences.items()})
 
 
+def jsonl(record):
+    """One line of a .jsonl file: the record as JSON, non-ASCII characters kept as they are."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 def flat_sequences(seqs):
     """[[row, ...], ...] -> (items int32, offsets int64 of length S + 1): session s is items[off[s]:off[s+1]]."""
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
@@ -995,11 +1000,14 @@ def build_sft(args):
                        "the ID table was built from another catalogue")
     row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
     masks = attribute_masks(catalog)
-    examples = {"train": [], "val": []}
+    examples = {"train": [], "val": []}   # their JSON lines
+    counts = {s: dict.fromkeys(("attributes", "grounding", "next_track"), 0) for s in examples}
+    answers = {r: id_text(c) for r, c in row_codes.items()}
 
     def add(split, prompt, row, task):
-        examples[split].append({"prompt": prompt, "answer": id_text(row_codes[row]), "task": task,
-                                "track_id": catalog.track_id[row]})
+        examples[split].append(jsonl({"prompt": prompt, "answer": answers[row], "task": task,
+                                      "track_id": catalog.track_id[row]}))
+        counts[split][task] += 1
 
     # 1. requests by attributes (train phrasings), validation on the same phrasings, test on held-out ones
     for split, n in (("train", args.attribute_examples), ("val", args.attribute_examples // 10)):
@@ -1039,10 +1047,23 @@ def build_sft(args):
                                                    max_sessions=args.max_sessions)
     t_passes = time.time() - t_passes
     n_hist = args.prompt_history
+    # a next-track line joins two cached halves: the prompt's (examples with one context share it) and the
+    # answer's (one per track). A JSON object is "{" + its members joined by ", " + "}", so the halves make the
+    # very bytes add() would write, without building and encoding a dict per example.
+    heads, tails = {}, {}   # (template, the plays the prompt shows) -> '{"prompt": ..., '; next row -> the rest
     for w in ("train", "val"):
-        for user, hist, nxt in chosen[w]:
-            tmpl = NEXT_TEMPLATES[int(rng.integers(len(NEXT_TEMPLATES)))]
-            add(w, next_track_prompt(catalog, hist, row_codes, tmpl, n_hist), nxt, "next_track")
+        # one draw per example, as one array: numpy's Generator gives the same numbers as a call per example
+        templates = rng.integers(len(NEXT_TEMPLATES), size=len(chosen[w])).tolist()
+        for (user, hist, nxt), t in zip(chosen[w], templates):
+            key = (t, hist[-n_hist:])
+            if key not in heads:
+                prompt = next_track_prompt(catalog, hist, row_codes, NEXT_TEMPLATES[t], n_hist)
+                heads[key] = jsonl({"prompt": prompt})[:-len("}\n")] + ", "
+            if nxt not in tails:
+                tails[nxt] = jsonl({"answer": answers[nxt], "task": "next_track",
+                                    "track_id": catalog.track_id[nxt]})[len("{"):]
+            examples[w].append(heads[key] + tails[nxt])
+        counts[w]["next_track"] += len(chosen[w])
     # `history`: the plays the prompt shows, all a baseline may read; `session`: the longer history, for reference
     tests_next = [{"prompt": next_track_prompt(catalog, hist, row_codes, NEXT_TEMPLATES[0], n_hist),
                    "task": "next_track", "context_track": catalog.track_id[hist[-1]],
@@ -1056,10 +1077,10 @@ def build_sft(args):
 
     out = args.out
     os.makedirs(out, exist_ok=True)
-    for name, rows_ in (("train.jsonl", examples["train"]), ("val.jsonl", examples["val"]),
-                        ("test_next.jsonl", tests_next), ("test_attributes.jsonl", tests_attr)):
+    for name, lines in (("train.jsonl", examples["train"]), ("val.jsonl", examples["val"]),
+                        ("test_next.jsonl", map(jsonl, tests_next)), ("test_attributes.jsonl", map(jsonl, tests_attr))):
         with atomic_open(os.path.join(out, name), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_)
+            f.writelines(lines)
     if isinstance(cooc, dict):   # the loop's {(i, j): count}; fastlog gives the arrays, in the same order
         cooc = (np.array([k[0] for k in cooc], dtype=np.int64), np.array([k[1] for k in cooc], dtype=np.int64),
                 np.array(list(cooc.values()), dtype=np.int64))
@@ -1067,10 +1088,8 @@ def build_sft(args):
     with atomic_path(os.path.join(out, "listening_stats.npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, popularity=popularity, cooc_i=ci, cooc_j=cj, cooc_count=cc,
-                     **{f"{w}_seq_{k}": a for w in ("train", "val") for k, a in zip(("items", "offsets"),
-                                                                                  flat_sequences(seqs[w]))})
-    counts = {s: {t: sum(e["task"] == t for e in examples[s]) for t in ("attributes", "grounding", "next_track")}
-              for s in examples}
+                     **{f"{w}_seq_{k}": a for w in ("train", "val") for k, a in zip(("items", "offsets"), (
+                         seqs[w] if isinstance(seqs[w], tuple) else flat_sequences(seqs[w])))})   # fastlog: flat
     meta = {"catalog": os.path.abspath(args.catalog), "rvq": os.path.abspath(args.rvq),
             "semantic_ids": os.path.abspath(ids_path), "id_table_sha256": file_sha256(ids_path),
             "levels": int(rvq_meta["levels"]), "codebook_size": int(rvq_meta["codebook_size"]),

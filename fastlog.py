@@ -24,8 +24,8 @@ that the files they write are byte-identical).
            chosen / first rejected play after the context" as reverse cumulative minima (the next index with a
            label), with one jump past repeats of the context track.
   sample   data.Reservoir draws rng.integers(seen) for each item past its cap; drawn as one array in the same
-           order, numpy's Generator gives the same numbers (checked in the tests), so the same items are kept and
-           only those become Python objects.
+           order, numpy's Generator gives the same numbers (checked in the tests), so the same items are kept.
+           The SFT samples keep them as arrays (SliceSample) and make Python objects once, of the final sample.
 
 Memory: a few CHUNK_BYTES blocks in flight (three threads: read and decompress, parse, mine) and what the outputs
 hold, as in the loop: the samples up to their caps, the co-listening counts (24 bytes per distinct pair), one of
@@ -715,12 +715,101 @@ class Sample:
     def __init__(self, cap):
         self.cap, self.seen, self.items = cap, 0, []   # items: [(seen, item)], as Reservoir.items
 
+    def put(self, slots, seen, items):
+        """Keep items (a list) in slots (increasing) with their stream positions seen (as Reservoir.items)."""
+        items = list(zip(seen.tolist(), items))
+        grow = slots >= len(self.items)   # slots filled for the first time come last, in order
+        for sl, item in zip(slots[~grow].tolist(), items):
+            self.items[sl] = item
+        self.items.extend(items[int((~grow).sum()):])
+
     def sample(self):
         return [x for _, x in sorted(self.items, key=lambda t: t[0])]
 
 
+def _ranges(start, length):
+    """(sum(length),) the indices of the ranges [start[k], start[k] + length[k]) one after another."""
+    ends = np.cumsum(length)
+    return np.repeat(start - (ends - length), length) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
+SLICE_ROWS: int = 1 << 16   # the smallest rows array of a SliceSample (256 KiB)
+
+
+class SliceSample:
+    """A Sample whose kept items stay arrays until the end: each item is a slice of int32 catalogue rows (a
+    listening history, a session's plays) plus a few values of its own (the listener, the next track).
+
+    At the default caps of 200,000 most items that enter the reservoir are replaced later (a slot is written
+    about 1 + ln(seen / cap) times), and making each a Python tuple or list as it entered cost several seconds
+    a pass (and the garbage collector's walks over them); here an item is a few array writes, and arrays()
+    hands out the kept ones once, in stream order. The rows of all items sit in one array; replaced items leave
+    holes, squeezed out whenever it fills, so it holds at most about twice the kept rows.
+    """
+
+    def __init__(self, cap, **extra):
+        self.cap, self.seen = cap, 0
+        self.n = 0                                  # slots in use
+        self.pos = np.zeros(0, dtype=np.int64)      # per slot: the item's stream position (Reservoir's seen)
+        self.start = np.zeros(0, dtype=np.int64)    # per slot: its rows are rows[start:start + length]
+        self.length = np.zeros(0, dtype=np.int64)
+        self.extra = {name: np.zeros(0, dtype=dtype) for name, dtype in extra.items()}   # per slot
+        self.rows = np.zeros(0, dtype=np.int32)
+        self.used = 0                               # rows[:used] written, holes included
+
+    def put(self, slots, seen, item):
+        """item = (rows (m,) of all the items one after another, lengths (k,), {name: (k,) values})."""
+        rows, length, extra = item
+        if not len(slots):
+            return
+        need = int(slots[-1]) + 1
+        if need > len(self.pos):   # room for more slots: doubling, up to the cap
+            size = max(need, 2 * len(self.pos), 1024)
+            size = min(size, self.cap) if self.cap else size
+            for name in ("pos", "start", "length"):
+                setattr(self, name, _resized(getattr(self, name), size))
+            self.extra = {k: _resized(v, size) for k, v in self.extra.items()}
+        self.n = max(self.n, need)
+        self.length[slots] = 0   # the items these slots held are gone
+        if self.used + len(rows) > len(self.rows):
+            self._squeeze(len(rows))
+        self.rows[self.used:self.used + len(rows)] = rows
+        self.start[slots] = self.used + np.cumsum(length) - length
+        self.length[slots] = length
+        self.used += len(rows)
+        self.pos[slots] = seen
+        for k, v in extra.items():
+            self.extra[k][slots] = v
+
+    def _squeeze(self, more):
+        """Move the kept items' rows to the front of an array with room for as many again and `more`."""
+        n = self.n
+        keep = _ranges(self.start[:n], self.length[:n])
+        rows = np.zeros(max(2 * (len(keep) + more), SLICE_ROWS), dtype=np.int32)
+        rows[:len(keep)] = self.rows[keep]
+        self.start[:n] = np.cumsum(self.length[:n]) - self.length[:n]
+        self.rows, self.used = rows, len(keep)
+
+    def arrays(self):
+        """The kept items in stream order: (rows int32, offsets int64 (k + 1,), {name: (k,) values}); item i's
+        rows are rows[offsets[i]:offsets[i + 1]]."""
+        order = np.argsort(self.pos[:self.n], kind="stable")
+        length = self.length[order]
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(length)
+        return (self.rows[_ranges(self.start[order], length)], offsets,
+                {k: v[:self.n][order] for k, v in self.extra.items()})
+
+
+def _resized(a, size):
+    out = np.zeros(size, dtype=a.dtype)
+    out[:len(a)] = a
+    return out
+
+
 def feed(rng, adds):
-    """adds: [(sample, order (k,) int64 increasing, make)] for one batch, make(indices) -> list of items.
+    """adds: [(sample, order (k,) int64 increasing, make)] for one batch, make(indices) -> the items at those
+    indices, in the form the sample's put() takes (a list for Sample).
 
     order places each add among all samples' adds of the batch (the loop's call order); make builds the
     items of the adds that are kept.
@@ -740,7 +829,7 @@ def feed(rng, adds):
         seen = s.seen + 1 + np.arange(k)
         s.seen += k
         if not s.cap:
-            s.items.extend(zip(seen.tolist(), make(np.arange(k))))
+            s.put(seen - 1, seen, make(np.arange(k)))
             continue
         slot = np.where(seen <= s.cap, seen - 1, s.cap)   # s.cap: not kept
         mine = which == a
@@ -749,11 +838,7 @@ def feed(rng, adds):
         # the last add written to each slot is the one that stays
         u, last = np.unique(slot[kept][::-1], return_index=True)
         winners = kept[::-1][last]
-        items = list(zip(seen[winners].tolist(), make(winners)))
-        grow = u >= len(s.items)   # slots filled for the first time come last, in order
-        for sl, item in zip(u[~grow].tolist(), items):
-            s.items[sl] = item
-        s.items.extend(items[int((~grow).sum()):])
+        s.put(u, seen[winners], make(winners))
 
 
 class KeyCounts:
@@ -847,9 +932,10 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
               long_listen=data.LONG_LISTEN, gap=data.SESSION_GAP, stats=None, history=data.HISTORY,
               max_sessions=data.MAX_SESSIONS, chunk_bytes=CHUNK_BYTES):
     """data.mine_logs on arrays. Returns the same, but the co-listening counts as (i, j, count) int64 arrays in
-    the dict's order instead of the dict (build_sft writes them so)."""
-    transitions = {w: Sample(caps[w]) for w in ("train", "val", "test")}
-    sequences = {w: Sample(max_sessions) for w in ("train", "val")}
+    the dict's order instead of the dict, and each window's sequences as data.flat_sequences' (items, offsets)
+    instead of lists (build_sft writes them so)."""
+    transitions = {w: SliceSample(caps[w], user=object, next=np.int64) for w in ("train", "val", "test")}
+    sequences = {w: SliceSample(max_sessions) for w in ("train", "val")}
     n = len(catalog)
     coded_row = np.zeros(n + 1, dtype=bool)   # [-1]: a play outside the catalogue
     coded_row[list(row_codes)] = True
@@ -881,36 +967,43 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
                                & (label[1:] == 0))
             ranks = np.concatenate([[0], np.cumsum(coded)])   # catalogued plays before each play
             session_rank = ranks[s.first[s.sid]]
-            coded_rows = []   # as Python ints, made once a batch if any transition is kept
+            coded_rows, names = row[coded], np.array(b.names, dtype=object)
             adds = []
             for k, name in enumerate(("train", "val", "test")):
                 iw = i[w[i] == k]
 
-                def make(sel, iw=iw):
-                    if not coded_rows:
-                        coded_rows.extend(row[coded].tolist())
+                def make(sel, iw=iw):   # the history: the session's last `history` catalogued plays to the context
                     hi = ranks[iw[sel] + 1]
                     lo = np.maximum(hi - history, session_rank[iw[sel]])
-                    return [(b.names[u], tuple(coded_rows[x:y]), nxt) for u, x, y, nxt in
-                            zip(b.uid[iw[sel]].tolist(), lo.tolist(), hi.tolist(), row[iw[sel] + 1].tolist())]
+                    return (coded_rows[_ranges(lo, hi - lo)], hi - lo,
+                            {"user": names[b.uid[iw[sel]]], "next": row[iw[sel] + 1]})
                 adds.append((transitions[name], 3 * iw, make))
             # session sequences: each session's catalogued plays per window (train, val), 2 or more
             sel = np.flatnonzero(coded & (w < 2))
             g = s.sid[sel] * 2 + w[sel]
             gs = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
             ge = np.append(gs[1:], len(sel))
+            rows_sel = row[sel]
             for k, name in enumerate(("train", "val")):
                 m = np.flatnonzero((ge - gs >= 2) & (w[sel[gs]] == k))
 
                 def make(idx, m=m):
-                    rows = row[sel].tolist()
-                    return [rows[x:y] for x, y in zip(gs[m[idx]].tolist(), ge[m[idx]].tolist())]
+                    return rows_sel[_ranges(gs[m[idx]], ge[m[idx]] - gs[m[idx]])], ge[m[idx]] - gs[m[idx]], {}
                 adds.append((sequences[name], 3 * (s.stop[s.sid[sel[gs[m]]]] - 1) + 1 + k, make))
             feed(rng, adds)
             before += p
             bar.update(p)
-    return ({w: r.sample() for w, r in transitions.items()}, {w: r.seen for w, r in transitions.items()},
-            popularity, _both_ways(cooc, n), {w: r.sample() for w, r in sequences.items()})
+        chosen = {w: _transitions(r) for w, r in transitions.items()}   # the Python objects, once
+    return (chosen, {w: r.seen for w, r in transitions.items()}, popularity, _both_ways(cooc, n),
+            {w: r.arrays()[:2] for w, r in sequences.items()})
+
+
+def _transitions(sample):
+    """data.mine_logs' transitions [(user, history rows tuple, next row)] of a SliceSample, in stream order."""
+    rows, offsets, extra = sample.arrays()
+    rows, offsets = rows.tolist(), offsets.tolist()
+    return [(user, tuple(rows[a:b]), nxt) for user, a, b, nxt in
+            zip(extra["user"].tolist(), offsets[:-1], offsets[1:], extra["next"].tolist())]
 
 
 def _pairs_once(counts, a, b, pos, n):

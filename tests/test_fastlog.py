@@ -69,6 +69,38 @@ def test_vectorised_draws_match_reservoir():
     assert rng_loop.integers(10 ** 9) == rng_fast.integers(10 ** 9)
 
 
+def test_slice_samples_keep_what_the_reservoir_keeps(monkeypatch):
+    """SliceSample (the SFT samples as arrays) keeps the items data.Reservoir keeps, with the same draws, also
+    when its rows array fills with replaced items again and again (a tiny one here) and when uncapped."""
+    monkeypatch.setattr(fastlog, "SLICE_ROWS", 4)
+    rng_loop, rng_fast = np.random.default_rng(11), np.random.default_rng(11)
+    caps = (3, 0, 25)
+    loop = [data.Reservoir(c, rng_loop) for c in caps]
+    fast = [fastlog.SliceSample(c, user=object) for c in caps]
+    stream = random.Random(5)
+    for batch in range(40):
+        adds = [[] for _ in caps]
+        for pos in range(stream.randrange(0, 50)):
+            k = stream.randrange(len(caps))
+            rows = [stream.randrange(1000) for _ in range(stream.randrange(0, 6))]
+            user = f"u{batch}-{pos}"
+            loop[k].add((user, rows))
+            adds[k].append((pos, user, rows))
+
+        def make(idx, a):
+            picked = [a[i] for i in idx.tolist()]
+            return (np.array([r for _, _, rows in picked for r in rows], dtype=np.int64),
+                    np.array([len(rows) for _, _, rows in picked], dtype=np.int64),
+                    {"user": np.array([u for _, u, _ in picked], dtype=object)})
+        fastlog.feed(rng_fast, [(s, np.array([p for p, _, _ in a], dtype=np.int64), lambda idx, a=a: make(idx, a))
+                                for s, a in zip(fast, adds)])
+    for r, s in zip(loop, fast):
+        rows, offsets, extra = s.arrays()
+        got = [(u, rows[a:b].tolist()) for u, a, b in zip(extra["user"].tolist(), offsets[:-1], offsets[1:])]
+        assert got == r.sample() and s.seen == r.seen and rows.dtype == np.int32
+    assert rng_loop.integers(10 ** 9) == rng_fast.integers(10 ** 9)
+
+
 def test_next_index_and_next_other():
     mask = np.array([0, 1, 1, 0, 1, 0, 1], dtype=bool)
     row = np.array([9, 4, 4, 9, 4, 9, 5])
@@ -353,7 +385,10 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     got[0] = got[0][:3] + ((list(cooc), list(cooc.values())),) + got[0][4:]
     got[1] = got[1][:3] + ((list(zip(got[1][3][0].tolist(), got[1][3][1].tolist())), got[1][3][2].tolist()),) \
         + got[1][4:]
-    assert repr(got[0]) == repr(got[1])
+    # the sessions: lists in the loop, data.flat_sequences' arrays from fastlog
+    assert {w: [x.tolist() for x in data.flat_sequences(q)] for w, q in got[0][4].items()} == \
+        {w: [x.tolist() for x in a] for w, a in got[1][4].items()}
+    assert repr(got[0][:4]) == repr(got[1][:4])
     sft = tmp_path / "sft_data"
     sft.mkdir()
     data.write_catalog(cat, str(tmp_path / "catalog.csv"))
