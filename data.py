@@ -897,6 +897,48 @@ def split_from_hours(log, hours, val_fraction=VAL_FRACTION, test_fraction=TEST_F
     return t_val, t_test
 
 
+SPLIT_FILE = "split.json"   # rvq.py train --logs records its time split here, for data.py sft to reuse
+
+
+def file_identity(path):
+    """{"path", "size", "mtime_ns"} of a file, None for None: the same only for the same file, unmodified
+    (rewriting a file changes its modification time even when its size stays)."""
+    if path is None:
+        return None
+    st = os.stat(path)
+    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def split_inputs(log, catalog_path, id_information=None, id_metadata=None, val_fraction=VAL_FRACTION,
+                 test_fraction=TEST_FRACTION):
+    """All that decides split_times' cut-offs: the files it reads (by file_identity) and the two fractions."""
+    return {"log": file_identity(log), "catalog": file_identity(catalog_path),
+            "id_information": file_identity(id_information), "id_metadata": file_identity(id_metadata),
+            "val_fraction": float(val_fraction), "test_fraction": float(test_fraction)}
+
+
+def write_split(folder, inputs, t_val, t_test):
+    """folder/split.json: a split and the inputs it came from (split_inputs, taken before the log was read)."""
+    write_json(os.path.join(folder, SPLIT_FILE), {"t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val),
+                                                  "t_test_utc": format_ts(t_test), "inputs": inputs})
+
+
+def recorded_split(folder, inputs):
+    """((t_val, t_test), why) from folder/split.json when it was computed from exactly these inputs, else
+    (None, why not): the split is a pass over the whole log, and the stage before may have made it already."""
+    path = os.path.join(folder, SPLIT_FILE)
+    if not os.path.exists(path):
+        return None, f"{path}: absent, rvq.py train ran without --logs"
+    rec = read_json(path, "time split")
+    recorded = rec.get("inputs") if isinstance(rec, dict) else None
+    differ = [k for k in inputs if not isinstance(recorded, dict) or recorded.get(k) != inputs[k]]
+    if differ:
+        return None, f"{path}: made from another {', '.join(differ)}"
+    if not all(isinstance(rec.get(k), int) for k in ("t_val", "t_test")):
+        return None, f"{path}: no t_val / t_test"
+    return (rec["t_val"], rec["t_test"]), f"{path}: made from the same log, catalogue, id tables and fractions"
+
+
 def window(ts, t_val, t_test):
     return "train" if ts < t_val else ("val" if ts < t_test else "test")
 
@@ -1034,8 +1076,19 @@ def build_sft(args):
         import fastlog
         split, mine = fastlog.split_times, fastlog.mine_logs
     t_passes = time.time()
-    t_val, t_test = split(args.logs, catalog, args.id_information, args.id_metadata,
-                          args.val_fraction, args.test_fraction)
+    # the split is a whole pass over the log; `rvq.py train --logs` (the stage before, when the IDs read the
+    # log) made it already, so it is reused when it came from the very same files and fractions
+    inputs = split_inputs(args.logs, args.catalog, args.id_information, args.id_metadata, args.val_fraction,
+                          args.test_fraction)
+    recorded, why = recorded_split(args.rvq, inputs)
+    if recorded:
+        (t_val, t_test), passes = recorded, 1
+        print(f"time split: reused ({why}): one pass over the log")
+    else:
+        print(f"time split: computed here ({why}): two passes over the log")
+        t_val, t_test = split(args.logs, catalog, args.id_information, args.id_metadata,
+                              args.val_fraction, args.test_fraction)
+        passes = 2
     if rvq_meta.get("t_val") is not None and rvq_meta["t_val"] > t_val:
         raise UserError(f"{args.rvq}: its IDs read listening up to {format_ts(rvq_meta['t_val'])}, after this "
                         f"split's training window ends ({format_ts(t_val)}); use the same --val-fraction / "
@@ -1104,8 +1157,8 @@ def build_sft(args):
     save_config(out, args, name="config.json")
     print(f"SFT examples: train {counts['train']}, val {counts['val']}; test: {len(tests_next)} next-track, "
           f"{len(tests_attr)} attribute requests; split at {format_ts(t_val)} / {format_ts(t_test)} UTC; "
-          f"log match rate {log_stats.get('match_rate', 0):.1%}; the log's two passes took {t_passes:.1f} s "
-          f"({2 * log_stats.get('events_read', 0) / max(t_passes, 1e-9):,.0f} events/s)")
+          f"log match rate {log_stats.get('match_rate', 0):.1%}; log passes: {passes}, {t_passes:.1f} s "
+          f"({passes * log_stats.get('events_read', 0) / max(t_passes, 1e-9):,.0f} events/s)")
     return meta
 
 

@@ -12,7 +12,8 @@ explicitly; TIGER appends a 4th token instead).
     python rvq.py encode --rvq runs/demo/rvq --catalog new.csv
 
 Outputs in --out: rvq.safetensors (codebooks + preprocessing), semantic_ids.tsv, rvq_report.json,
-rvq_config.json.
+rvq_config.json; with --logs also split.json, the log's time split and the files it came from, which
+`data.py sft` reuses instead of reading the whole log once more for it.
 """
 import argparse
 import json
@@ -628,8 +629,10 @@ def train(args):
         if data.log_engine(args.engine, args.logs) == "numpy":   # the same passes on arrays, the same counts
             import fastlog
             split, co = fastlog.split_times, fastlog.co_listening
-        params["t_val"], _ = split(args.logs, catalog, args.id_information, args.id_metadata,
-                                   args.val_fraction, args.test_fraction)
+        inputs = data.split_inputs(args.logs, args.catalog, args.id_information, args.id_metadata,
+                                   args.val_fraction, args.test_fraction)   # before the log is read
+        params["t_val"], t_test = split(args.logs, catalog, args.id_information, args.id_metadata,
+                                        args.val_fraction, args.test_fraction)
         cooc = co(args.logs, catalog, params["t_val"], args.collab_window, args.id_information, args.id_metadata)
     if "collab" in signals:
         emb = ppmi_svd(*cooc, n, args.collab_dim, args.seed)
@@ -656,12 +659,18 @@ def train(args):
         rep["colisten_neighbours_sharing_code1"] = neighbour_code_share(*cooc, codes_unique[:, 0].numpy(),
                                                                         args.codebook_size)
     os.makedirs(args.out, exist_ok=True)
+    split_path = os.path.join(args.out, data.SPLIT_FILE)
+    if os.path.exists(split_path):   # an earlier run's split never stands beside these IDs, even if killed below
+        os.remove(split_path)
     save_rvq(args.out, books, params, args.levels, args.codebook_size)
     write_semantic_ids(os.path.join(args.out, IDS_FILE), catalog.track_id, codes_unique)
     write_json(os.path.join(args.out, REPORT_FILE), rep)
     save_config(args.out, args, name=CONFIG_FILE, dims=len(COLUMNS), columns=list(COLUMNS), tracks=n)
+    if args.logs:   # last: data.py sft reuses this split instead of reading the whole log for it again
+        data.write_split(args.out, inputs, params["t_val"], t_test)
     print(format_report(rep))
-    print(f"wrote {args.out}/{{{MODEL_FILE}, {IDS_FILE}, {REPORT_FILE}, {CONFIG_FILE}}}")
+    written = [MODEL_FILE, IDS_FILE, REPORT_FILE, CONFIG_FILE] + ([data.SPLIT_FILE] if args.logs else [])
+    print(f"wrote {args.out}/{{{', '.join(written)}}}")
 
 
 def encode_cli(args):

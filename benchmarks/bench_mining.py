@@ -6,17 +6,21 @@ and the bz2 decompression rate that bounds a pass over the real, compressed Musi
 The data is generated once and cached in DIR (outside the repository; delete it to regenerate):
   world/    `world.py generate --tracks 2000 --users 8000` (about 1M events), its catalogue and id tables;
   rvq/      `rvq.py train` on that catalogue (the Semantic IDs the SFT and preference data use);
+  rvq_logs/ the same IDs, from `rvq.py train --logs onion_<R>.tsv` (as the Makefile runs it): it also records
+            the log's time split (split.json), which `data.py sft` then reuses instead of its own split pass;
   onion_<R>.tsv   the world's log R times over: replica k renames each listener to k * 1,000,000 + id and maps
             every track to another catalogue track by a permutation drawn for k (the same id tables join it),
             so the replicas are different listeners with the same habits; newest first, as the real file.
 Then, each command in its own process (wall time with imports and writing, CPU seconds, peak RSS from wait4):
-  `data.py sft` (two passes: the time split, then transitions, sessions and co-listening) and `data.py prefs`
+  `data.py sft` (two passes: the time split, then transitions, sessions and co-listening; and, on the numpy
+  engine, once more with rvq_logs/: one pass, the split read from rvq.py's split.json) and `data.py prefs`
   (sessions, dwell, labels, pairs, dedupe; uncapped as benchmarks/bench_prefs.py runs it, so every pair is
   written, and capped as the Makefile runs it) with --engine loop and --engine numpy on onion_<R>.tsv; their
-  output files are compared byte for byte (config.json records the engine; report.json's timing fields differ).
+  output files are compared byte for byte (config.json records the engine; report.json's timing fields differ;
+  the one-pass sft's meta.json names rvq_logs/ where the others name rvq/).
   The numpy engine also runs `data.py sft` keeping samples of 1,000 (the 200,000 next-track examples and sessions
-  it keeps by default cost the same fixed time at any log length: Python objects for what is kept), so its passes
-  show the per-event rate of a long log, and `data.py prefs` on onion_<small>.tsv, so its peak RSS on two log
+  it keeps by default cost about the same time at any log length: the examples written), so its passes show the
+  per-event rate of a long log, and `data.py prefs` on onion_<small>.tsv, so its peak RSS on two log
   lengths shows the memory bound.
 bz2: the first --bz2-events events are compressed (bzip2 -9, as the real file) and decompressed by Python's bz2
 module and by `bzip2 -dc` / `lbzip2 -dc` where installed: MB/s of output, events/s, and the hours the real file's
@@ -70,6 +74,18 @@ def prepare(d):
     return world, rvq_dir
 
 
+def prepare_split(d, world, log):
+    """rvq_logs/: `rvq.py train --logs log`, rerun when its split.json no longer matches the log (regenerated)."""
+    rvq_dir, catalog = os.path.join(d, "rvq_logs"), os.path.join(world, "catalog.csv")
+    ids = ["--id-information", os.path.join(world, "id_information.csv"),
+           "--id-metadata", os.path.join(world, "id_metadata.csv")]
+    inputs = data.split_inputs(log, catalog, ids[1], ids[3])
+    if data.recorded_split(rvq_dir, inputs)[0] is None:
+        py("rvq.py", "train", "--catalog", catalog, "--out", rvq_dir, "--codebook-size", "32", "--seed", str(SEED),
+           "--logs", log, *ids)
+    return rvq_dir
+
+
 def replicate(world, path, replicas):
     """The world's log `replicas` times over (see the module docstring); returns the number of events."""
     info = path + ".json"
@@ -108,8 +124,9 @@ def measured(cmd, name, env=None):
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text
 
 
-def same_outputs(a, b):
-    """True when every output file of folders a and b is the same (config.json and the timing fields aside)."""
+def same_outputs(a, b, rvq_paths=False):
+    """True when every output file of folders a and b is the same (config.json and the timing fields aside;
+    rvq_paths: meta.json's paths to the rvq folder too)."""
     names = sorted(os.listdir(a))
     if names != sorted(os.listdir(b)):
         return False
@@ -121,6 +138,12 @@ def same_outputs(a, b):
             x, y = read_json(pa), read_json(pb)
             for r in (x, y):
                 r.pop("seconds"), r.pop("events_per_second")
+            if x != y:
+                return False
+        elif name == "meta.json" and rvq_paths:
+            x, y = read_json(pa), read_json(pb)
+            for r in (x, y):
+                r.pop("rvq"), r.pop("semantic_ids")
             if x != y:
                 return False
         elif not filecmp.cmp(pa, pb, shallow=False):   # block by block: the uncapped pairs are GBs
@@ -170,6 +193,7 @@ def prepare_all(args):
     logs = {r: os.path.join(d, f"onion_{r}.tsv") for r in sorted({args.small, args.replicas})}
     for r, path in logs.items():
         replicate(world, path, r)
+    prepare_split(d, world, logs[args.replicas])
     bz2_head(d, logs[args.replicas], args.bz2_events)
 
 
@@ -199,12 +223,12 @@ def main(argv=None):
            "--id-metadata", os.path.join(world, "id_metadata.csv")]
     rows, out = [], {}
 
-    def run(name, command, engine, log, *options, env=None):
+    def run(name, command, engine, log, *options, env=None, rvq=rvq_dir):
         folder = os.path.join(d, f"{name}_{engine}")
         shutil.rmtree(folder, ignore_errors=True)
         cmd = [sys.executable, "data.py", command, *options, "--out", folder, "--engine", engine]
         if command == "sft":
-            cmd += ["--catalog", os.path.join(world, "catalog.csv"), "--rvq", rvq_dir, "--logs", log, *ids]
+            cmd += ["--catalog", os.path.join(world, "catalog.csv"), "--rvq", rvq, "--logs", log, *ids]
         else:
             cmd += ["--sft-data", os.path.join(d, "sft_numpy"), "--logs", log]
         print(f"{name} ({engine}) on {os.path.basename(log)} ...", flush=True)
@@ -212,9 +236,10 @@ def main(argv=None):
         n = [e for r, e in events.items() if logs[r] == log][0] if log in logs.values() else args.bz2_events
         row = {"stage": name, "engine": engine, "events": n, "wall_s": wall, "cpu_s": cpu, "events_per_s": n / wall,
                "events_per_cpu_s": n / cpu, "peak_rss_mib": rss}
-        if command == "sft":   # the log's two passes alone (build_sft prints their time)
-            row["passes_s"] = float(re.search(r"two passes took ([0-9.]+) s", text).group(1))
-            row["passes_events_per_s"] = 2 * n / row["passes_s"]
+        if command == "sft":   # the log's passes alone (build_sft prints how many and their time)
+            passes, seconds = re.search(r"log passes: (\d+), ([0-9.]+) s", text).groups()
+            row["passes"], row["passes_s"] = int(passes), float(seconds)
+            row["passes_events_per_s"] = row["passes"] * n / row["passes_s"]
         else:                  # the mining alone, before the dedupe and the writing (report.json)
             row["passes_events_per_s"] = read_json(os.path.join(folder, "report.json"))["events_per_second"]
         rows.append(row)
@@ -224,6 +249,7 @@ def main(argv=None):
     for engine in engines:
         run("sft", "sft", engine, big)
     run("sft, small samples", "sft", "numpy", big, "--next-examples", "1000", "--max-sessions", "1000")
+    run("sft, split from rvq", "sft", "numpy", big, rvq=os.path.join(d, "rvq_logs"))   # one pass
     for engine in engines:
         run("prefs", "prefs", engine, big)
     for engine in engines:
@@ -232,6 +258,7 @@ def main(argv=None):
         run("prefs (short log)", "prefs", "numpy", logs[args.small])
     same = {name: same_outputs(out[(name, "numpy")], out[(name, "loop")])
             for name in ("sft", "prefs", "prefs capped") if (name, "loop") in out}
+    one_pass_same = same_outputs(out[("sft, split from rvq", "numpy")], out[("sft", "numpy")], rvq_paths=True)
     plain, packed, decoders = bz2_figures(bz_path, args.bz2_events)
     run("prefs from .bz2", "prefs", "numpy", bz_path)
     run("prefs .bz2 1 thread", "prefs", "numpy", bz_path, env={"FASTLOG_THREADS": "0"})
@@ -250,6 +277,10 @@ def main(argv=None):
         print(f"{name}: numpy / loop = x{a['events_per_s'] / b['events_per_s']:.1f} wall "
               f"(x{a['events_per_cpu_s'] / b['events_per_cpu_s']:.1f} CPU); outputs "
               f"{'byte-identical' if same[name] else 'DIFFER'}")
+    a, b = by[("sft, split from rvq", "numpy")], by[("sft", "numpy")]
+    print(f"sft, split from rvq ({a['passes']} pass) / sft ({b['passes']} passes), numpy engine = "
+          f"x{a['events_per_s'] / b['events_per_s']:.2f} wall; outputs "
+          f"{'byte-identical' if one_pass_same else 'DIFFER'} (meta.json's rvq folder aside)")
     if ("prefs (short log)", "numpy") in by:
         a, b = by[("prefs (short log)", "numpy")], by[("prefs", "numpy")]
         print(f"numpy prefs peak RSS {a['peak_rss_mib']:,.0f} MiB at {a['events']:,} events, "
@@ -269,8 +300,8 @@ def main(argv=None):
     path = args.out or os.path.join(d, "bench_mining.json")
     write_json(path, {"config": vars(args), "cpus": os.cpu_count(), "load_average_at_start": load_start,
                       "load_average_at_end": os.getloadavg(),
-                      "rows": rows, "identical": same, "bz2": {"events": args.bz2_events, "plain_bytes": plain,
-                                                              "bz2_bytes": packed, "decoders": bz}})
+                      "rows": rows, "identical": same, "one_pass_sft_identical": one_pass_same,
+                      "bz2": {"events": args.bz2_events, "plain_bytes": plain, "bz2_bytes": packed, "decoders": bz}})
     print(f"figures: {path}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
           f"on {os.cpu_count()} CPUs")
 

@@ -12,6 +12,9 @@ import filecmp
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -324,6 +327,65 @@ def test_sft_and_prefs_files_are_byte_identical(worlds, tmp_path, seed, layout, 
             assert report["bad_rows"] > 0 and report["dropped"]
             if layout != "music4all" and "--resolution" not in options:
                 assert sum(report["pairs"].values()) > 0 and report["dropped"].get("duplicate pair", 0) > 0
+
+
+def split_world(seed, worlds, tmp_path):
+    """The world's onion log copied into tmp_path (its file times are the test's own), `rvq.py train --logs` on
+    it into tmp_path/rvq (which records the time split), and `data.py sft`'s arguments for it but --out."""
+    d, logs = worlds[seed]
+    w = d / "world"
+    log = tmp_path / "log.tsv"
+    log.write_bytes(open(logs["onion"], "rb").read())
+    ids = ["--id-information", str(w / "id_information.csv"), "--id-metadata", str(w / "id_metadata.csv")]
+    train = ["train", "--catalog", str(w / "catalog.csv"), "--out", str(tmp_path / "rvq"), "--codebook-size", "8",
+             "--seed", str(seed), "--logs", str(log), *ids]
+    rvq.main(train)
+    sft = ["sft", "--catalog", str(w / "catalog.csv"), "--rvq", str(tmp_path / "rvq"), "--logs", str(log), *ids,
+           "--attribute-examples", "20", "--grounding-examples", "10", "--test-attributes", "5", "--seed", "3"]
+    return log, train, sft
+
+
+def test_sft_reusing_the_split_of_rvq_writes_the_bytes_of_two_passes(worlds, tmp_path, capsys):
+    """`data.py sft` on the log, catalogue, id tables and fractions that `rvq.py train --logs` read reuses its
+    split.json: one pass over the log, with either engine, without importing torch; the files are those of the
+    two passes (split.json removed: the split computed again)."""
+    _, _, sft = split_world(0, worlds, tmp_path)
+    for engine in ("loop", "numpy"):
+        data.main(sft + ["--out", str(tmp_path / engine), "--engine", engine])
+        printed = capsys.readouterr().out
+        assert "time split: reused" in printed and "log passes: 1," in printed
+    code = "import sys, data; data.main(sys.argv[1:]); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code, *sft, "--out", str(tmp_path / "child")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "time split: reused" in r.stdout and r.stdout.splitlines()[-1] == "False", r.stderr
+    os.remove(tmp_path / "rvq" / data.SPLIT_FILE)
+    data.main(sft + ["--out", str(tmp_path / "two")])
+    printed = capsys.readouterr().out
+    assert "split.json: absent" in printed and "log passes: 2," in printed
+    for one in ("loop", "numpy", "child"):
+        same_files(tmp_path / one, tmp_path / "two")
+
+
+def test_sft_computes_the_split_when_rvq_read_other_inputs(worlds, tmp_path, capsys):
+    """Other fractions, the same bytes in another file, or the log rewritten: data.py sft makes its own split
+    pass (and writes what two passes write); rvq.py train without --logs leaves no split.json behind."""
+    log, train, sft = split_world(1, worlds, tmp_path)
+    data.main(sft + ["--out", str(tmp_path / "two"), "--val-fraction", "0.05"])
+    assert "made from another val_fraction): two passes" in capsys.readouterr().out
+    copy = tmp_path / "copy.tsv"
+    shutil.copy2(log, copy)   # the same bytes and modification time, another path
+    data.main([str(copy) if a == str(log) else a for a in sft] + ["--out", str(tmp_path / "copy")])
+    assert "made from another log): two passes" in capsys.readouterr().out
+    st = os.stat(log)
+    os.utime(log, ns=(st.st_atime_ns, st.st_mtime_ns + 1))   # rewritten in place
+    data.main(sft + ["--out", str(tmp_path / "touched")])
+    assert "made from another log): two passes" in capsys.readouterr().out
+    rvq.main(train)
+    data.main(sft + ["--out", str(tmp_path / "one")])
+    assert "time split: reused" in capsys.readouterr().out
+    same_files(tmp_path / "one", tmp_path / "touched")
+    rvq.main(train[:train.index("--logs")])
+    assert not (tmp_path / "rvq" / data.SPLIT_FILE).exists()
 
 
 @pytest.mark.parametrize("layout", ["onion", "music4all"])

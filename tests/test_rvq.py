@@ -367,6 +367,9 @@ def test_train_with_genre_and_collab_signals(tmp_path):
     assert rep["signals"]["blocks"] == ["audio", "genre", "collab"] and rep["signals"]["dims"]["genre"] == 6
     model = rvq.load_rvq(out)
     assert model["meta"]["signals"] == ["audio", "genre", "collab"] and model["meta"]["t_val"] > 0
+    split = read_json(out / data.SPLIT_FILE)   # the time split, for data.py sft to reuse, and what it came from
+    assert split["t_val"] == model["meta"]["t_val"] < split["t_test"]
+    assert split["inputs"] == data.split_inputs(logs[1], w / "catalog.csv", logs[3], logs[5])
     cat, _ = data.load_catalog(w / "catalog.csv")
     primary = [g[0] for g in cat.genres]
     new = rvq.encode_new(cat.features, model, primary)                   # every track as if it were new
