@@ -29,6 +29,8 @@ ROWS = {
                 {"SIGNALS": "audio,genre,collab"}, None),
     "history": ("+ 4 earlier plays of the session in the prompt", {"SIGNALS": "audio,genre,collab", "HISTORY": "5"},
                 None),
+    "steps480": ("default, SFT 480 steps instead of 120 (4x the compute; about 24 more CPU minutes than the demo)",
+                 {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "480"}, None),
     "dpo": ("default, pure DPO (no NLL term: the seed's loss)",
             {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--rpo-alpha 0"}, "default"),
     "beta0.5": ("default, beta 0.5", {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--beta 0.5"}, "default"),
