@@ -1403,7 +1403,8 @@ def parse_args(argv=None):
     s.add_argument("--logs", required=True, help="listening log (Onion, Music4All, Last.fm-1K; .bz2 too)")
     s.add_argument("--id-information", default=None, help="Music4All id_information (for Music4All ids)")
     s.add_argument("--id-metadata", default=None, help="Music4All id_metadata (join by spotify_id)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True,
+                   help="output folder (train.jsonl, val.jsonl, test sets, listening statistics, meta.json)")
     s.add_argument("--attribute-examples", type=int, default=2000, help="attribute requests for training")
     s.add_argument("--grounding-examples", type=int, default=1000, help="name -> ID examples (tracks sampled)")
     s.add_argument("--next-examples", type=int, default=200_000,
@@ -1414,16 +1415,24 @@ def parse_args(argv=None):
                    help="plays a next-track prompt shows: the context track and up to N - 1 plays before it (as IDs)")
     s.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
                    help="training / validation sessions kept for the SASRec baseline (uniform sample; 0: all)")
-    s.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
-    s.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help="share of matched events in the validation window, just before the test window (the log "
+                        "is split by time); use rvq.py train's value (default %(default)s)")
+    s.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+                   help="share of matched events in the final, held-out test window; use rvq.py train's value "
+                        "(default %(default)s)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampled examples, test queries and sessions, the prompt phrasings and the "
+                        "shuffle (default %(default)s)")
     s.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     q = sub.add_parser("prefs", help="preference pairs from dwell times")
     q.add_argument("--sft-data", required=True, help="the `data.py sft` folder (catalogue, IDs, logs, split)")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True,
+                   help="output folder (train/val/test.jsonl, track_labels.npz, report.json, meta.json)")
     q.add_argument("--logs", default=None, help="listening log (default: the one the SFT data used)")
-    q.add_argument("--id-information", default=None)
-    q.add_argument("--id-metadata", default=None)
+    q.add_argument("--id-information", default=None,
+                   help="Music4All id_information (default: the one the SFT data used)")
+    q.add_argument("--id-metadata", default=None, help="Music4All id_metadata (default: the one the SFT data used)")
     q.add_argument("--session-gap", type=int, default=SESSION_GAP, help="seconds")
     q.add_argument("--long-listen", type=float, default=LONG_LISTEN, help="chosen: dwell above this (s)")
     q.add_argument("--skip", type=float, default=SKIP, help="rejected: dwell below this (s)")
@@ -1441,9 +1450,10 @@ def parse_args(argv=None):
                    help="skips kept per context: above 1, each pair also lists up to this many - 1 further skipped "
                         "tracks as more_rejected, which dpo.py --loss-type sdpo trains on (S-DPO); 1: plain pairs")
     q.add_argument("--max-train", type=int, default=0, help="cap on training pairs (0: all)")
-    q.add_argument("--max-val", type=int, default=0)
-    q.add_argument("--max-test", type=int, default=0)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--max-val", type=int, default=0, help="cap on validation pairs (0: all)")
+    q.add_argument("--max-test", type=int, default=0, help="cap on test pairs (0: all)")
+    q.add_argument("--seed", type=int, default=0,
+                   help="seed of the uniform samples the --max-* caps keep (default %(default)s)")
     q.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     return p.parse_args(argv)
 

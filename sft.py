@@ -353,11 +353,19 @@ def train(args):
 
 
 def add_lora_args(p):
-    p.add_argument("--lora-r", type=int, default=lora.LORA_R)
-    p.add_argument("--lora-alpha", type=float, default=lora.LORA_ALPHA)
-    p.add_argument("--lora-dropout", type=float, default=lora.LORA_DROPOUT)
-    p.add_argument("--use-rslora", action="store_true", default=lora.USE_RSLORA)
-    p.add_argument("--lora-targets", nargs="+", default=list(lora.LORA_TARGETS))
+    p.add_argument("--lora-r", type=int, default=lora.LORA_R,
+                   help="rank r of the LoRA update B @ A (default %(default)s)")
+    p.add_argument("--lora-alpha", type=float, default=lora.LORA_ALPHA,
+                   help="LoRA scaling numerator: the update is (alpha / r) * B @ A, or (alpha / sqrt(r)) * B @ A with "
+                        "--use-rslora (default %(default)s)")
+    p.add_argument("--lora-dropout", type=float, default=lora.LORA_DROPOUT,
+                   help="dropout on the LoRA branch's input only; the frozen path sees clean inputs "
+                        "(default %(default)s)")
+    p.add_argument("--use-rslora", action="store_true", default=lora.USE_RSLORA,
+                   help="scale the update by alpha / sqrt(r) (rsLoRA), which keeps its size stable as r grows")
+    p.add_argument("--lora-targets", nargs="+", default=list(lora.LORA_TARGETS),
+                   help="Llama projections that get LoRA adapters (default %(default)s; PEFT's own default would be "
+                        "q_proj and v_proj only)")
 
 
 def parse_args(argv=None):
@@ -365,20 +373,40 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="folder with train.jsonl, val.jsonl, meta.json")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=MODEL, help="local Hugging Face Llama folder")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--steps", type=int, default=STEPS,
+                   help="optimizer steps (default %(default)s: about 6 minutes for SmolLM2-135M on 2 cores)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="examples per optimizer step; under torchrun, split evenly among the processes "
+                        "(default %(default)s)")
     p.add_argument("--micro-batch-size", type=int, default=None,
                    help=f"examples per forward (default: the batch size, at most {MICRO_BATCH_SIZE}); "
                         "gradients are accumulated up to --batch-size")
-    p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--id-lr", type=float, default=ID_LR)
-    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
-    p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS)
-    p.add_argument("--grad-clip", type=float, default=GRAD_CLIP)
-    p.add_argument("--eval-every", type=int, default=EVAL_EVERY)
-    p.add_argument("--eval-examples", type=int, default=EVAL_EXAMPLES)
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--device", default=DEVICE)
+    p.add_argument("--lr", type=float, default=LR,
+                   help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
+                        "since the run has few steps)")
+    p.add_argument("--id-lr", type=float, default=ID_LR,
+                   help="peak learning rate of the new Semantic-ID embedding rows (default %(default)s): they start "
+                        "identical (the mean embedding) and must reach the scale of real embeddings within a few "
+                        "hundred steps")
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
+                   help="AdamW weight decay (default %(default)s: LoRA rarely benefits, and the new ID rows must "
+                        "move freely)")
+    p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
+                   help=f"steps of linear learning-rate warm-up, then cosine decay to {MIN_LR_RATIO:g} x the peak "
+                        "rates (default %(default)s)")
+    p.add_argument("--grad-clip", type=float, default=GRAD_CLIP,
+                   help="largest global gradient norm (LoRA and ID rows together); a larger one is scaled down "
+                        "(default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
+                   help="steps between validations and checkpoints; the last step always validates "
+                        "(default %(default)s)")
+    p.add_argument("--eval-examples", type=int, default=EVAL_EXAMPLES,
+                   help="validation examples scored each time: a fixed subset drawn by --seed, so the scores "
+                        "compare across steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of the LoRA init, dropout, batch order and validation subset (default %(default)s)")
+    p.add_argument("--device", default=DEVICE,
+                   help="cpu, cuda or auto (cuda when torch sees a GPU, else cpu; default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
     add_lora_args(p)
     args = p.parse_args(argv)

@@ -554,25 +554,51 @@ def summary(cat, events, truth):
 
 def _listening_options(p):
     p.add_argument("--users", type=int, default=USERS, help="listeners")
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--plays-per-user", type=float, default=PLAYS_PER_USER)
-    p.add_argument("--min-plays", type=int, default=MIN_PLAYS)
-    p.add_argument("--session-plays", type=float, default=SESSION_PLAYS)
-    p.add_argument("--days", type=float, default=DAYS)
-    p.add_argument("--p-similar", type=float, default=P_SIMILAR)
-    p.add_argument("--p-artist", type=float, default=P_ARTIST)
-    p.add_argument("--p-popular", type=float, default=P_POPULAR)
-    p.add_argument("--p-genre", type=float, default=P_GENRE)
-    p.add_argument("--p-explore", type=float, default=P_EXPLORE)
-    p.add_argument("--neighbours", type=int, default=NEIGHBOURS)
-    p.add_argument("--zipf-exponent", type=float, default=ZIPF_EXPONENT)
-    p.add_argument("--centre-noise", type=float, default=CENTRE_NOISE)
-    p.add_argument("--genre-penalty", type=float, default=GENRE_PENALTY)
-    p.add_argument("--skip-share", type=float, default=SKIP_SHARE)
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of every random draw (catalogue, listeners, ids) (default %(default)s)")
+    p.add_argument("--plays-per-user", type=float, default=PLAYS_PER_USER,
+                   help="mean plays per listener, log-normal across listeners (default %(default)s)")
+    p.add_argument("--min-plays", type=int, default=MIN_PLAYS,
+                   help="fewest plays a listener has; smaller log-normal draws are raised to it "
+                        "(default %(default)s)")
+    p.add_argument("--session-plays", type=float, default=SESSION_PLAYS,
+                   help="mean plays per session, geometric (default %(default)s)")
+    p.add_argument("--days", type=float, default=DAYS,
+                   help="listening window in days from 2020-01-01, as the Onion events; session starts are spread "
+                        "uniformly over it (default %(default)s)")
+    p.add_argument("--p-similar", type=float, default=P_SIMILAR,
+                   help="weight of the next track being one of the previous one's nearest neighbours, popularity "
+                        "weighted; the five --p-* weights are normalised to sum to 1 (default %(default)s)")
+    p.add_argument("--p-artist", type=float, default=P_ARTIST,
+                   help="weight of the next track being another track of the same artist (default %(default)s)")
+    p.add_argument("--p-popular", type=float, default=P_POPULAR,
+                   help="weight of the next track being a globally popular one (default %(default)s)")
+    p.add_argument("--p-genre", type=float, default=P_GENRE,
+                   help="weight of the next track being a track of one of the listener's favourite genres; every "
+                        "session opens this way (default %(default)s)")
+    p.add_argument("--p-explore", type=float, default=P_EXPLORE,
+                   help="weight of the next track being any track, uniformly (default %(default)s)")
+    p.add_argument("--neighbours", type=int, default=NEIGHBOURS,
+                   help="nearest neighbours per track, searched within its primary genre; genres with no more "
+                        "tracks than this are pooled (default %(default)s)")
+    p.add_argument("--zipf-exponent", type=float, default=ZIPF_EXPONENT,
+                   help=f"popularity weight of the track of popularity rank r (0 = most popular): "
+                        f"(r + {ZIPF_OFFSET:g}) ** -exponent (default %(default)s)")
+    p.add_argument("--centre-noise", type=float, default=CENTRE_NOISE,
+                   help="a listener's taste centre is a favourite-genre track plus this much standardised noise "
+                        "(default %(default)s)")
+    p.add_argument("--genre-penalty", type=float, default=GENRE_PENALTY,
+                   help="misfit added for a track whose primary genre is not one of the listener's favourites "
+                        "(default %(default)s)")
+    p.add_argument("--skip-share", type=float, default=SKIP_SHARE,
+                   help="target share of skipped plays; the skip model's b0 is solved for it (default %(default)s)")
     p.add_argument("--skip-misfit", type=float, default=SKIP_MISFIT, help="b1")
     p.add_argument("--skip-propensity", type=float, default=SKIP_PROPENSITY, help="b2")
-    p.add_argument("--propensity-linear", type=float, default=PROPENSITY_LINEAR)
-    p.add_argument("--partial-share", type=float, default=PARTIAL_SHARE)
+    p.add_argument("--propensity-linear", type=float, default=PROPENSITY_LINEAR,
+                   help="a: correlation of a track's skip propensity s_t with a linear function of its features, "
+                        "the part a model that sees the features can learn (default %(default)s)")
+    p.add_argument("--partial-share", type=float, default=PARTIAL_SHARE,
+                   help="share of non-skipped plays stopped between 30 and 90 s (default %(default)s)")
 
 
 def _check(o):
@@ -592,14 +618,22 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("calibrate", help="recompute world_calibration.json from a real Spotify Tracks CSV")
     c.add_argument("--spotify", required=True, help="Spotify Tracks CSV (dataset.csv layout)")
-    c.add_argument("--out", default=CALIBRATION)
-    c.add_argument("--genres", type=int, default=CAL_GENRES)
-    c.add_argument("--shrink-rows", type=float, default=SHRINK_ROWS)
+    c.add_argument("--out", default=CALIBRATION,
+                   help="calibration JSON to write (default: world_calibration.json beside world.py, the file "
+                        "generate reads)")
+    c.add_argument("--genres", type=int, default=CAL_GENRES,
+                   help="genres kept, those with the most rows first (default %(default)s)")
+    c.add_argument("--shrink-rows", type=float, default=SHRINK_ROWS,
+                   help="pseudo-rows of the global statistics added to each genre's (a shrinkage prior): a genre "
+                        "with that many rows moves halfway to the global values (default %(default)s)")
     g = sub.add_parser("generate", help="write a synthetic catalogue and its listening logs")
     g.add_argument("--out", required=True, help="output folder")
-    g.add_argument("--tracks", type=int, default=TRACKS)
-    g.add_argument("--genres", type=int, default=GENRES)
-    g.add_argument("--calibration", default=CALIBRATION)
+    g.add_argument("--tracks", type=int, default=TRACKS, help="catalogue size (default %(default)s)")
+    g.add_argument("--genres", type=int, default=GENRES,
+                   help="genres used, the largest calibrated ones first (default %(default)s)")
+    g.add_argument("--calibration", default=CALIBRATION,
+                   help="calibration JSON written by `world.py calibrate` (default: the committed "
+                        "world_calibration.json beside world.py)")
     _listening_options(g)
     s = sub.add_parser("listen", help="simulate listeners over a real catalogue file")
     s.add_argument("--catalog", required=True, help="Spotify Tracks CSV (dataset.csv layout)")

@@ -144,13 +144,21 @@ def main(argv=None):
     p.add_argument("--run", default=RUN, help="pipeline run folder with sft_data/ (and sft/adapter/)")
     p.add_argument("--sft", default=None,
                    help="SFT adapter (default RUN/sft/adapter if present; 'none': base + random ID rows)")
-    p.add_argument("--model", default=MODEL)
+    p.add_argument("--model", default=MODEL, help="base model folder (the one the run's SFT adapter was trained on)")
     p.add_argument("--tiny", action="store_true", help="smoke test: a tiny random Llama with --model's tokenizer")
-    p.add_argument("--prompts", type=int, default=PROMPTS)
-    p.add_argument("--beam-width", type=int, default=BEAM_WIDTH)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--prompts", type=int, default=PROMPTS,
+                   help="test prompts decoded by each system: the first ones of RUN/sft_data/test_next.jsonl "
+                        "(default %(default)s)")
+    p.add_argument("--beam-width", type=int, default=BEAM_WIDTH,
+                   help="beams kept, and results compared, per prompt (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="prompts per beam-search batch, the same for both systems (default %(default)s, "
+                        "evaluate.py's default)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch / OpenMP / MKL threads of each system's process, the same for all so that they get the "
+                        "same CPU (default: torch's default here, %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of the random Semantic-ID rows used when there is no SFT adapter (default %(default)s)")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_beam.json)")
     harness.child_args(p)
     args = p.parse_args(argv)

@@ -62,11 +62,16 @@ def run_row(args, nproc, threads, out):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=RUN)
-    p.add_argument("--model", default=MODEL)
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--warmup", type=int, default=WARMUP)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--run", default=RUN,
+                   help="pipeline run folder with sft_data/ (default %(default)s, which `make demo` builds)")
+    p.add_argument("--model", default=MODEL, help="base model folder sft.py trains on")
+    p.add_argument("--steps", type=int, default=STEPS, help="sft.py optimizer steps per row (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=WARMUP,
+                   help="first steps left out of the timing (allocator, lazy init); the last step is left out too, "
+                        "as it also validates (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="the global batch, the same in every row so that the rows do the same work "
+                        "(default %(default)s, sft.py's default)")
     p.add_argument("--rows", default=ROWS, help="comma-separated process counts, N or NxT (T threads each)")
     args = p.parse_args(argv)
     if not 1 <= args.warmup <= args.steps - 3:

@@ -238,15 +238,28 @@ def main(argv=None):
     p.add_argument("--run", default=RUN, help="pipeline run folder with prefs/ and sft/adapter/")
     p.add_argument("--sft", default=None, help="SFT adapter (default RUN/sft/adapter)")
     p.add_argument("--model", default=MODEL, help="the base model the SFT adapter was trained on")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--warmup", type=int, default=WARMUP)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--lr-warmup", type=int, default=LR_WARMUP)
-    p.add_argument("--max-pairs", type=int, default=MAX_PAIRS)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--steps", type=int, default=STEPS, help="timed optimizer steps per system (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=WARMUP,
+                   help="untimed steps before them, for the allocator and lazy init (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="pairs per optimizer step (default %(default)s, dpo.py's default)")
+    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE,
+                   help="pairs per forward; gradients accumulate up to --batch-size (default %(default)s, dpo.py's "
+                        "default)")
+    p.add_argument("--lr", type=float, default=LR,
+                   help="peak learning rate of LoRA and ID rows alike, since the peer has one rate; dpo.py gives "
+                        "the rows --id-lr (default %(default)s, dpo.py's --lr)")
+    p.add_argument("--lr-warmup", type=int, default=LR_WARMUP,
+                   help="learning-rate warm-up steps (default %(default)s: with 0, HF's cosine_with_min_lr and "
+                        "sft.lr_at are the same schedule)")
+    p.add_argument("--max-pairs", type=int, default=MAX_PAIRS,
+                   help="pool of training pairs the schedule draws from: the first ones of RUN/prefs/train.jsonl "
+                        "(0: all; default %(default)s)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch / OpenMP / MKL threads of each system's process, the same for all so that they get the "
+                        "same CPU (default: torch's default here, %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of the batch schedule and of each system's random generators (default %(default)s)")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_dpo.json)")
     harness.child_args(p)
     args = p.parse_args(argv)

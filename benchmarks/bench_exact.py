@@ -96,12 +96,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="model.exact_top_k against constrained beam search")
     p.add_argument("--run", default=RUN, help="pipeline run folder with sft_data/ and sft/adapter/")
     p.add_argument("--sft", default=None, help="SFT adapter (default RUN/sft/adapter)")
-    p.add_argument("--model", default=MODEL)
+    p.add_argument("--model", default=MODEL, help="base model folder (the one the SFT adapter was trained on)")
     p.add_argument("--prompts", type=int, default=PROMPTS, help="first prompts of each test set")
-    p.add_argument("--k", type=int, default=K)
-    p.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--k", type=int, default=K,
+                   help="exact top K (default %(default)s: evaluate.py's 20, plus the prompt's own track, which is "
+                        "excluded)")
+    p.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS),
+                   help="beam widths compared with exact ranking (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="prompts per batch, for both methods (default %(default)s)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch threads (default: torch's default here, %(default)s)")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_exact.json)")
     args = p.parse_args(argv)
     harness.need_run(os.path.join(args.run, "sft_data", "test_next.jsonl"),

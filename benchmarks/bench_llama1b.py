@@ -250,22 +250,32 @@ def main(argv=None):
     p.add_argument("--stages", nargs="+", choices=STAGES, default=["sft"],
                    help="which training steps to measure (default sft; gpu_check.sh measures sft dpo)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="examples (sft) or pairs (dpo) per step")
-    p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
-    p.add_argument("--levels", type=int, default=LEVELS)
-    p.add_argument("--codebook-size", type=int, default=CODEBOOK_SIZE)
+    p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS,
+                   help="prompt tokens of a synthetic example, followed by L IDs and the end token (default "
+                        "%(default)s: about 40 tokens in all, a typical SFT example)")
+    p.add_argument("--levels", type=int, default=LEVELS,
+                   help="Semantic-ID levels L (default %(default)s, rvq.py's)")
+    p.add_argument("--codebook-size", type=int, default=CODEBOOK_SIZE,
+                   help="codes per level (default %(default)s, rvq.py's: the real-data ID vocabulary)")
     p.add_argument("--layers", type=int, default=None,
                    help=f"fewer for a smoke test (default {LLAMA_3_2_1B['num_hidden_layers']})")
     p.add_argument("--tiny", action="store_true", help="a toy model of the same structure: a smoke test, not a figure")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--warmup", type=int, default=WARMUP)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--steps", type=int, default=STEPS,
+                   help="timed steps; on the GPU, at each batch size (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=WARMUP, help="untimed steps before them (default %(default)s)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch / OpenMP / MKL threads of each measured process (default: torch's default here, "
+                        "%(default)s)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU measurement")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU measurement")
     p.add_argument("--gpu-device", default="cuda", help="device of the accelerator run (cpu: a smoke test of it)")
     p.add_argument("--gpu-dtype", choices=("autocast", "bf16"), default="autocast",
                    help="autocast: fp32 weights + bf16 autocast, as sft.py; bf16: bf16 weights too")
-    p.add_argument("--max-batch", type=int, default=MAX_BATCH)
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                   help="the GPU's batch doubling stops here even without running out of memory "
+                        "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of the random weights, the LoRA init and the synthetic examples (default %(default)s)")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_llama1b.json)")
     sft.add_lora_args(p)
     harness.child_args(p)

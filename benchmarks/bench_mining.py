@@ -202,7 +202,9 @@ def main(argv=None):
     p.add_argument("--dir", default=DIR, help="generated data and outputs (not in the repository)")
     p.add_argument("--replicas", type=int, default=REPLICAS, help="copies of the ~1M-event world log")
     p.add_argument("--small", type=int, default=SMALL, help="replicas of the shorter log (numpy engine's memory)")
-    p.add_argument("--bz2-events", type=int, default=BZ2_EVENTS)
+    p.add_argument("--bz2-events", type=int, default=BZ2_EVENTS,
+                   help="first events of the large log compressed (bzip2 -9, as the real file) for the bz2 figures "
+                        "(default %(default)s)")
     p.add_argument("--skip-loop", action="store_true", help="numpy engine only (no loop runs, no comparison)")
     p.add_argument("--out", default=None, help="JSON of the figures (default DIR/bench_mining.json)")
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)   # the child that makes the data

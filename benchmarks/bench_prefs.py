@@ -125,9 +125,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="data.py prefs throughput and memory on 1M / 10M-event logs")
     p.add_argument("--run", default=RUN, help="the synthetic data is cached in RUN/prefs_world/")
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="events per log, ascending")
-    p.add_argument("--chunk-events", type=int, default=CHUNK_EVENTS)
-    p.add_argument("--tracks", type=int, default=TRACKS)
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--chunk-events", type=int, default=CHUNK_EVENTS,
+                   help="events per `world.py listen` call, which holds a call's users x plays arrays in memory; "
+                        "used when the data is generated (default %(default)s)")
+    p.add_argument("--tracks", type=int, default=TRACKS,
+                   help="catalogue size of the generated world; used when the data is generated (default "
+                        "%(default)s, make's default world)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of the generated world, its IDs and SFT data, of each listen chunk (seed + 1 + chunk "
+                        "index) and of data.py prefs (default %(default)s)")
     p.add_argument("--force", action="store_true", help="run a log even if its projected RSS exceeds free memory")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_prefs.json)")
     args = p.parse_args(argv)

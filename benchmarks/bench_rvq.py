@@ -133,9 +133,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="rvq.py vs vector-quantize-pytorch ResidualVQ")
     p.add_argument("--real", default=REAL, help="real Spotify Tracks CSV")
     p.add_argument("--tracks", type=int, default=SYNTHETIC_TRACKS, help="synthetic catalogue size (0: skip)")
-    p.add_argument("--levels", type=int, default=LEVELS)
-    p.add_argument("--codebook-size", type=int, default=CODEBOOK_SIZE)
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--levels", type=int, default=LEVELS,
+                   help="codes per track, for both quantisers (default %(default)s, the seed's num_quantizers)")
+    p.add_argument("--codebook-size", type=int, default=CODEBOOK_SIZE,
+                   help="codes per level, for both quantisers (default %(default)s, the seed's codebook_size)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of both quantisers and of the synthetic catalogue when it is generated "
+                        "(default %(default)s)")
     p.add_argument("--repeats", type=int, default=REPEATS, help="runs per method; the fastest counts")
     args = p.parse_args(argv)
     try:

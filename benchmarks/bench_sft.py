@@ -224,19 +224,37 @@ def compare_tokens(a, b):
 def main(argv=None):
     p = argparse.ArgumentParser(description="sft.py step vs TRL SFTTrainer + PEFT")
     p.add_argument("--run", default=RUN, help="pipeline run folder with sft_data/")
-    p.add_argument("--model", default=MODEL)
+    p.add_argument("--model", default=MODEL, help="base model folder both systems load")
     p.add_argument("--tiny", action="store_true", help="smoke test: a tiny random Llama with --model's tokenizer")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--warmup", type=int, default=WARMUP)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--lr-warmup", type=int, default=LR_WARMUP)
-    p.add_argument("--defaults-steps", type=int, default=DEFAULTS_STEPS)
-    p.add_argument("--max-examples", type=int, default=MAX_EXAMPLES)
-    p.add_argument("--peer-id-rows", choices=("modules_to_save", "trainable_tokens", "frozen"), default=PEER_ID_ROWS)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--steps", type=int, default=STEPS, help="timed optimizer steps per system (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=WARMUP,
+                   help="untimed steps before them, for the allocator and lazy init (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="examples per optimizer step (default %(default)s, sft.py's default)")
+    p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE,
+                   help="examples per forward; gradients accumulate up to --batch-size (default %(default)s, "
+                        "sft.py's cap)")
+    p.add_argument("--lr", type=float, default=LR,
+                   help="peak learning rate of LoRA and ID rows alike, since the peer has one rate; sft.py gives "
+                        "the rows --id-lr (default %(default)s, sft.py's --lr)")
+    p.add_argument("--lr-warmup", type=int, default=LR_WARMUP,
+                   help="learning-rate warm-up steps (default %(default)s: with 0, HF's cosine_with_min_lr and "
+                        "sft.lr_at are the same schedule)")
+    p.add_argument("--defaults-steps", type=int, default=DEFAULTS_STEPS,
+                   help="timed steps of the TRL-defaults row, ~150 s each on 2 cores; 0 skips the row "
+                        "(default %(default)s)")
+    p.add_argument("--max-examples", type=int, default=MAX_EXAMPLES,
+                   help="pool of training examples the schedule draws from: the first ones of "
+                        "RUN/sft_data/train.jsonl (0: all; default %(default)s)")
+    p.add_argument("--peer-id-rows", choices=("modules_to_save", "trainable_tokens", "frozen"), default=PEER_ID_ROWS,
+                   help="how the peer trains the new ID rows: modules_to_save (the whole tied embedding), "
+                        "trainable_tokens (the exact equivalent of ours; crashes in TRL 1.16's fused LM head) or "
+                        "frozen (default %(default)s)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch / OpenMP / MKL threads of each system's process, the same for all so that they get the "
+                        "same CPU (default: torch's default here, %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="seed of the batch schedule and of each system's random generators (default %(default)s)")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_sft.json)")
     sft.add_lora_args(p)
     harness.child_args(p)
