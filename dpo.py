@@ -39,7 +39,7 @@ from common import UserError, atomic_dir, atomic_path, need_file, run_main, save
 # -----------------------------------------------------------------------------
 MODEL: str = M.DEFAULT_MODEL
 BETA: float = 0.1              # strength of the KL anchor to the reference (DPO paper: 0.1-0.5)
-LOSS_TYPE: str = "sigmoid"     # sigmoid (DPO), cdpo (conservative, label smoothing), robust, ipo, hinge
+LOSS_TYPE: str = "sigmoid"     # sigmoid (DPO), cdpo (conservative, label smoothing), robust, ipo, hinge, sdpo
 LABEL_SMOOTHING: float = 0.0   # eps of cdpo / robust: the share of labels assumed flipped
 STEPS: int = 80                # optimizer steps
 BATCH_SIZE: int = 8            # pairs per optimizer step

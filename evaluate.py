@@ -611,8 +611,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=DEVICE,
                    help="cpu, cuda or auto (cuda when torch sees a GPU, else cpu; default %(default)s)")
     args = p.parse_args(argv)
-    if args.beam_width < max(KS):
-        p.error(f"--beam-width must be at least {max(KS)} (the largest K)")
+    if args.beam_width < max(KS) + 1:
+        p.error(f"--beam-width must be at least {max(KS) + 1} (the largest K, plus the prompt's own track)")
     return args
 
 

@@ -5,7 +5,7 @@
 The data is generated once and cached under RUN/prefs_world/ (delete it to regenerate):
   world/     `world.py generate` (--tracks, 400 users): the catalogue, its Music4All id tables, a small log;
   rvq/, sft_data/   `rvq.py train` and `data.py sft` on that small log (the time split t_val / t_test);
-  chunks/    `world.py listen` over the same catalogue, --chunk-events at a time (seed + chunk number), since
+  chunks/    `world.py listen` over the same catalogue, --chunk-events at a time (seed + 1 + chunk number), since
              world.py holds a call's (users x plays) arrays in memory;
   logs/      onion_<N>.tsv: the first chunks, users renamed `<chunk>-<user>` and track ids mapped to the base
              world's ids (by Spotify track_id), until N events; the same 90-day window as the small log.
