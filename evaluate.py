@@ -584,8 +584,8 @@ def parse_args(argv=None):
                    help="largest catalogue ranked exactly under --ranking auto")
     p.add_argument("--sasrec", default=None, help="SASRec baseline folder (default RUN/sasrec; sasrec.py writes it)")
     p.add_argument("--beam-width", type=int, default=BEAM_WIDTH,
-                   help=f"beams of the constrained beam search (--ranking beam): at least the largest K "
-                        f"({max(KS)}); one more keeps that many after the prompt's own track is excluded "
+                   help=f"beams of the constrained beam search (--ranking beam): at least the largest K plus one "
+                        f"({max(KS) + 1}), so that {max(KS)} remain after the prompt's own track is excluded "
                         "(default %(default)s)")
     p.add_argument("--hallucination-beam", type=int, default=HALLUCINATION_BEAM,
                    help="beams of the unconstrained decoding that measures hallucination; malformed / invalid "
