@@ -37,22 +37,27 @@ ID_META ?= $(WORLD)/id_metadata.csv
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
 # co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them)
 SIGNALS ?= audio,genre,collab
-# SEED_CONFIG=1: the seed notebook's configuration in one option: audio-only IDs and pure DPO (no NLL term)
+# SEED_CONFIG=1: the seed notebook's configuration in one option: audio-only IDs, prompts that name the track, and
+# pure DPO (no NLL term)
 SEED_CONFIG ?=
 ifeq ($(SEED_CONFIG),1)
 SIGNALS := audio
+CONTEXT_TEXT := name
 SEED_DPO_ARGS := --rpo-alpha 0
 endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
 HISTORY ?= 1
+# what a next-track prompt shows of the context track: id (its Semantic ID: cheaper SFT steps, so more of them) or
+# name (also its artist, title and genre: the format before 2026-12-01; README, "Shorter prompts")
+CONTEXT_TEXT ?= id
 LEVELS ?= 3
 CODEBOOK ?= 32
 ATTRIBUTE_EXAMPLES ?= 2000
 GROUNDING_EXAMPLES ?= 1000
 TEST_NEXT ?= 200
 TEST_ATTRIBUTES ?= 40
-SFT_STEPS ?= 120
+SFT_STEPS ?= 160
 SFT_BATCH ?= 16
 SFT_ARGS ?=
 DPO_STEPS ?= 80
@@ -120,7 +125,8 @@ RVQ_CMD = $(PY) rvq.py train --catalog $(CATALOG) --out $(RUN)/rvq --levels $(LE
 	  --seed $(SEED) --signals $(SIGNALS) --logs $(LOGS) $(ID_OPTS) $(RVQ_ARGS)
 SFT_DATA_CMD = $(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(LOGS) $(ID_OPTS) --out $(RUN)/sft_data \
 	  --attribute-examples $(ATTRIBUTE_EXAMPLES) --grounding-examples $(GROUNDING_EXAMPLES) \
-	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) --seed $(SEED)
+	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) \
+	  --context-text $(CONTEXT_TEXT) --seed $(SEED)
 SFT_CMD = $(LAUNCH) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
 	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SFT_ARGS)
 PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \

@@ -22,21 +22,27 @@ from common import UserError, atomic_open, run_main, write_json
 
 # -----------------------------------------------------------------------------
 # name -> (what changes, make variables, the row whose SFT it reuses or None)
+# The rows before `default` ran with the demo's options of before 2026-12-01: prompts that name the context
+# track (CONTEXT_TEXT=name) and 120 SFT steps; they say so, so that each still reruns as it ran.
+NAMES = {"CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
 ROWS = {
-    "audio": ("Semantic IDs from the seed's 10 audio features only", {"SIGNALS": "audio"}, None),
-    "genre": ("+ a genre block", {"SIGNALS": "audio,genre"}, None),
-    "default": ("+ a co-listening block; DPO + NLL on the chosen answer (RPO, alpha 1): the demo's default",
-                {"SIGNALS": "audio,genre,collab"}, None),
-    "history": ("+ 4 earlier plays of the session in the prompt", {"SIGNALS": "audio,genre,collab", "HISTORY": "5"},
-                None),
-    "steps480": ("default, SFT 480 steps instead of 120 (4x the compute; about 24 more CPU minutes than the demo)",
-                 {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "480"}, None),
-    "dpo": ("default, pure DPO (no NLL term: the seed's loss)",
-            {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--rpo-alpha 0"}, "default"),
-    "beta0.5": ("default, beta 0.5", {"SIGNALS": "audio,genre,collab", "DPO_ARGS": "--beta 0.5"}, "default"),
-    "sdpo": ("default, S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
-             {"SIGNALS": "audio,genre,collab", "PREFS_ARGS": "--rejected-per-context 3",
-              "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "default"),
+    "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
+              {"SIGNALS": "audio", **NAMES}, None),
+    "genre": ("+ a genre block", {"SIGNALS": "audio,genre", **NAMES}, None),
+    "names": ("+ a co-listening block; DPO + NLL on the chosen answer (RPO, alpha 1): the demo's default before "
+              "2026-12-01", {"SIGNALS": "audio,genre,collab", **NAMES}, None),
+    "history": ("names + 4 earlier plays of the session in the prompt",
+                {"SIGNALS": "audio,genre,collab", "HISTORY": "5", **NAMES}, None),
+    "steps480": ("names, SFT 480 steps instead of 120 (4x the compute; about 24 more CPU minutes than the demo)",
+                 {"SIGNALS": "audio,genre,collab", **NAMES, "SFT_STEPS": "480"}, None),
+    "dpo": ("names, pure DPO (no NLL term: the seed's loss)",
+            {"SIGNALS": "audio,genre,collab", **NAMES, "DPO_ARGS": "--rpo-alpha 0"}, "names"),
+    "beta0.5": ("names, beta 0.5", {"SIGNALS": "audio,genre,collab", **NAMES, "DPO_ARGS": "--beta 0.5"}, "names"),
+    "sdpo": ("names, S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
+             {"SIGNALS": "audio,genre,collab", **NAMES, "PREFS_ARGS": "--rejected-per-context 3",
+              "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "names"),
+    "default": ("names with prompts that show the context track by its ID alone, so 160 SFT steps in the same "
+                "minutes: the demo's default", {"SIGNALS": "audio,genre,collab"}, None),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0

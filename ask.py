@@ -4,8 +4,8 @@
     python ask.py --run runs/demo "something like Artist Name - Song Title" --adapter dpo -k 5
 
 A request naming a track ("something like {artist} - {title}", "more like ...") is looked up in
-the catalogue and sent in the SFT next-track format, with the track's Semantic ID beside its
-name; anything else is sent as written. --played names what you listened to before it, oldest
+the catalogue and sent in the SFT next-track format: the track's Semantic ID (with its name and
+genre when the model was trained so: sft_data/meta.json, context_text); anything else is sent as written. --played names what you listened to before it, oldest
 first ("Artist - Title" or a Semantic ID such as <a_1><b_2><c_3>); the prompt shows as many of
 those plays as the model was trained with (sft_data/meta.json: prompt_history). The answer is the
 model's top K catalogue tracks, scored exactly over the ID trie (constrained beam search for a
@@ -58,13 +58,15 @@ def played_row(text, catalog, row_codes):
     return row
 
 
-def build_prompt(request, catalog, row_codes, played=(), n_history=1):
-    """(prompt text, row of the named track or None). played: rows heard before it, oldest first."""
+def build_prompt(request, catalog, row_codes, played=(), n_history=1, context_text="name"):
+    """(prompt text, row of the named track or None). played: rows heard before it, oldest first;
+    n_history and context_text as the SFT data were built with (data.next_track_prompt)."""
     m = LIKE_RE.match(request)
     if m:
         row = find_track(catalog, m.group(1))
         if row is not None:
-            return data.next_track_prompt(catalog, list(played) + [row], row_codes, n_history=n_history), row
+            return data.next_track_prompt(catalog, list(played) + [row], row_codes, n_history=n_history,
+                                          context_text=context_text), row
     if played:
         raise UserError("--played needs a request naming a catalogue track (\"something like Artist - Title\"), "
                         "the play it comes before")
@@ -81,7 +83,8 @@ def resolve_adapter(run, name):
 
 
 def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL, device="auto", played=()):
-    """Top-k [(row, score, codes)] for a request, plus the catalogue and the prompt used."""
+    """Top-k [(row, score, codes)] for a request, plus the catalogue, the prompt used and the row of the track
+    the request named (None if it named none)."""
     if not os.path.isdir(run):
         raise UserError(f"{run}: no such run folder")
     meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
@@ -96,7 +99,9 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
                                       device=device)
     fmt = M.PromptFormat(tok, vocab)
     played = [played_row(t, catalog, row_codes) for t in played]
-    prompt, named = build_prompt(request, catalog, row_codes, played, meta.get("prompt_history", 1))
+    # as the SFT data were built; data written before the context_text option showed names
+    prompt, named = build_prompt(request, catalog, row_codes, played, meta.get("prompt_history", 1),
+                                 meta.get("context_text", "name"))
     trie = M.IDTrie(list(id_to_row), vocab.levels)
     if len(id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
         res = M.exact_top_k(model, [fmt.prompt(prompt)], vocab, trie, k + 1, device=device,
@@ -106,7 +111,7 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
                M.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=trie, pad_id=M.pad_id_of(tok),
                              device=device)[0]]
     out = [(id_to_row[c], score, c) for c, score in res if id_to_row[c] != named]
-    return out[:k], catalog, prompt
+    return out[:k], catalog, prompt, named
 
 
 def main(argv=None):
@@ -123,12 +128,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.k < 1:
         p.error("-k must be at least 1")
-    results, catalog, prompt = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device,
+    results, catalog, prompt, named = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device,
                                          args.played)
     if args.played and "Played before:" not in prompt:
         print("note: this model was trained on prompts that show the context track alone (data.py sft "
               "--prompt-history 1), so the --played tracks are not in the prompt")
     print(f"prompt: {prompt}")
+    if named is not None:   # an ID-only prompt does not say which track it is
+        print(f"context track: {data.display_artist(catalog.artists[named])} - {catalog.track_name[named]}  "
+              f"[{', '.join(catalog.genres[named])}]")
     for i, (row, score, codes) in enumerate(results, 1):
         print(f"{i:>2}. {data.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
               f"[{', '.join(catalog.genres[row])}]  {M.IDVocab.text(codes)}  log p = {score:.2f}")

@@ -1067,8 +1067,8 @@ class _PairText:
     rejected again, listener, then the time and the end.
     """
 
-    def __init__(self, catalog, row_codes, n_hist):
-        self.catalog, self.row_codes, self.n_hist = catalog, row_codes, n_hist
+    def __init__(self, catalog, row_codes, n_hist, context_text=data.CONTEXT_TEXT):
+        self.catalog, self.row_codes, self.n_hist, self.context_text = catalog, row_codes, n_hist, context_text
         n = len(catalog)
         self.have = np.zeros(n, dtype=bool)
         self.ids = {}   # row -> its ID text, for the earlier plays and further skips
@@ -1090,7 +1090,7 @@ class _PairText:
         rows = np.unique(rows)
         for r in rows[~self.have[rows]].tolist():
             cat, ident = self.catalog, data.id_text(self.row_codes[r])
-            text = data.next_track_prompt(cat, [r], self.row_codes, n_history=1)
+            text = data.next_track_prompt(cat, [r], self.row_codes, n_history=1, context_text=self.context_text)
             track = json.dumps(cat.track_id[r], ensure_ascii=False)
             self.ids[r] = ident
             for k, piece in enumerate((json.dumps(text, ensure_ascii=False)[1:] + ', "chosen": "',
@@ -1160,8 +1160,8 @@ def _more_rejected(i, stop, ctx, ch, rj, rejected_ok, row, k):
     return out
 
 
-def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, id_information, id_metadata, stats,
-               counts, chunk_bytes=CHUNK_BYTES):
+def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, context_text, id_information,
+               id_metadata, stats, counts, chunk_bytes=CHUNK_BYTES):
     """data.py prefs' mining and writing on arrays (data._prefs_loop is the reference): mines the pairs, dedupes
     them and keeps the capped samples exactly as the loop does, writes OUT/{train,val,test}.jsonl.
 
@@ -1183,7 +1183,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, id_in
     label_counts = np.zeros(4, dtype=np.int64)
     reason_counts = np.zeros(len(REASONS) + 1, dtype=np.int64)   # unknown dwell split: session end, same timestamp
     dropped_first = {}   # "dropped: ..." -> stream position of its first occurrence (the dict's key order)
-    text = _PairText(catalog, row_codes, n_hist)
+    text = _PairText(catalog, row_codes, n_hist, context_text)
     dtype = _pair_dtype(n_hist, args.rejected_per_context)
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)

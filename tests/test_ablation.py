@@ -43,14 +43,14 @@ def test_errors(tmp_path):
         ablation.main(["--out", str(tmp_path), "--rows", "audio,nope", "--table-only"])
     with pytest.raises(UserError, match="VAR=VALUE"):
         ablation.main(["--out", str(tmp_path), "--rows", "audio", "--set", "SFT_STEPS", "--table-only"])
-    with pytest.raises(UserError, match="reuses the SFT of row default"):
+    with pytest.raises(UserError, match="reuses the SFT of row names"):
         ablation.run_row("dpo", str(tmp_path), 0, {})
 
 
 def test_dpo_row_keeps_the_copied_stages(tmp_path, monkeypatch):
     """A DPO row copies its base row's stages; they must be dated after the stamps `make -n` writes, or the row's
     `make demo` would rerun the world, the IDs and SFT (20 minutes) for nothing."""
-    base = tmp_path / "default"
+    base = tmp_path / "names"
     for stage in ("world", "rvq", "sft_data", "sft", "sasrec", "prefs", "dpo", "eval"):
         os.makedirs(base / stage)
         (base / stage / "out.json").write_text("{}")
