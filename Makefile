@@ -48,9 +48,10 @@ endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
 HISTORY ?= 1
-# what a next-track prompt shows of the context track: id (its Semantic ID: cheaper SFT steps, so more of them) or
-# name (also its artist, title and genre: the format before 2026-12-01; README, "Shorter prompts")
-CONTEXT_TEXT ?= id
+# what a next-track prompt shows of the context track: genre (its genre and Semantic ID), id (the ID alone) or name
+# (its artist, title, genre and ID: the format before 2026-12-01); shorter prompts, cheaper steps (README, "Shorter
+# prompts")
+CONTEXT_TEXT ?= genre
 LEVELS ?= 3
 CODEBOOK ?= 32
 ATTRIBUTE_EXAMPLES ?= 2000

@@ -4,8 +4,8 @@
     python ask.py --run runs/demo "something like Artist Name - Song Title" --adapter dpo -k 5
 
 A request naming a track ("something like {artist} - {title}", "more like ...") is looked up in
-the catalogue and sent in the SFT next-track format: the track's Semantic ID (with its name and
-genre when the model was trained so: sft_data/meta.json, context_text); anything else is sent as written. --played names what you listened to before it, oldest
+the catalogue and sent in the SFT next-track format: the track's genre and Semantic ID, or whatever
+the model was trained with (sft_data/meta.json, context_text); anything else is sent as written. --played names what you listened to before it, oldest
 first ("Artist - Title" or a Semantic ID such as <a_1><b_2><c_3>); the prompt shows as many of
 those plays as the model was trained with (sft_data/meta.json: prompt_history). The answer is the
 model's top K catalogue tracks, scored exactly over the ID trie (constrained beam search for a
@@ -134,7 +134,7 @@ def main(argv=None):
         print("note: this model was trained on prompts that show the context track alone (data.py sft "
               "--prompt-history 1), so the --played tracks are not in the prompt")
     print(f"prompt: {prompt}")
-    if named is not None:   # an ID-only prompt does not say which track it is
+    if named is not None:   # the prompt shows the track's ID, not its name
         print(f"context track: {data.display_artist(catalog.artists[named])} - {catalog.track_name[named]}  "
               f"[{', '.join(catalog.genres[named])}]")
     for i, (row, score, codes) in enumerate(results, 1):

@@ -630,10 +630,12 @@ LONG_LISTEN: float = 90.0      # dwell > 90 s: a long listen (chosen), as the se
 SKIP: float = 30.0             # dwell < 30 s: a skip (rejected), as the seed
 HISTORY: int = 20             # session plays kept per next-track query (TIGER feeds about 20 items)
 PROMPT_HISTORY: int = 1       # of those, the plays a prompt shows (1: the context track alone, as the seed)
-CONTEXT_TEXT: str = "id"       # what a next-track prompt shows of its context track: its Semantic ID ("id", 3
-                               # tokens) or also its artist, title and genre ("name", ~17 more tokens). An SFT step
-                               # of ID-only prompts costs ~30% less: in the same 6 CPU minutes, 160 steps instead of
-                               # 120, and a higher validation HR@10 (README, "Shorter prompts")
+CONTEXT_TEXT: str = "genre"    # what a next-track prompt shows of its context track: its genre and Semantic ID
+                               # ("genre", ~6 tokens), the ID alone ("id", 3), or its artist, title, genre and ID
+                               # ("name", ~20). Against "name", an SFT step costs ~25% less (160 steps in the 6
+                               # minutes of 120) and on validation "genre" ranks next tracks as well and attribute
+                               # requests better; "id" ranks next tracks better and attribute requests far worse,
+                               # since no prompt then puts a genre word beside an ID (README, "Shorter prompts")
 MAX_SESSIONS: int = 200_000   # sessions per window kept for sequential baselines (uniform sample; memory bound)
 VAL_FRACTION: float = 0.1      # share of (matched) events in the validation window, before the test window
 TEST_FRACTION: float = 0.2     # share of events in the final, held-out test window
@@ -672,7 +674,7 @@ TEST_REQUEST_TEMPLATES = (  # held out entirely: never seen in training
 GROUNDING_TEMPLATES = ("Play {track}", "{track}", "Put on {track}")
 NEXT_TEMPLATES = ("I want to listen to {track} or something similar", "Something like {track}",
                   "More like {track}, please", "Play me songs similar to {track}")
-CONTEXT_TEXTS = ("id", "name")   # next_track_prompt's context_text
+CONTEXT_TEXTS = ("genre", "id", "name")   # next_track_prompt's context_text
 
 
 def display_artist(artists):
@@ -691,19 +693,22 @@ def track_text(cat, row, codes=None):
 
 def next_track_prompt(cat, hist, row_codes, template=None, n_history=1, context_text=CONTEXT_TEXT):
     """The next-track request for a listening history hist (catalogue rows, oldest first; the last is the
-    context track): that track by its ID (context_text "id"), or by name, genre and ID ("name"), and with
-    n_history > 1 the plays before it as IDs.
+    context track): that track by genre and ID (context_text "genre"), by ID alone ("id"), or by name, genre
+    and ID ("name"), and with n_history > 1 the plays before it as IDs.
 
-    hist [7, 3] with n_history 2 -> 'Played before: <a_..><b_..><c_..>. I want to listen to <a_..><b_..><c_..>
-    or something similar'; with context_text "name", '... listen to A - T (rock) <a_..><b_..><c_..> or ...'.
-    IDs alone cost 3 tokens a play, where a name costs 10 or more: the SFT steps of a fixed budget see more
-    examples (TIGER feeds its whole history as IDs), and the IDs already say the genre unless they come from
-    the audio features alone (`rvq.py train --signals audio`: then "name" tells the model the genre).
+    hist [7, 3] with n_history 2 -> 'Played before: <a_..><b_..><c_..>. I want to listen to (rock)
+    <a_..><b_..><c_..> or something similar'; "id": '... listen to <a_..><b_..><c_..> or ...'; "name":
+    '... listen to A - T (rock) <a_..><b_..><c_..> or ...'. An ID costs 3 tokens, a name 10 or more: a fixed
+    budget of SFT steps sees more examples without names (TIGER feeds its whole history as IDs). The genre
+    word beside the ID is what teaches the model which IDs a genre word means (attribute requests), and the
+    only genre an ID from the audio features alone carries.
     """
     if context_text not in CONTEXT_TEXTS:
         raise UserError(f"context text {context_text!r}: expected one of {', '.join(CONTEXT_TEXTS)}")
     prev = hist[-1]
-    track = id_text(row_codes[prev]) if context_text == "id" else track_text(cat, prev, row_codes[prev])
+    track = (id_text(row_codes[prev]) if context_text == "id" else
+             f"({cat.genres[prev][0]}) {id_text(row_codes[prev])}" if context_text == "genre" else
+             track_text(cat, prev, row_codes[prev]))
     text = (template or NEXT_TEMPLATES[0]).format(track=track)
     earlier = list(hist[-n_history:-1]) if n_history > 1 else []
     if earlier:
@@ -1428,10 +1433,11 @@ def parse_args(argv=None):
     s.add_argument("--prompt-history", type=int, default=PROMPT_HISTORY,
                    help="plays a next-track prompt shows: the context track and up to N - 1 plays before it (as IDs)")
     s.add_argument("--context-text", choices=CONTEXT_TEXTS, default=CONTEXT_TEXT,
-                   help="what a next-track prompt shows of its context track: 'id' its Semantic ID alone (3 tokens; "
-                        "the default: ~30%% cheaper SFT steps, so more of them in the same minutes), 'name' also its "
-                        "artist, title and genre (the earlier format; use it with IDs from the audio features "
-                        "alone, which do not say the genre). The pairs of `data.py prefs` and ask.py follow it")
+                   help="what a next-track prompt shows of its context track: 'genre' its genre and Semantic ID "
+                        "(the default: SFT steps ~25%% cheaper than with names, so more of them in the same minutes), "
+                        "'id' the ID alone (cheaper still; then no prompt puts a genre word beside an ID, and "
+                        "attribute requests suffer), 'name' also its artist and title (the format before "
+                        "2026-12-01). The pairs of `data.py prefs` and ask.py follow it")
     s.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
                    help="training / validation sessions kept for the SASRec baseline (uniform sample; 0: all)")
     s.add_argument("--val-fraction", type=float, default=VAL_FRACTION,

@@ -16,6 +16,10 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                adapter also its validation preference accuracy (FOLDER/../summary.json), so the
                                DPO options can be weighed on both without the test set
 Then every other row minus the first adapter, paired on the same queries, with 95% bootstrap intervals.
+Attribute requests too (--attribute-queries, P@10 of each adapter): drawn afresh from the catalogue with the training
+phrasings (data.request_examples, its own seeded draw, one request per attribute set), every track that has the
+requested attributes relevant, as evaluate.py's test requests, whose phrasings are held out; so the attribute side of
+an option can be weighed without the test set as well.
 --pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
 """
 import argparse
@@ -42,7 +46,8 @@ MODEL: str = M.DEFAULT_MODEL    # the base the adapters were trained on
 QUERIES: int = 200              # validation next-track queries (as many as the test set's default)
 SEED: int = 0                   # the draw of the queries and the bootstrap
 BATCH_SIZE: int = 8             # prompts per exact-ranking batch
-K: int = 10                     # HR@K, NDCG@K
+K: int = 10                     # HR@K, NDCG@K, P@K
+ATTRIBUTE_QUERIES: int = 40     # attribute requests (as many as the test set's default)
 # -----------------------------------------------------------------------------
 
 
@@ -74,6 +79,19 @@ def val_queries(sft_data, n, seed, code_row):
     return out
 
 
+def attribute_queries(catalog, row_codes, n, seed):
+    """[(prompt, relevant rows)]: n attribute requests with the training phrasings, one per attribute set."""
+    masks = data.attribute_masks(catalog)
+    rng = np.random.default_rng([seed, 1])   # a draw of its own: the next-track queries' stays as it was
+    out, seen = [], set()
+    for attrs, prompt, _ in data.request_examples(catalog, row_codes, masks, 20 * n, data.TRAIN_REQUEST_TEMPLATES,
+                                                  rng):
+        if tuple(attrs) not in seen and len(out) < n:
+            seen.add(tuple(attrs))
+            out.append((prompt, set(data.relevant_rows(catalog, masks, attrs, row_codes))))
+    return out
+
+
 def paired_from_files(a, b, seed=SEED):
     """Paired HR@10 / NDCG@10 difference of row A minus row B read from two --out JSONs, each "FILE:ROW".
 
@@ -97,7 +115,7 @@ def paired_from_files(a, b, seed=SEED):
         raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
                         "--queries and --seed)")
     return {f"{m}@{K}": E.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
-            for m in ("hit", "ndcg")}
+            for m in ("hit", "ndcg", "precision") if m in da["hits"][na] and m in db["hits"][nb]}
 
 
 def main(argv=None):
@@ -107,6 +125,8 @@ def main(argv=None):
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=FOLDER",
                    help="an adapter to rank with (repeat); the first is the reference of the paired differences")
     p.add_argument("--queries", type=int, default=QUERIES, help="validation next-track queries")
+    p.add_argument("--attribute-queries", type=int, default=ATTRIBUTE_QUERIES,
+                   help="attribute requests with the training phrasings, ranked by each adapter (0: none)")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries and the bootstrap")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per exact-ranking batch")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (optional)")
@@ -153,6 +173,10 @@ def main(argv=None):
         record("SASRec", lambda i: sas_scores[i])
     record("ID prefix popularity", lambda i: prefix_popularity_scores(C, popularity, queries[i][1][-1]))
     trie = M.IDTrie(list(code_row), meta["levels"])
+    attr_queries = attribute_queries(catalog, {r: c for c, r in code_row.items()}, args.attribute_queries,
+                                     args.seed) if args.attribute_queries else []
+    if attr_queries:
+        print(f"{len(attr_queries)} attribute requests (training phrasings, a fresh draw); the adapters' P@{K}:")
     for name, folder in adapters:
         model, tok, vocab = M.load_policy(args.model, adapter=folder, id_table_sha=meta["id_table_sha256"])
         lora.merge_lora(model)   # as evaluate.py
@@ -172,6 +196,19 @@ def main(argv=None):
             return v
         record(name, llm_scores)
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
+        if attr_queries:
+            with torch.no_grad():
+                top = M.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
+                                    batch_size=args.batch_size)
+            ranked = []
+            for t, (_, rel) in zip(top, attr_queries):   # ties broken against the relevant tracks, as above
+                v = np.full(n_items, -np.inf)
+                for cs, sc in t:
+                    v[code_row[cs]] = sc
+                ranked.append(E.top_k_pessimistic(v, rel, K))
+            hits[name]["precision"] = E.per_query(ranked, [q[1] for q in attr_queries], ks=(K,))[
+                f"precision@{K}"].tolist()
+            print(f"{'':24s} attribute requests P@{K} {np.mean(hits[name]['precision']):.3f}")
         summary_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
         d = read_json(summary_path, "summary") if os.path.exists(summary_path) else {}
         if "eval/logp_accuracy" in d:
@@ -180,8 +217,8 @@ def main(argv=None):
             pref_acc[name] = (d["eval/logp_accuracy"], d.get("held_out_pairs"))
             print(f"{'':24s} validation preference accuracy {pref_acc[name][0]:.3f} "
                   f"({pref_acc[name][1]} pairs, dpo.py's checkpoint choice)")
-    table = {n: {"hit@10": E.bootstrap_ci(h["hit"], seed=args.seed),
-                 "ndcg@10": E.bootstrap_ci(h["ndcg"], seed=args.seed)} for n, h in hits.items()}
+    table = {n: {f"{m}@{K}": E.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
+             for n, h in hits.items()}
     paired = {}
     if adapters:
         ref = adapters[0][0]
@@ -190,8 +227,13 @@ def main(argv=None):
             d = E.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
             paired[f"{name} - {ref}"] = d
             print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+            if "precision" in hits[name] and "precision" in hits[ref]:
+                d = E.paired_bootstrap(hits[name]["precision"], hits[ref]["precision"], seed=args.seed)
+                paired[f"{name} - {ref} (attributes)"] = d
+                print(f"  {name} - {ref} attribute P@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:
-        write_json(args.out, {"queries": len(queries), "table": table, "paired": paired, "hits": hits,
+        write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr_queries), "table": table,
+                              "paired": paired, "hits": hits,
                               "preference_accuracy": pref_acc})
 
 

@@ -165,7 +165,7 @@ def test_ask_for_music(demo_run, tiny_smol):
                        text=True)
     assert r.returncode == 0, r.stderr
     prompt = next(l for l in r.stdout.splitlines() if l.startswith("prompt: "))
-    assert data.id_text(ids[cat.track_id[2]].split("\t")) in prompt and name(2) not in prompt   # CONTEXT_TEXT=id
+    assert data.id_text(ids[cat.track_id[2]].split("\t")) in prompt and name(2) not in prompt   # CONTEXT_TEXT=genre
     assert f"context track: {name(2)}" in r.stdout                 # ... so ask.py says which track it is
     assert "--played tracks are not in the prompt" in r.stdout     # HISTORY=1: told so
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--played", "Nobody - Nothing",

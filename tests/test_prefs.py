@@ -145,11 +145,14 @@ def test_pairs_and_prompts_carry_the_session_history():
     sess = data.sessions_of([(0, 3), (50, 0), (150, 1), (160, 2), (500, 4)], cat, gap=1800)
     pairs = data.mine_pairs(sess, codes, history=2)
     assert pairs[0] == (3, 0, 1, 0, (3,)) and pairs[1] == (0, 2, 1, 50, (3, 0))
-    assert data.next_track_prompt(cat, (0,), codes) == "I want to listen to <a_0><b_0><c_0> or something similar"
+    assert data.next_track_prompt(cat, (0,), codes) == \
+        "I want to listen to (rock) <a_0><b_0><c_0> or something similar"
+    assert data.next_track_prompt(cat, (0,), codes, context_text="id") == \
+        "I want to listen to <a_0><b_0><c_0> or something similar"
     assert data.next_track_prompt(cat, (0,), codes, context_text="name") == \
         "I want to listen to Artist 0 - Song 0 (rock) <a_0><b_0><c_0> or something similar"
     assert data.next_track_prompt(cat, (3, 0), codes, n_history=2) == \
-        "Played before: <a_3><b_0><c_0>. I want to listen to <a_0><b_0><c_0> or something similar"
+        "Played before: <a_3><b_0><c_0>. I want to listen to (rock) <a_0><b_0><c_0> or something similar"
     assert data.next_track_prompt(cat, (3, 0), codes, n_history=2, context_text="name") == \
         "Played before: <a_3><b_0><c_0>. I want to listen to Artist 0 - Song 0 (rock) <a_0><b_0><c_0> or something similar"
     assert data.next_track_prompt(cat, (4, 3, 0), codes, n_history=1) == data.next_track_prompt(cat, (0,), codes)

@@ -39,3 +39,20 @@ def test_pair_rows_of_two_files_on_the_same_queries(tmp_path):
         paired_from_files(f"{tmp_path}/a.json:SFT_genre", f"{tmp_path}/b.json:SFT")
     with pytest.raises(UserError, match="no row 'DPO'"):
         paired_from_files(f"{tmp_path}/a.json:DPO", f"{tmp_path}/b.json:SFT")
+
+
+def test_attribute_queries_are_distinct_requests_with_every_matching_track_relevant():
+    import data
+    from val_next import attribute_queries
+    from tests.test_prefs import tiny_catalog
+    cat = tiny_catalog(n=20)
+    cat.genres = [["rock"] if i % 2 else ["jazz"] for i in range(20)]
+    row_codes = {i: (i, 0, 0) for i in range(20)}
+    qs = attribute_queries(cat, row_codes, 5, seed=0)
+    assert 1 <= len(qs) <= 5 and len({q[0] for q in qs}) == len(qs)
+    # every track is slow (tempo 0.5) and within 5 BPM of 0: a request's genre alone decides, or none: all tracks
+    evens, odds = set(range(0, 20, 2)), set(range(1, 20, 2))
+    for prompt, rel in qs:
+        assert any(prompt.lower().startswith(t.split("{")[0].lower()) for t in data.TRAIN_REQUEST_TEMPLATES)
+        assert rel == (evens if "jazz" in prompt else odds if "rock" in prompt else evens | odds)
+    assert attribute_queries(cat, row_codes, 5, seed=0) == qs   # seeded
