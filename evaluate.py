@@ -148,6 +148,18 @@ def paired_bootstrap(a, b, n_boot=N_BOOT, seed=SEED):
 
 # ============================================================================= LLM systems
 
+def same_weights(adapter_a, adapter_b):
+    """True when two adapter folders are the same function: byte-identical weights (LoRA and Semantic-ID rows)
+    and the same LoRA scaling (dropout, a training option, may differ)."""
+    files = (lora.ADAPTER_WEIGHTS, M.ID_TOKENS_FILE, lora.ADAPTER_CONFIG)
+    if not all(os.path.exists(os.path.join(d, f)) for d in (adapter_a, adapter_b) for f in files):
+        return False
+    if any(M.file_sha256(os.path.join(adapter_a, f)) != M.file_sha256(os.path.join(adapter_b, f)) for f in files[:2]):
+        return False
+    keys = ("r", "lora_alpha", "use_rslora", "target_modules")
+    ca, cb = (read_json(os.path.join(d, lora.ADAPTER_CONFIG), "adapter config") for d in (adapter_a, adapter_b))
+    return all(ca.get(k) == cb.get(k) for k in keys)
+
 def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, args, desc):
     """Top-K catalogue rows per prompt, ranked by the model's log p(ID | prompt) (summed over the L codes).
 
@@ -363,6 +375,15 @@ def evaluate(args):
     hall = {}
     for name, adapter in (("base", None), ("SFT", adapters["sft"]), ("DPO", adapters["dpo"])):
         t0 = time.time()
+        if name == "DPO" and same_weights(adapters["sft"], adapter):
+            # dpo.py kept its starting point (no step beat step 0 on the held-out pairs): the very SFT weights,
+            # so the very same lists and scores; ranking them again would cost minutes for nothing
+            for test in tests:
+                ranked[test]["DPO"] = ranked[test]["SFT"]
+            hall["DPO"], prefs["DPO"] = hall["SFT"], prefs["SFT"]
+            if ddp.is_main():
+                print("DPO: the SFT weights, byte for byte (dpo.py kept step 0): SFT's results reused")
+            continue
         model, tok, vocab = M.load_policy(args.model, adapter=adapter, levels=meta["levels"],
                                           codebook_size=meta["codebook_size"],
                                           id_table_sha=meta["id_table_sha256"], device=device)

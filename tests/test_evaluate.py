@@ -1,6 +1,7 @@
 """Metrics on worked values, constrained decoding, baselines on a tiny world with a known answer."""
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -123,3 +124,27 @@ def test_unconstrained_classification(tiny_policy):
     assert E.id_codes(vocab.ids((1, 2, 3))[:2] + [end, end], vocab, end) is None     # too short
     assert E.id_codes([vocab.token_id(1, 0), vocab.token_id(0, 0), vocab.token_id(2, 0), end], vocab, end) is None
     assert E.id_codes(vocab.ids((1, 2, 3)) + [5], vocab, end) is None                  # no end token
+
+
+def test_same_weights_of_two_adapter_folders(tmp_path):
+    """evaluate.py reuses SFT's results for a DPO adapter that is the SFT weights (dpo.py kept step 0)."""
+    import shutil
+
+    import evaluate as E
+    import lora
+    import model as M
+    a, b = tmp_path / "sft", tmp_path / "dpo"
+    a.mkdir()
+    (a / lora.ADAPTER_WEIGHTS).write_bytes(b"lora")
+    (a / M.ID_TOKENS_FILE).write_bytes(b"rows")
+    (a / lora.ADAPTER_CONFIG).write_text('{"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}')
+    shutil.copytree(a, b)
+    (b / lora.ADAPTER_CONFIG).write_text('{"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}')   # inference: the same
+    assert E.same_weights(str(a), str(b))
+    (b / lora.ADAPTER_CONFIG).write_text('{"r": 8, "lora_alpha": 32, "lora_dropout": 0.0}')   # another scaling
+    assert not E.same_weights(str(a), str(b))
+    (b / lora.ADAPTER_CONFIG).write_text('{"r": 8, "lora_alpha": 16}')
+    (b / M.ID_TOKENS_FILE).write_bytes(b"moved")                                             # trained rows
+    assert not E.same_weights(str(a), str(b))
+    os.remove(b / M.ID_TOKENS_FILE)
+    assert not E.same_weights(str(a), str(b))
