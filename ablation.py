@@ -41,10 +41,10 @@ ROWS = {
     "sdpo": ("names, S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
              {"SIGNALS": "audio,genre,collab", **NAMES, "PREFS_ARGS": "--rejected-per-context 3",
               "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "names"),
-    "ids": ("names, but prompts show the context track by its Semantic ID alone, so 160 SFT steps in the same "
-            "minutes", {"SIGNALS": "audio,genre,collab", "CONTEXT_TEXT": "id", "SFT_STEPS": "160"}, None),
-    "default": ("names, but prompts show the context track by its genre and Semantic ID, so 160 SFT steps in the "
-                "same minutes: the demo's default", {"SIGNALS": "audio,genre,collab"}, None),
+    "ids": ("names, but prompts show the context track by its Semantic ID alone (shorter), and SFT 160 steps",
+            {"SIGNALS": "audio,genre,collab", "CONTEXT_TEXT": "id", "SFT_STEPS": "160"}, None),
+    "default": ("names, but prompts show the context track by its genre and Semantic ID (shorter), and SFT 160 "
+                "steps: the demo's default", {"SIGNALS": "audio,genre,collab"}, None),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0
