@@ -631,11 +631,12 @@ SKIP: float = 30.0             # dwell < 30 s: a skip (rejected), as the seed
 HISTORY: int = 20             # session plays kept per next-track query (TIGER feeds about 20 items)
 PROMPT_HISTORY: int = 1       # of those, the plays a prompt shows (1: the context track alone, as the seed)
 CONTEXT_TEXT: str = "genre"    # what a next-track prompt shows of its context track: its genre and Semantic ID
-                               # ("genre", ~6 tokens), the ID alone ("id", 3), or its artist, title, genre and ID
-                               # ("name", ~20). Against "name", an SFT step costs ~25% less (160 steps in the 6
-                               # minutes of 120) and on validation "genre" ranks next tracks as well and attribute
-                               # requests better; "id" ranks next tracks better and attribute requests far worse,
-                               # since no prompt then puts a genre word beside an ID (README, "Shorter prompts")
+                               # ("genre"), the ID alone ("id"), or its artist, title, genre and ID ("name", ~7
+                               # text tokens more than "genre"). Against "name", an SFT step costs ~10% less ("id":
+                               # ~27%), and with 160 steps instead of 120 "genre" ranks validation next tracks as
+                               # well and attribute requests better; "id" ranks next tracks better and attribute
+                               # requests far worse: no prompt then puts a genre word beside an ID (README,
+                               # "Shorter prompts")
 MAX_SESSIONS: int = 200_000   # sessions per window kept for sequential baselines (uniform sample; memory bound)
 VAL_FRACTION: float = 0.1      # share of (matched) events in the validation window, before the test window
 TEST_FRACTION: float = 0.2     # share of events in the final, held-out test window
@@ -1434,7 +1435,7 @@ def parse_args(argv=None):
                    help="plays a next-track prompt shows: the context track and up to N - 1 plays before it (as IDs)")
     s.add_argument("--context-text", choices=CONTEXT_TEXTS, default=CONTEXT_TEXT,
                    help="what a next-track prompt shows of its context track: 'genre' its genre and Semantic ID "
-                        "(the default: SFT steps ~25%% cheaper than with names, so more of them in the same minutes), "
+                        "(the default: SFT steps ~10%% cheaper than with names), "
                         "'id' the ID alone (cheaper still; then no prompt puts a genre word beside an ID, and "
                         "attribute requests suffer), 'name' also its artist and title (the format before "
                         "2026-12-01). The pairs of `data.py prefs` and ask.py follow it")
