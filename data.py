@@ -631,8 +631,8 @@ SKIP: float = 30.0             # dwell < 30 s: a skip (rejected), as the seed
 HISTORY: int = 20             # session plays kept per next-track query (TIGER feeds about 20 items)
 PROMPT_HISTORY: int = 1       # of those, the plays a prompt shows (1: the context track alone, as the seed)
 CONTEXT_TEXT: str = "genre"    # what a next-track prompt shows of its context track: its genre and Semantic ID
-                               # ("genre"), the ID alone ("id"), or its artist, title, genre and ID ("name", ~7
-                               # text tokens more than "genre"). Against "name", an SFT step costs ~10% less ("id":
+                               # ("genre"), the ID alone ("id"), or its artist, title, genre and ID ("name").
+                               # Against "name", an SFT step costs ~10% less ("id":
                                # ~27%), and with 160 steps instead of 120 "genre" ranks validation next tracks as
                                # well and attribute requests better; "id" ranks next tracks better and attribute
                                # requests far worse: no prompt then puts a genre word beside an ID (README,
