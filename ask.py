@@ -5,7 +5,8 @@
 
 A request naming a track ("something like {artist} - {title}", "more like ...") is looked up in
 the catalogue and sent in the SFT next-track format: the track's genre and Semantic ID, or whatever
-the model was trained with (sft_data/meta.json, context_text); anything else is sent as written. --played names what you listened to before it, oldest
+the model was trained with (sft_data/meta.json, context_text); anything else is sent as written.
+--played names what you listened to before it, oldest
 first ("Artist - Title" or a Semantic ID such as <a_1><b_2><c_3>); the prompt shows as many of
 those plays as the model was trained with (sft_data/meta.json: prompt_history). The answer is the
 model's top K catalogue tracks, scored exactly over the ID trie (constrained beam search for a
@@ -128,8 +129,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.k < 1:
         p.error("-k must be at least 1")
-    results, catalog, prompt, named = recommend(args.request, args.run, args.adapter, args.k, args.model, args.device,
-                                         args.played)
+    results, catalog, prompt, named = recommend(args.request, args.run, args.adapter, args.k, args.model,
+                                                args.device, args.played)
     if args.played and "Played before:" not in prompt:
         print("note: this model was trained on prompts that show the context track alone (data.py sft "
               "--prompt-history 1), so the --played tracks are not in the prompt")

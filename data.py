@@ -1167,7 +1167,8 @@ def build_sft(args):
             "logs": os.path.abspath(args.logs),
             "id_information": args.id_information and os.path.abspath(args.id_information),
             "id_metadata": args.id_metadata and os.path.abspath(args.id_metadata),
-            "prompt_history": n_hist, "context_text": args.context_text, "t_val": t_val, "t_test": t_test, "t_val_utc": format_ts(t_val),
+            "prompt_history": n_hist, "context_text": args.context_text, "t_val": t_val, "t_test": t_test,
+            "t_val_utc": format_ts(t_val),
             "t_test_utc": format_ts(t_test),
             "examples": counts, "test_next": len(tests_next), "test_attributes": len(tests_attr),
             "transitions": n_trans, "log": log_stats, "catalog_report": cat_report}

@@ -79,6 +79,14 @@ def val_queries(sft_data, n, seed, code_row):
     return out
 
 
+def score_vector(scored, code_row, n_items):
+    """(N,) scores from exact_top_k's [(codes, score)]: -inf for the tracks it did not reach."""
+    v = np.full(n_items, -np.inf)
+    for cs, sc in scored:
+        v[code_row[cs]] = sc
+    return v
+
+
 def attribute_queries(catalog, row_codes, n, seed):
     """[(prompt, relevant rows)]: n attribute requests with the training phrasings, one per attribute set."""
     masks = data.attribute_masks(catalog)
@@ -190,22 +198,16 @@ def main(argv=None):
                                         batch_size=args.batch_size)
 
         def llm_scores(i, scored=scored):
-            v = np.full(n_items, -np.inf)
-            for cs, sc in scored[i]:
-                v[code_row[cs]] = sc
-            return v
+            return score_vector(scored[i], code_row, n_items)
         record(name, llm_scores)
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
         if attr_queries:
             with torch.no_grad():
                 top = M.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
                                     batch_size=args.batch_size)
-            ranked = []
-            for t, (_, rel) in zip(top, attr_queries):   # ties broken against the relevant tracks, as above
-                v = np.full(n_items, -np.inf)
-                for cs, sc in t:
-                    v[code_row[cs]] = sc
-                ranked.append(E.top_k_pessimistic(v, rel, K))
+            # ties broken against the relevant tracks, as above
+            ranked = [E.top_k_pessimistic(score_vector(t, code_row, n_items), rel, K)
+                      for t, (_, rel) in zip(top, attr_queries)]
             hits[name]["precision"] = E.per_query(ranked, [q[1] for q in attr_queries], ks=(K,))[
                 f"precision@{K}"].tolist()
             print(f"{'':24s} attribute requests P@{K} {np.mean(hits[name]['precision']):.3f}")
