@@ -27,7 +27,7 @@ from common import UserError, atomic_open, run_main, write_json
 NAMES = {"CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
-              {"SIGNALS": "audio", **NAMES}, None),
+              {"SIGNALS": "audio", **NAMES, "EVAL_ARGS": "--ranking beam"}, None),
     "genre": ("+ a genre block", {"SIGNALS": "audio,genre", **NAMES}, None),
     "names": ("+ a co-listening block; DPO + NLL on the chosen answer (RPO, alpha 1): the demo's default before "
               "2026-12-01", {"SIGNALS": "audio,genre,collab", **NAMES}, None),
