@@ -54,7 +54,8 @@ EVAL_PAIRS: int = 96           # validation pairs scored each time
 SEED: int = 0
 DEVICE: str = "auto"
 # checkpoint choice on the held-out pairs: "accuracy" (log p(chosen) > log p(rejected), what evaluate.py reports;
-# ties broken by the loss) or "loss" (the DPO loss punishes a few confident mistakes more than it rewards ranking)
+# ties broken by the loss), "loss" (the DPO loss punishes a few confident mistakes more than it rewards ranking),
+# or "last" (no choice: the final weights, to see what the training itself does)
 SELECT: str = "accuracy"
 # weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0 = pure DPO, the seed's loss. 1 by default:
 # pure DPO pushed the chosen answers' likelihood down with the rejected ones and cost next-track HR@10 (-0.075 and
@@ -326,6 +327,8 @@ def evaluate(model, pairs, ref, pad_id, device, args, prefix="eval/"):
 
 def improves(rec, best, select):
     """True if held-out metrics `rec` beat the best so far under the --select rule."""
+    if select == "last":
+        return True
     if select == "loss":
         return rec["eval/loss"] < best["eval/loss"]
     return (rec["eval/logp_accuracy"], -rec["eval/loss"]) > (best["eval/logp_accuracy"], -best["eval/loss"])
@@ -506,8 +509,9 @@ def parse_args(argv=None):
                         "more_rejected, from data.py prefs --rejected-per-context); default %(default)s")
     p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
                    help="cdpo / robust: the share of preference labels assumed flipped")
-    p.add_argument("--select", choices=("accuracy", "loss"), default=SELECT,
-                   help="held-out metric that picks the saved checkpoint")
+    p.add_argument("--select", choices=("accuracy", "loss", "last"), default=SELECT,
+                   help="what picks the saved checkpoint among the evaluations: the held-out preference accuracy, "
+                        "the held-out loss, or last (the final weights); default %(default)s")
     p.add_argument("--rpo-alpha", type=float, default=RPO_ALPHA,
                    help="weight of the NLL term on the chosen answer, inside the loss (RPO); 0: pure DPO, as the seed")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (default %(default)s)")

@@ -232,3 +232,14 @@ def test_reference_only_for_the_pairs_drawn(tiny_smol, tmp_path, monkeypatch):
     logs = [[{k: v for k, v in json.loads(l).items() if k != "pairs_per_s"} for l in open(tmp_path / d / "log.jsonl")]
             for d in ("drawn", "all")]
     assert logs[0] == logs[1]
+
+
+def test_checkpoint_selection_rules():
+    best = {"eval/logp_accuracy": 0.70, "eval/loss": 2.0}
+    better_acc = {"eval/logp_accuracy": 0.72, "eval/loss": 2.5}
+    same_acc_lower_loss = {"eval/logp_accuracy": 0.70, "eval/loss": 1.9}
+    worse = {"eval/logp_accuracy": 0.60, "eval/loss": 2.4}
+    assert dpo.improves(better_acc, best, "accuracy") and dpo.improves(same_acc_lower_loss, best, "accuracy")
+    assert not dpo.improves(worse, best, "accuracy")
+    assert not dpo.improves(better_acc, best, "loss") and dpo.improves(same_acc_lower_loss, best, "loss")
+    assert all(dpo.improves(r, best, "last") for r in (better_acc, same_acc_lower_loss, worse))
