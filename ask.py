@@ -18,9 +18,9 @@ import argparse
 import os
 import re
 
-import data
+import formats
 import model as M
-import rvq
+import tasks
 from common import UserError, read_json, run_main
 
 # -----------------------------------------------------------------------------
@@ -38,10 +38,10 @@ def find_track(catalog, text):
     """Catalogue row named by 'Artist - Title' (or a unique 'Title'), else None."""
     if " - " in text:
         artist, title = text.split(" - ", 1)
-        row = catalog.key_index().get(data.norm_key(artist, title))
+        row = catalog.key_index().get(formats.norm_key(artist, title))
         if row is not None:
             return row
-    wanted = data.norm_key("", text).split("|", 1)[1]
+    wanted = formats.norm_key("", text).split("|", 1)[1]
     hits = [i for i, k in enumerate(catalog.keys()) if k.split("|", 1)[1] == wanted]
     return hits[0] if len(hits) == 1 else None
 
@@ -55,18 +55,18 @@ def played_row(text, catalog, row_codes):
         row = find_track(catalog, text)
     if row is None:
         raise UserError(f"--played {text!r}: no such track in the catalogue ('Artist - Title' or an ID like "
-                        f"{M.IDVocab.text(next(iter(row_codes.values())))})")
+                        f"{formats.id_text(next(iter(row_codes.values())))})")
     return row
 
 
 def build_prompt(request, catalog, row_codes, played=(), n_history=1, context_text="name"):
     """(prompt text, row of the named track or None). played: rows heard before it, oldest first;
-    n_history and context_text as the SFT data were built with (data.next_track_prompt)."""
+    n_history and context_text as the SFT data were built with (tasks.next_track_prompt)."""
     m = LIKE_RE.match(request)
     if m:
         row = find_track(catalog, m.group(1))
         if row is not None:
-            return data.next_track_prompt(catalog, list(played) + [row], row_codes, n_history=n_history,
+            return tasks.next_track_prompt(catalog, list(played) + [row], row_codes, n_history=n_history,
                                           context_text=context_text), row
     if played:
         raise UserError("--played needs a request naming a catalogue track (\"something like Artist - Title\"), "
@@ -89,8 +89,8 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
     if not os.path.isdir(run):
         raise UserError(f"{run}: no such run folder")
     meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
-    catalog, _ = data.load_catalog(meta["catalog"])
-    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    catalog, _ = formats.load_catalog(meta["catalog"])
+    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
     index = catalog.index()
     row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
     id_to_row = {c: r for r, c in row_codes.items()}
@@ -136,11 +136,11 @@ def main(argv=None):
               "--prompt-history 1), so the --played tracks are not in the prompt")
     print(f"prompt: {prompt}")
     if named is not None:   # the prompt shows the track's ID, not its name
-        print(f"context track: {data.display_artist(catalog.artists[named])} - {catalog.track_name[named]}  "
+        print(f"context track: {tasks.display_artist(catalog.artists[named])} - {catalog.track_name[named]}  "
               f"[{', '.join(catalog.genres[named])}]")
     for i, (row, score, codes) in enumerate(results, 1):
-        print(f"{i:>2}. {data.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
-              f"[{', '.join(catalog.genres[row])}]  {M.IDVocab.text(codes)}  log p = {score:.2f}")
+        print(f"{i:>2}. {tasks.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
+              f"[{', '.join(catalog.genres[row])}]  {formats.id_text(codes)}  log p = {score:.2f}")
 
 
 if __name__ == "__main__":

@@ -174,3 +174,8 @@ def atomic_dir(path):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+
+
+def jsonl(record):
+    """One line of a .jsonl file: the record as JSON, non-ASCII characters kept as they are."""
+    return json.dumps(record, ensure_ascii=False) + "\n"

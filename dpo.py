@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 import ddp
+import formats
 import lora
 import model as M
 import sft
@@ -174,7 +175,7 @@ def read_pairs(path, fmt):
             codes = [fmt.vocab.parse(chosen), fmt.vocab.parse(rejected)]
             if None in codes:
                 raise UserError(f"{path}, line {i}: chosen/rejected must be Semantic IDs like "
-                                f"{M.IDVocab.text([0] * fmt.vocab.levels)}")
+                                f"{formats.id_text([0] * fmt.vocab.levels)}")
             out.append((fmt.prompt(prompt), fmt.answer(codes[0]), fmt.answer(codes[1])))
     if not out:
         raise UserError(f"{path}: no pairs")

@@ -36,14 +36,15 @@ import torch
 from tqdm import tqdm
 
 import baselines as B
-import data
 import ddp
 import dpo
+import formats
 import lora
 import model as M
 import rvq
 import sasrec
 from common import UserError, atomic_open, need_file, read_json, run_main, save_config, write_json
+from tasks import describe_track
 
 # -----------------------------------------------------------------------------
 KS: tuple = (1, 5, 10, 20)     # cut-offs of every ranking metric
@@ -301,8 +302,8 @@ def evaluate(args):
     ids_path = meta["semantic_ids"]
     if M.file_sha256(ids_path) != meta["id_table_sha256"]:
         raise UserError(f"{ids_path} changed since the SFT data was built; rebuild the later stages")
-    catalog, _ = data.load_catalog(meta["catalog"])
-    track_ids, codes = rvq.load_semantic_ids(ids_path)
+    catalog, _ = formats.load_catalog(meta["catalog"])
+    track_ids, codes = formats.load_semantic_ids(ids_path)
     row_of_track = catalog.index()
     rows = np.array([row_of_track[t] for t in track_ids])
     id_to_row = {tuple(int(c) for c in cs): int(r) for cs, r in zip(codes, rows)}
@@ -356,9 +357,9 @@ def evaluate(args):
         print(f"no SASRec model in {sasrec_dir} (run sasrec.py): its row is left out")
     if not args.no_minilm:
         enc = B.MiniLM(device)
-        items = enc.embed([data.describe_track(catalog, i) for i in range(n_items)], desc="MiniLM tracks")
+        items = enc.embed([describe_track(catalog, i) for i in range(n_items)], desc="MiniLM tracks")
         for test in tests:
-            q = enc.embed([M.ID_TOKEN_RE.sub("", p) for p in prompts[test]], desc="MiniLM queries")
+            q = enc.embed([formats.ID_TOKEN_RE.sub("", p) for p in prompts[test]], desc="MiniLM queries")
             sims = q @ items.T                                                  # (Q, N) cosine
             scored("MiniLM", test, lambda i: sims[i])
         del enc

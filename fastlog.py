@@ -1,7 +1,8 @@
 """Log mining on columnar numpy arrays: the passes over a listening log, the same output bytes, 5-20x faster.
 
-data.py reads a log one line at a time and holds one listener's plays in Python lists: the readable reference, at
-about 50,000 events a second for `data.py prefs` (80 minutes a pass over the 253 million Music4All-Onion events).
+The loops of logfiles.py, sessions.py and preferences.py read a log one line at a time and hold one listener's plays
+in Python lists: the readable reference, at about 50,000 events a second for `data.py prefs` (80 minutes a pass
+over the 253 million Music4All-Onion events).
 This module does the same work on arrays, many listeners at a time: the time split and the SFT mining of `data.py
 sft` (split_times, mine_logs), the preference pairs of `data.py prefs` (mine_prefs) and the co-listening counts of
 `rvq.py train --logs` (co_listening), at 1-1.6 million events a second per pass (BENCHMARKS.md). The `--engine`
@@ -11,28 +12,29 @@ that the files they write are byte-identical).
 
   read     the file in blocks of CHUNK_BYTES. numpy finds the newlines and the separators and cuts each field out
            of the bytes: timestamps are parsed from their digits, track ids are looked up by a hash of their bytes
-           (then compared byte for byte) in a table that joins each distinct id once, with data.py's own join.
+           (then compared byte for byte) in a table that joins each distinct id once, with formats.norm_key's join.
            A line the fast parser cannot vouch for (non-ASCII, wrong column count, an unusual timestamp) is handled
-           one by one with data.py's own rules, so bad rows are counted and reported the same way.
-  batch    every public log keeps a listener's rows together (data.py stops on one that does not), so a block
+           one by one with logfiles.py's own rules, so bad rows are counted and reported the same way.
+  batch    every public log keeps a listener's rows together (logfiles.py stops on one that does not), so a block
            holds whole listeners but its last, whose rows wait for the next block. Memory holds a block and one
            listener, never the file, and listeners come out in file order, which the sampling below needs.
-  sort     each listener's plays oldest first exactly as data.iter_user_plays orders them (a newest-first listener
+  sort     each listener's plays oldest first exactly as logfiles.iter_user_plays orders them (a newest-first listener
            is reversed first, so plays sharing a second keep their play order).
   mine     sessions (a gap > SESSION_GAP), dwell times (the next play's time, capped by the track's length,
            unknown within the clock's resolution) and labels as array operations; the preference pairs' "first
            chosen / first rejected play after the context" as reverse cumulative minima (the next index with a
            label), with one jump past repeats of the context track.
-  sample   data.Reservoir draws rng.integers(seen) for each item past its cap; drawn as one array in the same
+  sample   sessions.Reservoir draws rng.integers(seen) for each item past its cap; drawn as one array in the same
            order, numpy's Generator gives the same numbers (checked in the tests), so the same items are kept.
            The SFT samples keep them as arrays (SliceSample) and make Python objects once, of the final sample.
 
 Memory: a few CHUNK_BYTES blocks in flight (three threads: read and decompress, parse, mine) and what the outputs
 hold, as in the loop: the samples up to their caps, the co-listening counts (24 bytes per distinct pair), one of
-data.PARTITIONS partitions of pairs while deduplicating; nothing grows with the file but what the loop also keeps.
+preferences.PARTITIONS partitions of pairs while deduplicating; nothing grows with the file but what the loop also
+keeps.
 
 The Onion (`userid_trackid_timestamp.tsv`), Music4All `listening_history` and Onion-CSV layouts are read here;
-Last.fm-1K joins by (artist, title) text and stays on data.py's loop (its full file is 19 million lines, about 6
+Last.fm-1K joins by (artist, title) text and stays on logfiles.py's loop (its full file is 19 million lines, about 6
 minutes a pass there at 50,000 events a second). Nothing here imports torch.
 """
 import contextlib
@@ -49,54 +51,20 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-import data
-from common import atomic_open, fail
+import formats
+import logfiles
+import preferences
+import tasks
+import sessions
+from common import UserError, atomic_open, fail
 
 CHUNK_BYTES: int = 1 << 20   # bytes read at a time (~25,000 Onion events): memory holds a few blocks' arrays
-FORMATS = ("onion", "music4all", "onion_csv")   # the layouts read here; Last.fm-1K stays on data.py's loop
 _BOM = b"\xef\xbb\xbf"
 _MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)  # low k bytes
 _HASH = np.random.default_rng(20260).integers(1, 2 ** 63, 64, dtype=np.uint64) | np.uint64(1)  # odd multipliers
 
 
-def log_format(path):
-    """The log's layout ('onion', 'music4all', 'onion_csv', 'lastfm') from its first non-blank line."""
-    with data._open_binary(path) as f:
-        lineno, text = _header(path, f)
-    return data._detect_format(path, text.rstrip("\r\n"))
-
-
-def choose_engine(engine, path):
-    """'numpy' or 'loop' for --engine auto|numpy|loop and this log; numpy where the layout allows it."""
-    if engine == "loop":
-        return "loop"
-    fmt = log_format(path)
-    if fmt in FORMATS:
-        return "numpy"
-    if engine == "numpy":
-        fail(path, f"--engine numpy reads the {', '.join(FORMATS)} layouts; this log is {fmt}: use --engine loop")
-    return "loop"
-
-
 # ============================================================================================== reading
-
-def _header(path, f):
-    """(line number, text) of the first non-blank line, as data.iter_user_plays finds it (BOM dropped)."""
-    lineno = 0
-    while True:
-        raw = f.readline()
-        if not raw:
-            fail(path, "empty file (expected a listening log)")
-        lineno += 1
-        if lineno == 1 and raw.startswith(_BOM):
-            raw = raw[3:]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            fail(path, "undecodable bytes (tried utf-8, utf-8-sig): re-save the file as UTF-8", line=lineno)
-        if text.strip():
-            return lineno, text
-
 
 def _unaligned(block):
     """u64[i] = the 8 bytes from byte i of block, little-endian (zero past its end): an overlapping view."""
@@ -158,7 +126,7 @@ def _byte(x, k):
 
 def _parse_times(u64, start, length):
     """Unix seconds of 'YYYY-MM-DD HH:MM:SS' and 'YYYY-MM-DD HH:MM' fields; plain False where the field is
-    anything else (another ISO form, an impossible date): data.parse_ts reads those one by one.
+    anything else (another ISO form, an impossible date): logfiles.parse_ts reads those one by one.
 
     u64[i] is the 8 bytes from byte i (an unaligned view): three loads per field, the digits checked and
     paired ("20" -> 20) eight bytes at a time.
@@ -204,9 +172,9 @@ def _civil_from_days(z):
 
 
 def _time_bytes(ts, tail=b""):
-    """data.format_ts(t).encode() + tail for each value, as a list of bytes."""
+    """logfiles.format_ts(t).encode() + tail for each value, as a list of bytes."""
     if not len(ts) or ts.min() < -30610224000 or ts.max() >= 253402300800:   # outside years 1000-9999
-        return [data.format_ts(t).encode() + tail for t in ts.tolist()]
+        return [logfiles.format_ts(t).encode() + tail for t in ts.tolist()]
     days, sec = np.divmod(ts, 86400)
     y, m, d = _civil_from_days(days)
     hh, rest = np.divmod(sec, 3600)
@@ -273,7 +241,7 @@ _END = object()
 
 
 class Batch:
-    """Whole listeners, in file order, each listener's plays oldest first (data.iter_user_plays's order).
+    """Whole listeners, in file order, each listener's plays oldest first (logfiles.iter_user_plays's order).
 
     names: the listeners' ids (str); first_user: how many listeners came before (a global listener number);
     start (U + 1,): listener u's plays are [start[u], start[u + 1]); uid, ts, row (P,): listener number in the
@@ -288,7 +256,7 @@ class Batch:
         return len(self.ts)
 
     def users(self):
-        """(user, [(ts, row), ...]) per listener: what data.iter_user_plays yields (for tests)."""
+        """(user, [(ts, row), ...]) per listener: what logfiles.iter_user_plays yields (for tests)."""
         ts, row = self.ts.tolist(), self.row.tolist()
         return [(name, list(zip(ts[a:b], row[a:b])))
                 for name, a, b in zip(self.names, self.start[:-1].tolist(), self.start[1:].tolist())]
@@ -311,10 +279,10 @@ class _Tracks:
         self.exact = {}
 
     def join(self, track):
-        """data.iter_user_plays's resolve() for a Music4All id: (row or -1, whether the id tables know it)."""
+        """logfiles.iter_user_plays's resolve() for a Music4All id: (row or -1, whether the id tables know it)."""
         row = self.by_id.get(self.meta.get(track), -1)
         if row < 0 and track in self.info:
-            row = self.by_key.get(data.norm_key(self.info[track][0], self.info[track][1]), -1)
+            row = self.by_key.get(formats.norm_key(self.info[track][0], self.info[track][1]), -1)
         return row, track in self.meta or track in self.info
 
     def _exact(self, block, s, e):
@@ -352,7 +320,7 @@ class _Tracks:
 
 
 class _Reader:
-    """data.iter_user_plays for the Onion, Music4All and Onion-CSV layouts, a Batch at a time.
+    """logfiles.iter_user_plays for the Onion, Music4All and Onion-CSV layouts, a Batch at a time.
 
     The same stats (events, matches, bad rows with the same examples, users, known ids, the timestamp resolution
     and how it was decided), the same errors at the same lines.
@@ -363,12 +331,12 @@ class _Reader:
         self.path, self.catalog, self.chunk_bytes = path, catalog, int(chunk_bytes)
         self.stats = {} if stats is None else stats
         if isinstance(id_information, str) or hasattr(id_information, "__fspath__"):
-            id_information = data.load_id_information(id_information)
+            id_information = formats.load_id_information(id_information)
         if isinstance(id_metadata, str) or hasattr(id_metadata, "__fspath__"):
-            id_metadata = data.load_id_metadata(id_metadata)
+            id_metadata = formats.load_id_metadata(id_metadata)
         self.info, self.meta = id_information or {}, id_metadata or {}
         self.resolution = resolution
-        self.bad = data._Counter()
+        self.bad = formats.BadRows()
         self.n_events = self.matched = self.known = self.users = 0
 
     # ------------------------------------------------------------------ one block of lines
@@ -377,7 +345,7 @@ class _Reader:
         """The good rows of a block of whole lines (bytes), as columns; bad rows go to self.bad in line order.
 
         A line is read here when it has the header's number of fields; a line with another number is counted as
-        data.py counts it (a blank line is skipped), non-ASCII lines are checked to be UTF-8 one by one.
+        logfiles.py counts it (a blank line is skipped), non-ASCII lines are checked to be UTF-8 one by one.
         u64: the block's bytes as overlapping uint64 (_unaligned).
         """
         a = np.frombuffer(block, dtype=np.uint8)
@@ -424,10 +392,10 @@ class _Reader:
         ts_s, ts_e = field(self.its)
         ts, plain = _parse_times(u64, ts_s, ts_e - ts_s)
         keep = np.ones(len(good), dtype=bool)
-        for i in np.flatnonzero(~plain).tolist():   # any other text: datetime.fromisoformat decides, as in data.py
+        for i in np.flatnonzero(~plain).tolist():   # any other text: datetime.fromisoformat decides, as in logfiles.py
             text = block[ts_s[i]:ts_e[i]].decode("utf-8")
             try:
-                ts[i] = data.parse_ts(text)
+                ts[i] = logfiles.parse_ts(text)
             except ValueError:
                 keep[i] = False
                 bad.append((int(good[i]), "unparseable timestamp", "timestamp", text))
@@ -442,7 +410,7 @@ class _Reader:
 
     def _fail_again(self, name, lineno):
         fail(self.path, f"user {name} appears again after other users' rows; the file must be grouped by user: "
-                        f"{data._sort_command(self.path, self.sep, True)}", line=int(lineno))
+                        f"{logfiles.sort_command(self.path, self.sep, True)}", line=int(lineno))
 
     def _blocks(self):
         """(bytes of whole lines, the first one's line number), CHUNK_BYTES at a time, then b"" at the end."""
@@ -533,14 +501,15 @@ class _Reader:
 
     def __iter__(self):
         path, stats = self.path, self.stats
-        with data._open_binary(path) as f:
+        with formats.open_binary(path) as f:
             self.f = f
-            self.header_line, text = _header(path, f)
+            self.header_line, text = logfiles.first_line(path, f)
             text = text.rstrip("\r\n")
-            fmt = data._detect_format(path, text)
-            if fmt not in FORMATS:
-                fail(path, f"the numpy engine reads the {', '.join(FORMATS)} layouts, not {fmt}: use data.py's loop")
-            sep, names = data._HEADERS[fmt]
+            fmt = logfiles.detect_format(path, text)
+            if fmt not in logfiles.NUMPY_FORMATS:
+                fail(path, f"the numpy engine reads the {', '.join(logfiles.NUMPY_FORMATS)} layouts, not {fmt}: "
+                           "use --engine loop")
+            sep, names = logfiles.LOG_HEADERS[fmt]
             header = text.split(sep)
             if not all(c in header for c in names):
                 fail(path, f"missing column(s) {', '.join(c for c in names if c not in header)} for the {fmt} "
@@ -564,7 +533,7 @@ class _Reader:
                         yield batch
                         continue
                     held.append(batch)
-                    if sum(len(b) for b in held) >= data.RESOLUTION_SAMPLE:
+                    if sum(len(b) for b in held) >= logfiles.RESOLUTION_SAMPLE:
                         self.update_stats()
                         self._decide(held)
                         decided = True
@@ -582,18 +551,19 @@ class _Reader:
             fail(path, f"no listening event could be parsed as {fmt} ({self.bad.total()} bad lines){detail}")
 
     def _decide(self, held):
-        """data.iter_user_plays's decide_resolution(): the first listeners up to RESOLUTION_SAMPLE events."""
+        """logfiles.iter_user_plays's decide_resolution(): the first listeners up to RESOLUTION_SAMPLE events."""
         counts = np.concatenate([np.diff(b.start) for b in held])
-        last = int(np.searchsorted(np.cumsum(counts), data.RESOLUTION_SAMPLE))   # listener reaching it (or past all)
+        # the listener reaching it (or past all)
+        last = int(np.searchsorted(np.cumsum(counts), logfiles.RESOLUTION_SAMPLE))
         ts = np.concatenate([b.ts for b in held])[:int(counts[:last + 1].sum())]
-        r = data.timestamp_resolution(ts.tolist()) if len(ts) else data.timestamp_resolution([])
+        r = logfiles.timestamp_resolution(ts.tolist()) if len(ts) else logfiles.timestamp_resolution([])
         why = "every one is a whole minute" if r == 60 else f"{int((ts % 60 != 0).sum()):,} are not whole minutes"
         self.stats.update(resolution_s=r, resolution_source=f"detected from the first {len(ts):,} timestamps: {why}")
 
 
 def _sorted_batch(names, first_user, start, ts, row):
     """Each listener's plays oldest first: reversed when its first play is newer than its last (a newest-first
-    file; plays of one second then keep their play order), then a stable sort by time, as data.py does."""
+    file; plays of one second then keep their play order), then a stable sort by time, as logfiles.py does."""
     n = len(ts)
     uid = np.repeat(np.arange(len(names)), np.diff(start))
     lo, hi = start[:-1], start[1:] - 1
@@ -611,21 +581,21 @@ def _sorted_batch(names, first_user, start, ts, row):
 
 def user_batches(path, catalog, *, id_information=None, id_metadata=None, stats=None, resolution=None,
                  chunk_bytes=CHUNK_BYTES):
-    """data.iter_user_plays a Batch of whole listeners at a time (the same listeners, plays and stats)."""
+    """logfiles.iter_user_plays a Batch of whole listeners at a time (the same listeners, plays and stats)."""
     return iter(_Reader(path, catalog, id_information, id_metadata, stats, resolution, chunk_bytes))
 
 
 # ============================================================================================== sessions, labels
 
 class Sessions:
-    """data.sessions_of over a Batch: session boundaries and dwell times as arrays.
+    """sessions.sessions_of over a Batch: session boundaries and dwell times as arrays.
 
     ends (P,) bool: the play ends its session; sid (P,): session number in the batch; first, stop (S,): session s
-    is plays [first[s], stop[s]); dwell (P,) float64: seconds, NaN where data.py has None (a session's last play,
+    is plays [first[s], stop[s]); dwell (P,) float64: seconds, NaN where sessions.py has None (a session's last play,
     or one whose next play comes within `resolution` seconds).
     """
 
-    def __init__(self, batch, duration_ms, gap=data.SESSION_GAP, resolution=1):
+    def __init__(self, batch, duration_ms, gap=sessions.SESSION_GAP, resolution=1):
         ts, row, n = batch.ts, batch.row, len(batch)
         step = np.zeros(n, dtype=np.int64)
         step[:-1] = ts[1:] - ts[:-1]
@@ -651,9 +621,9 @@ REASONS = ("long listen", "most of the track", "skip", "between", "short track",
 
 
 def label_codes(rule, dwell, duration_s, resolution=1):
-    """data.DwellRule.label over arrays: (label, reason) int8 indices into data.LABELS and REASONS.
+    """sessions.DwellRule.label over arrays: (label, reason) int8 indices into sessions.LABELS and REASONS.
 
-    dwell NaN is data.py's None ('unlabelled', 'unknown dwell'); duration_s 0 is an unknown length.
+    dwell NaN is sessions.py's None ('unlabelled', 'unknown dwell'); duration_s 0 is an unknown length.
     """
     slack = resolution - 1
     has = duration_s > 0
@@ -677,7 +647,7 @@ def label_codes(rule, dwell, duration_s, resolution=1):
 
 
 def window_codes(ts, t_val, t_test):
-    """data.window as 0 train, 1 val, 2 test."""
+    """sessions.window as 0 train, 1 val, 2 test."""
     return (ts >= t_val).astype(np.int8) + (ts >= t_test)
 
 
@@ -705,7 +675,7 @@ def next_other(mask, row):
 # ============================================================================================== reservoir samples
 
 class Sample:
-    """data.Reservoir fed a batch of items at a time: the same items kept, the same draws of the same rng.
+    """sessions.Reservoir fed a batch of items at a time: the same items kept, the same draws of the same rng.
 
     Reservoir.add draws rng.integers(seen) for each item past the cap; feed() (below) makes those draws for
     several samples at once, in the order the loop would make them, as one array (numpy's Generator gives the
@@ -906,9 +876,9 @@ def _progress(desc):
     return tqdm(desc=desc, unit=" events", unit_scale=True, disable=None)
 
 
-def split_times(log, catalog, id_information=None, id_metadata=None, val_fraction=data.VAL_FRACTION,
-                test_fraction=data.TEST_FRACTION, chunk_bytes=CHUNK_BYTES):
-    """data.split_times: the time cut-offs from an hourly histogram of matched events."""
+def split_times(log, catalog, id_information=None, id_metadata=None, val_fraction=sessions.VAL_FRACTION,
+                test_fraction=sessions.TEST_FRACTION, chunk_bytes=CHUNK_BYTES):
+    """sessions.split_times: the time cut-offs from an hourly histogram of matched events."""
     hours = {}
     with _progress("splitting by time") as bar:
         for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata,
@@ -925,14 +895,14 @@ def split_times(log, catalog, id_information=None, id_metadata=None, val_fractio
                 for k, v in zip(u.tolist(), c.tolist()):
                     hours[k] = hours.get(k, 0) + v
             bar.update(len(b))
-    return data.split_from_hours(log, hours, val_fraction, test_fraction)
+    return sessions.split_from_hours(log, hours, val_fraction, test_fraction)
 
 
 def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=None, id_metadata=None,
-              long_listen=data.LONG_LISTEN, gap=data.SESSION_GAP, stats=None, history=data.HISTORY,
-              max_sessions=data.MAX_SESSIONS, chunk_bytes=CHUNK_BYTES):
-    """data.mine_logs on arrays. Returns the same, but the co-listening counts as (i, j, count) int64 arrays in
-    the dict's order instead of the dict, and each window's sequences as data.flat_sequences' (items, offsets)
+              long_listen=sessions.LONG_LISTEN, gap=sessions.SESSION_GAP, stats=None, history=sessions.HISTORY,
+              max_sessions=sessions.MAX_SESSIONS, chunk_bytes=CHUNK_BYTES):
+    """sessions.mine_logs on arrays. Returns the same, but the co-listening counts as (i, j, count) int64 arrays in
+    the dict's order instead of the dict, and each window's sequences as sessions.flat_sequences' (items, offsets)
     instead of lists (build_sft writes them so)."""
     transitions = {w: SliceSample(caps[w], user=object, next=np.int64) for w in ("train", "val", "test")}
     sequences = {w: SliceSample(max_sessions) for w in ("train", "val")}
@@ -942,7 +912,7 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
     popularity = np.zeros(n, dtype=np.int64)
     cooc = KeyCounts()
     stats = {} if stats is None else stats
-    rule = data.DwellRule(long_listen=long_listen)
+    rule = sessions.DwellRule(long_listen=long_listen)
     before = 0   # plays of the earlier batches: positions in the whole stream
     with _progress("mining transitions") as bar, _no_cycle_collection():
         for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata, stats=stats,
@@ -999,7 +969,7 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
 
 
 def _transitions(sample):
-    """data.mine_logs' transitions [(user, history rows tuple, next row)] of a SliceSample, in stream order."""
+    """sessions.mine_logs' transitions [(user, history rows tuple, next row)] of a SliceSample, in stream order."""
     rows, offsets, extra = sample.arrays()
     rows, offsets = rows.tolist(), offsets.tolist()
     return [(user, tuple(rows[a:b]), nxt) for user, a, b, nxt in
@@ -1067,7 +1037,7 @@ class _PairText:
     rejected again, listener, then the time and the end.
     """
 
-    def __init__(self, catalog, row_codes, n_hist, context_text=data.CONTEXT_TEXT):
+    def __init__(self, catalog, row_codes, n_hist, context_text=tasks.CONTEXT_TEXT):
         self.catalog, self.row_codes, self.n_hist, self.context_text = catalog, row_codes, n_hist, context_text
         n = len(catalog)
         self.have = np.zeros(n, dtype=bool)
@@ -1089,8 +1059,8 @@ class _PairText:
     def _rows(self, rows):
         rows = np.unique(rows)
         for r in rows[~self.have[rows]].tolist():
-            cat, ident = self.catalog, data.id_text(self.row_codes[r])
-            text = data.next_track_prompt(cat, [r], self.row_codes, n_history=1, context_text=self.context_text)
+            cat, ident = self.catalog, formats.id_text(self.row_codes[r])
+            text = tasks.next_track_prompt(cat, [r], self.row_codes, n_history=1, context_text=self.context_text)
             track = json.dumps(cat.track_id[r], ensure_ascii=False)
             self.ids[r] = ident
             for k, piece in enumerate((json.dumps(text, ensure_ascii=False)[1:] + ', "chosen": "',
@@ -1135,13 +1105,13 @@ class _PairText:
 
 
 def _bump(counts, key, n):
-    """counts[key] += n, as data.mine_pairs' count() does n times (no key for n = 0)."""
+    """counts[key] += n, as preferences.mine_pairs' count() does n times (no key for n = 0)."""
     if n:
         counts[key] = counts.get(key, 0) + int(n)
 
 
 def _more_rejected(i, stop, ctx, ch, rj, rejected_ok, row, k):
-    """data.mine_pairs' further skips: per pair, up to k distinct skipped tracks after the context (before stop),
+    """preferences.mine_pairs' further skips: per pair, up to k distinct skipped tracks after the context (before stop),
     other than its context, chosen and rejected, in play order; (m, k) rows, -1 pads."""
     out = np.full((len(i), k), -1, dtype=np.int64)
     nxt = next_index(rejected_ok)
@@ -1162,18 +1132,18 @@ def _more_rejected(i, stop, ctx, ch, rj, rejected_ok, row, k):
 
 def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, context_text, id_information,
                id_metadata, stats, counts, chunk_bytes=CHUNK_BYTES):
-    """data.py prefs' mining and writing on arrays (data._prefs_loop is the reference): mines the pairs, dedupes
+    """data.py prefs' mining and writing on arrays (preferences.mine_prefs is the reference): mines the pairs, dedupes
     them and keeps the capped samples exactly as the loop does, writes OUT/{train,val,test}.jsonl.
 
-    Returns what data._prefs_loop returns: dict of plays, long, skip (N,) training-window labels per track,
+    Returns what preferences.mine_prefs returns: dict of plays, long, skip (N,) training-window labels per track,
     sessions, unknown_duration, seen {window: pairs before caps}, mined (seconds of the mining).
     """
     n = len(catalog)
     if n ** 3 >= 2 ** 63:
-        raise data.UserError(f"a catalogue of {n:,} tracks is too large for the numpy engine's int64 pair keys: "
+        raise UserError(f"a catalogue of {n:,} tracks is too large for the numpy engine's int64 pair keys: "
                              "use --engine loop")
     if n_hist < 1:
-        raise data.UserError("the numpy engine needs a prompt history of at least 1 play: use --engine loop")
+        raise UserError("the numpy engine needs a prompt history of at least 1 play: use --engine loop")
     k_more = args.rejected_per_context - 1
     coded_row = np.zeros(n + 1, dtype=bool)
     coded_row[list(row_codes)] = True
@@ -1190,7 +1160,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
     tmp_dir = tempfile.mkdtemp(prefix=".partitions.", dir=args.out)
     before = 0
     try:
-        parts = [open(os.path.join(tmp_dir, f"{b}.bin"), "wb") for b in range(data.PARTITIONS)]
+        parts = [open(os.path.join(tmp_dir, f"{b}.bin"), "wb") for b in range(preferences.PARTITIONS)]
         with _progress("mining pairs") as bar, _no_cycle_collection():
             for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata, stats=stats,
                                   resolution=args.resolution or None, chunk_bytes=chunk_bytes):
@@ -1255,9 +1225,9 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
                 if k_more:
                     recs["more"] = _more_rejected(ip, stop[pair], row[ip], row[c], row[r], coded & (label == 1),
                                                   row, k_more)
-                part = recs["key"] % data.PARTITIONS
+                part = recs["key"] % preferences.PARTITIONS
                 order = np.argsort(part, kind="stable")
-                bounds = np.searchsorted(part[order], np.arange(data.PARTITIONS + 1))
+                bounds = np.searchsorted(part[order], np.arange(preferences.PARTITIONS + 1))
                 for q in np.flatnonzero(np.diff(bounds)).tolist():
                     recs[order[bounds[q]:bounds[q + 1]]].tofile(parts[q])
                 before += p
@@ -1267,7 +1237,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
         # the dropped reasons enter the dict in the order they first happened, as in the loop
         for key in sorted(dropped_first, key=dropped_first.get):
             counts[key] = counts.pop(key)
-        for k, name in enumerate(data.LABELS):
+        for k, name in enumerate(sessions.LABELS):
             _bump(counts, name, label_counts[k])
         names = REASONS[:6] + ("session end", "same timestamp")
         for k, name in enumerate(names):
@@ -1294,7 +1264,7 @@ def _write_pairs(tmp_dir, args, dtype, text, counts):
     duplicates = 0
     with contextlib.ExitStack() as stack:
         outs = {w: stack.enter_context(atomic_open(os.path.join(args.out, f"{w}.jsonl"), "wb")) for w in caps}
-        for b in range(data.PARTITIONS):
+        for b in range(preferences.PARTITIONS):
             recs = np.fromfile(os.path.join(tmp_dir, f"{b}.bin"), dtype=dtype)
             _, first = np.unique(recs["key"], return_index=True)
             duplicates += len(recs) - len(first)

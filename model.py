@@ -12,7 +12,6 @@ import argparse
 import heapq
 import json
 import os
-import re
 import sys
 
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import lora
 from common import UserError, atomic_path, file_sha256, run_main, write_json  # noqa: F401 (M.file_sha256)
+from formats import ID_TOKEN_RE, id_token
 
 # -----------------------------------------------------------------------------
 DEFAULT_MODEL: str = "models/smollm2-135m"   # where `make` puts the converted embedded model
@@ -32,7 +32,6 @@ GGUF_FILE: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM_PROMPT: str = ""
 ID_TOKENS_FILE = "id_tokens.safetensors"     # new embedding rows, beside the LoRA adapter
 ID_VOCAB_FILE = "id_vocab.json"              # levels, codebook size, ID table fingerprint
-ID_TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")
 # -----------------------------------------------------------------------------
 
 
@@ -164,11 +163,6 @@ class IDVocab:
         """Contiguous token ids of one level: (K,)."""
         start = self.offset + level * self.codebook_size
         return torch.arange(start, start + self.codebook_size)
-
-    @staticmethod
-    def text(codes):
-        """`<a_12><b_200><c_7>` for codes (12, 200, 7)."""
-        return "".join(f"<{chr(97 + l)}_{int(c)}>" for l, c in enumerate(codes))
 
     def parse(self, text):
         """Codes of a text made of exactly L ID tokens in level order, else None."""
@@ -401,7 +395,7 @@ class PromptFormat:
                     parts.append(self.tokenizer.decode(run))
                     run = []
                 level, code = self.vocab.level_code(t)
-                parts.append(f"<{chr(97 + level)}_{code}>")
+                parts.append(id_token(level, code))
             else:
                 run.append(t)
         if run:

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
+import fastlog
+import formats
+import logfiles
+import sessions
 from common import UserError, atomic_path, fail, need_file, run_main, save_config, write_json
-# the ID table's reader and writer live where the data stage reads them without torch; rvq.* names kept
-from idfiles import IDS_FILE, MODEL_FILE, load_semantic_ids, write_semantic_ids  # noqa: F401
+from formats import IDS_FILE, MODEL_FILE, write_semantic_ids
 
 # -----------------------------------------------------------------------------
 LEVELS: int = 3             # codes per track (TIGER and the seed: 3)
@@ -46,7 +48,7 @@ COLLAB_WINDOW: int = 3      # plays within this distance in a session co-occur (
 COLLAB_RIDGE: float = 1.0   # ridge of the content -> collab map that places cold tracks
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
-FEATURES = data.FEATURES   # the seed's 10 audio features, raw units, this order
+FEATURES = formats.FEATURES   # the seed's 10 audio features, raw units, this order
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
 SKEWED = ("speechiness", "acousticness", "instrumentalness", "liveness")
 COLUMNS = ("danceability", "energy", "key_cos", "key_sin", "loudness", "speechiness", "acousticness",
@@ -142,8 +144,8 @@ def co_listening(log, catalog, t_val, window=COLLAB_WINDOW, id_information=None,
     (each direction counted), as data.py counts them for item kNN.
     """
     counts = {}
-    for _, plays in data.iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata):
-        for sess in data.sessions_of(plays, catalog):
+    for _, plays in logfiles.iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata):
+        for sess in sessions.sessions_of(plays, catalog):
             rows = [r for ts, r, _ in sess if r >= 0 and ts < t_val]
             for a, ra in enumerate(rows):
                 for rb in rows[a + 1:a + 1 + window]:
@@ -601,7 +603,7 @@ def encode_new(features_raw, rvq, primary_genres=None):
 # ----------------------------------------------------------------------------- CLI
 
 def train(args):
-    catalog, _ = data.load_catalog(args.catalog)
+    catalog, _ = formats.load_catalog(args.catalog)
     n = len(catalog.track_id)
     if args.levels < 1 or args.codebook_size < 2 or args.codebook_size ** args.levels >= 2 ** 62:
         raise UserError("--levels must be >= 1, --codebook-size >= 2 and codebook-size^levels < 2^62")
@@ -625,11 +627,10 @@ def train(args):
     cooc, collab = None, None
     if args.logs:
         # the same time split as data.py sft, so only training-window listening shapes the IDs
-        split, co = data.split_times, co_listening
-        if data.log_engine(args.engine, args.logs) == "numpy":   # the same passes on arrays, the same counts
-            import fastlog
+        split, co = sessions.split_times, co_listening
+        if logfiles.log_engine(args.engine, args.logs) == "numpy":   # the same passes on arrays, the same counts
             split, co = fastlog.split_times, fastlog.co_listening
-        inputs = data.split_inputs(args.logs, args.catalog, args.id_information, args.id_metadata,
+        inputs = sessions.split_inputs(args.logs, args.catalog, args.id_information, args.id_metadata,
                                    args.val_fraction, args.test_fraction)   # before the log is read
         params["t_val"], t_test = split(args.logs, catalog, args.id_information, args.id_metadata,
                                         args.val_fraction, args.test_fraction)
@@ -659,7 +660,7 @@ def train(args):
         rep["colisten_neighbours_sharing_code1"] = neighbour_code_share(*cooc, codes_unique[:, 0].numpy(),
                                                                         args.codebook_size)
     os.makedirs(args.out, exist_ok=True)
-    split_path = os.path.join(args.out, data.SPLIT_FILE)
+    split_path = os.path.join(args.out, sessions.SPLIT_FILE)
     if os.path.exists(split_path):   # an earlier run's split never stands beside these IDs, even if killed below
         os.remove(split_path)
     save_rvq(args.out, books, params, args.levels, args.codebook_size)
@@ -667,15 +668,15 @@ def train(args):
     write_json(os.path.join(args.out, REPORT_FILE), rep)
     save_config(args.out, args, name=CONFIG_FILE, dims=len(COLUMNS), columns=list(COLUMNS), tracks=n)
     if args.logs:   # last: data.py sft reuses this split instead of reading the whole log for it again
-        data.write_split(args.out, inputs, params["t_val"], t_test)
+        sessions.write_split(args.out, inputs, params["t_val"], t_test)
     print(format_report(rep))
-    written = [MODEL_FILE, IDS_FILE, REPORT_FILE, CONFIG_FILE] + ([data.SPLIT_FILE] if args.logs else [])
+    written = [MODEL_FILE, IDS_FILE, REPORT_FILE, CONFIG_FILE] + ([sessions.SPLIT_FILE] if args.logs else [])
     print(f"wrote {args.out}/{{{', '.join(written)}}}")
 
 
 def encode_cli(args):
     rvq = load_rvq(args.rvq)
-    catalog, _ = data.load_catalog(args.catalog)
+    catalog, _ = formats.load_catalog(args.catalog)
     codes = encode_new(catalog.features, rvq, [g[0] if g else "" for g in catalog.genres])
     try:
         print("\t".join(["track_id"] + [f"code_{j}" for j in range(codes.shape[1])]))
@@ -705,16 +706,16 @@ def main(argv=None):
                    help="listening log: its training window feeds the collab block and the quality sheet")
     t.add_argument("--id-information", default=None, help="Music4All id_information (for Music4All ids)")
     t.add_argument("--id-metadata", default=None, help="Music4All id_metadata (join by spotify_id)")
-    t.add_argument("--val-fraction", type=float, default=data.VAL_FRACTION,
+    t.add_argument("--val-fraction", type=float, default=sessions.VAL_FRACTION,
                    help="as data.py sft: the split that decides the training window")
-    t.add_argument("--test-fraction", type=float, default=data.TEST_FRACTION,
+    t.add_argument("--test-fraction", type=float, default=sessions.TEST_FRACTION,
                    help="as data.py sft: the split that decides the training window")
     t.add_argument("--collab-dim", type=int, default=COLLAB_DIM, help="PPMI-SVD dimensions of the collab block")
     t.add_argument("--collab-window", type=int, default=COLLAB_WINDOW,
                    help="plays at most this far apart in a session co-occur")
     t.add_argument("--collab-ridge", type=float, default=COLLAB_RIDGE,
                    help="ridge of the audio+genre -> collab map that places cold tracks")
-    t.add_argument("--engine", choices=data.ENGINES, default="auto", help=data.ENGINE_HELP)
+    t.add_argument("--engine", choices=logfiles.ENGINES, default="auto", help=logfiles.ENGINE_HELP)
     e = sub.add_parser("encode", help="codes for new tracks from a trained quantiser")
     e.add_argument("--rvq", required=True, help="folder written by `rvq.py train`")
     e.add_argument("--catalog", required=True, help="CSV of new tracks (Spotify Tracks layout)")

@@ -28,12 +28,13 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-import data
+import formats
+import logfiles
 from common import UserError, fail, read_json, run_main, save_config, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CALIBRATION: str = os.path.join(HERE, "world_calibration.json")  # committed output of `world.py calibrate`
-MODEL_FEATURES = tuple(f for f in data.FEATURES if f != "key")  # key is categorical: drawn from its histogram
+MODEL_FEATURES = tuple(f for f in formats.FEATURES if f != "key")  # key is categorical: drawn from its histogram
 EPS: float = 1e-3              # logit clip for [0,1] features; below it a feature is written as exactly 0
 CAL_GENRES: int = 20           # genres kept by calibrate (most rows first)
 SHRINK_ROWS: float = 50.0      # pseudo-rows of the global statistics added to each genre's (shrinkage prior)
@@ -85,8 +86,8 @@ def to_model_space(features):
     """
     cols = []
     for f in MODEL_FEATURES:
-        x = features[:, data.FEATURES.index(f)]
-        if f in data.UNIT_FEATURES:
+        x = features[:, formats.FEATURES.index(f)]
+        if f in formats.UNIT_FEATURES:
             x = np.clip(x, EPS, 1 - EPS)
             x = np.log(x) - np.log1p(-x)
         cols.append(x)
@@ -95,18 +96,18 @@ def to_model_space(features):
 
 def from_model_space(z, key):
     """(N, 9) transformed, (N,) key -> (N, 10) raw features, rounded as Spotify publishes them."""
-    out = np.zeros((len(z), len(data.FEATURES)))
+    out = np.zeros((len(z), len(formats.FEATURES)))
     for j, f in enumerate(MODEL_FEATURES):
         x = z[:, j]
-        if f in data.UNIT_FEATURES:
+        if f in formats.UNIT_FEATURES:
             at_floor = x <= math.log(EPS / (1 - EPS)) + 1e-9  # the clip made exact zeros the mass at or below EPS
             x = np.where(at_floor, 0.0, _round_sig(1 / (1 + np.exp(-x)), 3))
         elif f == "loudness":
             x = np.round(np.clip(x, -60.0, 4.0), 3)
         else:
             x = np.round(np.clip(x, 40.0, 220.0), 3)
-        out[:, data.FEATURES.index(f)] = x
-    out[:, data.FEATURES.index("key")] = key
+        out[:, formats.FEATURES.index(f)] = x
+    out[:, formats.FEATURES.index("key")] = key
     return out
 
 
@@ -155,7 +156,8 @@ def calibrate(cat, n_genres=CAL_GENRES, k=SHRINK_ROWS):
     keys = cat.feature("key").astype(int)
     r = lambda a: np.round(np.asarray(a, dtype=float), 4).tolist()  # noqa: E731
     return {"features": list(MODEL_FEATURES),
-            "transform": f"logit(clip(x, {EPS}, 1 - {EPS})) for {', '.join(data.UNIT_FEATURES)}; raw loudness, tempo",
+            "transform": f"logit(clip(x, {EPS}, 1 - {EPS})) for {', '.join(formats.UNIT_FEATURES)}; "
+                         "raw loudness, tempo",
             "shrinkage": f"per-genre mean, variance and shares = (n * genre + {k:g} * global) / (n + {k:g}), "
                          "n = the genre's rows: the 1000-row genres barely move, a 50-row genre moves halfway to "
                          "global",
@@ -204,13 +206,13 @@ def _title(rnd, used_keys, artist):
     for _ in range(50):
         t = rnd.choice((f"{a} {n}", f"{n} of the {n2}", f"The {n}", f"{a} {n}s", f"{n}", f"{a} Love",
                         f"{n} {n2}", f"Into the {n}"))
-        key = data.norm_key(artist, t)
+        key = formats.norm_key(artist, t)
         if key not in used_keys:
             break
         a, n, n2 = rnd.choice(_ADJ), rnd.choice(_NOUN), rnd.choice(_NOUN)
     else:
         t = f"{t} {len(used_keys)}"
-        key = data.norm_key(artist, t)
+        key = formats.norm_key(artist, t)
     used_keys.add(key)
     return t
 
@@ -303,7 +305,7 @@ def make_catalog(cal, n_tracks, n_genres, seed):
     for i in rng.choice(n, size=int(round(DUPLICATE_SHARE * n)) if n_genres > 1 else 0, replace=False):
         second = int(rng.integers(n_genres - 1))
         genres[i].append(names[second + (second >= genre[i])])
-    cat = data.Catalog(_random_ids(rng, n, 22), title, art_str, album, genres, feats, popularity, duration,
+    cat = formats.Catalog(_random_ids(rng, n, 22), title, art_str, album, genres, feats, popularity, duration,
                        explicit, mode)
     return cat, year
 
@@ -530,13 +532,13 @@ def write_logs(out, cat, events, seed, release=None):
     """Music4All-Onion events + id_information / id_metadata for the catalogue; every play joins by id and name."""
     user, row, ts, _ = events
     m4a = _random_ids(np.random.default_rng([seed, 3]), len(cat), 16)
-    data.write_onion_events(((str(u), m4a[r], int(t)) for u, r, t in zip(user, row, ts)),
+    logfiles.write_onion_events(((str(u), m4a[r], int(t)) for u, r, t in zip(user, row, ts)),
                             os.path.join(out, "userid_trackid_timestamp.tsv"))
-    data.write_id_information(((m4a[i], cat.artists[i].split(";")[0], cat.track_name[i], cat.album_name[i])
+    formats.write_id_information(((m4a[i], cat.artists[i].split(";")[0], cat.track_name[i], cat.album_name[i])
                                for i in range(len(cat))), os.path.join(out, "id_information.csv"))
     f = cat.features
-    col = lambda name: f[:, data.FEATURES.index(name)]  # noqa: E731
-    data.write_id_metadata(((m4a[i], cat.track_id[i], f"{float(cat.popularity[i])}",
+    col = lambda name: f[:, formats.FEATURES.index(name)]  # noqa: E731
+    formats.write_id_metadata(((m4a[i], cat.track_id[i], f"{float(cat.popularity[i])}",
                              "" if release is None else int(release[i]), float(col("danceability")[i]),
                              float(col("energy")[i]), f"{col('key')[i]:.1f}", f"{float(cat.mode[i])}",
                              float(col("valence")[i]), float(col("tempo")[i]),
@@ -645,7 +647,7 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     if args.command == "calibrate":
-        cat, report = data.load_catalog(args.spotify)
+        cat, report = formats.load_catalog(args.spotify)
         cal = {"command": f"python world.py calibrate --spotify {args.spotify} --out {os.path.basename(args.out)}"
                           f" --genres {args.genres} --shrink-rows {args.shrink_rows:g}",
                **calibrate(cat, args.genres, args.shrink_rows)}
@@ -661,9 +663,9 @@ def main(argv=None):
         if "genres" not in cal or "correlation" not in cal:
             fail(args.calibration, "not a world calibration (no 'genres' / 'correlation')")
         cat, release = make_catalog(cal, args.tracks, args.genres, args.seed)
-        data.write_catalog(cat, os.path.join(args.out, "catalog.csv"))
+        formats.write_catalog(cat, os.path.join(args.out, "catalog.csv"))
     else:
-        cat, report = data.load_catalog(args.catalog)
+        cat, report = formats.load_catalog(args.catalog)
         print(f"{args.catalog}: {report['kept']} tracks ({report['dropped']} rows dropped)")
     events, truth = simulate(cat, args.users, args.seed, args)
     write_logs(args.out, cat, events, args.seed, release)

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 import harness  # first: it puts the repository root on sys.path for the imports below
+import formats
 import model as M
-import rvq
 from common import need_file, read_json, run_main, seed_everything, write_json
 
 # -----------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def load(args):
         with torch.no_grad():
             w = emb.weight.float()
             emb.new_rows.copy_(w.mean(0) + w.std(0) * torch.randn_like(emb.new_rows.float()))
-    _, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    _, codes = formats.load_semantic_ids(meta["semantic_ids"])
     trie = M.IDTrie(codes.tolist(), meta["levels"])
     fmt = M.PromptFormat(tok, vocab)
     with open(os.path.join(data, "test_next.jsonl"), encoding="utf-8") as f:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import harness  # first: it puts the repository root on sys.path for the imports below
 import dpo
+import formats
 import lora
 import model as M
 import sft
@@ -138,7 +139,7 @@ def peer_model(args):
     if len(tok) != rows or ids["offset"] != rows:
         raise UserError(f"{args.model}: tokenizer has {len(tok)} tokens, the model {rows} rows, the adapter's IDs "
                         f"start at {ids['offset']}; the peer's new token ids would not line up with ours")
-    tok.add_tokens([f"<{chr(97 + l)}_{c}>" for l in range(ids["levels"]) for c in range(ids["codebook_size"])])
+    tok.add_tokens([formats.id_token(l, c) for l in range(ids["levels"]) for c in range(ids["codebook_size"])])
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     new_rows = load_file(os.path.join(args.sft, M.ID_TOKENS_FILE))
     if "lm_head.new_rows" in new_rows:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 import harness  # first: it puts the repository root on sys.path for the imports below
+import formats
 import lora
 import model as M
-import rvq
 from common import need_file, read_json, run_main, write_json
 
 # -----------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def load(args):
     need_file(os.path.join(adapter, M.ID_VOCAB_FILE), "SFT adapter (id_vocab.json)")
     model, tok, vocab = M.load_policy(args.model, adapter=adapter, id_table_sha=meta["id_table_sha256"])
     lora.merge_lora(model)   # as evaluate.py: the same function, one matmul per projection instead of three
-    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
     codes_of = {t: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
     trie = M.IDTrie(list(codes_of.values()), vocab.levels)
     fmt = M.PromptFormat(tok, vocab)

@@ -42,7 +42,8 @@ import time
 import numpy as np
 
 import harness  # first: it puts the repository root on sys.path for the imports below
-import data
+import formats
+import sessions
 from common import UserError, atomic_open, read_json, run_main, write_json
 
 # -----------------------------------------------------------------------------
@@ -79,8 +80,8 @@ def prepare_split(d, world, log):
     rvq_dir, catalog = os.path.join(d, "rvq_logs"), os.path.join(world, "catalog.csv")
     ids = ["--id-information", os.path.join(world, "id_information.csv"),
            "--id-metadata", os.path.join(world, "id_metadata.csv")]
-    inputs = data.split_inputs(log, catalog, ids[1], ids[3])
-    if data.recorded_split(rvq_dir, inputs)[0] is None:
+    inputs = sessions.split_inputs(log, catalog, ids[1], ids[3])
+    if sessions.recorded_split(rvq_dir, inputs)[0] is None:
         py("rvq.py", "train", "--catalog", catalog, "--out", rvq_dir, "--codebook-size", "32", "--seed", str(SEED),
            "--logs", log, *ids)
     return rvq_dir
@@ -91,7 +92,7 @@ def replicate(world, path, replicas):
     info = path + ".json"
     if os.path.exists(path) and os.path.exists(info):
         return read_json(info)["events"]
-    ids = sorted(data.load_id_metadata(os.path.join(world, "id_metadata.csv")))
+    ids = sorted(formats.load_id_metadata(os.path.join(world, "id_metadata.csv")))
     with open(os.path.join(world, "userid_trackid_timestamp.tsv"), "rb") as f:
         header, lines = f.readline(), f.read().split(b"\n")[:-1]
     users, tracks, rest = zip(*(line.split(b"\t", 2) for line in lines))

@@ -24,7 +24,7 @@ import sys
 from tqdm import tqdm
 
 import harness  # first: it puts the repository root on sys.path for the imports below
-import data
+import formats
 from common import atomic_open, read_json, run_main, write_json
 
 # -----------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def build_log(path, world, chunks, events):
     if os.path.exists(path) and os.path.exists(info):
         return read_json(info)["events"]
     base = {}
-    for m4a, track in data.load_id_metadata(os.path.join(world, "id_metadata.csv")).items():
+    for m4a, track in formats.load_id_metadata(os.path.join(world, "id_metadata.csv")).items():
         base.setdefault(track, m4a)
     n = 0
     with atomic_open(path, "w", encoding="utf-8", newline="") as out:
@@ -94,7 +94,7 @@ def build_log(path, world, chunks, events):
         for i, (folder, _) in enumerate(tqdm(chunks, desc=f"writing {os.path.basename(path)}", disable=None)):
             if n >= events:
                 break
-            remap = {m: base[t] for m, t in data.load_id_metadata(os.path.join(folder, "id_metadata.csv")).items()}
+            remap = {m: base[t] for m, t in formats.load_id_metadata(os.path.join(folder, "id_metadata.csv")).items()}
             with open(os.path.join(folder, "userid_trackid_timestamp.tsv"), encoding="utf-8") as f:
                 next(f)
                 for line in f:

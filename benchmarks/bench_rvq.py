@@ -22,7 +22,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
+import formats
 import rvq  # noqa: E402
 from common import UserError, run_main  # noqa: E402
 
@@ -89,7 +89,7 @@ def synthetic_catalog(tracks, seed):
         subprocess.run([sys.executable, os.path.join(ROOT, "world.py"), "generate", "--out", WORLD_DIR,
                         "--tracks", str(tracks), "--users", "20", "--seed", str(seed)], check=True)
     if os.path.exists(path):
-        cat, _ = data.load_catalog(path)
+        cat, _ = formats.load_catalog(path)
         return cat.features, f"world.py generate --tracks {tracks} --users 20 --seed {seed}"
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0.05, 0.95, (100, 10))
@@ -151,7 +151,7 @@ def main(argv=None):
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"vector-quantize-pytorch {version('vector-quantize-pytorch')}")
     if os.path.exists(args.real):
-        cat, _ = data.load_catalog(args.real)
+        cat, _ = formats.load_catalog(args.real)
         bench(f"real {os.path.basename(args.real)}", cat.features, args.levels, args.codebook_size, args.seed,
               args.repeats)
     else:

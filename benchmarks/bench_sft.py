@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 import harness  # first: it puts the repository root on sys.path for the imports below
+import formats
 import lora
 import model as M
 import sft
@@ -132,7 +133,7 @@ def peer_model(args, meta, rows):
         raise UserError(f"{args.model}: tokenizer has {len(tok)} tokens but the model {rows} rows; the peer's new "
                         "token ids would not line up with ours")
     # in IDVocab's order (level-major), so each new token gets the very id ours has: rows + level * K + code
-    tok.add_tokens([f"<{chr(97 + l)}_{c}>" for l in range(meta["levels"]) for c in range(meta["codebook_size"])])
+    tok.add_tokens([formats.id_token(l, c) for l in range(meta["levels"]) for c in range(meta["codebook_size"])])
     model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     with torch.no_grad():  # same start as IDEmbedding: every new row the mean of the old ones

@@ -17,7 +17,7 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                DPO options can be weighed on both without the test set
 Then every other row minus the first adapter, paired on the same queries, with 95% bootstrap intervals.
 Attribute requests too (--attribute-queries, P@10 of each adapter): drawn afresh from the catalogue with the training
-phrasings (data.request_examples, its own seeded draw, one request per attribute set), every track that has the
+phrasings (tasks.request_examples, its own seeded draw, one request per attribute set), every track that has the
 requested attributes relevant, as evaluate.py's test requests, whose phrasings are held out; so the attribute side of
 an option can be weighed without the test set as well.
 --pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
@@ -32,11 +32,11 @@ import torch
 
 import harness  # first: it puts the repository root on sys.path for the imports below
 import baselines as B
-import data
 import evaluate as E
+import formats
 import lora
 import model as M
-import rvq
+import tasks
 import sasrec
 from common import UserError, need_file, read_json, run_main, write_json
 
@@ -72,9 +72,9 @@ def val_queries(sft_data, n, seed, code_row):
     out, L = [], len(next(iter(code_row)))   # codes per ID
     for i in np.random.default_rng(seed).permutation(len(rows))[:n]:
         r = rows[i]
-        found = M.ID_TOKEN_RE.findall(r["prompt"])
+        found = formats.ID_TOKEN_RE.findall(r["prompt"])
         hist = [code_row[tuple(int(c) for _, c in found[j:j + L])] for j in range(0, len(found), L)]
-        answer = tuple(int(c) for _, c in M.ID_TOKEN_RE.findall(r["answer"]))
+        answer = tuple(int(c) for _, c in formats.ID_TOKEN_RE.findall(r["answer"]))
         out.append((r["prompt"], hist, code_row[answer]))
     return out
 
@@ -89,14 +89,14 @@ def score_vector(scored, code_row, n_items):
 
 def attribute_queries(catalog, row_codes, n, seed):
     """[(prompt, relevant rows)]: n attribute requests with the training phrasings, one per attribute set."""
-    masks = data.attribute_masks(catalog)
+    masks = tasks.attribute_masks(catalog)
     rng = np.random.default_rng([seed, 1])   # a draw of its own: the next-track queries' stays as it was
     out, seen = [], set()
-    for attrs, prompt, _ in data.request_examples(catalog, row_codes, masks, 20 * n, data.TRAIN_REQUEST_TEMPLATES,
+    for attrs, prompt, _ in tasks.request_examples(catalog, row_codes, masks, 20 * n, tasks.TRAIN_REQUEST_TEMPLATES,
                                                   rng):
         if tuple(attrs) not in seen and len(out) < n:
             seen.add(tuple(attrs))
-            out.append((prompt, set(data.relevant_rows(catalog, masks, attrs, row_codes))))
+            out.append((prompt, set(tasks.relevant_rows(catalog, masks, attrs, row_codes))))
     return out
 
 
@@ -151,8 +151,8 @@ def main(argv=None):
         raise UserError("--adapter takes NAME=FOLDER")
     sft_data = os.path.join(args.run, "sft_data")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
-    catalog, _ = data.load_catalog(meta["catalog"])
-    track_ids, codes = rvq.load_semantic_ids(meta["semantic_ids"])
+    catalog, _ = formats.load_catalog(meta["catalog"])
+    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
     index = catalog.index()
     C = np.full((len(catalog), meta["levels"]), -1, dtype=np.int64)
     for t, cs in zip(track_ids, codes):

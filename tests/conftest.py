@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import formats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,8 +34,8 @@ def shared_data():
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """SmolLM2's real tokenizer (with its chat template), read from the embedded GGUF."""
-    from transformers import AutoTokenizer
     import model as M
+    from transformers import AutoTokenizer
     local = os.path.join(ROOT, M.DEFAULT_MODEL)
     if os.path.exists(os.path.join(local, "tokenizer.json")):
         return AutoTokenizer.from_pretrained(local)
@@ -80,7 +81,6 @@ def tiny_llama(tmp_path_factory, llama_tokenizer):
 def write_sft_data(folder, n_train=24, n_val=8):
     """SFT examples (train.jsonl, val.jsonl, meta.json) of 3 x 4 x 4 Semantic IDs for tiny runs."""
     import numpy as np
-    import model as M
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     genres = ["rock", "jazz", "metal"]
@@ -88,7 +88,7 @@ def write_sft_data(folder, n_train=24, n_val=8):
     def ex(i):
         g = i % 3
         codes = (g, int(rng.integers(4)), int(rng.integers(4)))
-        return {"prompt": f"I need music for a {genres[g]} playlist", "answer": M.IDVocab.text(codes),
+        return {"prompt": f"I need music for a {genres[g]} playlist", "answer": formats.id_text(codes),
                 "task": "attributes", "track_id": f"t{i}"}
     with open(os.path.join(folder, "train.jsonl"), "w") as f:
         f.writelines(json.dumps(ex(i)) + "\n" for i in range(n_train))
@@ -101,12 +101,11 @@ def write_sft_data(folder, n_train=24, n_val=8):
 
 def write_pairs(folder, n_train=16, n_val=8):
     """Preference pairs (train.jsonl, val.jsonl, meta.json) over the same IDs."""
-    import model as M
     os.makedirs(folder, exist_ok=True)
 
     def pair(i):
         return {"prompt": f"I want to listen to Artist {i} - Song <a_{i % 4}><b_1><c_2> or something similar",
-                "chosen": M.IDVocab.text((i % 4, 1, 3)), "rejected": M.IDVocab.text(((i + 1) % 4, 2, 0))}
+                "chosen": formats.id_text((i % 4, 1, 3)), "rejected": formats.id_text(((i + 1) % 4, 2, 0))}
     for name, n, off in (("train", n_train, 0), ("val", n_val, 100)):
         with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps(pair(off + i)) + "\n" for i in range(n))

@@ -7,11 +7,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import data  # noqa: E402
+import formats
+import logfiles
 from common import UserError  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
-HEADER = ",".join(data.CATALOG_COLUMNS)
+HEADER = ",".join(formats.CATALOG_COLUMNS)
 ROW_A = "trackA,Artist One;Guest,Album A,Song A,50,200000,False,0.5,0.6,5,-6.5,1,0.05,0.1,0.0,0.12,0.4,120.0,4,rock"
 ROW_B = "trackB,Artist Two,Album B,Song B,20,180000,True,0.7,0.8,-1,-4.0,0,0.1,0.2,0.5,0.3,0.9,95.5,4,pop"
 
@@ -42,7 +43,7 @@ def error_of(fn, *args, **kwargs):
 # ---------------------------------------------------------------------------------------------- catalogue
 
 def test_real_union_file():
-    cat, rep = data.load_catalog(shared("spotify_tracks", "union_8325.csv"))
+    cat, rep = formats.load_catalog(shared("spotify_tracks", "union_8325.csv"))
     assert (rep["rows_read"], rep["kept"], rep["dropped"], rep["duplicate_rows_merged"]) == (8325, 7991, 0, 334)
     assert len(cat) == 7991 == len(set(cat.track_id))
     i = cat.index()["2wrJq5XKLnmhRXHIAf9xBa"]
@@ -56,32 +57,32 @@ def test_real_union_file():
 @pytest.mark.parametrize("name,kept", [("by_genre_6000.csv", 5849), ("random_1000.csv", 1000),
                                        ("popular_gt70_1000.csv", 1000)])
 def test_real_subsets(name, kept):
-    cat, rep = data.load_catalog(shared("spotify_tracks", name))
+    cat, rep = formats.load_catalog(shared("spotify_tracks", name))
     assert rep["kept"] == kept and rep["dropped"] == 0
 
 
 def test_leading_index_column_extra_columns_and_order(tmp_path):
-    cols = ("extra",) + tuple(reversed(data.CATALOG_COLUMNS))
-    vals = [dict(zip(data.CATALOG_COLUMNS, r.split(","))) for r in (ROW_A, ROW_B)]
+    cols = ("extra",) + tuple(reversed(formats.CATALOG_COLUMNS))
+    vals = [dict(zip(formats.CATALOG_COLUMNS, r.split(","))) for r in (ROW_A, ROW_B)]
     text = "," + ",".join(cols) + "\n" + "".join(
         f"{i},x," + ",".join(v[c] for c in cols[1:]) + "\n" for i, v in enumerate(vals))
-    cat, rep = data.load_catalog(write(tmp_path, text))
+    cat, rep = formats.load_catalog(write(tmp_path, text))
     assert rep["kept"] == 2 and cat.track_id == ["trackA", "trackB"]
     assert cat.features[1].tolist() == [0.7, 0.8, -1, -4.0, 0.1, 0.2, 0.5, 0.3, 0.9, 95.5]
     assert cat.explicit.tolist() == [False, True] and cat.mode.tolist() == [1, 0]
 
 
 def test_optional_columns_default(tmp_path):
-    cols = ["track_id", "artists", "track_name", *data.FEATURES, "track_genre"]
+    cols = ["track_id", "artists", "track_name", *formats.FEATURES, "track_genre"]
     row = ["t1", "A", "S", "0.5", "0.5", "3", "-5", "0.1", "0.1", "0", "0.1", "0.5", "100", "jazz"]
-    cat, _ = data.load_catalog(write(tmp_path, ",".join(cols) + "\n" + ",".join(row) + "\n"))
+    cat, _ = formats.load_catalog(write(tmp_path, ",".join(cols) + "\n" + ",".join(row) + "\n"))
     assert (cat.album_name, cat.popularity.tolist(), cat.duration_ms.tolist()) == ([""], [0], [0])
     assert (cat.explicit.tolist(), cat.mode.tolist()) == ([False], [1])
 
 
 def test_duplicate_ids_merge_genres_keep_first_values(tmp_path):
     dup = ROW_A.replace("Song A", "Other title").replace(",rock", ",indie")
-    cat, rep = data.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B, dup, ROW_A]) + "\n"))
+    cat, rep = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B, dup, ROW_A]) + "\n"))
     assert (rep["rows_read"], rep["kept"], rep["duplicate_rows_merged"]) == (4, 2, 2)
     assert cat.genres == [["rock", "indie"], ["pop"]] and cat.track_name[0] == "Song A"
 
@@ -101,7 +102,7 @@ def test_duplicate_ids_merge_genres_keep_first_values(tmp_path):
     (ROW_B.replace(",20,", ",101,"), "out-of-range popularity", "popularity"),
 ])
 def test_bad_value_rows_are_skipped_and_counted(tmp_path, bad, reason, column):
-    cat, rep = data.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, bad, ROW_A.replace("trackA", "C")])))
+    cat, rep = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, bad, ROW_A.replace("trackA", "C")])))
     assert cat.track_id == ["trackA", "C"]
     assert (rep["rows_read"], rep["kept"], rep["dropped"]) == (3, 2, 1)
     assert rep["dropped_by_reason"] == {reason: 1}
@@ -110,13 +111,13 @@ def test_bad_value_rows_are_skipped_and_counted(tmp_path, bad, reason, column):
 
 def test_line_numbers_count_quoted_newlines(tmp_path):
     quoted = ROW_A.replace("Album A", '"Album, with\nnewline"').replace("trackA", "Q")
-    cat, rep = data.load_catalog(write(tmp_path, "\n".join([HEADER, quoted, ROW_B.replace("0.8", "x")])))
+    cat, rep = formats.load_catalog(write(tmp_path, "\n".join([HEADER, quoted, ROW_B.replace("0.8", "x")])))
     assert cat.album_name == ["Album, with\nnewline"] and rep["dropped_examples"][0].startswith("line 4,")
 
 
 def test_missing_required_column(tmp_path):
     text = HEADER.replace(",tempo", "") + "\n" + ROW_A.replace(",120.0", "") + "\n"
-    msg = error_of(data.load_catalog, write(tmp_path, text))
+    msg = error_of(formats.load_catalog, write(tmp_path, text))
     assert "missing required column(s) tempo" in msg and "the header has: track_id, artists" in msg
     assert msg.startswith(str(tmp_path / "dataset.csv"))
 
@@ -124,43 +125,43 @@ def test_missing_required_column(tmp_path):
 @pytest.mark.parametrize("sep,word", [("\t", "tab"), (";", "semicolon")])
 def test_wrong_separator(tmp_path, sep, word):
     text = HEADER.replace(",", sep) + "\n" + ROW_B.replace(",", sep) + "\n"
-    assert f"looks {word}-separated" in error_of(data.load_catalog, write(tmp_path, text))
+    assert f"looks {word}-separated" in error_of(formats.load_catalog, write(tmp_path, text))
 
 
 def test_empty_header_only_and_all_bad(tmp_path):
-    assert "empty file" in error_of(data.load_catalog, write(tmp_path, ""))
-    assert "empty file" in error_of(data.load_catalog, write(tmp_path, "\n \n"))
-    assert "no data rows" in error_of(data.load_catalog, write(tmp_path, HEADER + "\n"))
-    msg = error_of(data.load_catalog, write(tmp_path, "\n".join([HEADER] + [ROW_A.replace("0.5", "?")] * 2)))
+    assert "empty file" in error_of(formats.load_catalog, write(tmp_path, ""))
+    assert "empty file" in error_of(formats.load_catalog, write(tmp_path, "\n \n"))
+    assert "no data rows" in error_of(formats.load_catalog, write(tmp_path, HEADER + "\n"))
+    msg = error_of(formats.load_catalog, write(tmp_path, "\n".join([HEADER] + [ROW_A.replace("0.5", "?")] * 2)))
     assert "all 2 rows were dropped (non-numeric danceability: 2)" in msg and "line 2, column 'danceability'" in msg
 
 
 def test_undecodable_bytes_and_bom(tmp_path):
     raw = (HEADER + "\n" + ROW_A + "\n" + ROW_B.replace("Song B", "Caf\xe9") + "\n").encode("latin-1")
-    msg = error_of(data.load_catalog, write(tmp_path, raw))
+    msg = error_of(formats.load_catalog, write(tmp_path, raw))
     assert "line 3" in msg and "undecodable" in msg
-    cat, _ = data.load_catalog(write(tmp_path, b"\xef\xbb\xbf" + (HEADER + "\n" + ROW_A + "\n").encode()))
+    cat, _ = formats.load_catalog(write(tmp_path, b"\xef\xbb\xbf" + (HEADER + "\n" + ROW_A + "\n").encode()))
     assert cat.track_id == ["trackA"]
 
 
 def test_write_catalog_round_trip_and_layout(tmp_path):
-    cat, _ = data.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B,
+    cat, _ = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B,
                                                           ROW_A.replace(",rock", ",indie")])))
     cat.album_name[1] = 'Odd, "quoted" album'
     out = tmp_path / "out.csv"
-    data.write_catalog(cat, out)
+    formats.write_catalog(cat, out)
     lines = out.read_text().splitlines()
     assert lines[0] == "," + HEADER
     assert lines[1] == "0," + ROW_A and lines[3] == "2," + ROW_A.replace(",rock", ",indie")
     assert lines[2].startswith('1,trackB,Artist Two,"Odd, ""quoted"" album",Song B,20,180000,True,')
-    back, rep = data.load_catalog(out)
+    back, rep = formats.load_catalog(out)
     assert back == cat and rep["duplicate_rows_merged"] == 1
 
 
 def test_write_catalog_round_trips_real_file(tmp_path):
-    cat, _ = data.load_catalog(shared("spotify_tracks", "union_8325.csv"))
-    data.write_catalog(cat, tmp_path / "c.csv")
-    back, rep = data.load_catalog(tmp_path / "c.csv")
+    cat, _ = formats.load_catalog(shared("spotify_tracks", "union_8325.csv"))
+    formats.write_catalog(cat, tmp_path / "c.csv")
+    back, rep = formats.load_catalog(tmp_path / "c.csv")
     assert back == cat and rep["rows_read"] == 8325
 
 
@@ -175,11 +176,11 @@ def test_write_catalog_round_trips_real_file(tmp_path):
     ("坂本龍一", "Composition 0919", "坂本龍一|composition 0919"),
 ])
 def test_norm_key(artist, title, key):
-    assert data.norm_key(artist, title) == key
+    assert formats.norm_key(artist, title) == key
 
 
 def test_catalog_keys(tmp_path):
-    cat, _ = data.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B])))
+    cat, _ = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B])))
     assert cat.keys() == ["artist one|song a", "artist two|song b"]
     assert cat.key_index() == {"artist one|song a": 0, "artist two|song b": 1}
 
@@ -189,10 +190,10 @@ def test_catalog_keys(tmp_path):
 @pytest.fixture
 def small(tmp_path):
     """A 2-track catalogue with Music4All id tables: M1 joins by spotify id, M2 by name, M3 not at all."""
-    cat, _ = data.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B])))
-    data.write_id_information([("M1", "x", "y", "z"), ("M2", "Artist Two", "Song B - Remastered 2011", "B"),
+    cat, _ = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B])))
+    formats.write_id_information([("M1", "x", "y", "z"), ("M2", "Artist Two", "Song B - Remastered 2011", "B"),
                                ("M3", "Nobody", "Nothing", "")], tmp_path / "info.csv")
-    data.write_id_metadata([("M1", "trackA", "50.0", 2001, 0.5, 0.6, "5.0", "1.0", 0.4, 120.0, 200000)],
+    formats.write_id_metadata([("M1", "trackA", "50.0", 2001, 0.5, 0.6, "5.0", "1.0", 0.4, 120.0, 200000)],
                            tmp_path / "meta.csv")
     return cat, tmp_path / "info.csv", tmp_path / "meta.csv"
 
@@ -204,7 +205,7 @@ ONION = ("user_id\ttrack_id\ttimestamp\n"
 
 def plays_of(path, cat, **kw):
     stats = {}
-    out = list(data.iter_user_plays(path, cat, stats=stats, **kw))
+    out = list(logfiles.iter_user_plays(path, cat, stats=stats, **kw))
     return out, stats
 
 
@@ -223,7 +224,7 @@ def test_bz2_and_join_by_name_only(tmp_path, small):
     cat, info, _ = small
     p = tmp_path / "ev.tsv.bz2"
     p.write_bytes(bz2.compress(ONION.encode()))
-    out, st = plays_of(p, cat, id_information=data.load_id_information(info))
+    out, st = plays_of(p, cat, id_information=formats.load_id_information(info))
     assert [r for _, ps in out for _, r in ps] == [-1, -1, 1, -1]  # M1's name does not match; no metadata given
 
 
@@ -261,14 +262,14 @@ def test_bad_lines_are_counted(tmp_path, small):
 
 def test_user_not_grouped(tmp_path, small):
     cat, info, meta = small
-    msg = error_of(data.iter_user_plays, write(tmp_path, ONION + "7\tM1\t2019-02-19 00:00:00\n", "ev.tsv"), cat,
+    msg = error_of(logfiles.iter_user_plays, write(tmp_path, ONION + "7\tM1\t2019-02-19 00:00:00\n", "ev.tsv"), cat,
                    id_information=info, id_metadata=meta)
     assert "ev.tsv, line 6: user 7 appears again" in msg and "grouped by user" in msg and "sort -s -t" in msg
 
 
 def test_whole_file_log_errors(tmp_path, small):
     cat, info, meta = small
-    it = lambda text, **kw: data.iter_user_plays(write(tmp_path, text, "ev.tsv"), cat, **kw)  # noqa: E731
+    it = lambda text, **kw: logfiles.iter_user_plays(write(tmp_path, text, "ev.tsv"), cat, **kw)  # noqa: E731
     assert "empty file" in error_of(it, "")
     assert "unknown listening-log format" in error_of(it, "a,b\n1,2\n")
     assert "looks comma-separated" in error_of(it, ONION.replace("\t", ","), id_information=info)
@@ -280,26 +281,26 @@ def test_whole_file_log_errors(tmp_path, small):
 
 def test_write_onion_events_layout(tmp_path):
     p = tmp_path / "e.tsv"
-    data.write_onion_events([("1", "A", 100), ("1", "B", 50), ("1", "C", 200), ("0", "D", 0)], p)
+    logfiles.write_onion_events([("1", "A", 100), ("1", "B", 50), ("1", "C", 200), ("0", "D", 0)], p)
     assert p.read_text() == ("user_id\ttrack_id\ttimestamp\n1\tC\t1970-01-01 00:03:20\n1\tA\t1970-01-01 00:01:40\n"
                              "1\tB\t1970-01-01 00:00:50\n0\tD\t1970-01-01 00:00:00\n")
-    data.write_onion_events([("1", "A", 100)], tmp_path / "e.tsv.bz2")
+    logfiles.write_onion_events([("1", "A", 100)], tmp_path / "e.tsv.bz2")
     assert bz2.open(tmp_path / "e.tsv.bz2", "rt").read().splitlines()[1] == "1\tA\t1970-01-01 00:01:40"
 
 
 def test_id_tables_round_trip(tmp_path):
-    data.write_id_information([("01rMxQv6vhyE1oQX", "ABBA", "Song", 'Oro "Grandes Exitos"')], tmp_path / "i.csv")
+    formats.write_id_information([("01rMxQv6vhyE1oQX", "ABBA", "Song", 'Oro "Grandes Exitos"')], tmp_path / "i.csv")
     assert (tmp_path / "i.csv").read_text() == ('id\tartist\tsong\talbum_name\n'
                                                 '01rMxQv6vhyE1oQX\tABBA\tSong\t"Oro ""Grandes Exitos"""\n')
-    info = data.load_id_information(tmp_path / "i.csv")
+    info = formats.load_id_information(tmp_path / "i.csv")
     assert info == {"01rMxQv6vhyE1oQX": ("ABBA", "Song", 'Oro "Grandes Exitos"')}
-    assert "missing required column(s) spotify_id" in error_of(data.load_id_metadata, tmp_path / "i.csv")
+    assert "missing required column(s) spotify_id" in error_of(formats.load_id_metadata, tmp_path / "i.csv")
 
 
 def test_real_onion_events_and_music4all_subset():
-    cat, _ = data.load_catalog(shared("spotify_tracks", "union_8325.csv"))
-    info = data.load_id_information(shared("music4all_subset", "id_information.tsv"))
-    meta = data.load_id_metadata(shared("music4all_subset", "id_metadata.tsv"))
+    cat, _ = formats.load_catalog(shared("spotify_tracks", "union_8325.csv"))
+    info = formats.load_id_information(shared("music4all_subset", "id_information.tsv"))
+    meta = formats.load_id_metadata(shared("music4all_subset", "id_metadata.tsv"))
     assert len(info) == len(meta) == 5148 and info["2ar1NoamebhRidi2"][2] == 'Oro "Grandes Exitos"'
     known = 0
     for split, n_known in (("val", 902), ("test", 888)):
@@ -312,7 +313,7 @@ def test_real_onion_events_and_music4all_subset():
 
 
 def test_real_lastfm_runs():
-    cat, _ = data.load_catalog(shared("spotify_tracks", "union_8325.csv"))
+    cat, _ = formats.load_catalog(shared("spotify_tracks", "union_8325.csv"))
     out, st = plays_of(shared("lastfm1k", "userid-timestamp-artid-artname-traid-traname.head5000.tsv"), cat)
     assert [(u, len(p)) for u, p in out] == [("user_000001", 4997), ("user_000002", 3)]
     assert st["bad_rows"] == 0 and 0 <= st["match_rate"] < 0.05
@@ -325,10 +326,10 @@ def test_request_examples_do_not_depend_on_the_hash_seed():
     PYTHONHASHSEED is: a set's iteration order would leak into the prompts and the SFT data."""
     import os
     import subprocess
-    code = ("import sys; sys.path.insert(0, %r); import numpy as np, data, world; from common import read_json; "
+    code = ("import sys; sys.path.insert(0, %r); import numpy as np, tasks, world; from common import read_json; "
             "cat, _ = world.make_catalog(read_json(world.CALIBRATION), 300, 6, 0); "
             "rc = {r: (0, 0, r) for r in range(len(cat))}; "
-            "ex = data.request_examples(cat, rc, data.attribute_masks(cat), 400, ['{desc}'], "
+            "ex = tasks.request_examples(cat, rc, tasks.attribute_masks(cat), 400, ['{desc}'], "
             "np.random.default_rng(0)); print(sum(len(a) > 2 for a, _, _ in ex), [p for _, p, _ in ex])") % str(REPO)
     outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                            capture_output=True, text=True, check=True).stdout for seed in ("1", "2", "3", "4")}

@@ -25,6 +25,7 @@ import torch
 import ddp
 import dpo
 import evaluate as E
+import formats
 import model as M
 import sft
 from tests.conftest import ROOT, adapter_tensors, write_pairs, write_sft_data
@@ -167,7 +168,7 @@ def test_dpo_two_processes_equal_one(sft_one, tiny_smol, tmp_path, loss_type):
     if loss_type == "sdpo":   # S-DPO: two further rejected answers for even pairs, none for odd ones
         rows = [json.loads(line) for line in open(os.path.join(pairs, "train.jsonl"))]
         for i, r in enumerate(rows):
-            r["more_rejected"] = [M.IDVocab.text(((i + 2) % 4, 0, 1)), M.IDVocab.text(((i + 3) % 4, 3, 3))] \
+            r["more_rejected"] = [formats.id_text(((i + 2) % 4, 0, 1)), formats.id_text(((i + 3) % 4, 3, 3))] \
                 if i % 2 == 0 else []
         with open(os.path.join(pairs, "train.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

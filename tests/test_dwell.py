@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 import data
+import formats
+import logfiles
+import preferences
+import sessions
 from common import UserError
 from tests.conftest import write_onion_last_two
 
@@ -19,7 +23,7 @@ BASE = 1577836800   # 2020-01-01 00:00:00 UTC, a whole minute
 def catalog(durations_s):
     """Tracks t0, t1, ... named 'Artist i - Song i', with these lengths in seconds (0: unknown)."""
     n = len(durations_s)
-    return data.Catalog(
+    return formats.Catalog(
         track_id=[f"t{i}" for i in range(n)], track_name=[f"Song {i}" for i in range(n)],
         artists=[f"Artist {i}" for i in range(n)], album_name=[""] * n, genres=[["rock"]] * n,
         features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64),
@@ -42,12 +46,12 @@ PLAYS = [(0, 0),      # 100 s                                     -> chosen
 
 def test_a_play_sharing_its_timestamp_with_the_next_has_unknown_dwell():
     cat = catalog([240] * 4)
-    sess = data.sessions_of([(0, 0), (0, 1), (200, 2), (5000, 3)], cat, gap=1800)
+    sess = sessions.sessions_of([(0, 0), (0, 1), (200, 2), (5000, 3)], cat, gap=1800)
     assert sess == [[(0, 0, None), (0, 1, 200.0), (200, 2, None)], [(5000, 3, None)]]   # the docstring's example
     # one session still: an unknown dwell inside a session does not end it
     counts = {}
     plays = [(0, 0), (10, 1), (10, 2), (200, 3), (400, 0)]   # 1 shares its second with 2: not a 0 s skip
-    pairs = data.mine_pairs(data.sessions_of(plays, cat), {i: (i,) for i in range(4)}, counts=counts)
+    pairs = preferences.mine_pairs(sessions.sessions_of(plays, cat), {i: (i,) for i in range(4)}, counts=counts)
     assert pairs == []                                        # 0 was the only skip, and it is a context here
     assert counts["rejected"] == 1 and counts["reason: same timestamp"] == 1 and counts["unlabelled"] == 2
 
@@ -55,20 +59,20 @@ def test_a_play_sharing_its_timestamp_with_the_next_has_unknown_dwell():
 def test_plays_of_one_second_round_trip_in_play_order(tmp_path):
     cat = catalog([200] * 3)
     path = tmp_path / "ev.tsv"
-    data.write_onion_events(iter([("u", "m0", BASE + 7), ("u", "m1", BASE + 7), ("u", "m2", BASE + 9)]), str(path))
+    logfiles.write_onion_events(iter([("u", "m0", BASE + 7), ("u", "m1", BASE + 7), ("u", "m2", BASE + 9)]), str(path))
     assert path.read_text().splitlines()[1:] == ["u\tm2\t2020-01-01 00:00:09", "u\tm1\t2020-01-01 00:00:07",
                                                  "u\tm0\t2020-01-01 00:00:07"]           # newest first
     info = {f"m{i}": (f"Artist {i}", f"Song {i}", "") for i in range(3)}
-    assert list(data.iter_user_plays(str(path), cat, id_information=info)) == \
+    assert list(logfiles.iter_user_plays(str(path), cat, id_information=info)) == \
         [("u", [(BASE + 7, 0), (BASE + 7, 1), (BASE + 9, 2)])]
 
 
 # ---------------------------------------------------------------------------------------------- 2. resolution
 
 def test_timestamp_resolution_of_a_file():
-    assert data.timestamp_resolution([1550665680, 1550665860]) == 60
-    assert data.timestamp_resolution([1550665680, 1550665710]) == 1
-    assert data.timestamp_resolution([]) == 1
+    assert logfiles.timestamp_resolution([1550665680, 1550665860]) == 60
+    assert logfiles.timestamp_resolution([1550665680, 1550665710]) == 1
+    assert logfiles.timestamp_resolution([]) == 1
 
 
 def test_minute_timestamps_are_detected_and_never_say_skip(tmp_path):
@@ -79,11 +83,11 @@ def test_minute_timestamps_are_detected_and_never_say_skip(tmp_path):
     path.write_text("user\tsong\ttimestamp\n" + "".join(
         f"u1\tm{r}\t2019-02-20 12:{m:02d}\n" for m, r in ((0, 0), (0, 1), (1, 2), (3, 3), (6, 0))))
     stats = {}
-    (user, plays), = data.iter_user_plays(str(path), cat, id_information=info, stats=stats)
+    (user, plays), = logfiles.iter_user_plays(str(path), cat, id_information=info, stats=stats)
     assert stats["resolution_s"] == 60 and "whole minute" in stats["resolution_source"]
-    sess = data.sessions_of(plays, cat, resolution=60)
+    sess = sessions.sessions_of(plays, cat, resolution=60)
     assert [d for _, _, d in sess[0]] == [None, 60.0, 120.0, 180.0, None]
-    rule = data.DwellRule()
+    rule = sessions.DwellRule()
     assert [rule.label(d, 300, 60) for _, _, d in sess[0]] == [
         ("unlabelled", "unknown dwell"),   # same minute: 0-59 s, or a batch of scrobbles
         ("unlabelled", "resolution"),      # read 60 s: 1-119 s heard, on both sides of 30 s and 90 s
@@ -91,25 +95,25 @@ def test_minute_timestamps_are_detected_and_never_say_skip(tmp_path):
         ("chosen", "long listen"),         # read 180 s: 121-239 s, surely more than 90 s
         ("unlabelled", "unknown dwell")]
     # a skip threshold the minute clock can resolve: 60 s read -> at most 119 s heard
-    assert data.DwellRule(long_listen=120, skip=120).label(60.0, 300, 60) == ("rejected", "skip")
+    assert sessions.DwellRule(long_listen=120, skip=120).label(60.0, 300, 60) == ("rejected", "skip")
     # at 1 s resolution the seed's rule is unchanged
     assert [rule.label(d) for d in (90.0, 91.0, 29.0, 30.0)] == [
         ("between", "between"), ("chosen", "long listen"), ("rejected", "skip"), ("between", "between")]
 
 
 def test_users_are_held_back_until_the_resolution_is_known(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "RESOLUTION_SAMPLE", 3)
+    monkeypatch.setattr(logfiles, "RESOLUTION_SAMPLE", 3)
     cat = catalog([200] * 3)
     rows = [("a", "m0", BASE), ("a", "m1", BASE + 60), ("b", "m2", BASE + 120), ("c", "m0", BASE + 5)]
     path = tmp_path / "ev.tsv"
-    data.write_onion_events(iter(rows), str(path))
+    logfiles.write_onion_events(iter(rows), str(path))
     info = {f"m{i}": (f"Artist {i}", f"Song {i}", "") for i in range(3)}
     stats, seen = {}, []
-    for user, plays in data.iter_user_plays(str(path), cat, id_information=info, stats=stats):
+    for user, plays in logfiles.iter_user_plays(str(path), cat, id_information=info, stats=stats):
         seen.append((user, stats["resolution_s"]))     # known before the first user arrives
     assert seen == [("a", 60), ("b", 60), ("c", 60)]    # decided on a and b (3 events), all whole minutes
     given = {}
-    assert [u for u, _ in data.iter_user_plays(str(path), cat, id_information=info, stats=given, resolution=1)] \
+    assert [u for u, _ in logfiles.iter_user_plays(str(path), cat, id_information=info, stats=given, resolution=1)] \
         == ["a", "b", "c"] and given["resolution_s"] == 1 and given["resolution_source"] == "given"
 
 
@@ -117,24 +121,24 @@ def test_users_are_held_back_until_the_resolution_is_known(tmp_path, monkeypatch
 
 def test_an_empty_duration_is_unknown_not_zero(tmp_path):
     path = tmp_path / "dataset.csv"
-    data.write_catalog(catalog([200, 200]), str(path))
+    formats.write_catalog(catalog([200, 200]), str(path))
     lines = path.read_text().splitlines()
     col = lines[0].split(",").index("duration_ms")
     cells = lines[1].split(",")
     cells[col] = ""                                      # t0's length is missing
     path.write_text("\n".join([lines[0], ",".join(cells), lines[2]]) + "\n")
-    cat, report = data.load_catalog(str(path))
-    sess = data.sessions_of([(0, 0), (300, 1), (600, 0)], cat)
+    cat, report = formats.load_catalog(str(path))
+    sess = sessions.sessions_of([(0, 0), (300, 1), (600, 0)], cat)
     assert sess == [[(0, 0, 300.0), (300, 1, 200.0), (600, 0, None)]]   # t0 not capped at 0 s; t1 capped
     assert list(cat.duration_ms) == [0, 200_000] and report["unknown_duration"] == 1 and report["kept"] == 2
 
 
 def test_thresholds_relative_to_duration():
-    rel = data.DwellRule(long_fraction=0.8, skip_fraction=0.5)
-    default = data.DwellRule()
+    rel = sessions.DwellRule(long_fraction=0.8, skip_fraction=0.5)
+    default = sessions.DwellRule()
     assert default.label(20.0, 20) == ("rejected", "skip")              # a full play of a 20 s track
     assert rel.label(20.0, 20) == ("chosen", "most of the track")
-    assert data.DwellRule(skip_fraction=0.5).label(20.0, 20) == ("between", "short track")
+    assert sessions.DwellRule(skip_fraction=0.5).label(20.0, 20) == ("between", "short track")
     assert rel.label(12.0, 20) == ("between", "short track")            # < 30 s, but 60% of the track
     assert rel.label(8.0, 20) == ("rejected", "skip")                   # < 30 s and < 50%
     assert default.label(55.0, 60) == ("between", "between")            # a 60 s track can never be chosen
@@ -143,9 +147,9 @@ def test_thresholds_relative_to_duration():
     assert rel.label(20.0, 0) == ("rejected", "skip")                   # unknown length: the absolute rule
     cat = catalog(DURATIONS)
     counts = {}
-    data.mine_pairs(data.sessions_of(PLAYS, cat), {i: (i,) for i in range(6)}, rel, counts=counts,
+    preferences.mine_pairs(sessions.sessions_of(PLAYS, cat), {i: (i,) for i in range(6)}, rel, counts=counts,
                     durations=cat.duration_ms / 1000.0)
-    assert {k: counts[k] for k in data.LABELS} == {"chosen": 3, "rejected": 1, "between": 1, "unlabelled": 2}
+    assert {k: counts[k] for k in sessions.LABELS} == {"chosen": 3, "rejected": 1, "between": 1, "unlabelled": 2}
     assert counts["reason: most of the track"] == 1 and counts["reason: short track"] == 1
 
 
@@ -154,12 +158,12 @@ def test_thresholds_relative_to_duration():
 def write_run(tmp_path, log_text=None):
     """A hand-made `data.py sft` folder over the 6 tracks of DURATIONS and the session PLAYS (one user)."""
     cat = catalog(DURATIONS)
-    data.write_catalog(cat, str(tmp_path / "catalog.csv"))
+    formats.write_catalog(cat, str(tmp_path / "catalog.csv"))
     (tmp_path / "semantic_ids.tsv").write_text("track_id\tcode_0\n" + "".join(f"t{i}\t{i}\n" for i in range(6)))
-    data.write_id_information([(f"m{i}", f"Artist {i}", f"Song {i}", "") for i in range(6)],
+    formats.write_id_information([(f"m{i}", f"Artist {i}", f"Song {i}", "") for i in range(6)],
                               str(tmp_path / "id_information.csv"))
     if log_text is None:
-        data.write_onion_events(iter([("u1", f"m{r}", BASE + t) for t, r in PLAYS]), str(tmp_path / "log.tsv"))
+        logfiles.write_onion_events(iter([("u1", f"m{r}", BASE + t) for t, r in PLAYS]), str(tmp_path / "log.tsv"))
     else:
         (tmp_path / "log.tsv").write_text(log_text)
     sft = tmp_path / "sft_data"
@@ -238,20 +242,20 @@ def same_second_skips(path, cat, **kw):
     default resolution of sessions_of (1 s) is theirs."""
     stats, same, rejected, counts = {}, 0, 0, {}
     codes = {i: (i,) for i in range(len(cat))}
-    for _, plays in data.iter_user_plays(path, cat, stats=stats, **kw):
-        sess = data.sessions_of(plays, cat)
-        data.mine_pairs(sess, codes, counts=counts)
+    for _, plays in logfiles.iter_user_plays(path, cat, stats=stats, **kw):
+        sess = sessions.sessions_of(plays, cat)
+        preferences.mine_pairs(sess, codes, counts=counts)
         for s in sess:
             for (ts, _, dwell), (nxt, _, _) in zip(s, s[1:]):
                 if nxt == ts:
                     same += 1
-                    rejected += dwell is not None and dwell < data.SKIP
+                    rejected += dwell is not None and dwell < sessions.SKIP
     return same, rejected, counts.get("reason: same timestamp", 0), stats
 
 
 def named_catalog(names, ids=None):
     n = len(names)
-    return data.Catalog(track_id=ids or [f"lf{i}" for i in range(n)], track_name=[t for _, t in names],
+    return formats.Catalog(track_id=ids or [f"lf{i}" for i in range(n)], track_name=[t for _, t in names],
                         artists=[a for a, _ in names], album_name=[""] * n, genres=[["unknown"]] * n,
                         features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64),
                         duration_ms=np.full(n, 240_000, dtype=np.int64), explicit=np.zeros(n, dtype=bool),
@@ -264,8 +268,8 @@ def test_real_lastfm_batch_scrobbles_are_not_skips(shared_data):
     with open(path, encoding="utf-8") as f:
         for line in f:
             cells = line.rstrip("\n").split("\t")
-            if data.norm_key(cells[3], cells[5]) not in seen:
-                seen.add(data.norm_key(cells[3], cells[5]))
+            if formats.norm_key(cells[3], cells[5]) not in seen:
+                seen.add(formats.norm_key(cells[3], cells[5]))
                 names.append((cells[3], cells[5]))
     same, rejected, counted, stats = same_second_skips(path, named_catalog(names))
     assert (same, rejected) == (166, 0)                       # the seed's dwell (0 s) made all 166 of them skips

@@ -22,7 +22,10 @@ import pytest
 
 import data
 import fastlog
+import formats
+import logfiles
 import rvq
+import sessions
 import world
 from common import UserError
 from tests.conftest import write_onion_last_two
@@ -34,8 +37,8 @@ ONION_EVENTS = os.path.join(ROOT, "..", "shared", "data", "music4all_onion_event
 # ---------------------------------------------------------------------------------------------- pieces
 
 def test_label_codes_match_dwell_rule():
-    rules = [data.DwellRule(), data.DwellRule(long_fraction=0.8, skip_fraction=0.5),
-             data.DwellRule(long_listen=60, skip=20, long_fraction=0.5)]
+    rules = [sessions.DwellRule(), sessions.DwellRule(long_fraction=0.8, skip_fraction=0.5),
+             sessions.DwellRule(long_listen=60, skip=20, long_fraction=0.5)]
     dwell = [None, 1.0, 12.0, 29.0, 30.0, 30.5, 31.0, 45.0, 59.0, 60.0, 89.0, 90.0, 91.0, 100.0, 150.0, 400.0]
     durations = [0.0, 20.0, 25.0, 60.0, 95.0, 240.0]
     for rule in rules:
@@ -44,16 +47,16 @@ def test_label_codes_match_dwell_rule():
             dur = np.array([y for _ in dwell for y in durations])
             label, reason = fastlog.label_codes(rule, d, dur, resolution)
             want = [rule.label(x, y, resolution) for x in dwell for y in durations]
-            got = [(data.LABELS[a], fastlog.REASONS[b]) for a, b in zip(label, reason)]
+            got = [(sessions.LABELS[a], fastlog.REASONS[b]) for a, b in zip(label, reason)]
             assert got == want
 
 
 def test_vectorised_draws_match_reservoir():
-    """Several samples sharing one rng, fed in interleaved batches, keep what data.Reservoir keeps and leave the
+    """Several samples sharing one rng, fed in interleaved batches, keep what sessions.Reservoir keeps and leave the
     rng where the loop leaves it."""
     rng_loop, rng_fast = np.random.default_rng(7), np.random.default_rng(7)
     caps = (5, 0, 40, 1)
-    loop = [data.Reservoir(c, rng_loop) for c in caps]
+    loop = [sessions.Reservoir(c, rng_loop) for c in caps]
     fast = [fastlog.Sample(c) for c in caps]
     stream = random.Random(3)
     item = 0
@@ -73,12 +76,12 @@ def test_vectorised_draws_match_reservoir():
 
 
 def test_slice_samples_keep_what_the_reservoir_keeps(monkeypatch):
-    """SliceSample (the SFT samples as arrays) keeps the items data.Reservoir keeps, with the same draws, also
+    """SliceSample (the SFT samples as arrays) keeps the items sessions.Reservoir keeps, with the same draws, also
     when its rows array fills with replaced items again and again (a tiny one here) and when uncapped."""
     monkeypatch.setattr(fastlog, "SLICE_ROWS", 4)
     rng_loop, rng_fast = np.random.default_rng(11), np.random.default_rng(11)
     caps = (3, 0, 25)
-    loop = [data.Reservoir(c, rng_loop) for c in caps]
+    loop = [sessions.Reservoir(c, rng_loop) for c in caps]
     fast = [fastlog.SliceSample(c, user=object) for c in caps]
     stream = random.Random(5)
     for batch in range(40):
@@ -183,7 +186,7 @@ def worlds(tmp_path_factory):
 
 
 def catalog_of(d):
-    cat, _ = data.load_catalog(str(d / "world" / "catalog.csv"))
+    cat, _ = formats.load_catalog(str(d / "world" / "catalog.csv"))
     return cat, {"id_information": str(d / "world" / "id_information.csv"),
                  "id_metadata": str(d / "world" / "id_metadata.csv")}
 
@@ -191,12 +194,12 @@ def catalog_of(d):
 @pytest.mark.parametrize("layout", ["clean", "onion", "music4all", "onion_csv"])
 @pytest.mark.parametrize("chunk", [300, 4096, fastlog.CHUNK_BYTES])
 def test_same_listeners_plays_and_stats(worlds, layout, chunk):
-    """Block by block the numpy reader yields data.iter_user_plays' listeners, plays and stats (keys in the same
+    """Block by block the numpy reader yields logfiles.iter_user_plays' listeners, plays and stats (keys in the same
     order: they go to meta.json), whatever the block size: a 300-byte block holds about 7 lines."""
     for seed, (d, logs) in worlds.items():
         cat, ids = catalog_of(d)
         loop_stats, fast_stats = {}, {}
-        loop = list(data.iter_user_plays(logs[layout], cat, stats=loop_stats, **ids))
+        loop = list(logfiles.iter_user_plays(logs[layout], cat, stats=loop_stats, **ids))
         batches = list(fastlog.user_batches(logs[layout], cat, stats=fast_stats, chunk_bytes=chunk, **ids))
         assert [u for b in batches for u in b.users()] == loop
         assert json.dumps(fast_stats) == json.dumps(loop_stats)
@@ -218,7 +221,7 @@ def test_a_listener_seen_again_stops_both_engines_the_same_way(worlds, tmp_path)
     path = tmp_path / "ungrouped.tsv"
     path.write_text("".join(lines[:k + 3] + [lines[1]] + lines[k + 3:]), encoding="utf-8")
     messages = []
-    for read in (lambda: list(data.iter_user_plays(str(path), cat, **ids)),
+    for read in (lambda: list(logfiles.iter_user_plays(str(path), cat, **ids)),
                  lambda: list(fastlog.user_batches(str(path), cat, chunk_bytes=100, **ids))):
         with pytest.raises(UserError) as e:
             read()
@@ -229,7 +232,7 @@ def test_a_listener_seen_again_stops_both_engines_the_same_way(worlds, tmp_path)
 def test_track_ids_sharing_a_hash_still_join_exactly(worlds, monkeypatch):
     d, logs = worlds[1]
     cat, ids = catalog_of(d)
-    want = list(data.iter_user_plays(logs["onion"], cat, **ids))
+    want = list(logfiles.iter_user_plays(logs["onion"], cat, **ids))
     monkeypatch.setattr(fastlog, "_hash", lambda words, length: np.zeros(len(length), dtype=np.uint64))
     assert [u for b in fastlog.user_batches(logs["onion"], cat, chunk_bytes=5000, **ids) for u in b.users()] == want
 
@@ -242,7 +245,7 @@ def test_bz2_logs_early_stops_and_errors_in_the_reader_threads(worlds, tmp_path)
     packed = bz2.compress(open(logs["onion"], "rb").read())
     path = tmp_path / "log.tsv.bz2"
     path.write_bytes(packed)
-    want = list(data.iter_user_plays(str(path), cat, **ids))
+    want = list(logfiles.iter_user_plays(str(path), cat, **ids))
     assert [u for b in fastlog.user_batches(str(path), cat, chunk_bytes=3000, **ids) for u in b.users()] == want
     before = threading.active_count()
     batches = fastlog.user_batches(str(path), cat, chunk_bytes=3000, **ids)
@@ -252,7 +255,7 @@ def test_bz2_logs_early_stops_and_errors_in_the_reader_threads(worlds, tmp_path)
     cut = tmp_path / "cut.tsv.bz2"
     cut.write_bytes(packed[:len(packed) // 2])
     errors = []
-    for read in (lambda: list(data.iter_user_plays(str(cut), cat, **ids)),
+    for read in (lambda: list(logfiles.iter_user_plays(str(cut), cat, **ids)),
                  lambda: list(fastlog.user_batches(str(cut), cat, chunk_bytes=3000, **ids))):
         with pytest.raises(Exception) as e:
             read()
@@ -264,10 +267,11 @@ def test_engine_choice(worlds, tmp_path):
     d, logs = worlds[0]
     lastfm = tmp_path / "lastfm.tsv"
     lastfm.write_text("user_000001\t2009-05-04T23:08:57Z\t\tArtist\t\tSong\n", encoding="utf-8")
-    assert data.log_engine("auto", logs["onion_csv"]) == "numpy" and data.log_engine("auto", str(lastfm)) == "loop"
-    assert data.log_engine("loop", logs["onion"]) == "loop"
+    assert logfiles.log_engine("auto", logs["onion_csv"]) == "numpy"
+    assert logfiles.log_engine("auto", str(lastfm)) == "loop"
+    assert logfiles.log_engine("loop", logs["onion"]) == "loop"
     with pytest.raises(UserError, match="use --engine loop"):
-        data.log_engine("numpy", str(lastfm))
+        logfiles.log_engine("numpy", str(lastfm))
 
 
 # ---------------------------------------------------------------------------------------------- whole stages
@@ -358,7 +362,7 @@ def test_sft_reusing_the_split_of_rvq_writes_the_bytes_of_two_passes(worlds, tmp
     r = subprocess.run([sys.executable, "-c", code, *sft, "--out", str(tmp_path / "child")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "time split: reused" in r.stdout and r.stdout.splitlines()[-1] == "False", r.stderr
-    os.remove(tmp_path / "rvq" / data.SPLIT_FILE)
+    os.remove(tmp_path / "rvq" / sessions.SPLIT_FILE)
     data.main(sft + ["--out", str(tmp_path / "two")])
     printed = capsys.readouterr().out
     assert "split.json: absent" in printed and "log passes: 2," in printed
@@ -385,7 +389,7 @@ def test_sft_computes_the_split_when_rvq_read_other_inputs(worlds, tmp_path, cap
     assert "time split: reused" in capsys.readouterr().out
     same_files(tmp_path / "one", tmp_path / "touched")
     rvq.main(train[:train.index("--logs")])
-    assert not (tmp_path / "rvq" / data.SPLIT_FILE).exists()
+    assert not (tmp_path / "rvq" / sessions.SPLIT_FILE).exists()
 
 
 @pytest.mark.parametrize("layout", ["onion", "music4all"])
@@ -395,7 +399,7 @@ def test_co_listening_and_rvq_ids_are_the_same(worlds, tmp_path, layout, monkeyp
     monkeypatch.setattr(fastlog, "CHUNK_BYTES", 3000)
     d, logs = worlds[1]
     cat, ids = catalog_of(d)
-    t_val, _ = data.split_times(logs[layout], cat, **ids)
+    t_val, _ = sessions.split_times(logs[layout], cat, **ids)
     for window in (1, 3, 8):
         want = rvq.co_listening(logs[layout], cat, t_val, window, **ids)
         got = fastlog.co_listening(logs[layout], cat, t_val, window, **ids)
@@ -422,7 +426,7 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     last two plays), read the same by both engines."""
     both = tmp_path / "onion_val_test.csv"
     ids = write_onion_last_two(onion_sample, both)
-    cat = data.Catalog(track_id=ids, track_name=[f"Song {i}" for i in range(len(ids))],
+    cat = formats.Catalog(track_id=ids, track_name=[f"Song {i}" for i in range(len(ids))],
                        artists=["A"] * len(ids), album_name=[""] * len(ids), genres=[["rock"]] * len(ids),
                        features=np.full((len(ids), 10), 0.5), popularity=np.zeros(len(ids), dtype=np.int64),
                        duration_ms=np.full(len(ids), 200_000, dtype=np.int64), explicit=np.zeros(len(ids), bool),
@@ -430,7 +434,7 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     meta = {i: i for i in ids[::2]}   # half of the tracks join
     for path in [os.path.join(onion_sample, f"listening_history_{s}.csv") for s in ("val", "test")] + [str(both)]:
         loop_stats, fast_stats = {}, {}
-        loop = list(data.iter_user_plays(path, cat, id_metadata=meta, stats=loop_stats))
+        loop = list(logfiles.iter_user_plays(path, cat, id_metadata=meta, stats=loop_stats))
         fast = [u for b in fastlog.user_batches(path, cat, id_metadata=meta, stats=fast_stats, chunk_bytes=65536)
                 for u in b.users()]
         assert fast == loop and json.dumps(fast_stats) == json.dumps(loop_stats)
@@ -438,27 +442,27 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     # the stages' passes: the time split, the SFT mining (transitions, sessions, co-listening) and the pairs
     row_codes = {r: (r % 7, r // 7 % 5, r) for r in range(len(ids))}
     kw = {"id_metadata": meta}
-    split = data.split_times(str(both), cat, **kw)
+    split = sessions.split_times(str(both), cat, **kw)
     assert fastlog.split_times(str(both), cat, **kw) == split
     caps = {"train": 100, "val": 10, "test": 10}
     got = [miner(str(both), cat, row_codes, *split, caps, np.random.default_rng(0), **kw)
-           for miner in (data.mine_logs, fastlog.mine_logs)]
+           for miner in (sessions.mine_logs, fastlog.mine_logs)]
     cooc = got[0][3]
     got[0] = got[0][:3] + ((list(cooc), list(cooc.values())),) + got[0][4:]
     got[1] = got[1][:3] + ((list(zip(got[1][3][0].tolist(), got[1][3][1].tolist())), got[1][3][2].tolist()),) \
         + got[1][4:]
-    # the sessions: lists in the loop, data.flat_sequences' arrays from fastlog
-    assert {w: [x.tolist() for x in data.flat_sequences(q)] for w, q in got[0][4].items()} == \
+    # the sessions: lists in the loop, sessions.flat_sequences' arrays from fastlog
+    assert {w: [x.tolist() for x in sessions.flat_sequences(q)] for w, q in got[0][4].items()} == \
         {w: [x.tolist() for x in a] for w, a in got[1][4].items()}
     assert repr(got[0][:4]) == repr(got[1][:4])
     sft = tmp_path / "sft_data"
     sft.mkdir()
-    data.write_catalog(cat, str(tmp_path / "catalog.csv"))
+    formats.write_catalog(cat, str(tmp_path / "catalog.csv"))
     (tmp_path / "semantic_ids.tsv").write_text(
         "track_id\tcode_0\tcode_1\tcode_2\n" + "".join(f"{t}\t{r % 7}\t{r // 7 % 5}\t{r}\n" for r, t in enumerate(ids)))
     with open(tmp_path / "id_metadata.csv", "w", encoding="utf-8") as f:
-        f.write("\t".join(data.ID_METADATA_COLUMNS) + "\n")
-        f.writelines(f"{i}\t{i}" + "\t" * (len(data.ID_METADATA_COLUMNS) - 2) + "\n" for i in meta)
+        f.write("\t".join(formats.ID_METADATA_COLUMNS) + "\n")
+        f.writelines(f"{i}\t{i}" + "\t" * (len(formats.ID_METADATA_COLUMNS) - 2) + "\n" for i in meta)
     (sft / "meta.json").write_text(json.dumps({
         "catalog": str(tmp_path / "catalog.csv"), "semantic_ids": str(tmp_path / "semantic_ids.tsv"),
         "logs": str(both), "id_information": None, "id_metadata": str(tmp_path / "id_metadata.csv"),

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+import formats
+import logfiles
+import tasks
 from tests.conftest import ROOT
 
 TINY = {"TRACKS": "120", "USERS": "30", "CODEBOOK": "8", "ATTRIBUTE_EXAMPLES": "40", "GROUNDING_EXAMPLES": "20",
@@ -65,17 +68,16 @@ def test_every_stage_writes_its_artifacts(demo_run):
     assert not [f for _, _, fs in os.walk(run) for f in fs if f.endswith(".tmp")]   # nothing half-written
     ids = open(os.path.join(run, "rvq/semantic_ids.tsv")).read().splitlines()
     assert ids[0] == "track_id\tcode_0\tcode_1\tcode_2" and len(set(l.split("\t", 1)[1] for l in ids[1:])) == len(ids) - 1
-    import data
     train = [json.loads(l) for l in open(os.path.join(run, "sft_data/train.jsonl"))]
     assert {e["task"] for e in train} == {"attributes", "grounding", "next_track"}
     assert all(e["answer"] not in e["prompt"] for e in train)                  # never the answer in the prompt
     tests_attr = [json.loads(l) for l in open(os.path.join(run, "sft_data/test_attributes.jsonl"))]
-    train_starts = {t.split("{")[0] for t in data.TRAIN_REQUEST_TEMPLATES}
+    train_starts = {t.split("{")[0] for t in tasks.TRAIN_REQUEST_TEMPLATES}
     assert tests_attr and not any(q["prompt"].startswith(s) for q in tests_attr for s in train_starts if s)
     meta = json.load(open(os.path.join(run, "sft_data/meta.json")))
     assert meta["t_val"] <= meta["t_test"]
     pairs = [json.loads(l) for l in open(os.path.join(run, "prefs/test.jsonl"))]
-    assert pairs and all(data.parse_ts(p["time"]) >= meta["t_test"] for p in pairs)   # held-out = later
+    assert pairs and all(logfiles.parse_ts(p["time"]) >= meta["t_test"] for p in pairs)   # held-out = later
     report = json.load(open(os.path.join(run, "prefs/report.json")))
     assert report["contexts_with_candidates_cut_at_a_window_boundary"] > 0      # the tiny world does straddle
     labels = np.load(os.path.join(run, "prefs/track_labels.npz"))
@@ -155,17 +157,16 @@ def test_ask_for_music(demo_run, tiny_smol):
     lines = [l for l in r.stdout.splitlines() if l[:3].strip().rstrip(".").isdigit()]
     assert len(lines) == 3 and all("<a_" in l for l in lines)
     # a listening history: "something like" a catalogue track, after two others (one given by its ID)
-    import data
-    cat, _ = data.load_catalog(os.path.join(run, "world", "catalog.csv"))
+    cat, _ = formats.load_catalog(os.path.join(run, "world", "catalog.csv"))
     ids = dict(l.split("\t", 1) for l in open(os.path.join(run, "rvq", "semantic_ids.tsv")).read().splitlines()[1:])
-    name = lambda i: f"{data.display_artist(cat.artists[i])} - {cat.track_name[i]}"
-    first_id = data.id_text(ids[cat.track_id[1]].split("\t"))
+    name = lambda i: f"{tasks.display_artist(cat.artists[i])} - {cat.track_name[i]}"
+    first_id = formats.id_text(ids[cat.track_id[1]].split("\t"))
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "-k", "2", "--played",
                         name(0), "--played", first_id, f"something like {name(2)}"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     prompt = next(l for l in r.stdout.splitlines() if l.startswith("prompt: "))
-    assert data.id_text(ids[cat.track_id[2]].split("\t")) in prompt and name(2) not in prompt   # CONTEXT_TEXT=genre
+    assert formats.id_text(ids[cat.track_id[2]].split("\t")) in prompt and name(2) not in prompt   # CONTEXT_TEXT=genre
     assert f"context track: {name(2)}" in r.stdout                 # ... so ask.py says which track it is
     assert "--played tracks are not in the prompt" in r.stdout     # HISTORY=1: told so
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--played", "Nobody - Nothing",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import idfiles
+import formats
 import rvq
+import sessions
 from common import UserError, read_json
 
 SQUARE = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)  # mean 0
@@ -149,9 +149,9 @@ def test_resolve_collisions_full_bucket_moves_up_a_level():
 
 def feature_rows(keys, **cols):
     f = np.tile(np.array([0.5, 0.5, 0, -8.0, 0.05, 0.2, 0.01, 0.1, 0.5, 120.0]), (len(keys), 1))
-    f[:, data.FEATURES.index("key")] = keys
+    f[:, formats.FEATURES.index("key")] = keys
     for name, v in cols.items():
-        f[:, data.FEATURES.index(name)] = v
+        f[:, formats.FEATURES.index(name)] = v
     return f
 
 
@@ -167,7 +167,7 @@ def test_preprocess_key_on_circle_and_scaling():
     for col in ("danceability", "speechiness", "tempo"):
         j = rvq.COLUMNS.index(col)
         assert np.allclose([x[:, j].mean(), x[:, j].std()], [0.0, 1.0])
-    j = data.FEATURES.index("speechiness")
+    j = formats.FEATURES.index("speechiness")
     expect = (np.log(train[:, j] + rvq.LOG_EPS) - params["mean"][j]) / params["std"][j]
     assert np.allclose(x[:, rvq.COLUMNS.index("speechiness")], expect)
     k = rvq.preprocess(feature_rows([0, 11, 6, -1]), params)
@@ -194,15 +194,15 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(model["codebooks"], books)
     assert all(np.array_equal(model["params"][name], params[name]) for name in params)
     assert model["meta"]["levels"] == 2 and model["meta"]["codebook_size"] == 16
-    assert idfiles.read_rvq_meta(tmp_path) == {k: model["meta"][k] for k in ("levels", "codebook_size", "signals",
+    assert formats.read_rvq_meta(tmp_path) == {k: model["meta"][k] for k in ("levels", "codebook_size", "signals",
                                                                              "t_val")}   # the torch-free reader
     assert torch.equal(rvq.encode_new(feats, model), rvq.encode(x, books))
 
     codes, _ = rvq.resolve_collisions(x, rvq.encode(x, books), books)
     ids = [f"t{i}" for i in range(200)]
-    rvq.write_semantic_ids(tmp_path / "ids.tsv", ids, codes)
+    formats.write_semantic_ids(tmp_path / "ids.tsv", ids, codes)
     assert (tmp_path / "ids.tsv").read_text().splitlines()[0] == "track_id\tcode_0\tcode_1"
-    got_ids, got_codes = rvq.load_semantic_ids(tmp_path / "ids.tsv")
+    got_ids, got_codes = formats.load_semantic_ids(tmp_path / "ids.tsv")
     assert got_ids == ids and np.array_equal(got_codes, codes.numpy()) and got_codes.dtype == np.int64
 
 
@@ -218,19 +218,19 @@ def test_load_semantic_ids_errors(tmp_path, text, where):
     path = tmp_path / "bad.tsv"
     path.write_text(text)
     with pytest.raises(UserError, match=f"bad.tsv, {where}"):
-        rvq.load_semantic_ids(path)
+        formats.load_semantic_ids(path)
 
 
 def test_load_rvq_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         rvq.load_rvq(tmp_path)
     with pytest.raises(UserError, match="not found"):
-        idfiles.read_rvq_meta(tmp_path)
+        formats.read_rvq_meta(tmp_path)
     (tmp_path / rvq.MODEL_FILE).write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="rvq.safetensors"):
         rvq.load_rvq(tmp_path)
     with pytest.raises(UserError, match="rvq.safetensors: not a readable safetensors file"):
-        idfiles.read_rvq_meta(tmp_path)
+        formats.read_rvq_meta(tmp_path)
 
 
 # ----------------------------------------------------------------------------- report
@@ -276,9 +276,9 @@ def test_cli_end_to_end_real_catalogue(shared_data, tmp_path, capsys):
     rvq.main(["train", "--catalog", catalog, "--out", str(out), "--codebook-size", "32"])
     printed = capsys.readouterr().out
     assert "genre purity of code 1" in printed and "7991 distinct after" in printed
-    assert sorted(os.listdir(out)) == sorted([rvq.MODEL_FILE, rvq.IDS_FILE, rvq.REPORT_FILE, rvq.CONFIG_FILE])
-    ids, codes = rvq.load_semantic_ids(out / rvq.IDS_FILE)
-    cat, _ = data.load_catalog(catalog)
+    assert sorted(os.listdir(out)) == sorted([rvq.MODEL_FILE, formats.IDS_FILE, rvq.REPORT_FILE, rvq.CONFIG_FILE])
+    ids, codes = formats.load_semantic_ids(out / formats.IDS_FILE)
+    cat, _ = formats.load_catalog(catalog)
     assert ids == cat.track_id and codes.shape == (7991, 3) and codes.max() < 32
     rep = read_json(out / rvq.REPORT_FILE)
     assert rep["ids"]["collisions_after"] == 0 and rep["ids"]["unique_after"] == 7991
@@ -295,11 +295,11 @@ def test_cli_end_to_end_real_catalogue(shared_data, tmp_path, capsys):
 def test_cli_user_errors(tmp_path):
     rng = np.random.default_rng(0)
     n = 5
-    cat = data.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
+    cat = formats.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
                        feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
                        np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
     path = tmp_path / "tiny.csv"
-    data.write_catalog(cat, path)
+    formats.write_catalog(cat, path)
     with pytest.raises(UserError, match="exceeds the catalogue's 5 tracks"):
         rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "8"])
     with pytest.raises(UserError, match="more than 2\\^2 IDs"):
@@ -309,7 +309,7 @@ def test_cli_user_errors(tmp_path):
         rvq.main(["train", "--catalog", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()  # nothing written on a user error
     rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "2"])
-    assert len(rvq.load_semantic_ids(tmp_path / "o" / rvq.IDS_FILE)[0]) == 5
+    assert len(formats.load_semantic_ids(tmp_path / "o" / formats.IDS_FILE)[0]) == 5
 
 
 # ----------------------------------------------------------------------------- signal blocks
@@ -367,15 +367,15 @@ def test_train_with_genre_and_collab_signals(tmp_path):
     assert rep["signals"]["blocks"] == ["audio", "genre", "collab"] and rep["signals"]["dims"]["genre"] == 6
     model = rvq.load_rvq(out)
     assert model["meta"]["signals"] == ["audio", "genre", "collab"] and model["meta"]["t_val"] > 0
-    split = read_json(out / data.SPLIT_FILE)   # the time split, for data.py sft to reuse, and what it came from
+    split = read_json(out / sessions.SPLIT_FILE)   # the time split, for data.py sft to reuse, and what it came from
     assert split["t_val"] == model["meta"]["t_val"] < split["t_test"]
-    assert split["inputs"] == data.split_inputs(logs[1], w / "catalog.csv", logs[3], logs[5])
-    cat, _ = data.load_catalog(w / "catalog.csv")
+    assert split["inputs"] == sessions.split_inputs(logs[1], w / "catalog.csv", logs[3], logs[5])
+    cat, _ = formats.load_catalog(w / "catalog.csv")
     primary = [g[0] for g in cat.genres]
     new = rvq.encode_new(cat.features, model, primary)                   # every track as if it were new
     cold = rep["tracks"] - rep["signals"]["collab_warm_tracks"]
     assert new.shape == (300, 3) and cold >= 0
-    _, ids = rvq.load_semantic_ids(out / rvq.IDS_FILE)
+    _, ids = formats.load_semantic_ids(out / formats.IDS_FILE)
     assert (new[:, 0].numpy() == ids[:, 0]).mean() > 0.95                # a new track lands in its genre's code
     with pytest.raises(UserError, match="needs --logs"):
         rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,collab"])

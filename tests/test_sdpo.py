@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo import dpo_loss, sdpo_loss
+import formats
 
 
 def logps_for(beta_deltas, beta=0.1):
@@ -119,5 +120,4 @@ def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
 
 
 def M_text(*codes):
-    import model as M
-    return M.IDVocab.text(codes)
+    return formats.id_text(codes)

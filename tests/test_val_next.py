@@ -6,6 +6,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from val_next import prefix_popularity_scores  # noqa: E402
+import tasks
 
 
 def test_prefix_popularity_ranks_two_shared_codes_then_one_then_popularity():
@@ -42,7 +43,6 @@ def test_pair_rows_of_two_files_on_the_same_queries(tmp_path):
 
 
 def test_attribute_queries_are_distinct_requests_with_every_matching_track_relevant():
-    import data
     from val_next import attribute_queries
     from tests.test_prefs import tiny_catalog
     cat = tiny_catalog(n=20)
@@ -53,6 +53,6 @@ def test_attribute_queries_are_distinct_requests_with_every_matching_track_relev
     # every track is slow (tempo 0.5) and within 5 BPM of 0: a request's genre alone decides, or none: all tracks
     evens, odds = set(range(0, 20, 2)), set(range(1, 20, 2))
     for prompt, rel in qs:
-        assert any(prompt.lower().startswith(t.split("{")[0].lower()) for t in data.TRAIN_REQUEST_TEMPLATES)
+        assert any(prompt.lower().startswith(t.split("{")[0].lower()) for t in tasks.TRAIN_REQUEST_TEMPLATES)
         assert rel == (evens if "jazz" in prompt else odds if "rock" in prompt else evens | odds)
     assert attribute_queries(cat, row_codes, 5, seed=0) == qs   # seeded

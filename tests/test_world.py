@@ -9,7 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import data  # noqa: E402
+import formats
+import logfiles
 import world  # noqa: E402
 from common import UserError  # noqa: E402
 
@@ -25,7 +26,7 @@ def small_world(tmp_path_factory):
 
 
 def read_world(out):
-    cat, rep = data.load_catalog(out / "catalog.csv")
+    cat, rep = formats.load_catalog(out / "catalog.csv")
     truth = json.loads((out / "truth.json").read_text())
     return cat, rep, truth
 
@@ -88,11 +89,11 @@ def test_catalog_format_fidelity(small_world):
     assert len(cat) == 300 and rep["dropped"] == 0 and rep["duplicate_rows_merged"] == 3  # 1% of 300
     assert rep["rows_read"] == 303 and sum(len(g) == 2 for g in cat.genres) == 3
     header = (small_world / "catalog.csv").read_text().splitlines()[0]
-    assert header == "," + ",".join(data.CATALOG_COLUMNS)
+    assert header == "," + ",".join(formats.CATALOG_COLUMNS)
     assert all(len(t) == 22 and t.isalnum() for t in cat.track_id) and len(set(cat.track_id)) == 300
     assert len(set(cat.primary_genre())) == 20 and cat.primary_genre()[0] == "country"
-    f = {name: cat.feature(name) for name in data.FEATURES}
-    assert all(((f[u] >= 0) & (f[u] <= 1)).all() for u in data.UNIT_FEATURES)
+    f = {name: cat.feature(name) for name in formats.FEATURES}
+    assert all(((f[u] >= 0) & (f[u] <= 1)).all() for u in formats.UNIT_FEATURES)
     assert set(np.unique(f["key"])) <= set(range(-1, 12)) and set(cat.mode.tolist()) <= {0, 1}
     assert ((cat.popularity >= 0) & (cat.popularity <= 100)).all() and (cat.duration_ms >= 30_000).all()
     assert len(set(cat.keys())) == 300  # titles are unique per artist, so name joins are exact
@@ -108,13 +109,13 @@ def test_every_play_joins_by_id_and_by_name(small_world):
     lines = tsv.read_text().splitlines()
     assert lines[0] == "user_id\ttrack_id\ttimestamp" and len(lines[1].split("\t")[1]) == 16
     by_id, st = [], {}
-    for user, plays in data.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv",
+    for user, plays in logfiles.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv",
                                             id_metadata=small_world / "id_metadata.csv", stats=st):
         by_id.append((user, plays))
     assert st["match_rate"] == 1.0 and st["bad_rows"] == 0 and st["events_read"] == truth["realised"]["events"]
     assert [u for u, _ in by_id] == [str(i) for i in range(30)]
     assert [len(p) for _, p in by_id] == [u["plays"] for u in truth["users"]]
-    by_name = list(data.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv"))
+    by_name = list(logfiles.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv"))
     assert by_name == by_id
     ts = [int(x) for x in np.array([t for _, p in by_id for t, _ in p])]
     assert min(ts) >= world.START and all(a[0] < b[0] for _, p in by_id for a, b in zip(p, p[1:]))
@@ -127,7 +128,7 @@ def test_planted_shares_and_skip_signal(small_world):
     cat, _, truth = read_world(small_world)
     tsv = small_world / "userid_trackid_timestamp.tsv"
     gaps, rows = [], []
-    for _, plays in data.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv"):
+    for _, plays in logfiles.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv"):
         for (t, r), (t2, _) in zip(plays, plays[1:]):
             if t2 - t < 3600:  # the last play of a session has no observable dwell
                 gaps.append(t2 - t), rows.append(r)
@@ -136,7 +137,8 @@ def test_planted_shares_and_skip_signal(small_world):
     assert 0.30 <= truth["realised"]["skip_share"] <= 0.40 and 0.50 <= truth["realised"]["long_share"] <= 0.60
     s = np.array(truth["tracks"]["skip_propensity"])[rows]
     assert (gaps[s > 0.5] < 30).mean() > (gaps[s < -0.5] < 30).mean() + 0.1  # s_t drives skips
-    sessions = 30 + sum(1 for _, p in data.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv")
+    plays = logfiles.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv")
+    sessions = 30 + sum(1 for _, p in plays
                         for a, b in zip(p, p[1:]) if b[0] - a[0] >= 3600)
     assert 4 <= sum(u["plays"] for u in truth["users"]) / sessions <= 20
 
@@ -174,7 +176,7 @@ def test_committed_calibration_matches_union_file():
     if not union.exists():
         pytest.skip(f"{union} not available")
     committed = json.loads((REPO / "world_calibration.json").read_text())
-    fresh = json.loads(json.dumps(world.calibrate(data.load_catalog(union)[0])))
+    fresh = json.loads(json.dumps(world.calibrate(formats.load_catalog(union)[0])))
     assert {k: v for k, v in committed.items() if k != "command"} == fresh
     assert list(fresh["genres"])[:6] == ["country", "rock", "dubstep", "deep-house", "metal", "hip-hop"]
     assert fresh["genres"]["country"]["rows"] == 1000 and len(fresh["genres"]) == 20
@@ -188,9 +190,9 @@ def test_listen_over_real_catalogue(tmp_path):
         pytest.skip(f"{real} not available")
     world.main(["listen", "--catalog", str(real), "--out", str(tmp_path), "--users", "10", "--seed", "1"])
     assert not (tmp_path / "catalog.csv").exists()
-    cat, _ = data.load_catalog(real)
+    cat, _ = formats.load_catalog(real)
     st = {}
-    n = sum(len(p) for _, p in data.iter_user_plays(tmp_path / "userid_trackid_timestamp.tsv", cat,
+    n = sum(len(p) for _, p in logfiles.iter_user_plays(tmp_path / "userid_trackid_timestamp.tsv", cat,
                                                     id_information=tmp_path / "id_information.csv",
                                                     id_metadata=tmp_path / "id_metadata.csv", stats=st))
     assert st["match_rate"] == 1.0 and st["users"] == 10 and n == st["events_read"] > 100
