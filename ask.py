@@ -20,6 +20,7 @@ import re
 
 import formats
 import model as M
+import ranking
 import tasks
 from common import UserError, read_json, run_main
 
@@ -103,13 +104,13 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
     # as the SFT data were built; data written before the context_text option showed names
     prompt, named = build_prompt(request, catalog, row_codes, played, meta.get("prompt_history", 1),
                                  meta.get("context_text", "name"))
-    trie = M.IDTrie(list(id_to_row), vocab.levels)
+    trie = ranking.IDTrie(list(id_to_row), vocab.levels)
     if len(id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
-        res = M.exact_top_k(model, [fmt.prompt(prompt)], vocab, trie, k + 1, device=device,
+        res = ranking.exact_top_k(model, [fmt.prompt(prompt)], vocab, trie, k + 1, device=device,
                             pad_id=M.pad_id_of(tok))[0]
     else:
         res = [(tuple(vocab.level_code(t)[1] for t in toks), score) for toks, score in
-               M.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=trie, pad_id=M.pad_id_of(tok),
+               ranking.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=trie, pad_id=M.pad_id_of(tok),
                              device=device)[0]]
     out = [(id_to_row[c], score, c) for c, score in res if id_to_row[c] != named]
     return out[:k], catalog, prompt, named

@@ -41,6 +41,7 @@ import dpo
 import formats
 import lora
 import model as M
+import ranking
 import rvq
 import sasrec
 from common import UserError, atomic_open, need_file, read_json, run_main, save_config, write_json
@@ -164,7 +165,7 @@ def same_weights(adapter_a, adapter_b):
 def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, args, desc):
     """Top-K catalogue rows per prompt, ranked by the model's log p(ID | prompt) (summed over the L codes).
 
-    ranking "exact": every ID that can reach the top K is scored (model.exact_top_k, a pruned walk over the
+    ranking "exact": every ID that can reach the top K is scored (ranking.exact_top_k, a pruned walk over the
     ID trie), so the list is the model's true top K; "beam": constrained beam search (approximate, for
     catalogues too large to walk). Ties (equal scores) are broken against the relevant items, as for the
     baselines. A model whose ID rows are all identical (the zero-shot base: every ID starts at the mean
@@ -182,10 +183,10 @@ def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, arg
                       leave=False):
             chunk = enc[s:s + args.batch_size]
             if args.ranking == "exact":
-                batches.append(M.exact_top_k(model, chunk, fmt.vocab, trie, k, device=args.device,
+                batches.append(ranking.exact_top_k(model, chunk, fmt.vocab, trie, k, device=args.device,
                                              batch_size=args.batch_size))
             else:
-                res = M.beam_search(model, chunk, fmt.vocab, args.beam_width, trie=trie,
+                res = ranking.beam_search(model, chunk, fmt.vocab, args.beam_width, trie=trie,
                                     pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
                                     device=args.device)
                 batches.append([[(tuple(fmt.vocab.level_code(t)[1] for t in toks), sc) for toks, sc in r]
@@ -219,7 +220,7 @@ def hallucination(model, fmt, prompts, trie, args, desc):
     enc = [fmt.prompt(p) for p in prompts]
     batches = []
     for s in tqdm(ddp.shard(range(0, len(enc), args.batch_size)), desc=desc, disable=ddp.bar_off(), leave=False):
-        batches.append(M.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.hallucination_beam,
+        batches.append(ranking.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.hallucination_beam,
                                      trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
                                      batch_size=args.batch_size, device=args.device))
     res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
@@ -307,7 +308,7 @@ def evaluate(args):
     row_of_track = catalog.index()
     rows = np.array([row_of_track[t] for t in track_ids])
     id_to_row = {tuple(int(c) for c in cs): int(r) for cs, r in zip(codes, rows)}
-    trie = M.IDTrie(list(id_to_row), meta["levels"])
+    trie = ranking.IDTrie(list(id_to_row), meta["levels"])
     n_items = len(catalog)
     if args.ranking == "auto":   # the exact walk's cost grows with the prefixes it may have to expand
         args.ranking = "exact" if n_items <= args.exact_max_items else "beam"

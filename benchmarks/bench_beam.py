@@ -1,11 +1,11 @@
-"""model.beam_search (trie-constrained) against transformers' generate(num_beams=W, prefix_allowed_tokens_fn=...).
+"""ranking.beam_search (trie-constrained) against transformers' generate(num_beams=W, prefix_allowed_tokens_fn=...).
 
     python benchmarks/bench_beam.py [--run runs/demo] [--prompts 160] [--beam-width 20] [--batch-size 8]
 
 Same model object for both (model.load_policy: the base + RUN/sft/adapter when present, else the base with random
 Semantic-ID rows, so that scores have no ties), same prompts (the first --prompts of RUN/sft_data/test_next.jsonl,
 encoded by PromptFormat and left-padded by model.left_pad), same batches of --batch-size prompts, same beam width,
-the same trie (model.IDTrie over the run's semantic_ids.tsv). The peer: `generate(num_beams=W,
+the same trie (ranking.IDTrie over the run's semantic_ids.tsv). The peer: `generate(num_beams=W,
 num_return_sequences=W, do_sample=False, max_new_tokens=L, prefix_allowed_tokens_fn=...)`, the function returning
 the level-t tokens the trie allows after the beam's generated prefix; it is timed without output_scores (its fastest
 call), then run once more, untimed, with output_scores to compare scores. HF divides a finished beam's summed
@@ -27,6 +27,7 @@ from tqdm import tqdm
 import harness  # first: it puts the repository root on sys.path for the imports below
 import formats
 import model as M
+import ranking
 from common import need_file, read_json, run_main, seed_everything, write_json
 
 # -----------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def load(args):
             w = emb.weight.float()
             emb.new_rows.copy_(w.mean(0) + w.std(0) * torch.randn_like(emb.new_rows.float()))
     _, codes = formats.load_semantic_ids(meta["semantic_ids"])
-    trie = M.IDTrie(codes.tolist(), meta["levels"])
+    trie = ranking.IDTrie(codes.tolist(), meta["levels"])
     fmt = M.PromptFormat(tok, vocab)
     with open(os.path.join(data, "test_next.jsonl"), encoding="utf-8") as f:
         prompts = [json.loads(line)["prompt"] for line in f if line.strip()][:args.prompts]
@@ -70,7 +71,7 @@ def run_ours(args, model, fmt, trie, enc):
     def search(prompts):  # per batch, as evaluate.rank_with_model calls it
         out = []
         for s in tqdm(range(0, len(prompts), args.batch_size), desc="ours", disable=None, leave=False):
-            out += M.beam_search(model, prompts[s:s + args.batch_size], fmt.vocab, args.beam_width, trie=trie,
+            out += ranking.beam_search(model, prompts[s:s + args.batch_size], fmt.vocab, args.beam_width, trie=trie,
                                  pad_id=pad, batch_size=args.batch_size, device="cpu")
         return out
 
@@ -140,7 +141,7 @@ def compare(ours, peer):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="model.beam_search vs transformers generate(num_beams=...)")
+    p = argparse.ArgumentParser(description="ranking.beam_search vs transformers generate(num_beams=...)")
     p.add_argument("--run", default=RUN, help="pipeline run folder with sft_data/ (and sft/adapter/)")
     p.add_argument("--sft", default=None,
                    help="SFT adapter (default RUN/sft/adapter if present; 'none': base + random ID rows)")
@@ -185,7 +186,7 @@ def main(argv=None):
     print(f"{args.model}: {args.prompts} prompts, beam width {args.beam_width}, batches of {args.batch_size}, "
           f"{args.threads} threads; " + ", ".join(f"{k} {x}" for k, x in v.items()))
     rows, raw = [], {}
-    for label, name in (("ours: model.beam_search", "ours"), ("HF generate + prefix_allowed_tokens_fn", "hf")):
+    for label, name in (("ours: ranking.beam_search", "ours"), ("HF generate + prefix_allowed_tokens_fn", "hf")):
         res, rss = harness.run_child(os.path.abspath(__file__), base, name, args.threads)
         rows.append({"system": label, "prompts_per_s": len(res["results"]) / res["secs"], "secs": res["secs"],
                      "peak_rss_mib": rss})

@@ -1,4 +1,4 @@
-"""Exact ranking (model.exact_top_k, a pruned walk over the ID trie) against constrained beam search, widths 10-50.
+"""Exact ranking (ranking.exact_top_k, a pruned walk over the ID trie) against constrained beam search, widths 10-50.
 
     python benchmarks/bench_exact.py [--run runs/demo] [--prompts 40] [--k 21] [--widths 10 21 50] [--batch-size 8]
 
@@ -25,6 +25,7 @@ import harness  # first: it puts the repository root on sys.path for the imports
 import formats
 import lora
 import model as M
+import ranking
 from common import need_file, read_json, run_main, write_json
 
 # -----------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def load(args):
     lora.merge_lora(model)   # as evaluate.py: the same function, one matmul per projection instead of three
     track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
     codes_of = {t: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
-    trie = M.IDTrie(list(codes_of.values()), vocab.levels)
+    trie = ranking.IDTrie(list(codes_of.values()), vocab.levels)
     fmt = M.PromptFormat(tok, vocab)
     queries = []
     for name, file in (("next-track", "test_next.jsonl"), ("attributes", "test_attributes.jsonl")):
@@ -93,7 +94,7 @@ def timed(fn, prompts, batch_size):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="model.exact_top_k against constrained beam search")
+    p = argparse.ArgumentParser(description="ranking.exact_top_k against constrained beam search")
     p.add_argument("--run", default=RUN, help="pipeline run folder with sft_data/ and sft/adapter/")
     p.add_argument("--sft", default=None, help="SFT adapter (default RUN/sft/adapter)")
     p.add_argument("--model", default=MODEL, help="base model folder (the one the SFT adapter was trained on)")
@@ -121,7 +122,7 @@ def main(argv=None):
           + ", ".join(f"{k} {x}" for k, x in v.items()))
 
     stats = {}
-    exact, secs = timed(lambda b: M.exact_top_k(model, b, vocab, trie, args.k, batch_size=args.batch_size,
+    exact, secs = timed(lambda b: ranking.exact_top_k(model, b, vocab, trie, args.k, batch_size=args.batch_size,
                                                  pad_id=pad, stats=stats), prompts, args.batch_size)
     forwards = stats["forwards"][-len(prompts):]          # the timed pass's, not the warm-up's
     rows = [{"method": f"exact top {args.k}", "secs_per_prompt": secs / len(prompts),
@@ -130,7 +131,7 @@ def main(argv=None):
     beams_ok = True
     for w in args.widths:
         def beam(b, w=w):
-            res = M.beam_search(model, b, vocab, w, trie=trie, pad_id=pad, batch_size=args.batch_size)
+            res = ranking.beam_search(model, b, vocab, w, trie=trie, pad_id=pad, batch_size=args.batch_size)
             return [[(tuple(vocab.level_code(t)[1] for t in toks), s) for toks, s in r] for r in res]
         res, secs = timed(beam, prompts, args.batch_size)
         row = {"method": f"beam width {w}", "secs_per_prompt": secs / len(prompts),

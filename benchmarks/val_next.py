@@ -12,7 +12,7 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                optimistic here)
   ID prefix popularity         tracks sharing the context's first code, then its first two codes, by popularity:
                                what the Semantic IDs' prefixes alone say, no model (a proxy to compare ID options)
-  each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (model.exact_top_k); for a DPO
+  each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (ranking.exact_top_k); for a DPO
                                adapter also its validation preference accuracy (FOLDER/../summary.json), so the
                                DPO options can be weighed on both without the test set
 Then every other row minus the first adapter, paired on the same queries, with 95% bootstrap intervals.
@@ -36,6 +36,7 @@ import evaluate as E
 import formats
 import lora
 import model as M
+import ranking
 import tasks
 import sasrec
 from common import UserError, need_file, read_json, run_main, write_json
@@ -180,7 +181,7 @@ def main(argv=None):
         sas_scores = sasrec.score(sasrec.load(sas_dir), [q[1] for q in queries], n_items)
         record("SASRec", lambda i: sas_scores[i])
     record("ID prefix popularity", lambda i: prefix_popularity_scores(C, popularity, queries[i][1][-1]))
-    trie = M.IDTrie(list(code_row), meta["levels"])
+    trie = ranking.IDTrie(list(code_row), meta["levels"])
     attr_queries = attribute_queries(catalog, {r: c for c, r in code_row.items()}, args.attribute_queries,
                                      args.seed) if args.attribute_queries else []
     if attr_queries:
@@ -194,7 +195,7 @@ def main(argv=None):
         scored = []
         with torch.no_grad():
             for s in range(0, len(enc), args.batch_size):
-                scored += M.exact_top_k(model, enc[s:s + args.batch_size], vocab, trie, K + 1,
+                scored += ranking.exact_top_k(model, enc[s:s + args.batch_size], vocab, trie, K + 1,
                                         batch_size=args.batch_size)
 
         def llm_scores(i, scored=scored):
@@ -203,7 +204,7 @@ def main(argv=None):
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
         if attr_queries:
             with torch.no_grad():
-                top = M.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
+                top = ranking.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
                                     batch_size=args.batch_size)
             # ties broken against the relevant tracks, as above
             ranked = [E.top_k_pessimistic(score_vector(t, code_row, n_items), rel, K)

@@ -27,6 +27,7 @@ import dpo
 import evaluate as E
 import formats
 import model as M
+import ranking
 import sft
 from tests.conftest import ROOT, adapter_tensors, write_pairs, write_sft_data
 
@@ -192,7 +193,7 @@ def eval_results(tiny, pairs):
         model.model.embed_tokens.new_rows.normal_(std=1.0)     # distinct ID tokens, so scores differ
     fmt = M.PromptFormat(tok, vocab)
     ids = [c for c in itertools.product(range(4), repeat=3) if sum(c) % 3]       # 42 of the 64 codes are tracks
-    trie, id_to_row = M.IDTrie(ids, 3), {c: i for i, c in enumerate(ids)}
+    trie, id_to_row = ranking.IDTrie(ids, 3), {c: i for i, c in enumerate(ids)}
     prompts = [f"something like <a_{i % 4}><b_{i % 3}><c_1>, request {i}" for i in range(7)]
     args = E.parse_args(["--run", "unused", "--batch-size", "2", "--score-batch-size", "3", "--device", "cpu"])
     out = {}

@@ -9,6 +9,7 @@ import torch
 
 import evaluate as E
 import model as M
+import ranking
 
 
 # ----------------------------------------------------------------------------- metrics (RecBole)
@@ -83,10 +84,10 @@ def exhaustive(model, prompt, ids, vocab, pad):
 def test_beam_search_equals_exhaustive_scoring(tiny_policy):
     model, tok, vocab = tiny_policy
     ids = [c for c in itertools.product(range(4), repeat=3) if sum(c) % 3 != 0]      # 42 of 64 codes valid
-    trie = M.IDTrie(ids, 3)
+    trie = ranking.IDTrie(ids, 3)
     fmt = M.PromptFormat(tok, vocab)
     prompts = [fmt.prompt("rock"), fmt.prompt("something like <a_1><b_2><c_3>, but a longer prompt")]
-    res = M.beam_search(model, prompts, vocab, beam_width=len(ids), trie=trie, pad_id=M.pad_id_of(tok),
+    res = ranking.beam_search(model, prompts, vocab, beam_width=len(ids), trie=trie, pad_id=M.pad_id_of(tok),
                         batch_size=2)
     for p, r in zip(prompts, res):
         got = [(tuple(vocab.level_code(t)[1] for t in toks), s) for toks, s in r]
@@ -95,7 +96,7 @@ def test_beam_search_equals_exhaustive_scoring(tiny_policy):
         assert np.allclose([g[1] for g in got], [w[1] for w in want], atol=1e-4)
         assert len({g[0] for g in got}) == len(got)                                  # unique beams
     # a narrow beam still returns valid, unique IDs, best first
-    narrow = M.beam_search(model, prompts, vocab, beam_width=5, trie=trie, pad_id=M.pad_id_of(tok))
+    narrow = ranking.beam_search(model, prompts, vocab, beam_width=5, trie=trie, pad_id=M.pad_id_of(tok))
     for r in narrow:
         codes = [tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in r]
         assert len(r) == 5 and all(c in trie.valid for c in codes) and len(set(codes)) == 5
@@ -104,16 +105,16 @@ def test_beam_search_equals_exhaustive_scoring(tiny_policy):
 
 def test_trie_never_yields_invalid_and_raises_on_empty(tiny_policy):
     model, tok, vocab = tiny_policy
-    trie = M.IDTrie([(0, 1, 2), (0, 1, 3), (2, 0, 0)], 3)
+    trie = ranking.IDTrie([(0, 1, 2), (0, 1, 3), (2, 0, 0)], 3)
     assert trie.allowed(()).tolist() == [0, 2] and trie.allowed((0, 1)).tolist() == [2, 3]
     assert trie.allowed((1,)).tolist() == []
     fmt = M.PromptFormat(tok, vocab)
-    res = M.beam_search(model, [fmt.prompt("x")], vocab, beam_width=20, trie=trie, pad_id=0)[0]
+    res = ranking.beam_search(model, [fmt.prompt("x")], vocab, beam_width=20, trie=trie, pad_id=0)[0]
     assert sorted(tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in res) == sorted(trie.valid)
-    broken = M.IDTrie([(0, 1, 2)], 3)
+    broken = ranking.IDTrie([(0, 1, 2)], 3)
     broken.children[(0, 1)] = torch.empty(0, dtype=torch.long)                     # a prefix with no child
     with pytest.raises(RuntimeError, match="no Semantic-ID token is allowed"):
-        M.beam_search(model, [fmt.prompt("x")], vocab, beam_width=4, trie=broken, pad_id=0)
+        ranking.beam_search(model, [fmt.prompt("x")], vocab, beam_width=4, trie=broken, pad_id=0)
 
 
 def test_unconstrained_classification(tiny_policy):

@@ -1,4 +1,4 @@
-"""Exact ranking (model.score_all_ids, model.exact_top_k): equal to brute force, to each other, to a full-width beam."""
+"""Exact ranking (ranking.score_all_ids, ranking.exact_top_k): equal to brute force, to each other, to a full-width beam."""
 import itertools
 
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model as M
+import ranking
 from tests.conftest import make_tiny_llama
 
 # 29 IDs of 3 codes < 4: level-1 code 3 and prefix (1, 2) are absent, and the rest is thinned out
@@ -34,7 +35,7 @@ def policy(request, tiny_smol, tiny_untied):
             model.lm_head.new_rows.normal_(std=1.0)
     fmt = M.PromptFormat(tok, vocab)
     prompts = [fmt.prompt("rock"), fmt.prompt("something like <a_1><b_2><c_3>, but a longer prompt")]
-    return model, vocab, M.IDTrie(IDS, 3), prompts, M.pad_id_of(tok)
+    return model, vocab, ranking.IDTrie(IDS, 3), prompts, M.pad_id_of(tok)
 
 
 def brute_force(model, prompt, codes, vocab):
@@ -48,7 +49,7 @@ def brute_force(model, prompt, codes, vocab):
 
 
 def full_top_k(model, prompt, vocab, trie, k):
-    return M.rank_ids(*M.score_all_ids(model, prompt, vocab, trie), k)
+    return ranking.rank_ids(*ranking.score_all_ids(model, prompt, vocab, trie), k)
 
 
 def assert_same_ranking(got, want, atol=1e-4):
@@ -57,36 +58,36 @@ def assert_same_ranking(got, want, atol=1e-4):
 
 
 def test_ids_fixture_leaves_prefixes_out():
-    trie = M.IDTrie(IDS, 3)
+    trie = ranking.IDTrie(IDS, 3)
     assert 20 <= len(IDS) <= 40 and trie.allowed(()).tolist() == [0, 1, 2] and trie.allowed((1, 2)).numel() == 0
 
 
 def test_score_all_ids_equals_brute_force(policy):
     model, vocab, trie, prompts, _ = policy
     for prompt in prompts:
-        codes, scores = M.score_all_ids(model, prompt, vocab, trie)
+        codes, scores = ranking.score_all_ids(model, prompt, vocab, trie)
         assert codes == sorted(IDS) and scores.shape == (len(IDS),) and scores.dtype == torch.float32
         want = [brute_force(model, prompt, c, vocab) for c in codes]
         assert np.allclose(scores.numpy(), want, atol=1e-4)
-    assert len(set(M.score_all_ids(model, prompts[0], vocab, trie)[1].tolist())) == len(IDS)   # no ties here
+    assert len(set(ranking.score_all_ids(model, prompts[0], vocab, trie)[1].tolist())) == len(IDS)   # no ties here
 
 
 def test_chunked_walk_equals_unchunked(policy):
     model, vocab, trie, prompts, _ = policy
-    codes, whole = M.score_all_ids(model, prompts[1], vocab, trie, chunk=10_000)
+    codes, whole = ranking.score_all_ids(model, prompts[1], vocab, trie, chunk=10_000)
     for chunk in (1, 3):
-        c, s = M.score_all_ids(model, prompts[1], vocab, trie, chunk=chunk)
+        c, s = ranking.score_all_ids(model, prompts[1], vocab, trie, chunk=chunk)
         assert c == codes and torch.allclose(s, whole, atol=1e-5)
 
 
 def test_rank_ids_order_and_ties():
     codes = [(0, 0, 1), (0, 0, 0), (1, 0, 0), (0, 1, 0)]
     scores = [-1.0, -2.0, -1.0, -2.0]
-    assert M.rank_ids(codes, scores) == [((0, 0, 1), -1.0), ((1, 0, 0), -1.0), ((0, 0, 0), -2.0), ((0, 1, 0), -2.0)]
-    assert [c for c, _ in M.rank_ids(codes, scores, 1)] == [(0, 0, 1), (1, 0, 0)]        # the tie comes along
-    assert len(M.rank_ids(codes, scores, 3)) == 4 and len(M.rank_ids(codes, scores, 9)) == 4
+    assert ranking.rank_ids(codes, scores) == [((0, 0, 1), -1.0), ((1, 0, 0), -1.0), ((0, 0, 0), -2.0), ((0, 1, 0), -2.0)]
+    assert [c for c, _ in ranking.rank_ids(codes, scores, 1)] == [(0, 0, 1), (1, 0, 0)]        # the tie comes along
+    assert len(ranking.rank_ids(codes, scores, 3)) == 4 and len(ranking.rank_ids(codes, scores, 9)) == 4
     with pytest.raises(ValueError):
-        M.rank_ids(codes, scores, 0)
+        ranking.rank_ids(codes, scores, 0)
 
 
 def test_exact_top_k_equals_full_scoring(policy):
@@ -94,8 +95,8 @@ def test_exact_top_k_equals_full_scoring(policy):
     full_walk = len(trie.children)           # 1 prompt forward + one per prefix of length 1 .. L-1
     for k in (1, 2, 5, 10, len(IDS), len(IDS) + 7):
         stats = {}
-        got = M.exact_top_k(model, prompts, vocab, trie, k, batch_size=2, pad_id=pad, stats=stats)
-        one = M.exact_top_k(model, prompts, vocab, trie, k, batch_size=1, pad_id=pad, chunk=2)
+        got = ranking.exact_top_k(model, prompts, vocab, trie, k, batch_size=2, pad_id=pad, stats=stats)
+        one = ranking.exact_top_k(model, prompts, vocab, trie, k, batch_size=1, pad_id=pad, chunk=2)
         assert len(got) == len(prompts) == len(stats["forwards"])
         for prompt, g, o, f in zip(prompts, got, one, stats["forwards"]):
             want = full_top_k(model, prompt, vocab, trie, k)
@@ -105,7 +106,7 @@ def test_exact_top_k_equals_full_scoring(policy):
             assert f <= full_walk and (k < len(IDS) or f == full_walk)
     if model.lm_head.new_rows is not model.model.embed_tokens.new_rows:    # the untied one: the bound prunes
         stats = {}
-        M.exact_top_k(model, prompts, vocab, trie, 3, pad_id=pad, stats=stats)
+        ranking.exact_top_k(model, prompts, vocab, trie, 3, pad_id=pad, stats=stats)
         assert max(stats["forwards"]) < full_walk
 
 
@@ -126,7 +127,7 @@ def tied_policy(policy):
 
 def test_exact_top_k_includes_ties_at_the_kth_score(tied_policy):
     model, vocab, trie, prompts, pad = tied_policy
-    for prompt, got_all in zip(prompts, M.exact_top_k(model, prompts, vocab, trie, len(IDS), pad_id=pad)):
+    for prompt, got_all in zip(prompts, ranking.exact_top_k(model, prompts, vocab, trie, len(IDS), pad_id=pad)):
         full = full_top_k(model, prompt, vocab, trie, None)
         score = dict(full)
         pairs = [(a, b) for a, b in zip(full, full[1:]) if a[1] == b[1]]
@@ -134,7 +135,7 @@ def test_exact_top_k_includes_ties_at_the_kth_score(tied_policy):
         assert dict(got_all).keys() == score.keys()
         for (a, _), _ in pairs:
             k = full.index((a, score[a])) + 1          # the k-th is the first of a tied pair
-            got = M.exact_top_k(model, [prompt], vocab, trie, k, pad_id=pad)[0]
+            got = ranking.exact_top_k(model, [prompt], vocab, trie, k, pad_id=pad)[0]
             assert len(got) == k + 1 and got[k - 1][1] == got[k][1]      # the tied (k+1)-th comes along
             assert got[k - 1][0] < got[k][0]                               # ascending codes among equals
             assert_same_ranking(got, full[:k + 1])
@@ -142,7 +143,7 @@ def test_exact_top_k_includes_ties_at_the_kth_score(tied_policy):
 
 def test_beam_search_at_full_width_equals_exact(policy):
     model, vocab, trie, prompts, pad = policy
-    res = M.beam_search(model, prompts, vocab, beam_width=len(IDS), trie=trie, pad_id=pad, batch_size=2)
+    res = ranking.beam_search(model, prompts, vocab, beam_width=len(IDS), trie=trie, pad_id=pad, batch_size=2)
     for prompt, r in zip(prompts, res):
         beam = [(tuple(vocab.level_code(t)[1] for t in toks), s) for toks, s in r]
         assert_same_ranking(beam, full_top_k(model, prompt, vocab, trie, None))
@@ -152,7 +153,7 @@ def test_beam_search_at_full_width_equals_exact(policy):
 def test_ids_indistinguishable(tiny_smol, tiny_untied, tied):
     model, tok, vocab = M.load_policy(tiny_smol if tied else tiny_untied, levels=3, codebook_size=4)   # zero-shot
     assert M.ids_indistinguishable(model, vocab)
-    _, scores = M.score_all_ids(model, M.PromptFormat(tok, vocab).prompt("rock"), vocab, M.IDTrie(IDS, 3))
+    _, scores = ranking.score_all_ids(model, M.PromptFormat(tok, vocab).prompt("rock"), vocab, ranking.IDTrie(IDS, 3))
     assert torch.allclose(scores, scores[0].expand_as(scores), atol=1e-5)    # what it promises: one big tie
     for rows in (model.model.embed_tokens.new_rows, model.lm_head.new_rows):
         saved = rows.detach().clone()

@@ -8,7 +8,7 @@ On a GPU machine: `python -m pytest -m gpu tests` (benchmarks/gpu_check.sh runs 
   (the checkpoint holds the CUDA RNG state, so the LoRA dropout masks continue as if never interrupted);
 - a short dpo.py run on cuda: step 0 is ln 2, the reference cache is the GPU's, its losses follow a CPU run's;
 - the output head under bf16 autocast (model.head_logits) gives the fp32 logits;
-- exact ranking (model.exact_top_k) on the GPU gives the CPU's scores within bf16 tolerance.
+- exact ranking (ranking.exact_top_k) on the GPU gives the CPU's scores within bf16 tolerance.
 """
 import copy
 import json
@@ -25,6 +25,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import dpo  # noqa: E402
 import model as M  # noqa: E402
+import ranking
 import sft  # noqa: E402
 from tests.conftest import adapter_tensors, write_pairs, write_sft_data  # noqa: E402
 
@@ -223,10 +224,10 @@ def test_exact_ranking_on_cuda_matches_cpu(tiny_smol):
     gpu_model = copy.deepcopy(model).to(GPU)
     fmt = M.PromptFormat(tok, vocab)
     prompts = [fmt.prompt("rock"), fmt.prompt("something like <a_1><b_2><c_3>, but a longer prompt")]
-    trie, pad = M.IDTrie(ids, 3), M.pad_id_of(tok)
-    cpu = M.exact_top_k(model, prompts, vocab, trie, 5, device="cpu", pad_id=pad)
-    gpu = M.exact_top_k(gpu_model, prompts, vocab, trie, 5, device=GPU, pad_id=pad)
-    full_cpu = M.exact_top_k(model, prompts, vocab, trie, len(ids), device="cpu", pad_id=pad)
+    trie, pad = ranking.IDTrie(ids, 3), M.pad_id_of(tok)
+    cpu = ranking.exact_top_k(model, prompts, vocab, trie, 5, device="cpu", pad_id=pad)
+    gpu = ranking.exact_top_k(gpu_model, prompts, vocab, trie, 5, device=GPU, pad_id=pad)
+    full_cpu = ranking.exact_top_k(model, prompts, vocab, trie, len(ids), device="cpu", pad_id=pad)
     for c, g, full in zip(cpu, gpu, full_cpu):
         assert len(g) >= 5 and all(math.isfinite(s) for _, s in g)
         score = dict(full)

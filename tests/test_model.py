@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import dpo
 import evaluate as E
 import model as M
+import ranking
 import sft
 from tests.conftest import make_tiny_llama
 from tests.test_exact import IDS
@@ -70,7 +71,7 @@ def bigram(tiny_smol):
 
 def everything_scored(model, fmt, prompts, pad):
     """Every place that turns hidden states into log-probs under model.autocast, as flat fp32 tensors."""
-    vocab, trie = fmt.vocab, M.IDTrie(IDS, 3)
+    vocab, trie = fmt.vocab, ranking.IDTrie(IDS, 3)
     pairs = [(p, fmt.answer((0, 1, 2)), fmt.answer((2, 0, 1))) for p in prompts]
     out = {}
     with M.autocast("cpu"):                                                      # as sft.py's training step
@@ -83,11 +84,11 @@ def everything_scored(model, fmt, prompts, pad):
                                                          "cpu", 2)["val/loss"]])
     out["dpo_reference"] = torch.cat(dpo.score_pairs(model, pairs, pad, "cpu", 2))
     for name, width, t in (("beam", 5, trie), ("beam_unconstrained", 5, None)):
-        res = M.beam_search(model, prompts, vocab, width, trie=t, pad_id=pad)
+        res = ranking.beam_search(model, prompts, vocab, width, trie=t, pad_id=pad)
         out[name] = torch.tensor([s for r in res for _, s in r])
         out[name + "_tokens"] = torch.tensor([x for r in res for toks, _ in r for x in toks]).float()
-    out["score_all_ids"] = M.score_all_ids(model, prompts[0], vocab, trie)[1]
-    top = M.exact_top_k(model, prompts, vocab, trie, 4, pad_id=pad)
+    out["score_all_ids"] = ranking.score_all_ids(model, prompts[0], vocab, trie)[1]
+    top = ranking.exact_top_k(model, prompts, vocab, trie, 4, pad_id=pad)
     out["exact_top_k"] = torch.tensor([s for r in top for _, s in r])
     return out
 
@@ -145,7 +146,7 @@ def test_unconstrained_beam_stops_at_the_end_token(noisy, end_after):
     then = next_logp(model, prompt + best)
     then[best[0]] = float("-inf")                    # another token than the first, so that the end is visible
     end = int(then.argmax()) if end_after else best[0]
-    res = M.beam_search(model, [prompt], fmt.vocab, width, trie=None, end_id=end, pad_id=pad)[0]
+    res = ranking.beam_search(model, [prompt], fmt.vocab, width, trie=None, end_id=end, pad_id=pad)[0]
     assert len(res) == width and len({toks for toks, _ in res}) == width             # unique beams
     assert [s for _, s in res] == sorted((s for _, s in res), reverse=True)
     ended = [toks for toks, _ in res if len(toks) < L + 1]
@@ -166,22 +167,22 @@ def test_unconstrained_beam_stops_at_the_end_token(noisy, end_after):
 def test_beam_without_end_id_and_constrained_beams_are_unchanged(noisy):
     """end_id only affects unconstrained search; a trie never allows it, and without it every beam has L+1 tokens."""
     model, fmt, prompt, pad = noisy
-    trie = M.IDTrie(IDS, 3)
-    with_end = M.beam_search(model, [prompt], fmt.vocab, 5, trie=trie, end_id=fmt.end_id, pad_id=pad)
-    assert with_end == M.beam_search(model, [prompt], fmt.vocab, 5, trie=trie, pad_id=pad)
-    plain = M.beam_search(model, [prompt], fmt.vocab, 5, trie=None, pad_id=pad)[0]
+    trie = ranking.IDTrie(IDS, 3)
+    with_end = ranking.beam_search(model, [prompt], fmt.vocab, 5, trie=trie, end_id=fmt.end_id, pad_id=pad)
+    assert with_end == ranking.beam_search(model, [prompt], fmt.vocab, 5, trie=trie, pad_id=pad)
+    plain = ranking.beam_search(model, [prompt], fmt.vocab, 5, trie=None, pad_id=pad)[0]
     assert all(len(toks) == fmt.vocab.levels + 1 for toks, _ in plain)
 
 
 def test_hallucination_passes_the_end_token(noisy, monkeypatch):
     model, fmt, prompt, pad = noisy
     seen = []
-    real = M.beam_search
+    real = ranking.beam_search
 
     def spy(*a, **k):
         seen.append(k.get("end_id"))
         return real(*a, **k)
-    monkeypatch.setattr(M, "beam_search", spy)
+    monkeypatch.setattr(ranking, "beam_search", spy)
     args = argparse.Namespace(batch_size=2, hallucination_beam=3, device="cpu")
-    out = E.hallucination(model, fmt, ["rock", "jazz"], M.IDTrie(IDS, 3), args, "test")
+    out = E.hallucination(model, fmt, ["rock", "jazz"], ranking.IDTrie(IDS, 3), args, "test")
     assert seen == [fmt.end_id] and 0 <= out["hallucinated@10"] <= 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import model as M
+import ranking
 import sft
 from tests.conftest import adapter_tensors, write_sft_data
 
@@ -210,8 +211,8 @@ def test_llama32_path_trains_and_decodes(tiny_llama, tmp_path):
     assert vocab.offset == 128256 and model.lm_head.new_rows is model.model.embed_tokens.new_rows
     fmt = M.PromptFormat(tok, vocab)
     assert fmt.end_id == 128001 and fmt.prefix[0] == 128000
-    trie = M.IDTrie([(0, 1, 2), (1, 2, 3), (3, 3, 3)], 3)
-    res = M.beam_search(model, [fmt.prompt("I need music for a rock playlist")], vocab, 3, trie=trie,
+    trie = ranking.IDTrie([(0, 1, 2), (1, 2, 3), (3, 3, 3)], 3)
+    res = ranking.beam_search(model, [fmt.prompt("I need music for a rock playlist")], vocab, 3, trie=trie,
                         pad_id=M.pad_id_of(tok))[0]
     assert sorted(tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in res) == sorted(trie.valid)
 
