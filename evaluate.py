@@ -27,7 +27,6 @@ each), and rank 0 writes: the same numbers as one process.
 """
 import argparse
 import json
-import math
 import os
 import time
 
@@ -45,10 +44,10 @@ import ranking
 import rvq
 import sasrec
 from common import UserError, atomic_open, need_file, read_json, run_main, save_config, write_json
+from metrics import KS, N_BOOT, bootstrap_ci, paired_bootstrap, per_query, top_k_pessimistic
 from tasks import describe_track
 
 # -----------------------------------------------------------------------------
-KS: tuple = (1, 5, 10, 20)     # cut-offs of every ranking metric
 RANKING: str = "auto"          # exact (every ID that can reach the top K is scored), beam, or auto: exact up to
                                # EXACT_MAX_ITEMS tracks, beam above (the exact walk grows with the catalogue)
 EXACT_MAX_ITEMS: int = 20_000
@@ -59,93 +58,9 @@ MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
 MAX_ATTRIBUTES: int = 0        # cap on attribute test queries (0: all)
 BATCH_SIZE: int = 8            # prompts per beam-search batch (x 21 beams: on 2 cores 16 ran slower, more padding)
 SCORE_BATCH_SIZE: int = 16     # preference pairs per scoring forward
-N_BOOT: int = 1000             # bootstrap resamples for 95% intervals
 SEED: int = 0
 DEVICE: str = "auto"
 # -----------------------------------------------------------------------------
-
-
-# ============================================================================= metrics (RecBole definitions)
-# One query = a ranked list of item ids (best first) and the set of relevant ids. Ranks
-# are 1-based; discounts use log2, never the natural log. Lists are deduplicated first: a
-# repeated relevant item would otherwise count twice and push NDCG above 1.
-
-def dedupe(ranked):
-    """Order-preserving unique items."""
-    seen, out = set(), []
-    for x in ranked:
-        if x not in seen:
-            seen.add(x)
-            out.append(x)
-    return out
-
-
-def hit_at_k(ranked, relevant, k):
-    """HR@K = 1 if any relevant item is in the top K."""
-    return float(any(x in relevant for x in dedupe(ranked)[:k]))
-
-
-def ndcg_at_k(ranked, relevant, k):
-    """NDCG@K = DCG@K / IDCG@K; DCG = sum_{j<=K} rel_j / log2(j + 1); IDCG over min(|R|, K) hits.
-
-    One relevant item at rank r scores 1 / log2(r + 1): r = 2 -> 0.6309.
-    """
-    if not relevant:
-        return 0.0
-    dcg = sum(1.0 / math.log2(j + 2) for j, x in enumerate(dedupe(ranked)[:k]) if x in relevant)
-    idcg = sum(1.0 / math.log2(j + 2) for j in range(min(len(relevant), k)))
-    return dcg / idcg
-
-
-def mrr_at_k(ranked, relevant, k):
-    """1 / rank of the first relevant item within the top K, else 0."""
-    for j, x in enumerate(dedupe(ranked)[:k]):
-        if x in relevant:
-            return 1.0 / (j + 1)
-    return 0.0
-
-
-def precision_at_k(ranked, relevant, k):
-    """Relevant items among the top K, over K (a list shorter than K counts its gaps as misses)."""
-    return sum(x in relevant for x in dedupe(ranked)[:k]) / k
-
-
-METRICS = {"hit": hit_at_k, "ndcg": ndcg_at_k, "mrr": mrr_at_k, "precision": precision_at_k}
-
-
-def per_query(ranked_lists, relevant_sets, ks=KS):
-    """{'hit@10': (Q,) array, ...} for every metric and cut-off."""
-    return {f"{name}@{k}": np.array([fn(r, rel, k) for r, rel in zip(ranked_lists, relevant_sets)])
-            for name, fn in METRICS.items() for k in ks}
-
-
-def top_k_pessimistic(scores, relevant, k, exclude=()):
-    """Top-K item indices of a score vector (N,), ties broken against the relevant items.
-
-    Among equal scores non-relevant items rank first, so a baseline that gives most
-    items the same score (popularity 0) gets no lucky hits.
-    """
-    scores = np.asarray(scores, dtype=np.float64).copy()
-    scores[list(exclude)] = -np.inf
-    is_rel = np.zeros(len(scores), dtype=bool)
-    is_rel[list(relevant)] = True
-    order = np.lexsort((is_rel, -scores))  # primary key: score, descending; then non-relevant first
-    return [int(i) for i in order[:k] if np.isfinite(scores[i])]
-
-
-def bootstrap_ci(values, n_boot=N_BOOT, seed=SEED, alpha=0.05):
-    """Mean and percentile-bootstrap (1 - alpha) interval over queries: (mean, lo, hi)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return float("nan"), float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(1)
-    return float(values.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
-def paired_bootstrap(a, b, n_boot=N_BOOT, seed=SEED):
-    """Mean of a - b over the same queries, with its interval (queries resampled jointly)."""
-    return bootstrap_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64), n_boot, seed)
 
 
 # ============================================================================= LLM systems

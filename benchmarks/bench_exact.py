@@ -14,7 +14,6 @@ trie prefix of length 1 .. L-1) and a beam's (1 + its beams at levels 1 .. L-1).
 """
 import argparse
 import json
-import math
 import os
 import time
 
@@ -24,6 +23,7 @@ import torch
 import harness  # first: it puts the repository root on sys.path for the imports below
 import formats
 import lora
+import metrics
 import model as M
 import ranking
 from common import need_file, read_json, run_main, write_json
@@ -38,19 +38,6 @@ BATCH_SIZE: int = 8             # prompts per batch, for both methods
 TOP: int = 20                   # overlap of the top-TOP lists
 CUT: int = 10                   # HR@CUT, NDCG@CUT
 # -----------------------------------------------------------------------------
-
-
-def hit_at(ranked, relevant, k):
-    """HR@K (evaluate.hit_at_k): 1 if a relevant item is in the top K."""
-    return float(any(x in relevant for x in ranked[:k]))
-
-
-def ndcg_at(ranked, relevant, k):
-    """NDCG@K (evaluate.ndcg_at_k): sum over relevant items in the top K of 1 / log2(rank + 1), over the ideal."""
-    if not relevant:
-        return 0.0
-    dcg = sum(1.0 / math.log2(j + 2) for j, x in enumerate(ranked[:k]) if x in relevant)
-    return dcg / sum(1.0 / math.log2(j + 2) for j in range(min(len(relevant), k)))
 
 
 def rank(scored, relevant, exclude):
@@ -144,8 +131,8 @@ def main(argv=None):
                 q, ex = queries[i], exact_ranked[i]
                 got = rank(res[i], q["relevant"], q["exclude"])
                 share.append(len(set(got[:TOP]) & set(ex[:TOP])) / max(1, len(ex[:TOP])))
-                hr.append(hit_at(got, q["relevant"], CUT) - hit_at(ex, q["relevant"], CUT))
-                nd.append(ndcg_at(got, q["relevant"], CUT) - ndcg_at(ex, q["relevant"], CUT))
+                hr.append(metrics.hit_at_k(got, q["relevant"], CUT) - metrics.hit_at_k(ex, q["relevant"], CUT))
+                nd.append(metrics.ndcg_at_k(got, q["relevant"], CUT) - metrics.ndcg_at_k(ex, q["relevant"], CUT))
             row[name] = {"queries": len(idx), "top_overlap": float(np.mean(share)),
                          "hr_differ": int(np.sum(np.abs(hr) > 1e-12)), "ndcg_differ": int(np.sum(np.abs(nd) > 1e-12)),
                          "hr_diff": float(np.mean(hr)), "ndcg_diff": float(np.mean(nd))}

@@ -33,6 +33,7 @@ import torch
 import harness  # first: it puts the repository root on sys.path for the imports below
 import baselines as B
 import evaluate as E
+import metrics
 import formats
 import lora
 import model as M
@@ -123,7 +124,7 @@ def paired_from_files(a, b, seed=SEED):
     if not same:
         raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
                         "--queries and --seed)")
-    return {f"{m}@{K}": E.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
+    return {f"{m}@{K}": metrics.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
             for m in ("hit", "ndcg", "precision") if m in da["hits"][na] and m in db["hits"][nb]}
 
 
@@ -166,8 +167,8 @@ def main(argv=None):
     hits, pref_acc = {}, {}
 
     def record(name, score_fn):
-        ranked = [E.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
-        m = E.per_query(ranked, [{q[2]} for q in queries], ks=(K,))
+        ranked = [metrics.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
+        m = metrics.per_query(ranked, [{q[2]} for q in queries], ks=(K,))
         hits[name] = {"hit": m[f"hit@{K}"].tolist(), "ndcg": m[f"ndcg@{K}"].tolist()}
         print(f"{name:24s} HR@{K} {np.mean(hits[name]['hit']):.3f}  NDCG@{K} {np.mean(hits[name]['ndcg']):.3f}",
               flush=True)
@@ -207,9 +208,9 @@ def main(argv=None):
                 top = ranking.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
                                     batch_size=args.batch_size)
             # ties broken against the relevant tracks, as above
-            ranked = [E.top_k_pessimistic(score_vector(t, code_row, n_items), rel, K)
+            ranked = [metrics.top_k_pessimistic(score_vector(t, code_row, n_items), rel, K)
                       for t, (_, rel) in zip(top, attr_queries)]
-            hits[name]["precision"] = E.per_query(ranked, [q[1] for q in attr_queries], ks=(K,))[
+            hits[name]["precision"] = metrics.per_query(ranked, [q[1] for q in attr_queries], ks=(K,))[
                 f"precision@{K}"].tolist()
             print(f"{'':24s} attribute requests P@{K} {np.mean(hits[name]['precision']):.3f}")
         summary_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
@@ -220,18 +221,18 @@ def main(argv=None):
             pref_acc[name] = (d["eval/logp_accuracy"], d.get("held_out_pairs"))
             print(f"{'':24s} validation preference accuracy {pref_acc[name][0]:.3f} "
                   f"({pref_acc[name][1]} pairs, dpo.py's checkpoint choice)")
-    table = {n: {f"{m}@{K}": E.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
+    table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
              for n, h in hits.items()}
     paired = {}
     if adapters:
         ref = adapters[0][0]
         print(f"\npaired against {ref} (95% interval)")
         for name in [n for n in hits if n != ref]:
-            d = E.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
+            d = metrics.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
             paired[f"{name} - {ref}"] = d
             print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
             if "precision" in hits[name] and "precision" in hits[ref]:
-                d = E.paired_bootstrap(hits[name]["precision"], hits[ref]["precision"], seed=args.seed)
+                d = metrics.paired_bootstrap(hits[name]["precision"], hits[ref]["precision"], seed=args.seed)
                 paired[f"{name} - {ref} (attributes)"] = d
                 print(f"  {name} - {ref} attribute P@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import evaluate as E
+import metrics
 import model as M
 import ranking
 
@@ -17,49 +18,49 @@ import ranking
 @pytest.mark.parametrize("rank,expected", [(1, 1.0), (2, 0.6309), (3, 0.5), (5, 0.3869), (10, 0.2891)])
 def test_ndcg_single_relevant(rank, expected):
     ranked = [f"x{i}" for i in range(1, rank)] + ["hit"] + ["y"] * 5
-    assert E.ndcg_at_k(ranked, {"hit"}, 10) == pytest.approx(expected, abs=1e-4)
-    assert E.hit_at_k(ranked, {"hit"}, 10) == 1.0
-    assert E.mrr_at_k(ranked, {"hit"}, 10) == pytest.approx(1 / rank)
+    assert metrics.ndcg_at_k(ranked, {"hit"}, 10) == pytest.approx(expected, abs=1e-4)
+    assert metrics.hit_at_k(ranked, {"hit"}, 10) == 1.0
+    assert metrics.mrr_at_k(ranked, {"hit"}, 10) == pytest.approx(1 / rank)
 
 
 def test_ndcg_several_relevant_worked_values():
     # hits at ranks 1 and 3, |R| = 2: (1 + 1/2) / (1 + 1/log2(3)) = 0.9197
-    assert E.ndcg_at_k(["a", "x", "b", "y"], {"a", "b"}, 10) == pytest.approx(0.9197, abs=1e-4)
+    assert metrics.ndcg_at_k(["a", "x", "b", "y"], {"a", "b"}, 10) == pytest.approx(0.9197, abs=1e-4)
     # hits at ranks 2 and 5, |R| = 3, K = 5: (0.6309 + 0.3869) / (1 + 0.6309 + 0.5) = 0.4776
-    assert E.ndcg_at_k(["x", "a", "y", "z", "b"], {"a", "b", "c"}, 5) == pytest.approx(0.4776, abs=1e-4)
+    assert metrics.ndcg_at_k(["x", "a", "y", "z", "b"], {"a", "b", "c"}, 5) == pytest.approx(0.4776, abs=1e-4)
 
 
 def test_metric_edge_cases():
-    assert E.hit_at_k(["x", "y"], {"a"}, 10) == 0.0 and E.ndcg_at_k(["x", "y"], {"a"}, 10) == 0.0
-    assert E.mrr_at_k(["x", "y"], {"a"}, 10) == 0.0
-    assert E.hit_at_k(["x", "a"], {"a"}, 1) == 0.0                      # outside the cut-off
+    assert metrics.hit_at_k(["x", "y"], {"a"}, 10) == 0.0 and metrics.ndcg_at_k(["x", "y"], {"a"}, 10) == 0.0
+    assert metrics.mrr_at_k(["x", "y"], {"a"}, 10) == 0.0
+    assert metrics.hit_at_k(["x", "a"], {"a"}, 1) == 0.0                      # outside the cut-off
     # duplicates are removed first: never above 1, and the second copy does not take a slot
-    assert E.ndcg_at_k(["a", "a", "a"], {"a"}, 3) == 1.0
-    assert E.precision_at_k(["a", "a", "b"], {"a", "b"}, 2) == 1.0
-    assert E.ndcg_at_k(["x", "x", "a"], {"a"}, 2) == pytest.approx(1 / math.log2(3))
+    assert metrics.ndcg_at_k(["a", "a", "a"], {"a"}, 3) == 1.0
+    assert metrics.precision_at_k(["a", "a", "b"], {"a", "b"}, 2) == 1.0
+    assert metrics.ndcg_at_k(["x", "x", "a"], {"a"}, 2) == pytest.approx(1 / math.log2(3))
     # K larger than the list: gaps count as misses for precision, NDCG's ideal is capped by |R|
-    assert E.precision_at_k(["a"], {"a"}, 5) == 0.2
-    assert E.ndcg_at_k(["a"], {"a"}, 20) == 1.0
+    assert metrics.precision_at_k(["a"], {"a"}, 5) == 0.2
+    assert metrics.ndcg_at_k(["a"], {"a"}, 20) == 1.0
     rng = np.random.default_rng(0)
     for _ in range(200):
         ranked = list(rng.integers(0, 10, size=int(rng.integers(1, 15))))
         rel = set(rng.integers(0, 10, size=int(rng.integers(1, 5))).tolist())
-        for fn in E.METRICS.values():
+        for fn in metrics.METRICS.values():
             assert 0.0 <= fn(ranked, rel, int(rng.integers(1, 20))) <= 1.0
 
 
 def test_pessimistic_ties_and_exclusion():
     scores = np.array([0.0, 5.0, 0.0, 0.0, 1.0])
-    assert E.top_k_pessimistic(scores, {2}, 5) == [1, 4, 0, 3, 2]        # the tied relevant item goes last
-    assert E.top_k_pessimistic(scores, {2}, 2, exclude=[1]) == [4, 0]
-    assert E.top_k_pessimistic(scores, {0}, 5, exclude=[1]) == [4, 2, 3, 0]
+    assert metrics.top_k_pessimistic(scores, {2}, 5) == [1, 4, 0, 3, 2]        # the tied relevant item goes last
+    assert metrics.top_k_pessimistic(scores, {2}, 2, exclude=[1]) == [4, 0]
+    assert metrics.top_k_pessimistic(scores, {0}, 5, exclude=[1]) == [4, 2, 3, 0]
 
 
 def test_bootstrap_intervals():
-    mean, lo, hi = E.bootstrap_ci(np.array([0.0, 1.0] * 50), n_boot=500, seed=0)
+    mean, lo, hi = metrics.bootstrap_ci(np.array([0.0, 1.0] * 50), n_boot=500, seed=0)
     assert mean == 0.5 and lo < 0.5 < hi and hi - lo == pytest.approx(0.2, abs=0.06)   # ~ +-1.96 * 0.05
-    assert E.bootstrap_ci([1.0] * 10) == (1.0, 1.0, 1.0)
-    d = E.paired_bootstrap([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0])
+    assert metrics.bootstrap_ci([1.0] * 10) == (1.0, 1.0, 1.0)
+    d = metrics.paired_bootstrap([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0])
     assert d[0] == pytest.approx(0.5) and d[1] >= 0.0
 
 
