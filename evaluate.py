@@ -43,6 +43,7 @@ import model as M
 import ranking
 import rvq
 import sasrec
+import signals
 from common import UserError, atomic_open, need_file, read_json, run_main, save_config, write_json
 from metrics import KS, N_BOOT, bootstrap_ci, paired_bootstrap, per_query, top_k_pessimistic
 from tasks import describe_track
@@ -228,7 +229,7 @@ def evaluate(args):
     if args.ranking == "auto":   # the exact walk's cost grows with the prefixes it may have to expand
         args.ranking = "exact" if n_items <= args.exact_max_items else "beam"
     popularity, cooc, labels = load_listening(sft_data, prefs_dir, n_items)
-    feats = rvq.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
+    feats = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
     genres = B.genre_masks(catalog.genres)
 
     tests = {"next_track": read_tests(os.path.join(sft_data, "test_next.jsonl"), args.max_next),

@@ -993,7 +993,7 @@ def _both_ways(counts, n):
 
 
 def co_listening(log, catalog, t_val, window=3, id_information=None, id_metadata=None, chunk_bytes=CHUNK_BYTES):
-    """rvq.co_listening on arrays: the same (i, j, count) arrays in the same order. Two matched plays of one
+    """signals.co_listening on arrays: the same (i, j, count) arrays in the same order. Two matched plays of one
     session at most `window` matched training-window plays apart co-occur."""
     n = len(catalog)
     counts = KeyCounts()

@@ -31,6 +31,9 @@ import logfiles
 import sessions
 from common import UserError, atomic_path, fail, need_file, run_main, save_config, write_json
 from formats import IDS_FILE, MODEL_FILE, write_semantic_ids
+from signals import (COLLAB_DIM, COLLAB_RIDGE, COLLAB_WINDOW, COLUMNS, FEATURES, block_scale, co_listening,
+                     fit_cold_map, fit_preprocess, genre_onehot, ppmi_svd, preprocess, signal_blocks, signal_dims,
+                     signal_matrix, with_signal_defaults)
 
 # -----------------------------------------------------------------------------
 LEVELS: int = 3             # codes per track (TIGER and the seed: 3)
@@ -39,207 +42,15 @@ SEED: int = 0               # level l uses SEED + l
 MAX_ITER: int = 100         # Lloyd iterations per level at most
 TOL: float = 1e-4           # stop a level when the k-means objective drops by less than this fraction
 CHUNK: int = 4096           # rows per distance block: CHUNK x K floats stay in cache (1.5x faster than 16k)
-LOG_EPS: float = 1e-3       # log(x + eps): values below ~1e-3 (a third of instrumentalness is 0) stay near one point
 PURITY_PERMUTATIONS: int = 20  # random code assignments averaged for the genre-purity baseline
 SIGNALS: str = "audio"      # blocks the quantiser reads, comma-separated: audio (the seed's), genre, collab
 WEIGHTS: str = ""           # total variance of each block, comma-separated in SIGNALS order (empty: 1 each)
-COLLAB_DIM: int = 16        # PPMI-SVD dimensions of the collab block (enough for 20 genres' neighbourhoods)
-COLLAB_WINDOW: int = 3      # plays within this distance in a session co-occur (as data.py's item kNN counts)
-COLLAB_RIDGE: float = 1.0   # ridge of the content -> collab map that places cold tracks
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
-FEATURES = formats.FEATURES   # the seed's 10 audio features, raw units, this order
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
-SKEWED = ("speechiness", "acousticness", "instrumentalness", "liveness")
-COLUMNS = ("danceability", "energy", "key_cos", "key_sin", "loudness", "speechiness", "acousticness",
-           "instrumentalness", "liveness", "valence", "tempo")               # D = 11 model dims
 REPORT_FILE = "rvq_report.json"
 CONFIG_FILE = "rvq_config.json"
 # -----------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------- preprocessing
-
-def _transformed(features_raw, log_eps):
-    """(N,10) raw -> (N,10) with log(x + eps) on the skewed columns (key left raw)."""
-    z = np.array(features_raw, dtype=np.float64)
-    for name in SKEWED:
-        j = FEATURES.index(name)
-        z[:, j] = np.log(np.maximum(z[:, j], 0.0) + log_eps)  # audio features are in [0, 1]
-    return z
-
-
-def _key_circle(key):
-    """(N,) pitch classes 0..11 (-1 = none) -> (N,2) unscaled (cos, sin); no key -> (0, 0)."""
-    key = np.asarray(key, dtype=np.float64)
-    angle = 2.0 * np.pi * key / 12.0
-    pair = np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    pair[key < 0] = 0.0
-    return pair
-
-
-def fit_preprocess(features_raw, log_eps=LOG_EPS):
-    """Fit the per-feature-type scaling on the catalogue.
-
-    features_raw: (N,10) float in FEATURES order, raw units. Returns a dict of float64 arrays:
-    mean (10,), std (10,) of the (log-)transformed columns (key's entries unused: 0 and 1),
-    key_scale () so that the (cos, sin) pair's summed variance is 1, like one standardised feature,
-    log_eps ().
-    """
-    z = _transformed(features_raw, log_eps)
-    mean, std = z.mean(axis=0), z.std(axis=0)
-    std[std == 0] = 1.0  # a constant column stays constant instead of dividing by zero
-    k = FEATURES.index("key")
-    mean[k], std[k] = 0.0, 1.0
-    pair_var = _key_circle(z[:, k]).var(axis=0).sum()
-    key_scale = 1.0 / math.sqrt(pair_var) if pair_var > 0 else 1.0
-    return {"mean": mean, "std": std, "key_scale": np.float64(key_scale), "log_eps": np.float64(log_eps)}
-
-
-def preprocess(features_raw, params):
-    """(N,10) raw features in FEATURES order -> (N,11) model inputs in COLUMNS order (float64).
-
-    Continuous: (x - mean) / std. Skewed: (log(x + eps) - mean) / std. key: the pitch class on
-    the circle, key_scale * (cos, sin)(2 pi key / 12), so key 11 sits next to key 0; key -1 -> (0, 0).
-    """
-    features_raw = np.asarray(features_raw, dtype=np.float64)
-    if features_raw.ndim != 2 or features_raw.shape[1] != len(FEATURES):
-        raise ValueError(f"features must be (N, {len(FEATURES)}), got {features_raw.shape}")
-    z = (_transformed(features_raw, float(params["log_eps"])) - params["mean"]) / params["std"]
-    k = FEATURES.index("key")
-    pair = float(params["key_scale"]) * _key_circle(features_raw[:, k])
-    return np.concatenate([z[:, :k], pair, z[:, k + 1:]], axis=1)
-
-
-# ----------------------------------------------------------------------------- signal blocks
-# The quantiser reads a concatenation of named blocks, each scaled to a chosen total variance, so that a
-# 16-column block and an 11-column one weigh what their weights say, not what their widths say:
-#   audio   the seed's 10 audio features, preprocessed as above (11 columns)
-#   genre   one-hot primary genre: tracks of a genre share a first code once this block dominates
-#   collab  PPMI + truncated SVD of training-window co-listening (Levy & Goldberg 2014: the factorisation
-#           behind item2vec); tracks that people play one after another get nearby vectors, hence prefixes.
-#           A track never played in the training window (cold start, or a new track) gets the vector a ridge
-#           regression predicts from its audio and genre blocks.
-
-def block_scale(x):
-    """1 / sqrt(total variance) of a block x (N, d): multiplying by it gives the block total variance 1."""
-    total = float(np.asarray(x, np.float64).var(axis=0).sum())
-    return 1.0 / math.sqrt(total) if total > 0 else 1.0
-
-
-def genre_onehot(primary, names):
-    """(N,) primary genre names, the known names (G,) -> (N, G) one-hot; an unknown genre is all zeros."""
-    col = {g: j for j, g in enumerate(names)}
-    out = np.zeros((len(primary), len(names)))
-    for i, g in enumerate(primary):
-        if g in col:
-            out[i, col[g]] = 1.0
-    return out
-
-
-def co_listening(log, catalog, t_val, window=COLLAB_WINDOW, id_information=None, id_metadata=None):
-    """Symmetric co-listening counts of the training window: (i (M,), j (M,), count (M,)) int64 arrays.
-
-    Two catalogued plays of one session at most `window` plays apart, both before t_val, co-occur once
-    (each direction counted), as data.py counts them for item kNN.
-    """
-    counts = {}
-    for _, plays in logfiles.iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata):
-        for sess in sessions.sessions_of(plays, catalog):
-            rows = [r for ts, r, _ in sess if r >= 0 and ts < t_val]
-            for a, ra in enumerate(rows):
-                for rb in rows[a + 1:a + 1 + window]:
-                    if ra != rb:
-                        counts[(ra, rb)] = counts.get((ra, rb), 0) + 1
-                        counts[(rb, ra)] = counts.get((rb, ra), 0) + 1
-    keys = np.array(list(counts), dtype=np.int64).reshape(-1, 2)
-    return keys[:, 0], keys[:, 1], np.array(list(counts.values()), dtype=np.int64)
-
-
-def ppmi(i, j, c, n):
-    """Positive PMI of each count: max(0, log(c_ij * total / (c_i * c_j))), c_i = row sums. (M,) in, (M,) out.
-
-    Worked example: counts (0,1): 2, (1,0): 2, (1,2): 1, (2,1): 1 -> total 6, row sums 2, 3, 1;
-    PPMI(0,1) = log(2 * 6 / (2 * 3)) = log 2, PPMI(1,2) = log(1 * 6 / (3 * 1)) = log 2.
-    """
-    c = np.asarray(c, np.float64)
-    row = np.bincount(i, weights=c, minlength=n)
-    return np.maximum(np.log(c * c.sum() / (row[i] * row[j])), 0.0)
-
-
-def ppmi_svd(i, j, c, n, dim, seed=SEED):
-    """Item vectors from co-listening counts: (N, dim), rows of never co-listened items are 0.
-
-    PPMI_ij = max(0, log(c_ij * total / (c_i * c_j))), c_i the row sums; then a rank-`dim` truncated SVD
-    PPMI ~ U S V^T and the vectors U sqrt(S) (Levy & Goldberg 2014). Randomised SVD on the sparse matrix
-    (torch.svd_lowrank), seeded, so it scales to a real catalogue.
-    """
-    if len(c) == 0:
-        return np.zeros((n, dim))
-    pmi = ppmi(i, j, c, n)
-    keep = pmi > 0
-    a = torch.sparse_coo_tensor(np.stack([i[keep], j[keep]]), pmi[keep], (n, n), check_invariants=True).coalesce()
-    q = min(dim, n - 1)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        u, s, _ = torch.svd_lowrank(a, q=min(q + 10, n), niter=6)
-    emb = np.zeros((n, dim))
-    emb[:, :q] = (u[:, :q] * s[:q].sqrt()).numpy()
-    return emb
-
-
-def fit_cold_map(content, emb, warm, ridge=COLLAB_RIDGE):
-    """Ridge regression content -> collab vector on the warm tracks: W (D + 1, dim), bias in the last row.
-
-    content (N, D), emb (N, dim), warm (N,) bool. A cold track's vector is [content, 1] @ W.
-    """
-    x = np.hstack([content[warm], np.ones((int(warm.sum()), 1))])
-    reg = ridge * np.eye(x.shape[1])
-    reg[-1, -1] = 0.0                      # the bias is not shrunk
-    return np.linalg.solve(x.T @ x + reg, x.T @ emb[warm])
-
-
-def signal_blocks(features_raw, primary, rvq_params, collab=None):
-    """{name: (N, d) unscaled block} for the signals in rvq_params["signals"].
-
-    collab: the catalogue's PPMI-SVD vectors (N, dim) and warm mask (N,), or None for new tracks, whose
-    collab vectors (like the catalogue's cold ones) are predicted from [audio, genre] by the saved map.
-    """
-    audio = preprocess(features_raw, rvq_params)
-    genre = genre_onehot(primary, rvq_params["genres"])
-    blocks = {"audio": audio, "genre": genre}
-    if "collab" in rvq_params["signals"]:
-        pred = np.hstack([audio, genre, np.ones((len(audio), 1))]) @ rvq_params["collab_map"]
-        if collab is not None:
-            emb, warm = collab
-            pred[warm] = emb[warm]
-        blocks["collab"] = pred
-    return {name: blocks[name] for name in rvq_params["signals"]}
-
-
-def with_signal_defaults(params):
-    """The preprocessing dict completed with the signal fields; a bare one means the seed's audio-only input."""
-    p = dict(params)
-    p["signals"] = list(p.get("signals") or ["audio"])
-    p["genres"] = list(p.get("genres") or [])
-    p["weights"] = list(p.get("weights") or [1.0] * len(p["signals"]))
-    p["scales"] = list(p.get("scales") or [1.0] * len(p["signals"]))
-    p.setdefault("collab_map", None)
-    p.setdefault("t_val", None)
-    return p
-
-
-def signal_dims(params):
-    """Width of the quantiser's input for these signals."""
-    widths = {"audio": len(COLUMNS), "genre": len(params["genres"]),
-              "collab": 0 if params.get("collab_map") is None else np.asarray(params["collab_map"]).shape[1]}
-    return sum(widths[b] for b in params["signals"])
-
-
-def signal_matrix(blocks, rvq_params):
-    """The quantiser's input (N, D): the blocks side by side, block b times scale_b * sqrt(weight_b)."""
-    return np.hstack([blocks[b] * rvq_params["scales"][k] * math.sqrt(rvq_params["weights"][k])
-                      for k, b in enumerate(rvq_params["signals"])])
 
 
 # ----------------------------------------------------------------------------- k-means

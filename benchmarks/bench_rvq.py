@@ -1,7 +1,7 @@
 """rvq.py against the seed's quantiser, vector-quantize-pytorch's ResidualVQ, on the same input matrix.
 
 The seed called `ResidualVQ(dim=10, codebook_size=256, num_quantizers=3, kmeans_init=True, kmeans_iters=10)`
-once over its min-max scaled catalogue. Here both quantisers get the SAME matrix (rvq.preprocess, D = 11),
+once over its min-max scaled catalogue. Here both quantisers get the SAME matrix (signals.preprocess, D = 11),
 in one process; the seed's own way (min-max scaled 10 raw features) is a context row whose MSE lives in
 another space (compare its "unexplained" share: MSE / mean per-dim variance of its own input).
 Catalogues: the real union_8325.csv and a synthetic world.py catalogue of 90,000 tracks (generated once into
@@ -22,8 +22,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import formats
+import formats  # noqa: E402
 import rvq  # noqa: E402
+import signals  # noqa: E402
 from common import UserError, run_main  # noqa: E402
 
 REAL: str = os.path.join(ROOT, "..", "shared", "data", "spotify_tracks", "union_8325.csv")
@@ -101,7 +102,7 @@ def synthetic_catalog(tracks, seed):
 
 
 def bench(name, features, levels, k, seed, repeats):
-    x = torch.from_numpy(rvq.preprocess(features, rvq.fit_preprocess(features)))  # (N,11) float64
+    x = torch.from_numpy(signals.preprocess(features, signals.fit_preprocess(features)))  # (N,11) float64
     lo, hi = features.min(axis=0), features.max(axis=0)
     minmax = torch.from_numpy((features - lo) / np.where(hi > lo, hi - lo, 1.0))  # the seed's input, (N,10)
     methods = [("ours: rvq.py", lambda: run_ours(x, levels, k, seed)),
@@ -116,7 +117,7 @@ def bench(name, features, levels, k, seed, repeats):
     for label, results in runs.items():
         same = all({**r, "time": 0} == {**results[0], "time": 0} for r in results)
         rows.append((label, {**results[0], "time": min(r["time"] for r in results), "repeatable": same}))
-    print(f"\n{name}: {len(x):,} tracks, {levels} x {k} codes, input rvq.preprocess (D={x.shape[1]})")
+    print(f"\n{name}: {len(x):,} tracks, {levels} x {k} codes, input signals.preprocess (D={x.shape[1]})")
     print(f"{'method':<34} {'MSE':>8} {'MSE greedy':>10} {'unexplained':>11} {'unique IDs':>10} {'time s':>7} "
           f"{'repeatable':>10}")
     for label, r in rows:

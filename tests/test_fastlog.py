@@ -26,6 +26,7 @@ import formats
 import logfiles
 import rvq
 import sessions
+import signals
 import world
 from common import UserError
 from tests.conftest import write_onion_last_two
@@ -401,7 +402,7 @@ def test_co_listening_and_rvq_ids_are_the_same(worlds, tmp_path, layout, monkeyp
     cat, ids = catalog_of(d)
     t_val, _ = sessions.split_times(logs[layout], cat, **ids)
     for window in (1, 3, 8):
-        want = rvq.co_listening(logs[layout], cat, t_val, window, **ids)
+        want = signals.co_listening(logs[layout], cat, t_val, window, **ids)
         got = fastlog.co_listening(logs[layout], cat, t_val, window, **ids)
         assert len(want[0]) > 0 and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(want, got))
     w = d / "world"

@@ -10,6 +10,7 @@ import torch
 import formats
 import rvq
 import sessions
+import signals
 from common import UserError, read_json
 
 SQUARE = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)  # mean 0
@@ -159,18 +160,18 @@ def test_preprocess_key_on_circle_and_scaling():
     rng = np.random.default_rng(0)
     train = feature_rows(np.tile(np.arange(12), 10), danceability=rng.uniform(0, 1, 120),
                          speechiness=rng.uniform(0, 0.5, 120), tempo=rng.uniform(60, 200, 120))
-    params = rvq.fit_preprocess(train)
+    params = signals.fit_preprocess(train)
     assert params["key_scale"] == pytest.approx(1.0)  # uniform keys: cos and sin carry 0.5 variance each
-    x = rvq.preprocess(train, params)
-    assert x.shape == (120, 11) and rvq.COLUMNS[2:4] == ("key_cos", "key_sin")
+    x = signals.preprocess(train, params)
+    assert x.shape == (120, 11) and signals.COLUMNS[2:4] == ("key_cos", "key_sin")
     assert np.allclose(x[:, 2:4].var(axis=0).sum(), 1.0)
     for col in ("danceability", "speechiness", "tempo"):
-        j = rvq.COLUMNS.index(col)
+        j = signals.COLUMNS.index(col)
         assert np.allclose([x[:, j].mean(), x[:, j].std()], [0.0, 1.0])
     j = formats.FEATURES.index("speechiness")
-    expect = (np.log(train[:, j] + rvq.LOG_EPS) - params["mean"][j]) / params["std"][j]
-    assert np.allclose(x[:, rvq.COLUMNS.index("speechiness")], expect)
-    k = rvq.preprocess(feature_rows([0, 11, 6, -1]), params)
+    expect = (np.log(train[:, j] + signals.LOG_EPS) - params["mean"][j]) / params["std"][j]
+    assert np.allclose(x[:, signals.COLUMNS.index("speechiness")], expect)
+    k = signals.preprocess(feature_rows([0, 11, 6, -1]), params)
     dist = lambda a, b: np.linalg.norm(k[a] - k[b])  # noqa: E731
     assert dist(0, 1) == pytest.approx(2 * math.sin(math.pi / 12))  # neighbours on the circle
     assert dist(0, 2) == pytest.approx(2.0)  # opposite pitch classes
@@ -183,8 +184,8 @@ def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     feats = feature_rows(rng.integers(-1, 12, 200), energy=rng.uniform(0, 1, 200),
                          instrumentalness=rng.uniform(0, 1, 200) ** 4)
-    params = rvq.fit_preprocess(feats)
-    x = torch.from_numpy(rvq.preprocess(feats, params))
+    params = signals.fit_preprocess(feats)
+    x = torch.from_numpy(signals.preprocess(feats, params))
     books = rvq.fit_rvq(x, levels=2, k=16, seed=0)
     rvq.save_rvq(tmp_path, books, params, 2, 16)
     first = (tmp_path / rvq.MODEL_FILE).read_bytes()
@@ -316,11 +317,11 @@ def test_cli_user_errors(tmp_path):
 
 def test_ppmi_worked_example_and_cliques():
     i, j, c = np.array([0, 1, 1, 2]), np.array([1, 0, 2, 1]), np.array([2, 2, 1, 1])
-    assert rvq.ppmi(i, j, c, 3) == pytest.approx([math.log(2)] * 4)
+    assert signals.ppmi(i, j, c, 3) == pytest.approx([math.log(2)] * 4)
     # two cliques of co-listening {0,1,2} and {3,4,5}; track 6 never co-listened
     pairs = [(a, b) for clique in ((0, 1, 2), (3, 4, 5)) for a in clique for b in clique if a != b]
     i, j = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    emb = rvq.ppmi_svd(i, j, np.full(len(pairs), 3), 7, dim=2, seed=0)
+    emb = signals.ppmi_svd(i, j, np.full(len(pairs), 3), 7, dim=2, seed=0)
     d = ((emb[:, None] - emb[None]) ** 2).sum(-1)
     assert d[0, 1] < 1e-6 and d[3, 5] < 1e-6 and d[0, 3] > 0.1       # a clique shares one vector
     assert np.all(emb[6] == 0)                                          # cold: no vector of its own
@@ -331,11 +332,11 @@ def test_blocks_weigh_what_their_weights_say():
     blocks = {"audio": rng.normal(size=(300, 11)) * 3, "genre": np.eye(4)[rng.integers(0, 4, 300)],
               "collab": rng.normal(size=(300, 16)) * 0.1}
     params = {"signals": ["audio", "genre", "collab"], "weights": [1.0, 2.0, 0.5],
-              "scales": [rvq.block_scale(blocks[b]) for b in ("audio", "genre", "collab")]}
-    x = rvq.signal_matrix(blocks, params)
+              "scales": [signals.block_scale(blocks[b]) for b in ("audio", "genre", "collab")]}
+    x = signals.signal_matrix(blocks, params)
     total = x.var(axis=0)
     assert [total[:11].sum(), total[11:15].sum(), total[15:].sum()] == pytest.approx([1.0, 2.0, 0.5])
-    assert rvq.genre_onehot(["rock", "jazz", "polka"], ["jazz", "rock"]).tolist() == [[0, 1], [1, 0], [0, 0]]
+    assert signals.genre_onehot(["rock", "jazz", "polka"], ["jazz", "rock"]).tolist() == [[0, 1], [1, 0], [0, 0]]
 
 
 def test_cold_map_recovers_a_linear_relation():
@@ -344,7 +345,7 @@ def test_cold_map_recovers_a_linear_relation():
     w = rng.normal(size=(5, 3))
     emb = content @ w + 0.5
     warm = np.arange(200) < 150
-    m = rvq.fit_cold_map(content, emb, warm, ridge=1e-6)
+    m = signals.fit_cold_map(content, emb, warm, ridge=1e-6)
     pred = np.hstack([content, np.ones((200, 1))]) @ m
     assert np.allclose(pred[~warm], emb[~warm], atol=1e-4)              # the cold tracks are placed right
 

@@ -9,8 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import formats
-import logfiles
+import formats  # noqa: E402
+import logfiles  # noqa: E402
 import world  # noqa: E402
 from common import UserError  # noqa: E402
 
