@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 import fastlog
+import fastprefs
 from common import (UserError, atomic_open, atomic_path, fail, file_sha256, jsonl, read_json, run_main, save_config,
                     write_json)
 from formats import IDS_FILE, id_text, load_catalog, load_semantic_ids, read_rvq_meta, row_codes_of
@@ -180,7 +181,7 @@ def check_label_options(args):
 
 def build_prefs(args):
     """`data.py prefs`: (instruction, chosen ID, rejected ID) pairs from the logs, split by time (mine_prefs or
-    fastlog.mine_prefs mine them), the per-track labels and the report."""
+    fastprefs.mine_prefs mine them), the per-track labels and the report."""
     check_label_options(args)
     meta = read_json(os.path.join(args.sft_data, "meta.json"), "SFT data meta.json")
     catalog, _ = load_catalog(meta["catalog"])
@@ -196,7 +197,7 @@ def build_prefs(args):
     t0 = time.time()
     mine = mine_prefs
     if engine == "numpy":
-        mine = fastlog.mine_prefs
+        mine = fastprefs.mine_prefs
     got = mine(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, context_text,
                args.id_information or meta["id_information"], args.id_metadata or meta["id_metadata"], stats, counts)
     plays, long, skips, n_sessions, unknown_duration = (got[k] for k in ("plays", "long", "skip", "sessions",

@@ -1,7 +1,7 @@
 """Preference pairs from dwell times: after a play, a long listen (chosen) against a skip (rejected).
 
 mine_pairs turns one listener's sessions into pairs; mine_prefs is `data.py prefs`' readable loop over a whole log
-(fastlog.mine_prefs does the same on arrays and writes the same bytes).
+(fastprefs.mine_prefs does the same on arrays and writes the same bytes).
 """
 import contextlib
 import json
@@ -107,7 +107,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
     uniform reservoir sample. Memory holds one user's plays, one partition and the caps, never the log.
     Returns the training-window labels per track (plays, long, skip), sessions, plays of tracks without a
     duration, pairs seen per window before the caps, and the mining's seconds; stats and counts are filled in.
-    fastlog.mine_prefs does the same on arrays and writes the same bytes.
+    fastprefs.mine_prefs does the same on arrays and writes the same bytes.
     """
     n = len(catalog)
     durations = (catalog.duration_ms / 1000.0).tolist()   # seconds, 0 = unknown

@@ -22,6 +22,7 @@ import pytest
 
 import data
 import fastlog
+import fastread
 import formats
 import logfiles
 import rvq
@@ -193,7 +194,7 @@ def catalog_of(d):
 
 
 @pytest.mark.parametrize("layout", ["clean", "onion", "music4all", "onion_csv"])
-@pytest.mark.parametrize("chunk", [300, 4096, fastlog.CHUNK_BYTES])
+@pytest.mark.parametrize("chunk", [300, 4096, fastread.CHUNK_BYTES])
 def test_same_listeners_plays_and_stats(worlds, layout, chunk):
     """Block by block the numpy reader yields logfiles.iter_user_plays' listeners, plays and stats (keys in the same
     order: they go to meta.json), whatever the block size: a 300-byte block holds about 7 lines."""
@@ -201,7 +202,7 @@ def test_same_listeners_plays_and_stats(worlds, layout, chunk):
         cat, ids = catalog_of(d)
         loop_stats, fast_stats = {}, {}
         loop = list(logfiles.iter_user_plays(logs[layout], cat, stats=loop_stats, **ids))
-        batches = list(fastlog.user_batches(logs[layout], cat, stats=fast_stats, chunk_bytes=chunk, **ids))
+        batches = list(fastread.user_batches(logs[layout], cat, stats=fast_stats, chunk_bytes=chunk, **ids))
         assert [u for b in batches for u in b.users()] == loop
         assert json.dumps(fast_stats) == json.dumps(loop_stats)
         if layout != "clean":
@@ -223,7 +224,7 @@ def test_a_listener_seen_again_stops_both_engines_the_same_way(worlds, tmp_path)
     path.write_text("".join(lines[:k + 3] + [lines[1]] + lines[k + 3:]), encoding="utf-8")
     messages = []
     for read in (lambda: list(logfiles.iter_user_plays(str(path), cat, **ids)),
-                 lambda: list(fastlog.user_batches(str(path), cat, chunk_bytes=100, **ids))):
+                 lambda: list(fastread.user_batches(str(path), cat, chunk_bytes=100, **ids))):
         with pytest.raises(UserError) as e:
             read()
         messages.append(str(e.value))
@@ -234,8 +235,8 @@ def test_track_ids_sharing_a_hash_still_join_exactly(worlds, monkeypatch):
     d, logs = worlds[1]
     cat, ids = catalog_of(d)
     want = list(logfiles.iter_user_plays(logs["onion"], cat, **ids))
-    monkeypatch.setattr(fastlog, "_hash", lambda words, length: np.zeros(len(length), dtype=np.uint64))
-    assert [u for b in fastlog.user_batches(logs["onion"], cat, chunk_bytes=5000, **ids) for u in b.users()] == want
+    monkeypatch.setattr(fastread, "_hash", lambda words, length: np.zeros(len(length), dtype=np.uint64))
+    assert [u for b in fastread.user_batches(logs["onion"], cat, chunk_bytes=5000, **ids) for u in b.users()] == want
 
 
 def test_bz2_logs_early_stops_and_errors_in_the_reader_threads(worlds, tmp_path):
@@ -247,9 +248,9 @@ def test_bz2_logs_early_stops_and_errors_in_the_reader_threads(worlds, tmp_path)
     path = tmp_path / "log.tsv.bz2"
     path.write_bytes(packed)
     want = list(logfiles.iter_user_plays(str(path), cat, **ids))
-    assert [u for b in fastlog.user_batches(str(path), cat, chunk_bytes=3000, **ids) for u in b.users()] == want
+    assert [u for b in fastread.user_batches(str(path), cat, chunk_bytes=3000, **ids) for u in b.users()] == want
     before = threading.active_count()
-    batches = fastlog.user_batches(str(path), cat, chunk_bytes=3000, **ids)
+    batches = fastread.user_batches(str(path), cat, chunk_bytes=3000, **ids)
     next(batches)
     batches.close()
     assert threading.active_count() == before
@@ -257,7 +258,7 @@ def test_bz2_logs_early_stops_and_errors_in_the_reader_threads(worlds, tmp_path)
     cut.write_bytes(packed[:len(packed) // 2])
     errors = []
     for read in (lambda: list(logfiles.iter_user_plays(str(cut), cat, **ids)),
-                 lambda: list(fastlog.user_batches(str(cut), cat, chunk_bytes=3000, **ids))):
+                 lambda: list(fastread.user_batches(str(cut), cat, chunk_bytes=3000, **ids))):
         with pytest.raises(Exception) as e:
             read()
         errors.append((type(e.value), str(e.value)))
@@ -313,7 +314,7 @@ PREFS_OPTIONS = [[], ["--max-train", "30", "--max-val", "4", "--max-test", "9", 
 def test_sft_and_prefs_files_are_byte_identical(worlds, tmp_path, seed, layout, monkeypatch):
     """`data.py sft` then `data.py prefs`, capped and uncapped, with each option that changes the mining, on
     the rough logs: the two engines write the same bytes. Small blocks: sessions cross block boundaries."""
-    monkeypatch.setattr(fastlog, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(fastread, "CHUNK_BYTES", 2000)
     d, logs = worlds[seed]
     w = d / "world"
     for i, sft_options in enumerate(SFT_OPTIONS if layout == "onion" else SFT_OPTIONS[:1]):
@@ -397,7 +398,7 @@ def test_sft_computes_the_split_when_rvq_read_other_inputs(worlds, tmp_path, cap
 def test_co_listening_and_rvq_ids_are_the_same(worlds, tmp_path, layout, monkeypatch):
     """rvq.py's pass over the log (the time split, then co-listening within a window of plays) gives the same
     counts in the same order, so `rvq.py train --signals audio,genre,collab` writes the same files."""
-    monkeypatch.setattr(fastlog, "CHUNK_BYTES", 3000)
+    monkeypatch.setattr(fastread, "CHUNK_BYTES", 3000)
     d, logs = worlds[1]
     cat, ids = catalog_of(d)
     t_val, _ = sessions.split_times(logs[layout], cat, **ids)
@@ -436,7 +437,7 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     for path in [os.path.join(onion_sample, f"listening_history_{s}.csv") for s in ("val", "test")] + [str(both)]:
         loop_stats, fast_stats = {}, {}
         loop = list(logfiles.iter_user_plays(path, cat, id_metadata=meta, stats=loop_stats))
-        fast = [u for b in fastlog.user_batches(path, cat, id_metadata=meta, stats=fast_stats, chunk_bytes=65536)
+        fast = [u for b in fastread.user_batches(path, cat, id_metadata=meta, stats=fast_stats, chunk_bytes=65536)
                 for u in b.users()]
         assert fast == loop and json.dumps(fast_stats) == json.dumps(loop_stats)
     assert fast_stats["events_read"] == 16770 and fast_stats["users"] == 8385
