@@ -211,16 +211,30 @@ def concatenated_batch(pairs, pad_id):
     """Chosen and rejected sequences padded to one length and stacked: (2B, T) tensors.
 
     Rows [0, B) are prompt + chosen, rows [B, 2B) prompt + rejected, so one forward
-    scores both (the reference trainer's concatenated_forward). concatenated_logps
-    computes the same numbers faster by sharing the prompt; this form is the check.
+    scores both (the reference trainer's concatenated_forward).
     """
     seqs = [p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs]
     lens = [len(c) for _, c, _ in pairs] + [len(r) for _, _, r in pairs]
     return M.pad_batch(seqs, pad_id, lens)
 
 
-def concatenated_logps(model, pairs, pad_id, device):
-    """(chosen_logps (B,), rejected_logps (B,)): summed answer log-probs, the prompt computed once."""
+def sequence_logps(model, input_ids, attention_mask, loss_mask):
+    """SUM of the answer tokens' log-probs per sequence: (B,) fp32. DPO compares sequence log-likelihoods
+    (eq. 7 of the paper), so a longer answer is not averaged down."""
+    logps, row = sft.answer_logps(model, input_ids, attention_mask, loss_mask)
+    return torch.zeros(input_ids.shape[0], device=logps.device).index_add(0, row, logps)
+
+
+def concatenated_logps(model, pairs, pad_id, device, shared_prompt=True):
+    """(policy_chosen_logps (B,), policy_rejected_logps (B,)): summed answer log-probs of each pair's answers.
+
+    shared_prompt False is the plain path: the stacked sequences of concatenated_batch in one forward. True, the
+    default, gives the same numbers faster: the prompt, about 90% of a pair's tokens, runs once for both answers
+    (answer_set_logps; tests/test_dpo.py checks the two against each other, values and gradients).
+    """
+    if not shared_prompt:
+        ids, attn, loss_mask = (t.to(device) for t in concatenated_batch(pairs, pad_id))
+        return sequence_logps(model, ids, attn, loss_mask).split(len(pairs))
     logps = answer_set_logps(model, [p for p, _, _ in pairs], [[c for _, c, _ in pairs], [r for _, _, r in pairs]],
                              pad_id, device)
     return logps[0], logps[1]

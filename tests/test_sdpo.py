@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo import dpo_loss, sdpo_loss
+import dpo
 import formats
 
 
@@ -86,7 +87,7 @@ def test_answer_sets_equal_separate_scoring(tiny_smol):
         assert got.shape == (3, 2)
         for s, answers in enumerate(sets):
             for b, a in enumerate(answers):
-                alone = M.sequence_logps(model, *M.pad_batch([prompts[b] + a], pad, [len(a)]))
+                alone = dpo.sequence_logps(model, *M.pad_batch([prompts[b] + a], pad, [len(a)]))
                 assert torch.allclose(alone, got[s, b:b + 1], atol=1e-5)
 
 

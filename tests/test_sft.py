@@ -57,14 +57,14 @@ def test_answer_logps_only_answer_positions(tiny_smol):
     model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
     pairs = [([1, 5, 6, 7], vocab.ids((0, 1, 2)) + [2]), ([1, 8], vocab.ids((3, 0, 0)) + [2])]
     ids, attn, loss = sft.collate(pairs, 2)
-    logps, row = M.answer_logps(model, ids, attn, loss)
+    logps, row = sft.answer_logps(model, ids, attn, loss)
     assert row.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     with torch.no_grad():
         full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
     expected = [full[0, t - 1, ids[0, t]] for t in range(4, 8)] + [full[1, t - 1, ids[1, t]] for t in range(2, 6)]
     assert torch.allclose(logps, torch.stack(expected), atol=1e-5)
     # alone or padded in a batch: the same log-probs
-    alone, _ = M.answer_logps(model, *sft.collate(pairs[1:], 2))
+    alone, _ = sft.answer_logps(model, *sft.collate(pairs[1:], 2))
     assert torch.allclose(alone, logps[4:], atol=1e-5)
 
 
@@ -125,7 +125,7 @@ def test_tiny_model_overfits_one_batch(tiny_smol):
         opt.zero_grad()
     ids, attn, loss_mask = sft.collate(pairs, 2)
     with torch.no_grad():
-        logps, _ = M.answer_logps(model, ids, attn, loss_mask)
+        logps, _ = sft.answer_logps(model, ids, attn, loss_mask)
     id_nll = -logps.view(3, 4)[:, :3].mean().item()   # (3 answers, 3 ID tokens + end)
     # Only the ID tokens can be memorised here: the end token's row is frozen and, behind the
     # frozen final RMSNorm of a 32-wide random model, its logit cannot rise above ~0.6.
