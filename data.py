@@ -279,7 +279,8 @@ def parse_args(argv=None):
     q.add_argument("--id-information", default=None,
                    help="Music4All id_information (default: the one the SFT data used)")
     q.add_argument("--id-metadata", default=None, help="Music4All id_metadata (default: the one the SFT data used)")
-    q.add_argument("--session-gap", type=int, default=SESSION_GAP, help="seconds")
+    q.add_argument("--session-gap", type=int, default=SESSION_GAP,
+                   help="seconds of silence that start a new session (default %(default)s)")
     q.add_argument("--long-listen", type=float, default=LONG_LISTEN, help="chosen: dwell above this (s)")
     q.add_argument("--skip", type=float, default=SKIP, help="rejected: dwell below this (s)")
     q.add_argument("--long-fraction", type=float, default=None,

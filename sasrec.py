@@ -370,12 +370,15 @@ def read_stats(path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sft-data", required=True, help=f"folder with {STATS_FILE} (written by data.py sft)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dim", type=int, default=DIM, help="hidden size")
-    p.add_argument("--layers", type=int, default=LAYERS, help="self-attention blocks")
+    p.add_argument("--out", required=True, help="output folder (model.safetensors, its config and training log)")
+    p.add_argument("--dim", type=int, default=DIM,
+                   help="hidden size d (the paper uses 50; 64 keeps heads even; default %(default)s)")
+    p.add_argument("--layers", type=int, default=LAYERS,
+                   help="self-attention blocks b (the paper's choice; default %(default)s)")
     p.add_argument("--heads", type=int, default=HEADS, help="attention heads (must divide --dim)")
     p.add_argument("--max-len", type=int, default=MAX_LEN, help="longest history read, in items")
-    p.add_argument("--dropout", type=float, default=DROPOUT, help="dropout rate")
+    p.add_argument("--dropout", type=float, default=DROPOUT,
+                   help="dropout rate (the paper's for dense data; default %(default)s)")
     p.add_argument("--lr", type=float, default=LR, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training windows per step")
     p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="upper bound on epochs")

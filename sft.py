@@ -413,7 +413,7 @@ def add_lora_args(p):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="folder with train.jsonl, val.jsonl, meta.json")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (adapter/, log.jsonl, checkpoint.pt, summary.json)")
     p.add_argument("--model", default=MODEL, help="local Hugging Face Llama folder")
     p.add_argument("--steps", type=int, default=STEPS,
                    help="optimizer steps (default %(default)s: about 6 minutes for SmolLM2-135M on 2 cores)")

@@ -555,7 +555,7 @@ def summary(cat, events, truth):
 # ---------------------------------------------------------------------------------------------- CLI
 
 def _listening_options(p):
-    p.add_argument("--users", type=int, default=USERS, help="listeners")
+    p.add_argument("--users", type=int, default=USERS, help="listeners simulated (default %(default)s)")
     p.add_argument("--seed", type=int, default=SEED,
                    help="seed of every random draw (catalogue, listeners, ids) (default %(default)s)")
     p.add_argument("--plays-per-user", type=float, default=PLAYS_PER_USER,
@@ -594,8 +594,12 @@ def _listening_options(p):
                         "(default %(default)s)")
     p.add_argument("--skip-share", type=float, default=SKIP_SHARE,
                    help="target share of skipped plays; the skip model's b0 is solved for it (default %(default)s)")
-    p.add_argument("--skip-misfit", type=float, default=SKIP_MISFIT, help="b1")
-    p.add_argument("--skip-propensity", type=float, default=SKIP_PROPENSITY, help="b2")
+    p.add_argument("--skip-misfit", type=float, default=SKIP_MISFIT,
+                   help="b1 of p_skip = sigmoid(b0 + b1 * misfit + b2 * s_t): how much a track outside the "
+                        "listener's taste is skipped more (default %(default)s)")
+    p.add_argument("--skip-propensity", type=float, default=SKIP_PROPENSITY,
+                   help="b2 of the same: how much a track's own propensity (intros, weak songs) makes everyone skip "
+                        "it (default %(default)s)")
     p.add_argument("--propensity-linear", type=float, default=PROPENSITY_LINEAR,
                    help="a: correlation of a track's skip propensity s_t with a linear function of its features, "
                         "the part a model that sees the features can learn (default %(default)s)")
@@ -629,7 +633,8 @@ def parser():
                    help="pseudo-rows of the global statistics added to each genre's (a shrinkage prior): a genre "
                         "with that many rows moves halfway to the global values (default %(default)s)")
     g = sub.add_parser("generate", help="write a synthetic catalogue and its listening logs")
-    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--out", required=True,
+                   help="output folder (catalog.csv, the log, the Music4All id tables, truth.json)")
     g.add_argument("--tracks", type=int, default=TRACKS, help="catalogue size (default %(default)s)")
     g.add_argument("--genres", type=int, default=GENRES,
                    help="genres used, the largest calibrated ones first (default %(default)s)")
@@ -639,7 +644,7 @@ def parser():
     _listening_options(g)
     s = sub.add_parser("listen", help="simulate listeners over a real catalogue file")
     s.add_argument("--catalog", required=True, help="Spotify Tracks CSV (dataset.csv layout)")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--out", required=True, help="output folder (the log, the Music4All id tables, truth.json)")
     _listening_options(s)
     return p
 
