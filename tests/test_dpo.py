@@ -10,7 +10,7 @@ import dpo
 import lora
 import model as M
 import sft
-from tests.conftest import adapter_tensors, tiny_dpo_argv, write_pairs, write_sft_data
+from tests.conftest import adapter_tensors, write_pairs, write_sft_data
 
 PC, PR, RC, RR = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
 # Delta = (-1 - -3) - (-2 - -2) = 2; with beta = 0.5, beta * Delta = 1
@@ -113,43 +113,6 @@ def test_concatenated_equals_separate_and_padding_invariant(tiny_smol):
     assert ids.shape[0] == 4 and loss.sum(1).tolist() == [4, 4, 4, 4]
 
 
-def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
-    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
-    dpo.main(argv + ["--out", str(tmp_path / "full")])
-    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
-    # step 0: the policy is the reference, so the DPO part is log 2; the NLL term (RPO, on by default) adds the
-    # chosen answers' NLL per token (4 tokens each: 3 IDs + end)
-    nll = -log[0]["eval/logps/chosen"] / 4
-    assert dpo.RPO_ALPHA > 0 and nll > 1
-    assert log[0]["step"] == 0 and log[0]["eval/loss"] == pytest.approx(math.log(2) + dpo.RPO_ALPHA * nll, abs=1e-5)
-    assert log[0]["eval/rewards/margins"] == 0.0
-    assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
-    assert log[-1]["eval/rewards/margins"] > 0          # it moves toward the chosen answers
-    from safetensors import safe_open
-    with safe_open(str(tmp_path / "full" / "ref_logps.safetensors"), "pt") as f:
-        fp = json.loads(f.metadata()["fingerprint"])
-    assert fp["base"] == dpo.base_weights_sha256(tiny_smol) and fp["device"] == "cpu" and fp["dtype"] == "torch.float32"
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                "logps/chosen", "logps/rejected"):
-        assert key in log[1]
-
-    real = dpo.concatenated_logps
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += torch.is_grad_enabled()   # count training forwards only, 2 a step
-        if calls["n"] == 5:     # step 3's first micro-batch (after the step-2 checkpoint)
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(dpo, "concatenated_logps", dying)
-    with pytest.raises(KeyboardInterrupt):
-        dpo.main(argv + ["--out", str(tmp_path / "killed")])
-    monkeypatch.setattr(dpo, "concatenated_logps", real)
-    dpo.main(argv + ["--out", str(tmp_path / "killed"), "--resume"])
-    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_shared_prompt_gradients_equal_full_forward(tiny_smol):
     """The prompt computed once feeds both answers' gradients: same as two full sequences."""
     model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
@@ -185,6 +148,7 @@ def test_reference_cache_knows_its_base(tiny_smol, smol_tokenizer, tmp_path):
     assert dpo.base_weights_sha256(str(same)) == dpo.base_weights_sha256(tiny_smol)
 
 
+@pytest.mark.slow   # a whole DPO run
 def test_reference_only_for_the_pairs_drawn(tiny_smol, tmp_path, monkeypatch):
     """Reference log-probs are computed for the training pairs the schedule draws, not the whole file (2 steps of 4
     draw 8 of 16), and the run is the same as one that scores every pair."""

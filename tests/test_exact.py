@@ -1,18 +1,13 @@
 """Exact ranking (ranking.score_all_ids, ranking.exact_top_k): equal to brute force, to each other, to a full-width beam."""
-import itertools
-
 import numpy as np
 import pytest
 import torch
 
 import model as M
 import ranking
-from tests.conftest import make_tiny_llama
+from tests.conftest import IDS, make_tiny_llama
 
 # 29 IDs of 3 codes < 4: level-1 code 3 and prefix (1, 2) are absent, and the rest is thinned out
-IDS = [c for c in itertools.product(range(4), repeat=3) if c[0] != 3 and c[:2] != (1, 2) and sum(c) % 3 != 1]
-
-
 @pytest.fixture(scope="module")
 def tiny_untied(tmp_path_factory, smol_tokenizer):
     return make_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny_untied"), tie=False)

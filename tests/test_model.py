@@ -10,8 +10,7 @@ import evaluate as E
 import model as M
 import ranking
 import sft
-from tests.conftest import make_tiny_llama
-from tests.test_exact import IDS
+from tests.conftest import IDS, make_tiny_llama
 
 # ----------------------------------------------------------------------------- fp32 head under autocast
 # There is no GPU here: CPU autocast in bf16 stands in for CUDA's (it runs nn.Linear / F.linear in bf16 too).

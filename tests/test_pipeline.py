@@ -17,6 +17,8 @@ import logfiles
 import tasks
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow   # the whole pipeline through make, then its faults: minutes on 2 cores
+
 TINY = {"TRACKS": "120", "USERS": "30", "CODEBOOK": "8", "ATTRIBUTE_EXAMPLES": "40", "GROUNDING_EXAMPLES": "20",
         "TEST_NEXT": "20", "TEST_ATTRIBUTES": "10", "SFT_STEPS": "4", "SFT_BATCH": "4", "DPO_STEPS": "3",
         "DPO_BATCH": "2", "TRAIN_PAIRS": "12", "VAL_PAIRS": "6", "TEST_PAIRS": "10",

@@ -10,17 +10,7 @@ import preferences
 import tasks
 import sessions
 from common import UserError
-
-
-def tiny_catalog(n=5, duration_s=200, short=None):
-    dur = np.full(n, duration_s * 1000, dtype=np.int64)
-    if short is not None:
-        dur[short] = 60_000
-    return formats.Catalog(
-        track_id=[f"t{i}" for i in range(n)], track_name=[f"Song {i}" for i in range(n)],
-        artists=[f"Artist {i}" for i in range(n)], album_name=[""] * n, genres=[["rock"]] * n,
-        features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64), duration_ms=dur,
-        explicit=np.zeros(n, dtype=bool), mode=np.ones(n, dtype=np.int64))
+from tests.conftest import tiny_catalog
 
 
 #          ts      row   dwell

@@ -91,6 +91,7 @@ def test_answer_sets_equal_separate_scoring(tiny_smol):
                 assert torch.allclose(alone, got[s, b:b + 1], atol=1e-5)
 
 
+@pytest.mark.slow   # a whole DPO run
 def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
     """dpo.py --loss-type sdpo: without more_rejected it trains exactly as sigmoid DPO; with them the reference
     cache holds one column per rejected slot and the run trains on them."""

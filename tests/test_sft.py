@@ -1,6 +1,4 @@
 """SFT: exact labels and masks, loss normalisation, schedule, resume == uninterrupted."""
-import json
-import math
 import os
 
 import numpy as np
@@ -10,7 +8,7 @@ import torch
 import model as M
 import ranking
 import sft
-from tests.conftest import adapter_tensors, write_sft_data
+from tests.conftest import run_tiny_sft, write_sft_data
 
 
 def test_prompt_format_smol_exact(smol_tokenizer):
@@ -150,56 +148,12 @@ def test_batch_schedule_deterministic_and_bucketed():
         assert list(b) == sorted(b)
 
 
-class Killed(Exception):
-    pass
-
-
-def run_sft(data, out, tiny, extra=()):
-    argv = ["--data", data, "--out", out, "--model", tiny, "--steps", "6", "--batch-size", "4",
-            "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2", "--id-lr", "1e-2",
-            "--warmup-steps", "2", "--lora-r", "4", "--lora-dropout", "0.1", *extra]
-    return sft.main(argv)
-
-
-def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, monkeypatch):
-    data = write_sft_data(tmp_path / "data")
-    run_sft(data, str(tmp_path / "full"), tiny_smol)
-    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
-    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
-    assert log[-1]["loss"] < log[0]["loss"]                 # it learns
-    assert "val/loss" in log[1] and "val/id_accuracy" in log[1] and "val/loss" not in log[0]
-    summary = json.load(open(tmp_path / "full" / "summary.json"))
-    assert summary["val/loss"] == min(r["val/loss"] for r in log if "val/loss" in r)
-
-    # kill in the middle of step 5 (after checkpoint 4, with log lines past it), then resume
-    calls = {"n": 0}
-    real = sft.sft_loss
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 9:        # 2 micro-batches a step: call 9 is step 5's first
-            raise Killed()
-        return real(*a, **k)
-    monkeypatch.setattr(sft, "sft_loss", dying)
-    with pytest.raises(Killed):
-        run_sft(data, str(tmp_path / "killed"), tiny_smol)
-    monkeypatch.setattr(sft, "sft_loss", real)
-    assert not os.path.exists(tmp_path / "killed" / "adapter")
-    with pytest.raises(M.UserError, match="--resume"):
-        run_sft(data, str(tmp_path / "killed"), tiny_smol)
-    run_sft(data, str(tmp_path / "killed"), tiny_smol, ["--resume"])
-    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert open(tmp_path / "full" / "log.jsonl").read().count("\n") == \
-        open(tmp_path / "killed" / "log.jsonl").read().count("\n") == 6
-
-
 def test_sft_bad_data_is_one_line_error(tiny_smol, tmp_path):
     data = write_sft_data(tmp_path / "data")
     with open(os.path.join(data, "train.jsonl"), "a") as f:
         f.write('{"prompt": "x", "answer": "<a_9><b_0><c_0>"}\n')
     with pytest.raises(M.UserError, match=r"train.jsonl, line 25: answer '<a_9><b_0><c_0>' is not a Semantic ID"):
-        run_sft(data, str(tmp_path / "out"), tiny_smol)
+        run_tiny_sft(data, str(tmp_path / "out"), tiny_smol)
 
 
 def test_llama32_path_trains_and_decodes(tiny_llama, tmp_path):

@@ -5,8 +5,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import tasks  # noqa: E402
+from tests.conftest import tiny_catalog  # noqa: E402
 from val_next import prefix_popularity_scores  # noqa: E402
-import tasks
 
 
 def test_prefix_popularity_ranks_two_shared_codes_then_one_then_popularity():
@@ -44,7 +45,6 @@ def test_pair_rows_of_two_files_on_the_same_queries(tmp_path):
 
 def test_attribute_queries_are_distinct_requests_with_every_matching_track_relevant():
     from val_next import attribute_queries
-    from tests.test_prefs import tiny_catalog
     cat = tiny_catalog(n=20)
     cat.genres = [["rock"] if i % 2 else ["jazz"] for i in range(20)]
     row_codes = {i: (i, 0, 0) for i in range(20)}
