@@ -445,6 +445,8 @@ def train(args):
         idx = schedule[step]
         mine = ddp.shard(idx)     # under torchrun: this rank's share of the batch; the loss still divides by len(idx)
         rec = {"step": step + 1}
+        # forward (policy log-probs of both answers; the reference's were computed once, before training),
+        # the preference loss, backward: micro-batch by micro-batch, the gradients accumulate over the batch
         parts = []
         for s in range(0, len(mine), args.micro_batch_size):
             mb = mine[s:s + args.micro_batch_size]
@@ -465,6 +467,7 @@ def train(args):
             parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach() if pr.dim() == 1 else pr[:, 0].detach()))
         ddp.sum_grads(params)     # the shares' gradients add up to the whole batch's
         rec.update(preference_metrics(*[ddp.cat_all(torch.cat(x)) for x in zip(*parts)]))   # every rank's pairs
+        # clip, then one optimizer step at this step's learning rate (linear warm-up, then cosine decay)
         rec["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
         mult = sft.lr_at(step, args.steps, args.warmup_steps)
         for g in opt.param_groups:
@@ -474,6 +477,7 @@ def train(args):
         done += len(idx)
         rec["lr"] = args.lr * mult
         rec["pairs_per_s"] = done / (time.time() - t0)
+        # every eval_every steps: score the held-out pairs, keep the checkpoint the --select rule prefers
         at_eval = (step + 1) % args.eval_every == 0 or step + 1 == args.steps
         if at_eval:
             rec.update(evaluate(model, val_pairs, ref_val, pad_id, device, args))

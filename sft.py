@@ -346,6 +346,7 @@ def train(args):
         batch = [train_pairs[i] for i in schedule[step]]
         n_tok = sum(len(a) for _, a in batch)   # of the whole batch: every rank divides by it
         mine = ddp.shard(batch)                 # under torchrun: this rank's share of the batch
+        # forward and backward, micro-batch by micro-batch: the gradients accumulate over the whole batch
         loss_sum = 0.0
         for s in range(0, len(mine), args.micro_batch_size):
             with M.autocast(device):
@@ -355,6 +356,7 @@ def train(args):
             loss_sum += loss.item()
         ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's
         loss_sum = ddp.sum_all([loss_sum])[0]
+        # clip, then one optimizer step at this step's learning rate (linear warm-up, then cosine decay)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
         mult = lr_at(step, args.steps, args.warmup_steps)
         for g in opt.param_groups:
@@ -364,6 +366,7 @@ def train(args):
         n_train_tok += sum(len(p) + len(a) for p, a in batch)
         rec = {"step": step + 1, "loss": loss_sum, "grad_norm": grad_norm, "lr": args.lr * mult,
                "tokens_per_s": n_train_tok / (time.time() - t0)}
+        # every eval_every steps: validate, keep the best weights so far, write a checkpoint to resume from
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             rec.update(evaluate(model, val_pairs, pad_id, vocab, device, args.micro_batch_size))
             if rec["val/loss"] < best["val/loss"]:
