@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import formats  # noqa: E402
 import logfiles  # noqa: E402
+import calibration  # noqa: E402
 import world  # noqa: E402
 from common import UserError  # noqa: E402
 
@@ -46,15 +47,15 @@ def test_skip_probability_and_solve_b0():
 def test_misfit_and_shrink():
     x, c = np.array([[1.0, 1.0], [0.0, 2.0]]), np.array([[0.0, 1.0], [0.0, 0.0]])
     assert world.misfit(x, c, np.array([True, False]), 1.0).tolist() == [0.5, 3.0]
-    assert world.shrink(0.0, 50, 1.0, k=50) == 0.5 and world.shrink(2.0, 150, 6.0, k=50) == 3.0
+    assert calibration.shrink(0.0, 50, 1.0, k=50) == 0.5 and calibration.shrink(2.0, 150, 6.0, k=50) == 3.0
 
 
 def test_model_space_round_trip():
     raw = np.array([[0.654, 0.63, 10, -4.644, 0.0259, 0.153, 0.0, 0.111, 0.43, 89.991]])
-    z = world.to_model_space(raw)
+    z = calibration.to_model_space(raw)
     assert z.shape == (1, 9) and z[0, 0] == pytest.approx(math.log(0.654 / 0.346))
     assert z[0, 5] == pytest.approx(math.log(1e-3 / (1 - 1e-3)))  # instrumentalness 0 clipped at EPS
-    assert world.from_model_space(z, np.array([10])).tolist() == raw.tolist()
+    assert calibration.from_model_space(z, np.array([10])).tolist() == raw.tolist()
 
 
 def test_nearest_neighbours():
@@ -151,7 +152,7 @@ def test_truth_contents(small_world):
     assert all(len(u["centre"]) == 9 for u in truth["users"])
     w = np.array(truth["propensity"]["w"])
     assert w.shape == (9,) and np.linalg.norm(w) == pytest.approx(1.0)
-    x = (world.to_model_space(cat.features) - truth["feature_space"]["mean"]) / truth["feature_space"]["std"]
+    x = (calibration.to_model_space(cat.features) - truth["feature_space"]["mean"]) / truth["feature_space"]["std"]
     s = np.array(truth["tracks"]["skip_propensity"])
     lin = (x @ w - truth["propensity"]["lin_mean"]) / truth["propensity"]["lin_std"]
     assert np.corrcoef(lin, s)[0, 1] == pytest.approx(truth["propensity"]["a"], abs=0.1)
@@ -176,7 +177,7 @@ def test_committed_calibration_matches_union_file():
     if not union.exists():
         pytest.skip(f"{union} not available")
     committed = json.loads((REPO / "world_calibration.json").read_text())
-    fresh = json.loads(json.dumps(world.calibrate(formats.load_catalog(union)[0])))
+    fresh = json.loads(json.dumps(calibration.calibrate(formats.load_catalog(union)[0])))
     assert {k: v for k, v in committed.items() if k != "command"} == fresh
     assert list(fresh["genres"])[:6] == ["country", "rock", "dubstep", "deep-house", "metal", "hip-hop"]
     assert fresh["genres"]["country"]["rows"] == 1000 and len(fresh["genres"]) == 20
