@@ -92,8 +92,7 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
     meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
     catalog, _ = formats.load_catalog(meta["catalog"])
     track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
-    index = catalog.index()
-    row_codes = {index[t]: tuple(int(c) for c in cs) for t, cs in zip(track_ids, codes)}
+    row_codes = formats.row_codes_of(catalog, track_ids, codes)
     id_to_row = {c: r for r, c in row_codes.items()}
     device = M.pick_device(device)
     model, tok, vocab = M.load_policy(model_path, adapter=resolve_adapter(run, adapter), levels=meta["levels"],
