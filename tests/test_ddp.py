@@ -197,10 +197,10 @@ def eval_results(tiny, pairs):
     prompts = [f"something like <a_{i % 4}><b_{i % 3}><c_1>, request {i}" for i in range(7)]
     args = E.parse_args(["--run", "unused", "--batch-size", "2", "--score-batch-size", "3", "--device", "cpu"])
     out = {}
-    for ranking in ("exact", "beam"):
-        args.ranking = ranking
-        out[ranking] = E.rank_with_model(model, fmt, prompts, trie, id_to_row, [{i} for i in range(7)],
-                                         [[] for _ in prompts], args, ranking)
+    for how in ("exact", "beam"):
+        args.ranking = how
+        out[how] = E.rank_with_model(model, fmt, prompts, trie, id_to_row, [{i} for i in range(7)],
+                                     [[] for _ in prompts], args, how)
     out["hallucination"] = E.hallucination(model, fmt, prompts, trie, args, "unconstrained")
     out["preferences"] = E.preference_accuracy(model, fmt, os.path.join(pairs, "val.jsonl"), args)
     out["logps"] = dpo.score_pairs(model, dpo.read_pairs(os.path.join(pairs, "val.jsonl"), fmt),
