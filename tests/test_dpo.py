@@ -1,16 +1,12 @@
 """DPO: loss math by hand, step-0 identities, concatenated forward, an end-to-end run with resume."""
-import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import dpo
 import lora
 import model as M
-import sft
-from tests.conftest import adapter_tensors, write_pairs, write_sft_data
 
 PC, PR, RC, RR = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
 # Delta = (-1 - -3) - (-2 - -2) = 2; with beta = 0.5, beta * Delta = 1
@@ -148,54 +144,6 @@ def test_reference_cache_knows_its_base(tiny_smol, smol_tokenizer, tmp_path):
     assert dpo.base_weights_sha256(str(same)) == dpo.base_weights_sha256(tiny_smol)
 
 
-@pytest.mark.slow   # a whole DPO run
-def test_reference_only_for_the_pairs_drawn(tiny_smol, tmp_path, monkeypatch):
-    """Reference log-probs are computed for the training pairs the schedule draws, not the whole file (2 steps of 4
-    draw 8 of 16), and the run is the same as one that scores every pair."""
-    data = write_sft_data(tmp_path / "sft_data")
-    sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
-              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
-    pairs = write_pairs(tmp_path / "prefs", n_train=16)
-    argv = ["--pairs", pairs, "--sft", str(tmp_path / "sft" / "adapter"), "--model", tiny_smol,
-            "--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2",
-            "--warmup-steps", "1"]
-    real = dpo.score_pairs
-    scored = []
-
-    def counting(model, pairs, *a, desc="", **k):
-        if desc.startswith("reference log-probs (train"):
-            scored.append(len(pairs))
-        return real(model, pairs, *a, desc=desc, **k)
-    monkeypatch.setattr(dpo, "score_pairs", counting)
-    real_drawn, schedules = dpo.drawn_pairs, []
-    monkeypatch.setattr(dpo, "drawn_pairs", lambda schedule: schedules.append(schedule) or real_drawn(schedule))
-    dpo.main(argv + ["--out", str(tmp_path / "drawn")])
-    drawn = sorted(set(schedules[0].flatten().tolist()))  # the pairs the 2 steps train on
-    assert schedules[0].shape == (2, 4) and len(drawn) == 8
-    assert scored == [8]                                  # one reference score per drawn pair, none for the rest
-    from safetensors import safe_open
-    with safe_open(str(tmp_path / "drawn" / "ref_logps.safetensors"), "pt") as f:
-        assert f.get_tensor("train/chosen").shape == (8,) and f.get_tensor("val/chosen").shape == (8,)
-    assert json.load(open(tmp_path / "drawn" / "summary.json"))["train_pairs_drawn"] == 8
-
-    # the old way, every pair scored: the same reference values for the drawn pairs, the same training
-    monkeypatch.setattr(dpo, "drawn_pairs", lambda schedule: np.arange(16))
-    scored.clear()
-    dpo.main(argv + ["--out", str(tmp_path / "all")])
-    assert scored == [16]
-    with safe_open(str(tmp_path / "drawn" / "ref_logps.safetensors"), "pt") as a, \
-            safe_open(str(tmp_path / "all" / "ref_logps.safetensors"), "pt") as b:
-        idx = torch.as_tensor(drawn)
-        for k in ("train/chosen", "train/rejected"):
-            assert torch.equal(a.get_tensor(k), b.get_tensor(k)[idx])
-        assert torch.equal(a.get_tensor("val/chosen"), b.get_tensor("val/chosen"))
-        fps = [json.loads(f.metadata()["fingerprint"]) for f in (a, b)]
-        assert fps[0]["train_drawn"] != fps[1]["train_drawn"]   # which pairs were scored is part of the cache key
-    x, y = adapter_tensors(tmp_path / "drawn" / "adapter"), adapter_tensors(tmp_path / "all" / "adapter")
-    assert all(torch.equal(x[k], y[k]) for k in x)
-    logs = [[{k: v for k, v in json.loads(l).items() if k != "pairs_per_s"} for l in open(tmp_path / d / "log.jsonl")]
-            for d in ("drawn", "all")]
-    assert logs[0] == logs[1]
 
 
 def test_checkpoint_selection_rules():

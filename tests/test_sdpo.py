@@ -1,13 +1,11 @@
 """S-DPO (softmax DPO over several rejected answers): the loss math, by hand."""
 import math
-import os
 
 import pytest
 import torch
 
 from dpo import dpo_loss, sdpo_loss
 import dpo
-import formats
 
 
 def logps_for(beta_deltas, beta=0.1):
@@ -89,37 +87,3 @@ def test_answer_sets_equal_separate_scoring(tiny_smol):
             for b, a in enumerate(answers):
                 alone = dpo.sequence_logps(model, *M.pad_batch([prompts[b] + a], pad, [len(a)]))
                 assert torch.allclose(alone, got[s, b:b + 1], atol=1e-5)
-
-
-@pytest.mark.slow   # a whole DPO run
-def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
-    """dpo.py --loss-type sdpo: without more_rejected it trains exactly as sigmoid DPO; with them the reference
-    cache holds one column per rejected slot and the run trains on them."""
-    import json
-    import dpo
-    from safetensors import safe_open
-    from tests.conftest import adapter_tensors, tiny_dpo_argv
-    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=2)
-    pairs = argv[1]
-    dpo.main(argv + ["--out", str(tmp_path / "sigmoid")])
-    dpo.main(argv + ["--out", str(tmp_path / "sdpo1"), "--loss-type", "sdpo"])
-    a, b = adapter_tensors(tmp_path / "sigmoid" / "adapter"), adapter_tensors(tmp_path / "sdpo1" / "adapter")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-
-    rows = [json.loads(l) for l in open(os.path.join(pairs, "train.jsonl"))]
-    for i, r in enumerate(rows):   # two further rejected answers for even pairs, none for odd ones
-        r["more_rejected"] = [M_text((i + 2) % 4, 0, 1), M_text((i + 3) % 4, 3, 3)] if i % 2 == 0 else []
-    with open(os.path.join(pairs, "train.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    dpo.main(argv + ["--out", str(tmp_path / "sdpo3"), "--loss-type", "sdpo"])
-    with safe_open(str(tmp_path / "sdpo3" / "ref_logps.safetensors"), "pt") as f:
-        assert json.loads(f.metadata()["fingerprint"])["rejected_slots"] == 3
-        assert {"train_slot1/rejected", "train_slot2/rejected"} <= set(f.keys())
-    c = adapter_tensors(tmp_path / "sdpo3" / "adapter")
-    assert any(not torch.allclose(b[k], c[k], atol=1e-6) for k in b)   # the further rejected answers count
-    log = [json.loads(l) for l in open(tmp_path / "sdpo3" / "log.jsonl")]
-    assert all(math.isfinite(r["loss"]) for r in log[1:])
-
-
-def M_text(*codes):
-    return formats.id_text(codes)

@@ -1,0 +1,168 @@
+"""Whole (tiny) training runs: sft.py and dpo.py killed mid-run end with the weights of an uninterrupted run; dpo.py
+scores the reference only for the pairs it draws; S-DPO trains on the further rejected answers.
+
+Each runs a stage two or three times: slow, so marked (`pytest -m "not slow" tests` leaves them out). The
+pipeline's own kill test (SIGKILL of a real `make demo` stage) is in test_pipeline.py.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import dpo
+import formats
+import model as M
+import sft
+from tests.conftest import adapter_tensors, run_tiny_sft, tiny_dpo_argv, write_pairs, write_sft_data
+
+pytestmark = pytest.mark.slow
+
+
+class Killed(Exception):
+    pass
+
+
+def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, monkeypatch):
+    data = write_sft_data(tmp_path / "data")
+    run_tiny_sft(data, str(tmp_path / "full"), tiny_smol)
+    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[-1]["loss"] < log[0]["loss"]                 # it learns
+    assert "val/loss" in log[1] and "val/id_accuracy" in log[1] and "val/loss" not in log[0]
+    summary = json.load(open(tmp_path / "full" / "summary.json"))
+    assert summary["val/loss"] == min(r["val/loss"] for r in log if "val/loss" in r)
+
+    # kill in the middle of step 5 (after checkpoint 4, with log lines past it), then resume
+    calls = {"n": 0}
+    real = sft.sft_loss
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:        # 2 micro-batches a step: call 9 is step 5's first
+            raise Killed()
+        return real(*a, **k)
+    monkeypatch.setattr(sft, "sft_loss", dying)
+    with pytest.raises(Killed):
+        run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol)
+    monkeypatch.setattr(sft, "sft_loss", real)
+    assert not os.path.exists(tmp_path / "killed" / "adapter")
+    with pytest.raises(M.UserError, match="--resume"):
+        run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol)
+    run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol, ["--resume"])
+    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert open(tmp_path / "full" / "log.jsonl").read().count("\n") == \
+        open(tmp_path / "killed" / "log.jsonl").read().count("\n") == 6
+
+
+def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
+    dpo.main(argv + ["--out", str(tmp_path / "full")])
+    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
+    # step 0: the policy is the reference, so the DPO part is log 2; the NLL term (RPO, on by default) adds the
+    # chosen answers' NLL per token (4 tokens each: 3 IDs + end)
+    nll = -log[0]["eval/logps/chosen"] / 4
+    assert dpo.RPO_ALPHA > 0 and nll > 1
+    assert log[0]["step"] == 0 and log[0]["eval/loss"] == pytest.approx(math.log(2) + dpo.RPO_ALPHA * nll, abs=1e-5)
+    assert log[0]["eval/rewards/margins"] == 0.0
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
+    assert log[-1]["eval/rewards/margins"] > 0          # it moves toward the chosen answers
+    with safe_open(str(tmp_path / "full" / "ref_logps.safetensors"), "pt") as f:
+        fp = json.loads(f.metadata()["fingerprint"])
+    assert fp["base"] == dpo.base_weights_sha256(tiny_smol) and fp["device"] == "cpu" and fp["dtype"] == "torch.float32"
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected"):
+        assert key in log[1]
+
+    real = dpo.concatenated_logps
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += torch.is_grad_enabled()   # count training forwards only, 2 a step
+        if calls["n"] == 5:     # step 3's first micro-batch (after the step-2 checkpoint)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(dpo, "concatenated_logps", dying)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.main(argv + ["--out", str(tmp_path / "killed")])
+    monkeypatch.setattr(dpo, "concatenated_logps", real)
+    dpo.main(argv + ["--out", str(tmp_path / "killed"), "--resume"])
+    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reference_only_for_the_pairs_drawn(tiny_smol, tmp_path, monkeypatch):
+    """Reference log-probs are computed for the training pairs the schedule draws, not the whole file (2 steps of 4
+    draw 8 of 16), and the run is the same as one that scores every pair."""
+    data = write_sft_data(tmp_path / "sft_data")
+    sft.main(["--data", data, "--out", str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2",
+              "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2", "--lora-r", "4"])
+    pairs = write_pairs(tmp_path / "prefs", n_train=16)
+    argv = ["--pairs", pairs, "--sft", str(tmp_path / "sft" / "adapter"), "--model", tiny_smol,
+            "--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2",
+            "--warmup-steps", "1"]
+    real = dpo.score_pairs
+    scored = []
+
+    def counting(model, pairs, *a, desc="", **k):
+        if desc.startswith("reference log-probs (train"):
+            scored.append(len(pairs))
+        return real(model, pairs, *a, desc=desc, **k)
+    monkeypatch.setattr(dpo, "score_pairs", counting)
+    real_drawn, schedules = dpo.drawn_pairs, []
+    monkeypatch.setattr(dpo, "drawn_pairs", lambda schedule: schedules.append(schedule) or real_drawn(schedule))
+    dpo.main(argv + ["--out", str(tmp_path / "drawn")])
+    drawn = sorted(set(schedules[0].flatten().tolist()))  # the pairs the 2 steps train on
+    assert schedules[0].shape == (2, 4) and len(drawn) == 8
+    assert scored == [8]                                  # one reference score per drawn pair, none for the rest
+    with safe_open(str(tmp_path / "drawn" / "ref_logps.safetensors"), "pt") as f:
+        assert f.get_tensor("train/chosen").shape == (8,) and f.get_tensor("val/chosen").shape == (8,)
+    assert json.load(open(tmp_path / "drawn" / "summary.json"))["train_pairs_drawn"] == 8
+
+    # the old way, every pair scored: the same reference values for the drawn pairs, the same training
+    monkeypatch.setattr(dpo, "drawn_pairs", lambda schedule: np.arange(16))
+    scored.clear()
+    dpo.main(argv + ["--out", str(tmp_path / "all")])
+    assert scored == [16]
+    with safe_open(str(tmp_path / "drawn" / "ref_logps.safetensors"), "pt") as a, \
+            safe_open(str(tmp_path / "all" / "ref_logps.safetensors"), "pt") as b:
+        idx = torch.as_tensor(drawn)
+        for k in ("train/chosen", "train/rejected"):
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)[idx])
+        assert torch.equal(a.get_tensor("val/chosen"), b.get_tensor("val/chosen"))
+        fps = [json.loads(f.metadata()["fingerprint"]) for f in (a, b)]
+        assert fps[0]["train_drawn"] != fps[1]["train_drawn"]   # which pairs were scored is part of the cache key
+    x, y = adapter_tensors(tmp_path / "drawn" / "adapter"), adapter_tensors(tmp_path / "all" / "adapter")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    logs = [[{k: v for k, v in json.loads(l).items() if k != "pairs_per_s"} for l in open(tmp_path / d / "log.jsonl")]
+            for d in ("drawn", "all")]
+    assert logs[0] == logs[1]
+
+
+def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
+    """dpo.py --loss-type sdpo: without more_rejected it trains exactly as sigmoid DPO; with them the reference
+    cache holds one column per rejected slot and the run trains on them."""
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=2)
+    pairs = argv[1]
+    dpo.main(argv + ["--out", str(tmp_path / "sigmoid")])
+    dpo.main(argv + ["--out", str(tmp_path / "sdpo1"), "--loss-type", "sdpo"])
+    a, b = adapter_tensors(tmp_path / "sigmoid" / "adapter"), adapter_tensors(tmp_path / "sdpo1" / "adapter")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    rows = [json.loads(l) for l in open(os.path.join(pairs, "train.jsonl"))]
+    for i, r in enumerate(rows):   # two further rejected answers for even pairs, none for odd ones
+        r["more_rejected"] = [formats.id_text(((i + 2) % 4, 0, 1)), formats.id_text(((i + 3) % 4, 3, 3))] if i % 2 == 0 else []
+    with open(os.path.join(pairs, "train.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    dpo.main(argv + ["--out", str(tmp_path / "sdpo3"), "--loss-type", "sdpo"])
+    with safe_open(str(tmp_path / "sdpo3" / "ref_logps.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["fingerprint"])["rejected_slots"] == 3
+        assert {"train_slot1/rejected", "train_slot2/rejected"} <= set(f.keys())
+    c = adapter_tensors(tmp_path / "sdpo3" / "adapter")
+    assert any(not torch.allclose(b[k], c[k], atol=1e-6) for k in b)   # the further rejected answers count
+    log = [json.loads(l) for l in open(tmp_path / "sdpo3" / "log.jsonl")]
+    assert all(math.isfinite(r["loss"]) for r in log[1:])
