@@ -168,7 +168,7 @@ def tiny_catalog(n=5, duration_s=200, short=None):
 
 
 def run_tiny_sft(data, out, tiny, extra=()):
-    """sft.py for 6 steps of 4 examples on a tiny model, validating every 2 (test_sft, test_resume)."""
+    """sft.py for 6 steps of 4 examples on a tiny model, validating every 2 (test_sft, test_runs)."""
     import sft
     argv = ["--data", data, "--out", out, "--model", tiny, "--steps", "6", "--batch-size", "4",
             "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2", "--id-lr", "1e-2",
