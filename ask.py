@@ -68,7 +68,7 @@ def build_prompt(request, catalog, row_codes, played=(), n_history=1, context_te
         row = find_track(catalog, m.group(1))
         if row is not None:
             return tasks.next_track_prompt(catalog, list(played) + [row], row_codes, n_history=n_history,
-                                          context_text=context_text), row
+                                           context_text=context_text), row
     if played:
         raise UserError("--played needs a request naming a catalogue track (\"something like Artist - Title\"), "
                         "the play it comes before")
@@ -106,11 +106,11 @@ def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL
     trie = ranking.IDTrie(list(id_to_row), vocab.levels)
     if len(id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
         res = ranking.exact_top_k(model, [fmt.prompt(prompt)], vocab, trie, k + 1, device=device,
-                            pad_id=M.pad_id_of(tok))[0]
+                                  pad_id=M.pad_id_of(tok))[0]
     else:
         res = [(tuple(vocab.level_code(t)[1] for t in toks), score) for toks, score in
                ranking.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=trie, pad_id=M.pad_id_of(tok),
-                             device=device)[0]]
+                                   device=device)[0]]
     out = [(id_to_row[c], score, c) for c, score in res if id_to_row[c] != named]
     return out[:k], catalog, prompt, named
 

@@ -26,6 +26,7 @@ from tasks import (CONTEXT_TEXT, CONTEXT_TEXTS, GROUNDING_TEMPLATES, NEXT_TEMPLA
 from sessions import (LABELS, LONG_LISTEN, MAX_SESSIONS, SESSION_GAP, SKIP, TEST_FRACTION, VAL_FRACTION, DwellRule,
                       flat_sequences, mine_logs, recorded_split, split_inputs, split_times)
 
+
 def build_sft(args):
     """`data.py sft`: write train/val JSONL, the two test sets, listening statistics and meta.json."""
     rng = np.random.default_rng(args.seed)
@@ -116,7 +117,7 @@ def build_sft(args):
         counts[w]["next_track"] += len(chosen[w])
     # `history`: the plays the prompt shows, all a baseline may read; `session`: the longer history, for reference
     tests_next = [{"prompt": next_track_prompt(catalog, hist, row_codes, NEXT_TEMPLATES[0], n_hist,
-                                             args.context_text),
+                                               args.context_text),
                    "task": "next_track", "context_track": catalog.track_id[hist[-1]],
                    "history": [catalog.track_id[r] for r in hist[-n_hist:]],
                    "session": [catalog.track_id[r] for r in hist],
@@ -201,7 +202,7 @@ def build_prefs(args):
     got = mine(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, context_text,
                args.id_information or meta["id_information"], args.id_metadata or meta["id_metadata"], stats, counts)
     plays, long, skips, n_sessions, unknown_duration = (got[k] for k in ("plays", "long", "skip", "sessions",
-                                                                          "unknown_duration"))
+                                                                         "unknown_duration"))
     seconds = time.time() - t0
     caps = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
     n_pairs = {w: min(got["seen"][w], caps[w]) if caps[w] else got["seen"][w] for w in caps}
@@ -224,7 +225,7 @@ def build_prefs(args):
             np.savez(f, plays=plays, long=long, skip=skips)
     write_json(os.path.join(args.out, "report.json"), report)
     write_json(os.path.join(args.out, "meta.json"), {k: meta[k] for k in ("levels", "codebook_size",
-                                                                         "id_table_sha256", "semantic_ids")})
+                                                                          "id_table_sha256", "semantic_ids")})
     save_config(args.out, args, name="config.json")
     print(f"preference pairs: train {n_pairs['train']}, val {n_pairs['val']}, test {n_pairs['test']} "
           f"from {report['events_read']:,} events ({report['match_rate']:.1%} matched), {n_sessions:,} sessions; "

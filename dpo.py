@@ -386,7 +386,7 @@ def train(args):
     drawn = drawn_pairs(schedule)
     if args.loss_type == "sdpo":   # K rejected answers per pair: the pair's own and its more_rejected
         slots, slot_mask = rejected_slots(train_pairs, read_more_rejected(os.path.join(args.pairs, "train.jsonl"),
-                                                                         fmt))
+                                                                          fmt))
         slot_mask = slot_mask.to(device)
     # what the cached reference log-probs depend on: the base weights (another base of the same shape gives
     # other values), the SFT adapter, the pairs (the files, and which training pairs are drawn), and where and in

@@ -78,6 +78,7 @@ def same_weights(adapter_a, adapter_b):
     ca, cb = (read_json(os.path.join(d, lora.ADAPTER_CONFIG), "adapter config") for d in (adapter_a, adapter_b))
     return all(ca.get(k) == cb.get(k) for k in keys)
 
+
 def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, args, desc):
     """Top-K catalogue rows per prompt, ranked by the model's log p(ID | prompt) (summed over the L codes).
 
@@ -100,11 +101,11 @@ def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, arg
             chunk = enc[s:s + args.batch_size]
             if args.ranking == "exact":
                 batches.append(ranking.exact_top_k(model, chunk, fmt.vocab, trie, k, device=args.device,
-                                             batch_size=args.batch_size))
+                                                   batch_size=args.batch_size))
             else:
                 res = ranking.beam_search(model, chunk, fmt.vocab, args.beam_width, trie=trie,
-                                    pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
-                                    device=args.device)
+                                          pad_id=M.pad_id_of(fmt.tokenizer), batch_size=args.batch_size,
+                                          device=args.device)
                 batches.append([[(tuple(fmt.vocab.level_code(t)[1] for t in toks), sc) for toks, sc in r]
                                 for r in res])
         scored = [r for batch in ddp.gather(batches) for r in batch]
@@ -137,8 +138,8 @@ def hallucination(model, fmt, prompts, trie, args, desc):
     batches = []
     for s in tqdm(ddp.shard(range(0, len(enc), args.batch_size)), desc=desc, disable=ddp.bar_off(), leave=False):
         batches.append(ranking.beam_search(model, enc[s:s + args.batch_size], fmt.vocab, args.hallucination_beam,
-                                     trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
-                                     batch_size=args.batch_size, device=args.device))
+                                           trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
+                                           batch_size=args.batch_size, device=args.device))
     res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
     out = {}
     for k in (1, 5, 10):
@@ -332,7 +333,7 @@ def evaluate(args):
         results["ranking"][test] = {name: summarise(pq, args.n_boot) for name, pq in per_q_all[test].items()}
     # the bar: the strongest baseline of each task, by the task's headline metric
     for test, metric, extra in (("next_track", "hit@10", ("ndcg@10",)), ("attributes", "precision@10",
-                                                                          ("ndcg@10",))):
+                                                                         ("ndcg@10",))):
         pq = per_q_all[test]
         best = strongest(pq, [n for n in pq if n not in llms], metric)
         results["strongest_baseline"][test] = {"name": best, "metric": metric}
@@ -427,7 +428,7 @@ def console_table(results):
         out.append(f"{'system':<18}" + "".join(f"{c:>20}" for c in cols))
         for n, s in systems.items():
             out.append(f"{n:<18}" + "".join(f"{s[c]['mean']:>8.3f} [{s[c]['lo']:.2f},{s[c]['hi']:.2f}]"
-                                              for c in cols))
+                                            for c in cols))
     out.append("\npreference accuracy (held-out pairs)")
     for n, s in results["preference_accuracy"].items():
         out.append(f"{n:<26}{fmt_ci(s)}")
@@ -518,7 +519,7 @@ def parse_args(argv=None):
     p.add_argument("--ranking", choices=("auto", "exact", "beam"), default=RANKING,
                    help="how the LLMs rank the catalogue: exact (a pruned walk over the ID trie that scores every "
                         "ID able to reach the top K), beam (constrained beam search, approximate), or auto "
-                        f"(exact up to --exact-max-items tracks)")
+                        "(exact up to --exact-max-items tracks)")
     p.add_argument("--exact-max-items", type=int, default=EXACT_MAX_ITEMS,
                    help="largest catalogue ranked exactly under --ranking auto")
     p.add_argument("--sasrec", default=None, help="SASRec baseline folder (default RUN/sasrec; sasrec.py writes it)")
@@ -577,7 +578,7 @@ def main(argv=None):
         f.write(render_report(results, args.run))
         if pngs:
             f.write("\n## Plots\n\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})"
-                                                  for p in pngs) + "\n")
+                                                 for p in pngs) + "\n")
     print(table)
     print(f"\nreport: {os.path.join(out, 'report.md')}; numbers: {os.path.join(out, 'results.json')}"
           + (f"; plots: {', '.join(pngs)}" if pngs else ""))

@@ -5,10 +5,10 @@ in Python lists: the readable reference, at about 50,000 events a second for `da
 over the 253 million Music4All-Onion events).
 This module and its two neighbours do the same work on arrays, many listeners at a time: the time split and the SFT
 mining of `data.py sft` (split_times, mine_logs), the co-listening counts of `rvq.py train --logs` (co_listening)
-and, in fastprefs.py, the preference pairs of `data.py prefs` (mine_prefs), at 1-1.6 million events a second per pass (BENCHMARKS.md). The `--engine`
-option of those commands picks one or the other; both stay because the loop is the specification (short,
-readable, what the tutorial explains) and this is the same specification made fast (tests/test_fastlog.py checks
-that the files they write are byte-identical).
+and, in fastprefs.py, the preference pairs of `data.py prefs` (mine_prefs), at 1-1.6 million events a second per
+pass (BENCHMARKS.md). The `--engine` option of those commands picks one or the other; both stay because the loop is
+the specification (short, readable, what the tutorial explains) and this is the same specification made fast
+(tests/test_fastlog.py checks that the files they write are byte-identical).
 
   read     fastread.py: the file in blocks as numpy arrays, whole listeners at a time, each listener's plays
            oldest first (what logfiles.iter_user_plays yields, a Batch of listeners at a time).

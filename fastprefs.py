@@ -91,7 +91,7 @@ class _PairText:
             earlier = recs["earlier"]
             self._rows(earlier[earlier >= 0])
             out[:, 0] = [b'{"prompt": "' + ("Played before: " + " ".join(self.ids[r] for r in e if r >= 0)
-                                             + ". ").encode() if max(e) >= 0 else b'{"prompt": "'
+                                            + ". ").encode() if max(e) >= 0 else b'{"prompt": "'
                          for e in earlier.tolist()]
         for k, rows in enumerate((ctx, ch, rj, ctx, ch, rj)):
             out[:, 1 + k] = self.parts[k][rows]
@@ -151,7 +151,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
     n = len(catalog)
     if n ** 3 >= 2 ** 63:
         raise UserError(f"a catalogue of {n:,} tracks is too large for the numpy engine's int64 pair keys: "
-                             "use --engine loop")
+                        "use --engine loop")
     if n_hist < 1:
         raise UserError("the numpy engine needs a prompt history of at least 1 play: use --engine loop")
     k_more = args.rejected_per_context - 1

@@ -18,6 +18,8 @@ from common import atomic_path, fail
 from formats import SEP_NAMES, BadRows, decoded_lines, load_id_information, load_id_metadata, norm_key, open_binary
 
 LOG_FORMATS = ("onion", "music4all", "onion_csv", "lastfm")
+
+
 # ---------------------------------------------------------------------------------------------- listening logs
 
 def format_ts(ts):
@@ -58,8 +60,8 @@ def write_onion_events(rows_iter, path):
 
 
 LOG_HEADERS = {"onion": ("\t", ("user_id", "track_id", "timestamp")),
-            "music4all": ("\t", ("user", "song", "timestamp")),
-            "onion_csv": (",", ("old_user_id", "old_item_id", "timestamp"))}
+               "music4all": ("\t", ("user", "song", "timestamp")),
+               "onion_csv": (",", ("old_user_id", "old_item_id", "timestamp"))}
 
 
 def detect_format(path, first):
@@ -302,7 +304,6 @@ def first_line(path, f):
             fail(path, "undecodable bytes (tried utf-8, utf-8-sig): re-save the file as UTF-8", line=lineno)
         if text.strip():
             return lineno, text
-
 
 
 def log_format(path):

@@ -21,6 +21,7 @@ from sessions import DwellRule, Reservoir, sessions_of, window
 
 # ============================================================================================== preference pairs
 
+
 def mine_pairs(sessions, row_codes, rule=DwellRule(), window_plays=0, counts=None, windows=None, history=0,
                durations=None, resolution=1, rejected_per_context=1):
     """Preference pairs of one user's sessions: [(context_row, chosen_row, rejected_row, ts)].
@@ -99,7 +100,7 @@ PARTITIONS: int = 64            # hash partitions of the pair stream: dedupe hol
 
 
 def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, context_text, id_information,
-                id_metadata, stats, counts):
+               id_metadata, stats, counts):
     """`data.py prefs`' mining, one user at a time: pairs, deduplicated, capped, written to OUT/{train,val,test}.jsonl.
 
     Bounded memory at any log size: pairs stream into PARTITIONS temporary files by a hash of
@@ -138,7 +139,7 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
                                                            rejected_per_context=args.rejected_per_context):
                 key = (ctx * n + ch) * n + rj
                 pair = {"prompt": next_track_prompt(catalog, hist, row_codes, n_history=n_hist,
-                                                      context_text=context_text),
+                                                    context_text=context_text),
                         "chosen": id_text(row_codes[ch]), "rejected": id_text(row_codes[rj]),
                         "context_track": catalog.track_id[ctx], "chosen_track": catalog.track_id[ch],
                         "rejected_track": catalog.track_id[rj], "user": user, "time": format_ts(ts)}
@@ -176,4 +177,3 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return {"plays": plays, "long": long, "skip": skips, "sessions": n_sessions, "unknown_duration": unknown_duration,
             "seen": {w: keep[w].seen for w in caps}, "mined": mined}
-

@@ -13,6 +13,7 @@ import model as M
 
 # ----------------------------------------------------------------------------- generation
 
+
 class IDTrie:
     """Prefix trie of the catalogue's Semantic IDs: which code may follow a prefix.
 

@@ -448,7 +448,7 @@ def train(args):
         if logfiles.log_engine(args.engine, args.logs) == "numpy":   # the same passes on arrays, the same counts
             split, co = fastlog.split_times, fastlog.co_listening
         inputs = sessions.split_inputs(args.logs, args.catalog, args.id_information, args.id_metadata,
-                                   args.val_fraction, args.test_fraction)   # before the log is read
+                                       args.val_fraction, args.test_fraction)   # before the log is read
         params["t_val"], t_test = split(args.logs, catalog, args.id_information, args.id_metadata,
                                         args.val_fraction, args.test_fraction)
         cooc = co(args.logs, catalog, params["t_val"], args.collab_window, args.id_information, args.id_metadata)

@@ -20,6 +20,8 @@ HISTORY: int = 20             # session plays kept per next-track query (TIGER f
 MAX_SESSIONS: int = 200_000   # sessions per window kept for sequential baselines (uniform sample; memory bound)
 VAL_FRACTION: float = 0.1      # share of (matched) events in the validation window, before the test window
 TEST_FRACTION: float = 0.2     # share of events in the final, held-out test window
+
+
 def sessions_of(plays, catalog, gap=SESSION_GAP, resolution=1):
     """Split one user's plays (oldest first) into sessions with dwell times.
 

@@ -329,7 +329,7 @@ def train(args):
     opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay)
     step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
     fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in ("train.jsonl", "val.jsonl",
-                                                                             "meta.json")])
+                                                                              "meta.json")])
     if args.resume and resumable(ckpt_path, fingerprint):
         step, best, history = load_checkpoint(ckpt_path, model, opt, device)
     log_path = os.path.join(args.out, "log.jsonl")

@@ -13,12 +13,12 @@ from formats import FEATURES, id_text
 # Three task families, all answered with a Semantic ID (`<a_12><b_200><c_7>`):
 #   attributes   "chill acoustic jazz for studying" -> a track satisfying every requested attribute
 #   grounding    "Play {artist} - {title}"          -> that track's ID (the model must know the catalogue)
-#   next_track   "I want to listen to {artist} - {title} <ID> or something similar" -> a track listeners played
-#                next, for long. The prompt carries the named track's ID beside its name, as TIGER feeds the
-#                history as IDs: a 135M model learns to read IDs in a CPU budget, not to memorise every name.
+#   next_track   "I want to listen to (rock) <a_1><b_2><c_3> or something similar" -> a track listeners played
+#                next, for long. The prompt shows the context track by its genre and ID (CONTEXT_TEXT), as TIGER
+#                feeds the history as IDs: a 135M model learns to read IDs in a CPU budget, not every name.
 # The answer never appears in its prompt. Logs are split by time: train < t_val <= val < t_test <= test.
 
-PROMPT_HISTORY: int = 1       # of those, the plays a prompt shows (1: the context track alone, as the seed)
+PROMPT_HISTORY: int = 1       # session plays a prompt shows (1: the context track alone, as the seed)
 CONTEXT_TEXT: str = "genre"    # what a next-track prompt shows of its context track: its genre and Semantic ID
                                # ("genre"), the ID alone ("id"), or its artist, title, genre and ID ("name").
                                # Against "name", an SFT step costs ~10% less ("id":
@@ -163,4 +163,3 @@ def relevant_rows(cat, masks, attrs, rows_with_id):
     for a in attrs:
         m &= bpm_mask(cat, a[1]) if a[0] == "bpm" else masks[a]
     return [int(i) for i in np.flatnonzero(m) if i in rows_with_id]
-

@@ -207,7 +207,7 @@ def make_catalog(cal, n_tracks, n_genres, seed):
         second = int(rng.integers(n_genres - 1))
         genres[i].append(names[second + (second >= genre[i])])
     cat = formats.Catalog(_random_ids(rng, n, 22), title, art_str, album, genres, feats, popularity, duration,
-                       explicit, mode)
+                          explicit, mode)
     return cat, year
 
 
@@ -434,17 +434,17 @@ def write_logs(out, cat, events, seed, release=None):
     user, row, ts, _ = events
     m4a = _random_ids(np.random.default_rng([seed, 3]), len(cat), 16)
     logfiles.write_onion_events(((str(u), m4a[r], int(t)) for u, r, t in zip(user, row, ts)),
-                            os.path.join(out, "userid_trackid_timestamp.tsv"))
+                                os.path.join(out, "userid_trackid_timestamp.tsv"))
     formats.write_id_information(((m4a[i], cat.artists[i].split(";")[0], cat.track_name[i], cat.album_name[i])
-                               for i in range(len(cat))), os.path.join(out, "id_information.csv"))
+                                  for i in range(len(cat))), os.path.join(out, "id_information.csv"))
     f = cat.features
     col = lambda name: f[:, formats.FEATURES.index(name)]  # noqa: E731
     formats.write_id_metadata(((m4a[i], cat.track_id[i], f"{float(cat.popularity[i])}",
-                             "" if release is None else int(release[i]), float(col("danceability")[i]),
-                             float(col("energy")[i]), f"{col('key')[i]:.1f}", f"{float(cat.mode[i])}",
-                             float(col("valence")[i]), float(col("tempo")[i]),
-                             int(cat.duration_ms[i])) for i in range(len(cat))),
-                           os.path.join(out, "id_metadata.csv"))
+                                "" if release is None else int(release[i]), float(col("danceability")[i]),
+                                float(col("energy")[i]), f"{col('key')[i]:.1f}", f"{float(cat.mode[i])}",
+                                float(col("valence")[i]), float(col("tempo")[i]),
+                                int(cat.duration_ms[i])) for i in range(len(cat))),
+                              os.path.join(out, "id_metadata.csv"))
 
 
 def summary(cat, events, truth):

@@ -72,7 +72,7 @@ def run_ours(args, model, fmt, trie, enc):
         out = []
         for s in tqdm(range(0, len(prompts), args.batch_size), desc="ours", disable=None, leave=False):
             out += ranking.beam_search(model, prompts[s:s + args.batch_size], fmt.vocab, args.beam_width, trie=trie,
-                                 pad_id=pad, batch_size=args.batch_size, device="cpu")
+                                       pad_id=pad, batch_size=args.batch_size, device="cpu")
         return out
 
     search(enc[:args.batch_size])  # warm-up

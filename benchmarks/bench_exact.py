@@ -110,7 +110,7 @@ def main(argv=None):
 
     stats = {}
     exact, secs = timed(lambda b: ranking.exact_top_k(model, b, vocab, trie, args.k, batch_size=args.batch_size,
-                                                 pad_id=pad, stats=stats), prompts, args.batch_size)
+                                                      pad_id=pad, stats=stats), prompts, args.batch_size)
     forwards = stats["forwards"][-len(prompts):]          # the timed pass's, not the warm-up's
     rows = [{"method": f"exact top {args.k}", "secs_per_prompt": secs / len(prompts),
              "forwards_per_prompt": float(np.mean(forwards))}]

@@ -95,7 +95,7 @@ def attribute_queries(catalog, row_codes, n, seed):
     rng = np.random.default_rng([seed, 1])   # a draw of its own: the next-track queries' stays as it was
     out, seen = [], set()
     for attrs, prompt, _ in tasks.request_examples(catalog, row_codes, masks, 20 * n, tasks.TRAIN_REQUEST_TEMPLATES,
-                                                  rng):
+                                                   rng):
         if tuple(attrs) not in seen and len(out) < n:
             seen.add(tuple(attrs))
             out.append((prompt, set(tasks.relevant_rows(catalog, masks, attrs, row_codes))))
@@ -120,7 +120,7 @@ def paired_from_files(a, b, seed=SEED):
         rows.append((path, d, name))
     (pa, da, na), (pb, db, nb) = rows
     same = da["queries"] == db["queries"] and all(da["hits"][r] == db["hits"][r] for r in
-                                                    ("genre popularity", "item kNN"))
+                                                  ("genre popularity", "item kNN"))
     if not same:
         raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
                         "--queries and --seed)")
@@ -197,7 +197,7 @@ def main(argv=None):
         with torch.no_grad():
             for s in range(0, len(enc), args.batch_size):
                 scored += ranking.exact_top_k(model, enc[s:s + args.batch_size], vocab, trie, K + 1,
-                                        batch_size=args.batch_size)
+                                              batch_size=args.batch_size)
 
         def llm_scores(i, scored=scored):
             return score_vector(scored[i], code_row, n_items)
@@ -206,7 +206,7 @@ def main(argv=None):
         if attr_queries:
             with torch.no_grad():
                 top = ranking.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
-                                    batch_size=args.batch_size)
+                                          batch_size=args.batch_size)
             # ties broken against the relevant tracks, as above
             ranked = [metrics.top_k_pessimistic(score_vector(t, code_row, n_items), rel, K)
                       for t, (_, rel) in zip(top, attr_queries)]

@@ -151,7 +151,8 @@ def write_onion_last_two(folder, path):
     return sorted({r["old_item_id"] for rs in by_user.values() for r in rs})
 
 
-# a ragged ID trie over codebooks of 4: 3-level IDs with gaps at every level (test_exact, test_model)
+# 29 IDs of 3 codes < 4: level-1 code 3 and prefix (1, 2) are absent, and the rest is thinned out (a ragged ID
+# trie for test_exact and test_model)
 IDS = [c for c in itertools.product(range(4), repeat=3) if c[0] != 3 and c[:2] != (1, 2) and sum(c) % 3 != 1]
 
 

@@ -146,7 +146,7 @@ def test_undecodable_bytes_and_bom(tmp_path):
 
 def test_write_catalog_round_trip_and_layout(tmp_path):
     cat, _ = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B,
-                                                          ROW_A.replace(",rock", ",indie")])))
+                                                             ROW_A.replace(",rock", ",indie")])))
     cat.album_name[1] = 'Odd, "quoted" album'
     out = tmp_path / "out.csv"
     formats.write_catalog(cat, out)
@@ -192,9 +192,9 @@ def small(tmp_path):
     """A 2-track catalogue with Music4All id tables: M1 joins by spotify id, M2 by name, M3 not at all."""
     cat, _ = formats.load_catalog(write(tmp_path, "\n".join([HEADER, ROW_A, ROW_B])))
     formats.write_id_information([("M1", "x", "y", "z"), ("M2", "Artist Two", "Song B - Remastered 2011", "B"),
-                               ("M3", "Nobody", "Nothing", "")], tmp_path / "info.csv")
+                                  ("M3", "Nobody", "Nothing", "")], tmp_path / "info.csv")
     formats.write_id_metadata([("M1", "trackA", "50.0", 2001, 0.5, 0.6, "5.0", "1.0", 0.4, 120.0, 200000)],
-                           tmp_path / "meta.csv")
+                              tmp_path / "meta.csv")
     return cat, tmp_path / "info.csv", tmp_path / "meta.csv"
 
 

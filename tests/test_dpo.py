@@ -144,8 +144,6 @@ def test_reference_cache_knows_its_base(tiny_smol, smol_tokenizer, tmp_path):
     assert dpo.base_weights_sha256(str(same)) == dpo.base_weights_sha256(tiny_smol)
 
 
-
-
 def test_checkpoint_selection_rules():
     best = {"eval/logp_accuracy": 0.70, "eval/loss": 2.0}
     better_acc = {"eval/logp_accuracy": 0.72, "eval/loss": 2.5}

@@ -148,7 +148,7 @@ def test_thresholds_relative_to_duration():
     cat = catalog(DURATIONS)
     counts = {}
     preferences.mine_pairs(sessions.sessions_of(PLAYS, cat), {i: (i,) for i in range(6)}, rel, counts=counts,
-                    durations=cat.duration_ms / 1000.0)
+                           durations=cat.duration_ms / 1000.0)
     assert {k: counts[k] for k in sessions.LABELS} == {"chosen": 3, "rejected": 1, "between": 1, "unlabelled": 2}
     assert counts["reason: most of the track"] == 1 and counts["reason: short track"] == 1
 
@@ -161,7 +161,7 @@ def write_run(tmp_path, log_text=None):
     formats.write_catalog(cat, str(tmp_path / "catalog.csv"))
     (tmp_path / "semantic_ids.tsv").write_text("track_id\tcode_0\n" + "".join(f"t{i}\t{i}\n" for i in range(6)))
     formats.write_id_information([(f"m{i}", f"Artist {i}", f"Song {i}", "") for i in range(6)],
-                              str(tmp_path / "id_information.csv"))
+                                 str(tmp_path / "id_information.csv"))
     if log_text is None:
         logfiles.write_onion_events(iter([("u1", f"m{r}", BASE + t) for t, r in PLAYS]), str(tmp_path / "log.tsv"))
     else:
@@ -256,10 +256,10 @@ def same_second_skips(path, cat, **kw):
 def named_catalog(names, ids=None):
     n = len(names)
     return formats.Catalog(track_id=ids or [f"lf{i}" for i in range(n)], track_name=[t for _, t in names],
-                        artists=[a for a, _ in names], album_name=[""] * n, genres=[["unknown"]] * n,
-                        features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64),
-                        duration_ms=np.full(n, 240_000, dtype=np.int64), explicit=np.zeros(n, dtype=bool),
-                        mode=np.ones(n, dtype=np.int64))
+                           artists=[a for a, _ in names], album_name=[""] * n, genres=[["unknown"]] * n,
+                           features=np.full((n, 10), 0.5), popularity=np.zeros(n, dtype=np.int64),
+                           duration_ms=np.full(n, 240_000, dtype=np.int64), explicit=np.zeros(n, dtype=bool),
+                           mode=np.ones(n, dtype=np.int64))
 
 
 def test_real_lastfm_batch_scrobbles_are_not_skips(shared_data):

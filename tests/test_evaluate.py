@@ -90,7 +90,7 @@ def test_beam_search_equals_exhaustive_scoring(tiny_policy):
     fmt = M.PromptFormat(tok, vocab)
     prompts = [fmt.prompt("rock"), fmt.prompt("something like <a_1><b_2><c_3>, but a longer prompt")]
     res = ranking.beam_search(model, prompts, vocab, beam_width=len(ids), trie=trie, pad_id=M.pad_id_of(tok),
-                        batch_size=2)
+                              batch_size=2)
     for p, r in zip(prompts, res):
         got = [(tuple(vocab.level_code(t)[1] for t in toks), s) for toks, s in r]
         want = exhaustive(model, p, ids, vocab, M.pad_id_of(tok))

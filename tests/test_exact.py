@@ -1,4 +1,5 @@
-"""Exact ranking (ranking.score_all_ids, ranking.exact_top_k): equal to brute force, to each other, to a full-width beam."""
+"""Exact ranking (ranking.score_all_ids, ranking.exact_top_k): equal to brute force, to each other, to a
+full-width beam."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ import model as M
 import ranking
 from tests.conftest import IDS, make_tiny_llama
 
-# 29 IDs of 3 codes < 4: level-1 code 3 and prefix (1, 2) are absent, and the rest is thinned out
+
 @pytest.fixture(scope="module")
 def tiny_untied(tmp_path_factory, smol_tokenizer):
     return make_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny_untied"), tie=False)
@@ -78,7 +79,8 @@ def test_chunked_walk_equals_unchunked(policy):
 def test_rank_ids_order_and_ties():
     codes = [(0, 0, 1), (0, 0, 0), (1, 0, 0), (0, 1, 0)]
     scores = [-1.0, -2.0, -1.0, -2.0]
-    assert ranking.rank_ids(codes, scores) == [((0, 0, 1), -1.0), ((1, 0, 0), -1.0), ((0, 0, 0), -2.0), ((0, 1, 0), -2.0)]
+    assert ranking.rank_ids(codes, scores) == [((0, 0, 1), -1.0), ((1, 0, 0), -1.0), ((0, 0, 0), -2.0),
+                                               ((0, 1, 0), -2.0)]
     assert [c for c, _ in ranking.rank_ids(codes, scores, 1)] == [(0, 0, 1), (1, 0, 0)]        # the tie comes along
     assert len(ranking.rank_ids(codes, scores, 3)) == 4 and len(ranking.rank_ids(codes, scores, 9)) == 4
     with pytest.raises(ValueError):

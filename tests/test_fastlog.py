@@ -429,10 +429,10 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     both = tmp_path / "onion_val_test.csv"
     ids = write_onion_last_two(onion_sample, both)
     cat = formats.Catalog(track_id=ids, track_name=[f"Song {i}" for i in range(len(ids))],
-                       artists=["A"] * len(ids), album_name=[""] * len(ids), genres=[["rock"]] * len(ids),
-                       features=np.full((len(ids), 10), 0.5), popularity=np.zeros(len(ids), dtype=np.int64),
-                       duration_ms=np.full(len(ids), 200_000, dtype=np.int64), explicit=np.zeros(len(ids), bool),
-                       mode=np.ones(len(ids), dtype=np.int64))
+                          artists=["A"] * len(ids), album_name=[""] * len(ids), genres=[["rock"]] * len(ids),
+                          features=np.full((len(ids), 10), 0.5), popularity=np.zeros(len(ids), dtype=np.int64),
+                          duration_ms=np.full(len(ids), 200_000, dtype=np.int64), explicit=np.zeros(len(ids), bool),
+                          mode=np.ones(len(ids), dtype=np.int64))
     meta = {i: i for i in ids[::2]}   # half of the tracks join
     for path in [os.path.join(onion_sample, f"listening_history_{s}.csv") for s in ("val", "test")] + [str(both)]:
         loop_stats, fast_stats = {}, {}

@@ -75,7 +75,7 @@ def test_sft_on_cuda_trains_and_matches_cpu(tiny_smol, tmp_path):
     cpu, gpu = log_of(tmp_path / "cpu"), log_of(tmp_path / "gpu")
     assert [r["step"] for r in gpu] == [1, 2, 3, 4, 5, 6]
     assert all(math.isfinite(r["loss"]) for r in gpu) and all(math.isfinite(r["val/loss"]) for r in gpu
-                                                                if "val/loss" in r)
+                                                              if "val/loss" in r)
     assert gpu[-1]["loss"] < gpu[0]["loss"]                                  # it learns on the GPU
     # step 1: LoRA's B is 0 and the ID rows start at the mean embedding on both devices, so both runs score the
     # same function (later steps differ: LoRA's A is drawn from the CPU's generator on one, CUDA's on the other)

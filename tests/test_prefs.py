@@ -39,13 +39,13 @@ def test_mine_pairs_known_answer():
     cat = tiny_catalog(short=4)
     counts = {}
     pairs = preferences.mine_pairs(sessions.sessions_of(PLAYS, cat, gap=1800), {i: (i, 0, 0) for i in range(5)},
-                            counts=counts)
+                                   counts=counts)
     assert pairs == [(0, 2, 1, 0)]          # context 0: chosen 2 (long), rejected 1 (skip), both after it
     assert counts["chosen"] == 2 and counts["rejected"] == 1 and counts["between"] == 1
     assert counts["unlabelled"] == 2        # session ends are never counted as long listens
     # a window of one play after the context finds no rejected play for context 0 -> no pair
     assert preferences.mine_pairs(sessions.sessions_of(PLAYS, cat, gap=1800), {i: (i, 0, 0) for i in range(5)},
-                           window_plays=1) == []
+                                  window_plays=1) == []
     # tracks without an ID (not in the table) never become context or answer
     assert preferences.mine_pairs(sessions.sessions_of(PLAYS, cat, gap=1800), {0: (0, 0, 0), 2: (2, 0, 0)}) == []
 
@@ -91,9 +91,9 @@ def test_mining_runs_on_real_lastfm_lines(shared_data):
                 titles.append(cells[5])
     n = len(artists)
     cat = formats.Catalog(track_id=[f"lf{i}" for i in range(n)], track_name=titles, artists=artists,
-                       album_name=[""] * n, genres=[["unknown"]] * n, features=np.full((n, 10), 0.5),
-                       popularity=np.zeros(n, dtype=np.int64), duration_ms=np.full(n, 240_000, dtype=np.int64),
-                       explicit=np.zeros(n, dtype=bool), mode=np.ones(n, dtype=np.int64))
+                          album_name=[""] * n, genres=[["unknown"]] * n, features=np.full((n, 10), 0.5),
+                          popularity=np.zeros(n, dtype=np.int64), duration_ms=np.full(n, 240_000, dtype=np.int64),
+                          explicit=np.zeros(n, dtype=bool), mode=np.ones(n, dtype=np.int64))
     stats, counts, pairs, n_sessions = {}, {}, [], 0
     for user, plays in logfiles.iter_user_plays(path, cat, stats=stats):
         assert [p[0] for p in plays] == sorted(p[0] for p in plays)          # oldest first after reading
@@ -119,7 +119,6 @@ def test_no_pair_crosses_a_window_boundary():
     # inside one window nothing changes
     assert preferences.mine_pairs(sess, {i: (i,) for i in range(5)}, windows=(5000, 6000)) == \
         preferences.mine_pairs(sess, {i: (i,) for i in range(5)})
-
 
 
 def test_an_attribute_request_always_names_an_attribute():

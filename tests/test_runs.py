@@ -155,7 +155,8 @@ def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
 
     rows = [json.loads(l) for l in open(os.path.join(pairs, "train.jsonl"))]
     for i, r in enumerate(rows):   # two further rejected answers for even pairs, none for odd ones
-        r["more_rejected"] = [formats.id_text(((i + 2) % 4, 0, 1)), formats.id_text(((i + 3) % 4, 3, 3))] if i % 2 == 0 else []
+        more = [formats.id_text(((i + 2) % 4, 0, 1)), formats.id_text(((i + 3) % 4, 3, 3))]
+        r["more_rejected"] = more if i % 2 == 0 else []
     with open(os.path.join(pairs, "train.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     dpo.main(argv + ["--out", str(tmp_path / "sdpo3"), "--loss-type", "sdpo"])

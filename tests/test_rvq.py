@@ -297,8 +297,8 @@ def test_cli_user_errors(tmp_path):
     rng = np.random.default_rng(0)
     n = 5
     cat = formats.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
-                       feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
-                       np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
+                          feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
+                          np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
     path = tmp_path / "tiny.csv"
     formats.write_catalog(cat, path)
     with pytest.raises(UserError, match="exceeds the catalogue's 5 tracks"):

@@ -167,7 +167,7 @@ def test_llama32_path_trains_and_decodes(tiny_llama, tmp_path):
     assert fmt.end_id == 128001 and fmt.prefix[0] == 128000
     trie = ranking.IDTrie([(0, 1, 2), (1, 2, 3), (3, 3, 3)], 3)
     res = ranking.beam_search(model, [fmt.prompt("I need music for a rock playlist")], vocab, 3, trie=trie,
-                        pad_id=M.pad_id_of(tok))[0]
+                              pad_id=M.pad_id_of(tok))[0]
     assert sorted(tuple(vocab.level_code(t)[1] for t in toks) for toks, _ in res) == sorted(trie.valid)
 
 

@@ -111,7 +111,7 @@ def test_every_play_joins_by_id_and_by_name(small_world):
     assert lines[0] == "user_id\ttrack_id\ttimestamp" and len(lines[1].split("\t")[1]) == 16
     by_id, st = [], {}
     for user, plays in logfiles.iter_user_plays(tsv, cat, id_information=small_world / "id_information.csv",
-                                            id_metadata=small_world / "id_metadata.csv", stats=st):
+                                                id_metadata=small_world / "id_metadata.csv", stats=st):
         by_id.append((user, plays))
     assert st["match_rate"] == 1.0 and st["bad_rows"] == 0 and st["events_read"] == truth["realised"]["events"]
     assert [u for u, _ in by_id] == [str(i) for i in range(30)]
@@ -194,6 +194,6 @@ def test_listen_over_real_catalogue(tmp_path):
     cat, _ = formats.load_catalog(real)
     st = {}
     n = sum(len(p) for _, p in logfiles.iter_user_plays(tmp_path / "userid_trackid_timestamp.tsv", cat,
-                                                    id_information=tmp_path / "id_information.csv",
-                                                    id_metadata=tmp_path / "id_metadata.csv", stats=st))
+                                                        id_information=tmp_path / "id_information.csv",
+                                                        id_metadata=tmp_path / "id_metadata.csv", stats=st))
     assert st["match_rate"] == 1.0 and st["users"] == 10 and n == st["events_read"] > 100
