@@ -31,7 +31,6 @@ import os
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import baselines as B

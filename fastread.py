@@ -28,7 +28,6 @@ import logfiles
 from common import fail
 
 CHUNK_BYTES: int = 1 << 20   # bytes read at a time (~25,000 Onion events): memory holds a few blocks' arrays
-_BOM = b"\xef\xbb\xbf"
 _MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)  # low k bytes
 _HASH = np.random.default_rng(20260).integers(1, 2 ** 63, 64, dtype=np.uint64) | np.uint64(1)  # odd multipliers
 

@@ -11,7 +11,6 @@
 import argparse
 import json
 import os
-import sys
 
 import torch
 import torch.nn as nn

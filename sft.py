@@ -130,6 +130,11 @@ def answer_logits(model, input_ids, attention_mask, loss_mask):
     targets (M,) and row (M,), the sequence each belongs to; M = loss_mask[:, 1:].sum().
     """
     hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, T, H)
+    return logits_at_answers(model, hidden, input_ids, loss_mask)
+
+
+def logits_at_answers(model, hidden, input_ids, loss_mask):
+    """hidden (B, T, H) of input_ids (B, T) -> logits (M, V'), targets (M,), row (M,) at the answer tokens."""
     target_mask = loss_mask[:, 1:].bool()   # the shifted mask: position t predicts token t + 1      (B, T-1)
     # the vocabulary projection (49k-128k columns, the dominant cost of short answers) runs on the M answer
     # positions only, not on all B * T; in fp32, because a log-softmax over 49k+ classes in bf16 is too coarse
@@ -155,11 +160,7 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
     pos = torch.arange(P, input_ids.shape[1], device=input_ids.device).expand(B, -1)
     hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
                          cache=cache, use_cache=True).last_hidden_state                      # (B, T-P, H)
-    input_ids, loss_mask = input_ids[:, P:], loss_mask[:, P:]
-    target_mask = loss_mask[:, 1:].bool()                                                   # (B, T-P-1)
-    logits = M.head_logits(model, hidden[:, :-1][target_mask])                              # (M, V')
-    targets = input_ids[:, 1:][target_mask]
-    row = torch.arange(B, device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    logits, targets, row = logits_at_answers(model, hidden, input_ids[:, P:], loss_mask[:, P:])
     return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
 
 
