@@ -34,7 +34,7 @@ from common import UserError, atomic_dir, atomic_path, need_file, read_json, run
 
 # -----------------------------------------------------------------------------
 MODEL: str = M.DEFAULT_MODEL   # local Hugging Face Llama folder
-STEPS: int = 240               # optimizer steps (the default run: about 8 minutes for SmolLM2-135M on 2 cores)
+STEPS: int = 240               # optimizer steps (the default run: about 7 minutes for SmolLM2-135M on 2 cores)
 BATCH_SIZE: int = 16           # examples per optimizer step
 MICRO_BATCH_SIZE: int = 16     # examples per forward at most (min with --batch-size); gradients accumulate
 LR: float = 1e-3               # peak learning rate of the LoRA matrices (few steps: higher than the usual 2e-4)
@@ -421,7 +421,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder (adapter/, log.jsonl, checkpoint.pt, summary.json)")
     p.add_argument("--model", default=MODEL, help="local Hugging Face Llama folder")
     p.add_argument("--steps", type=int, default=STEPS,
-                   help="optimizer steps (default %(default)s: about 8 minutes for SmolLM2-135M on 2 cores)")
+                   help="optimizer steps (default %(default)s: about 7 minutes for SmolLM2-135M on 2 cores)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="examples per optimizer step; under torchrun, split evenly among the processes "
                         "(default %(default)s)")
