@@ -48,7 +48,7 @@ ROWS = {
     "genre160": ("names, but prompts show the context track by its genre and Semantic ID (shorter), and SFT 160 "
                  "steps: the demo's default until 2026-12-01, afternoon",
                  {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "160", **DROPOUT}, None),
-    "default": ("genre160, but LoRA dropout off (a quarter faster a step) and SFT 240 steps: the demo's default",
+    "default": ("genre160, but LoRA dropout off (a step costs a quarter less) and SFT 240 steps: the demo's default",
                 {"SIGNALS": "audio,genre,collab"}, None),
 }
 OUT: str = "runs/ablation"
