@@ -37,12 +37,13 @@ ID_META ?= $(WORLD)/id_metadata.csv
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
 # co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them)
 SIGNALS ?= audio,genre,collab
-# SEED_CONFIG=1: the seed notebook's configuration in one option: audio-only IDs, prompts that name the track, and
-# pure DPO (no NLL term)
+# SEED_CONFIG=1: the seed notebook's configuration in one option: audio-only IDs, prompts that name the track, SFT
+# loss on the answers only, and pure DPO (no NLL term)
 SEED_CONFIG ?=
 ifeq ($(SEED_CONFIG),1)
 SIGNALS := audio
 CONTEXT_TEXT := name
+SEED_SFT_ARGS := --prompt-id-weight 0
 SEED_DPO_ARGS := --rpo-alpha 0
 endif
 RVQ_ARGS ?=
@@ -129,7 +130,7 @@ SFT_DATA_CMD = $(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(
 	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) \
 	  --context-text $(CONTEXT_TEXT) --seed $(SEED)
 SFT_CMD = $(LAUNCH) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
-	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SFT_ARGS)
+	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SEED_SFT_ARGS) $(SFT_ARGS)
 PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
 	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS) $(PREFS_ARGS)
 DPO_CMD = $(LAUNCH) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \

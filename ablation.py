@@ -22,10 +22,10 @@ from common import UserError, atomic_open, run_main, write_json
 
 # -----------------------------------------------------------------------------
 # name -> (what changes, make variables, the row whose SFT it reuses or None)
-# The rows before `default` ran with the demo's earlier options: LoRA dropout 0.05 (until 2026-12-01, afternoon),
-# and before that prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT steps; they say so, so that
-# each still reruns as it ran.
-DROPOUT = {"SFT_ARGS": "--lora-dropout 0.05"}
+# The rows before `default` ran with the demo's earlier options: SFT on the answer tokens alone, LoRA dropout 0.05
+# (every row before `dropout0`), and before that prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT
+# steps; they say so, so that each still reruns as it ran.
+DROPOUT = {"SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
 NAMES = {"CONTEXT_TEXT": "name", "SFT_STEPS": "120", **DROPOUT}
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
@@ -46,9 +46,12 @@ ROWS = {
     "ids": ("names, but prompts show the context track by its Semantic ID alone (shorter), and SFT 160 steps",
             {"SIGNALS": "audio,genre,collab", "CONTEXT_TEXT": "id", "SFT_STEPS": "160", **DROPOUT}, None),
     "genre160": ("names, but prompts show the context track by its genre and Semantic ID (shorter), and SFT 160 "
-                 "steps: the demo's default until 2026-12-01, afternoon",
+                 "steps: the demo's default before LoRA dropout was turned off",
                  {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "160", **DROPOUT}, None),
-    "default": ("genre160, but LoRA dropout off (a step costs a quarter less) and SFT 240 steps: the demo's default",
+    "dropout0": ("genre160, but LoRA dropout off (a step costs a quarter less) and SFT 240 steps: the demo's "
+                 "default before the prompt's IDs were targets", {"SIGNALS": "audio,genre,collab",
+                                                                  "SFT_ARGS": "--prompt-id-weight 0"}, None),
+    "default": ("dropout0, and the prompt's Semantic IDs are SFT targets too (weight 1): the demo's default",
                 {"SIGNALS": "audio,genre,collab"}, None),
 }
 OUT: str = "runs/ablation"

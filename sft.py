@@ -2,7 +2,8 @@
 
 Reads the SFT examples written by `data.py sft` (train.jsonl, val.jsonl, meta.json) and a
 base model folder; trains LoRA adapters (lora.py) plus the embedding rows of the new
-Semantic-ID tokens, with the loss on answer tokens only; writes the best adapter.
+Semantic-ID tokens, with the loss on the answer tokens and, weighted, on the Semantic-ID tokens of the
+prompt (weighted_nll); validates on the answers alone; writes the best adapter.
 
     python sft.py --data runs/demo/sft_data --out runs/demo/sft [--model models/smollm2-135m]
 
@@ -46,6 +47,7 @@ MIN_LR_RATIO: float = 0.1
 GRAD_CLIP: float = 1.0         # max global gradient norm
 EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
+PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
 DEVICE: str = "auto"           # cpu, cuda or auto
@@ -83,9 +85,16 @@ def tokenize_examples(examples, fmt, path="examples"):
     return out
 
 
-def collate(pairs, pad_id):
-    """Right-padded batch with labels on answer tokens only. Returns ids, attention_mask, loss_mask (B, T)."""
-    return M.pad_batch([p + a for p, a in pairs], pad_id, [len(a) for _, a in pairs])
+def collate(pairs, pad_id, vocab=None):
+    """Right-padded batch. Returns ids, attention_mask, loss_mask (B, T): loss_mask is 1 on the answer tokens;
+    given `vocab`, also PROMPT_ID (2) on the prompt's Semantic-ID tokens (the context tracks), else 0."""
+    ids, attn, loss_mask = M.pad_batch([p + a for p, a in pairs], pad_id, [len(a) for _, a in pairs])
+    if vocab is not None:
+        for i, (p, _) in enumerate(pairs):
+            for t in range(1, len(p)):          # position 0 is predicted by nothing
+                if vocab.is_id_token(p[t]):
+                    loss_mask[i, t] = PROMPT_ID
+    return ids, attn, loss_mask
 
 
 def batch_schedule(lengths, steps, batch_size, seed, bucket=BUCKET):
@@ -122,6 +131,27 @@ def lr_at(step, steps, warmup, min_ratio=MIN_LR_RATIO):
 
 
 # ----------------------------------------------------------------------------- the loss
+
+PROMPT_ID = 2   # loss_mask value of a prompt's Semantic-ID token (answer tokens are 1)
+
+
+def weighted_nll(logps, kinds, prompt_id_weight, n_tokens):
+    """The SFT loss from the log-probs of the supervised tokens.
+
+    logps (M,) fp32: log p(token | everything before it) at each supervised token; kinds (M,): 1 for an answer
+    token, PROMPT_ID for a Semantic-ID token of the prompt; n_tokens: the answer-token count of the whole batch.
+
+        L = -( sum_answer log p  +  w * sum_prompt-ID log p ) / n_answer_tokens
+
+    With w = 0 it is the usual answer-only SFT loss. With w > 0 the context tracks' IDs are targets too: each is
+    predicted from the words and plays before it (`(rock) <a_27>` teaches that rock lives under a_27, `<a_27><b_1>`
+    then `<c_17>` that this ID exists), supervision the forward has already paid for. The divisor stays the answer
+    tokens, so w = 1 adds the prompt's IDs at the weight of the answer's. Worked example: logps [-1, -2, -3],
+    kinds [1, 2, 1], w 0.5, n 2 -> (1 + 3 + 0.5 * 2) / 2 = 2.5.
+    """
+    w = torch.where(kinds == PROMPT_ID, prompt_id_weight, 1.0).to(logps.dtype)
+    return -(w * logps).sum() / n_tokens
+
 
 def answer_logits(model, input_ids, attention_mask, loss_mask):
     """fp32 logits at the positions that predict an answer token, and those tokens.
@@ -164,19 +194,21 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
     return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
 
 
-def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0):
-    """Summed answer-token NLL of `pairs` divided by `n_tokens`, the supervised-token count of the
-    whole accumulated batch, so micro-batching does not change the gradient.
+def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0):
+    """weighted_nll of `pairs`: the answer tokens' NLL, plus prompt_id_weight x that of the prompts' Semantic-ID
+    tokens (`vocab` says which they are), divided by `n_tokens`, the answer-token count of the whole accumulated
+    batch, so micro-batching does not change the gradient.
 
     shared_prefix: length of the chat template's opening that every prompt starts with; > 0 computes it once per
     batch instead of once per example (answer_logps_shared_prefix), 0 runs the plain answer_logps.
     """
-    ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id))
+    ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id, vocab if prompt_id_weight else None))
     if shared_prefix:
         logps, _ = answer_logps_shared_prefix(model, ids, attn, loss_mask, shared_prefix)
     else:
         logps, _ = answer_logps(model, ids, attn, loss_mask)
-    return -logps.sum() / n_tokens
+    shifted = loss_mask[:, shared_prefix + 1:]   # the targets' kinds, in the order the log-probs were gathered
+    return weighted_nll(logps, shifted[shifted.bool()], prompt_id_weight, n_tokens)
 
 
 @torch.no_grad()
@@ -352,7 +384,7 @@ def train(args):
         for s in range(0, len(mine), args.micro_batch_size):
             with M.autocast(device):
                 loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
-                                shared_prefix=len(fmt.prefix))
+                                shared_prefix=len(fmt.prefix), vocab=vocab, prompt_id_weight=args.prompt_id_weight)
             loss.backward()
             loss_sum += loss.item()
         ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's
@@ -435,6 +467,10 @@ def parse_args(argv=None):
                    help="peak learning rate of the new Semantic-ID embedding rows (default %(default)s): they start "
                         "identical (the mean embedding) and must reach the scale of real embeddings within a few "
                         "hundred steps")
+    p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
+                   help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
+                        "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "
+                        "forward scores those positions anyway; 0 trains on the answers only (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
                    help="AdamW weight decay (default %(default)s: LoRA rarely benefits, and the new ID rows must "
                         "move freely)")

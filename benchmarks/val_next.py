@@ -20,6 +20,9 @@ Attribute requests too (--attribute-queries, P@10 of each adapter): drawn afresh
 phrasings (tasks.request_examples, its own seeded draw, one request per attribute set), every track that has the
 requested attributes relevant, as evaluate.py's test requests, whose phrasings are held out; so the attribute side of
 an option can be weighed without the test set as well.
+And hallucination (--hallucination-prompts, half next-track queries, half attribute requests): each adapter decodes
+them without constraints (evaluate.py's beam), hallucinated@1 = its best beam is no catalogue track; per prompt, so
+two adapters pair on the same prompts.
 --pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
 """
 import argparse
@@ -50,6 +53,7 @@ SEED: int = 0                   # the draw of the queries and the bootstrap
 BATCH_SIZE: int = 8             # prompts per exact-ranking batch
 K: int = 10                     # HR@K, NDCG@K, P@K
 ATTRIBUTE_QUERIES: int = 40     # attribute requests (as many as the test set's default)
+HALLUCINATION_PROMPTS: int = 200  # prompts decoded without constraints per adapter: half next-track, half attribute
 # -----------------------------------------------------------------------------
 
 
@@ -102,6 +106,19 @@ def attribute_queries(catalog, row_codes, n, seed):
     return out
 
 
+def hallucinated_at_1(model, fmt, prompts, trie, batch_size):
+    """Per prompt, 1.0 if the best unconstrained beam (evaluate.py's width) is not a catalogue ID, else 0.0."""
+    out = []
+    with torch.no_grad():
+        res = ranking.beam_search(model, [fmt.prompt(p) for p in prompts], fmt.vocab, E.HALLUCINATION_BEAM,
+                                  trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
+                                  batch_size=batch_size)
+    for r in res:
+        codes = E.id_codes(r[0][0], fmt.vocab, fmt.end_id)
+        out.append(float(codes is None or codes not in trie.valid))
+    return out
+
+
 def paired_from_files(a, b, seed=SEED):
     """Paired HR@10 / NDCG@10 difference of row A minus row B read from two --out JSONs, each "FILE:ROW".
 
@@ -124,8 +141,9 @@ def paired_from_files(a, b, seed=SEED):
     if not same:
         raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
                         "--queries and --seed)")
-    return {f"{m}@{K}": metrics.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
-            for m in ("hit", "ndcg", "precision") if m in da["hits"][na] and m in db["hits"][nb]}
+    return {(f"{m}@{K}" if m != "hallucinated" else "hallucinated@1"):
+            metrics.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
+            for m in ("hit", "ndcg", "precision", "hallucinated") if m in da["hits"][na] and m in db["hits"][nb]}
 
 
 def main(argv=None):
@@ -137,6 +155,10 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=QUERIES, help="validation next-track queries")
     p.add_argument("--attribute-queries", type=int, default=ATTRIBUTE_QUERIES,
                    help="attribute requests with the training phrasings, ranked by each adapter (0: none)")
+    p.add_argument("--hallucination-prompts", type=int, default=HALLUCINATION_PROMPTS,
+                   help="validation prompts each adapter decodes without constraints, half next-track queries, half "
+                        "attribute requests (as evaluate.py's test prompts); hallucinated@1 = best beam is no track "
+                        "(default %(default)s; 0: skip)")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries and the bootstrap")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per exact-ranking batch")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (optional)")
@@ -213,6 +235,13 @@ def main(argv=None):
             hits[name]["precision"] = metrics.per_query(ranked, [q[1] for q in attr_queries], ks=(K,))[
                 f"precision@{K}"].tolist()
             print(f"{'':24s} attribute requests P@{K} {np.mean(hits[name]['precision']):.3f}")
+        if args.hallucination_prompts:
+            n_next = args.hallucination_prompts - min(len(attr_queries), args.hallucination_prompts // 2)
+            h_prompts = [q[0] for q in queries[:n_next]] + [q[0] for q in attr_queries[:args.hallucination_prompts
+                                                                                       - n_next]]
+            hits[name]["hallucinated"] = hallucinated_at_1(model, fmt, h_prompts, trie, args.batch_size)
+            print(f"{'':24s} hallucinated@1 (unconstrained, {len(h_prompts)} prompts) "
+                  f"{np.mean(hits[name]['hallucinated']):.3f}")
         summary_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
         d = read_json(summary_path, "summary") if os.path.exists(summary_path) else {}
         if "eval/logp_accuracy" in d:
@@ -223,6 +252,9 @@ def main(argv=None):
                   f"({pref_acc[name][1]} pairs, dpo.py's checkpoint choice)")
     table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
              for n, h in hits.items()}
+    for n, h in hits.items():
+        if "hallucinated" in h:
+            table[n]["hallucinated@1"] = metrics.bootstrap_ci(h["hallucinated"], seed=args.seed)
     paired = {}
     if adapters:
         ref = adapters[0][0]
@@ -235,6 +267,10 @@ def main(argv=None):
                 d = metrics.paired_bootstrap(hits[name]["precision"], hits[ref]["precision"], seed=args.seed)
                 paired[f"{name} - {ref} (attributes)"] = d
                 print(f"  {name} - {ref} attribute P@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+            if "hallucinated" in hits[name] and "hallucinated" in hits[ref]:
+                d = metrics.paired_bootstrap(hits[name]["hallucinated"], hits[ref]["hallucinated"], seed=args.seed)
+                paired[f"{name} - {ref} (hallucinated@1)"] = d
+                print(f"  {name} - {ref} hallucinated@1: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr_queries), "table": table,
                               "paired": paired, "hits": hits,

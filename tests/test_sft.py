@@ -51,6 +51,52 @@ def test_collate_exact_labels_and_masks():
     assert ids[1, -1] == 9 and attn[1, -1] == 0
 
 
+def test_collate_marks_the_prompts_semantic_id_tokens(tiny_smol):
+    _, _, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    a, b, c = vocab.ids((1, 2, 3))
+    pairs = [([1, 5, a, b, c, 7], vocab.ids((0, 1, 2)) + [2]), ([a, 8], vocab.ids((3, 0, 0)) + [2])]
+    _, _, loss = sft.collate(pairs, 2, vocab)
+    P = sft.PROMPT_ID
+    assert loss.tolist() == [[0, 0, P, P, P, 0, 1, 1, 1, 1],
+                             [0, 0, 1, 1, 1, 1, 0, 0, 0, 0]]   # an ID at position 0 is predicted by nothing
+    assert sft.collate(pairs, 2)[2].max() == 1                 # without vocab: the answers only
+
+
+def test_weighted_nll_worked_example():
+    logps = torch.tensor([-1.0, -2.0, -3.0])
+    kinds = torch.tensor([1, sft.PROMPT_ID, 1])
+    assert sft.weighted_nll(logps, kinds, 0.5, 2).item() == pytest.approx(2.5)   # (1 + 3 + 0.5 * 2) / 2
+    assert sft.weighted_nll(logps, kinds, 0.0, 2).item() == pytest.approx(2.0)   # answers only: (1 + 3) / 2
+    assert sft.weighted_nll(logps, kinds, 1.0, 4).item() == pytest.approx(1.5)   # every token: 6 / 4
+
+
+def test_prompt_id_loss_equals_a_full_forward(tiny_smol):
+    """sft_loss with the prompt's IDs weighted = the hand-summed log-probs of one plain forward, with and
+    without the shared template opening."""
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol])
+    model, tok, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu")
+    with torch.no_grad():
+        for _, m in __import__("lora").lora_layers(model):
+            m.lora_B.weight.normal_(std=0.1)
+    fmt = M.PromptFormat(tok, vocab)
+    pairs = [(fmt.prompt("more like (rock) <a_1><b_2><c_3>"), fmt.answer((1, 2, 0))),
+             (fmt.prompt("play jazz"), fmt.answer((2, 0, 1)))]
+    ids, attn, _ = sft.collate(pairs, 2)
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+    n0 = len(pairs[0][0])
+    answer = sum(full[i, t - 1, ids[i, t]] for i, (p, a) in enumerate(pairs) for t in range(len(p), len(p) + len(a)))
+    prompt_ids = sum(full[0, t - 1, ids[0, t]] for t in range(n0) if vocab.is_id_token(ids[0, t].item()))
+    assert sum(vocab.is_id_token(t) for t in pairs[0][0]) == 3
+    expected = -(answer + 0.3 * prompt_ids) / 8
+    with torch.no_grad():
+        for shared in (0, len(fmt.prefix)):
+            got = sft.sft_loss(model, pairs, 2, 8, "cpu", shared_prefix=shared, vocab=vocab, prompt_id_weight=0.3)
+            assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+        plain = sft.sft_loss(model, pairs, 2, 8, "cpu", vocab=vocab, prompt_id_weight=0.0)
+        assert plain.item() == pytest.approx((-answer / 8).item(), abs=1e-5)
+
+
 def test_answer_logps_only_answer_positions(tiny_smol):
     model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
     pairs = [([1, 5, 6, 7], vocab.ids((0, 1, 2)) + [2]), ([1, 8], vocab.ids((3, 0, 0)) + [2])]
