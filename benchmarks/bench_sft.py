@@ -106,6 +106,8 @@ def run_ours(args, meta, pairs, sched, full_embedding=False):
         loss_sum = 0.0
         for s in range(0, len(batch), args.micro_batch_size):
             with M.autocast(device):
+                # the answers only (prompt_id_weight 0), as the peer's completion-only loss: sft.py's default also
+                # scores the prompt's ID tokens, 3 more head positions per next-track example
                 loss = sft.sft_loss(model, batch[s:s + args.micro_batch_size], pad_id, n_tok, device)
             loss.backward()
             loss_sum += loss.item()
