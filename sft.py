@@ -154,10 +154,11 @@ def weighted_nll(logps, kinds, prompt_id_weight, n_tokens):
 
 
 def answer_logits(model, input_ids, attention_mask, loss_mask):
-    """fp32 logits at the positions that predict an answer token, and those tokens.
+    """fp32 logits at the positions that predict a supervised token, and those tokens.
 
-    input_ids, attention_mask, loss_mask: (B, T); loss_mask marks the answer tokens. Returns logits (M, V'),
-    targets (M,) and row (M,), the sequence each belongs to; M = loss_mask[:, 1:].sum().
+    input_ids, attention_mask, loss_mask: (B, T); loss_mask is nonzero on the supervised tokens (the answer's; and
+    the prompt's Semantic IDs when sft_loss weights them). Returns logits (M, V'), targets (M,) and row (M,), the
+    sequence each belongs to; M = loss_mask[:, 1:].bool().sum().
     """
     hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, T, H)
     return logits_at_answers(model, hidden, input_ids, loss_mask)

@@ -29,12 +29,16 @@ def test_pair_rows_of_two_files_on_the_same_queries(tmp_path):
     from val_next import paired_from_files
     base = {"genre popularity": {"hit": [1, 0, 0, 1], "ndcg": [1, 0, 0, 0.5]},
             "item kNN": {"hit": [1, 1, 0, 0], "ndcg": [0.5, 1, 0, 0]}}
-    a = {"queries": 4, "hits": {**base, "SFT_genre": {"hit": [1, 1, 1, 0], "ndcg": [1, 1, 1, 0]}}}
-    b = {"queries": 4, "hits": {**base, "SFT": {"hit": [1, 0, 0, 0], "ndcg": [0.5, 0, 0, 0]}}}
+    a = {"queries": 4, "hits": {**base, "SFT_genre": {"hit": [1, 1, 1, 0], "ndcg": [1, 1, 1, 0],
+                                                      "hallucinated": [0, 0, 1]}}}
+    b = {"queries": 4, "hits": {**base, "SFT": {"hit": [1, 0, 0, 0], "ndcg": [0.5, 0, 0, 0],
+                                                "hallucinated": [1, 1, 1]}}}
     json.dump(a, open(tmp_path / "a.json", "w"))
     json.dump(b, open(tmp_path / "b.json", "w"))
     d = paired_from_files(f"{tmp_path}/a.json:SFT_genre", f"{tmp_path}/b.json:SFT")
     assert d["hit@10"][0] == pytest.approx(0.5) and d["ndcg@10"][0] == pytest.approx((0.5 + 1 + 1) / 4)
+    assert d["hallucinated@1"][0] == pytest.approx(-2 / 3)   # per prompt, paired: (0 - 1 + 0 - 1 + 1 - 1) / 3
+    assert "precision@10" not in d                           # a metric only one side has is not paired
     b["hits"]["item kNN"]["hit"] = [0, 1, 0, 0]   # other queries: refused
     json.dump(b, open(tmp_path / "b.json", "w"))
     with pytest.raises(UserError, match="same validation queries"):
