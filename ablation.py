@@ -25,8 +25,8 @@ from common import UserError, atomic_open, run_main, write_json
 # The rows before `default` ran with the demo's earlier options: SFT on the answer tokens alone, LoRA dropout 0.05
 # (every row before `dropout0`), and before that prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT
 # steps; they say so, so that each still reruns as it ran.
-DROPOUT = {"SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
-NAMES = {"CONTEXT_TEXT": "name", "SFT_STEPS": "120", **DROPOUT}
+EARLIER_SFT = {"SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
+NAMES = {"CONTEXT_TEXT": "name", "SFT_STEPS": "120", **EARLIER_SFT}
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
               {"SIGNALS": "audio", **NAMES, "EVAL_ARGS": "--ranking beam"}, None),
@@ -44,10 +44,10 @@ ROWS = {
              {"SIGNALS": "audio,genre,collab", **NAMES, "PREFS_ARGS": "--rejected-per-context 3",
               "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "names"),
     "ids": ("names, but prompts show the context track by its Semantic ID alone (shorter), and SFT 160 steps",
-            {"SIGNALS": "audio,genre,collab", "CONTEXT_TEXT": "id", "SFT_STEPS": "160", **DROPOUT}, None),
+            {"SIGNALS": "audio,genre,collab", "CONTEXT_TEXT": "id", "SFT_STEPS": "160", **EARLIER_SFT}, None),
     "genre160": ("names, but prompts show the context track by its genre and Semantic ID (shorter), and SFT 160 "
                  "steps: the demo's default before LoRA dropout was turned off",
-                 {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "160", **DROPOUT}, None),
+                 {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "160", **EARLIER_SFT}, None),
     "dropout0": ("genre160, but LoRA dropout off (a step costs a quarter less) and SFT 240 steps: the demo's "
                  "default before the prompt's IDs were targets", {"SIGNALS": "audio,genre,collab",
                                                                   "SFT_ARGS": "--prompt-id-weight 0"}, None),
