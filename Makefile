@@ -188,6 +188,7 @@ bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_llama1b.py --run $(RUN)
 	$(PY) benchmarks/bench_exact.py --run $(RUN)
 	$(PY) benchmarks/bench_ddp.py --run $(RUN)
+	$(PY) benchmarks/bench_cpu.py --run $(RUN)
 	$(PY) benchmarks/bench_mining.py
 
 # the ablation table (README): every configuration on the same world, about 20 minutes a row on 2 cores
