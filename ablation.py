@@ -22,11 +22,13 @@ from common import UserError, atomic_open, run_main, write_json
 
 # -----------------------------------------------------------------------------
 # name -> (what changes, make variables, the row whose SFT it reuses or None)
-# The rows before `default` ran with the demo's earlier options: SFT on the answer tokens alone, LoRA dropout 0.05
-# (every row before `dropout0`), and before that prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT
-# steps; they say so, so that each still reruns as it ran.
-EARLIER_SFT = {"SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
-NAMES = {"CONTEXT_TEXT": "name", "SFT_STEPS": "120", **EARLIER_SFT}
+# The rows before `layers15` ran with the demo's earlier options: the whole embedded model (30 layers), 240 SFT steps;
+# before `default` SFT on the answer tokens alone, LoRA dropout 0.05 (every row before `dropout0`), and before that
+# prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT steps; they say so, so that each still reruns
+# as it ran.
+WHOLE = {"LAYERS": "30", "SFT_STEPS": "240"}
+EARLIER_SFT = {**WHOLE, "SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
+NAMES = {**EARLIER_SFT, "CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
               {"SIGNALS": "audio", **NAMES, "EVAL_ARGS": "--ranking beam"}, None),
@@ -44,15 +46,18 @@ ROWS = {
              {"SIGNALS": "audio,genre,collab", **NAMES, "PREFS_ARGS": "--rejected-per-context 3",
               "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "names"),
     "ids": ("names, but prompts show the context track by its Semantic ID alone (shorter), and SFT 160 steps",
-            {"SIGNALS": "audio,genre,collab", "CONTEXT_TEXT": "id", "SFT_STEPS": "160", **EARLIER_SFT}, None),
+            {"SIGNALS": "audio,genre,collab", **EARLIER_SFT, "CONTEXT_TEXT": "id", "SFT_STEPS": "160"}, None),
     "genre160": ("names, but prompts show the context track by its genre and Semantic ID (shorter), and SFT 160 "
                  "steps: the demo's default before LoRA dropout was turned off",
-                 {"SIGNALS": "audio,genre,collab", "SFT_STEPS": "160", **EARLIER_SFT}, None),
+                 {"SIGNALS": "audio,genre,collab", **EARLIER_SFT, "SFT_STEPS": "160"}, None),
     "dropout0": ("genre160, but LoRA dropout off (a step costs a quarter less) and SFT 240 steps: the demo's "
-                 "default before the prompt's IDs were targets", {"SIGNALS": "audio,genre,collab",
+                 "default before the prompt's IDs were targets", {"SIGNALS": "audio,genre,collab", **WHOLE,
                                                                   "SFT_ARGS": "--prompt-id-weight 0"}, None),
-    "default": ("dropout0, and the prompt's Semantic IDs are SFT targets too (weight 1): the demo's default",
-                {"SIGNALS": "audio,genre,collab"}, None),
+    "default": ("dropout0, and the prompt's Semantic IDs are SFT targets too (weight 1): the demo's default before "
+                "the model was cut to 15 layers", {"SIGNALS": "audio,genre,collab", **WHOLE}, None),
+    "layers15": ("default, but the embedded model's first 15 of its 30 decoder layers, and SFT 480 steps (the same "
+                 "SFT time; DPO and evaluation half theirs): the demo's default",
+                 {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480"}, None),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0

@@ -84,18 +84,31 @@ def resolve_adapter(run, name):
     return path
 
 
-def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=M.DEFAULT_MODEL, device="auto", played=()):
+def trained_base(run, adapter_path):
+    """The base model folder the run was trained on: the adapter's record (id_vocab.json), else the run's SFT
+    options; None when neither names one."""
+    if adapter_path is not None:
+        base = read_json(os.path.join(adapter_path, M.ID_VOCAB_FILE), "adapter's id_vocab.json").get("base_model")
+        if base:
+            return base
+    cfg = os.path.join(run, "sft", "config.json")
+    return read_json(cfg, "run's SFT options").get("model") if os.path.exists(cfg) else None
+
+
+def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=None, device="auto", played=()):
     """Top-k [(row, score, codes)] for a request, plus the catalogue, the prompt used and the row of the track
-    the request named (None if it named none)."""
+    the request named (None if it named none). model_path None: the base the run was trained on."""
     if not os.path.isdir(run):
         raise UserError(f"{run}: no such run folder")
+    adapter_path = resolve_adapter(run, adapter)
+    model_path = model_path or trained_base(run, adapter_path) or M.DEFAULT_MODEL
     meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
     catalog, _ = formats.load_catalog(meta["catalog"])
     track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
     row_codes = formats.row_codes_of(catalog, track_ids, codes)
     id_to_row = {c: r for r, c in row_codes.items()}
     device = M.pick_device(device)
-    model, tok, vocab = M.load_policy(model_path, adapter=resolve_adapter(run, adapter), levels=meta["levels"],
+    model, tok, vocab = M.load_policy(model_path, adapter=adapter_path, levels=meta["levels"],
                                       codebook_size=meta["codebook_size"], id_table_sha=meta["id_table_sha256"],
                                       device=device)
     fmt = M.PromptFormat(tok, vocab)
@@ -121,7 +134,9 @@ def main(argv=None):
     p.add_argument("--run", default="runs/demo", help="run folder made by `make demo`")
     p.add_argument("--adapter", default=ADAPTER, help="sft, dpo, base, or an adapter folder")
     p.add_argument("-k", type=int, default=TOP_K, help="number of tracks")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model the adapter was trained on")
+    p.add_argument("--model", default=None, help="base model the adapter was trained on (default: the one its "
+                                                 "id_vocab.json records, so a run's own model, e.g. the demo's "
+                                                 "15-layer cut)")
     p.add_argument("--played", action="append", default=[],
                    help="a track heard before the one the request names (repeat, oldest first): "
                         "'Artist - Title' or a Semantic ID")

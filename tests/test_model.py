@@ -1,5 +1,8 @@
-"""model.py: the output head in fp32 under autocast; unconstrained beams stop at the end token."""
+"""model.py: the output head in fp32 under autocast; unconstrained beams stop at the end token; truncation."""
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ import evaluate as E
 import model as M
 import ranking
 import sft
-from tests.conftest import IDS, make_tiny_llama
+from tests.conftest import IDS, ROOT, make_tiny_llama
 
 # ----------------------------------------------------------------------------- fp32 head under autocast
 # There is no GPU here: CPU autocast in bf16 stands in for CUDA's (it runs nn.Linear / F.linear in bf16 too).
@@ -185,3 +188,69 @@ def test_hallucination_passes_the_end_token(noisy, monkeypatch):
     args = argparse.Namespace(batch_size=2, hallucination_beam=3, device="cpu")
     out = E.hallucination(model, fmt, ["rock", "jazz"], ranking.IDTrie(IDS, 3), args, "test")
     assert seen == [fmt.end_id] and 0 <= out["hallucinated@10"] <= 1
+
+
+# ----------------------------------------------------------------------------- truncation (model.py truncate)
+
+def test_truncated_config_cuts_the_depth_and_per_layer_lists():
+    cfg = {"num_hidden_layers": 4, "hidden_size": 8, "layer_types": ["full_attention"] * 4}
+    out = M.truncated_config(cfg, 3)
+    assert out["num_hidden_layers"] == 3 and out["layer_types"] == ["full_attention"] * 3
+    assert cfg["num_hidden_layers"] == 4 and len(cfg["layer_types"]) == 4     # the input is left alone
+    for bad in (0, 5):
+        with pytest.raises(M.UserError, match=f"--layers {bad} is not between 1 and its 4 decoder layers"):
+            M.truncated_config(cfg, bad, "m")
+
+
+def test_truncated_model_is_the_first_layers_of_the_whole(tmp_path, smol_tokenizer):
+    """The written folder computes exactly what the whole model computes with its later layers removed."""
+    from transformers import LlamaForCausalLM
+    src = make_tiny_llama(smol_tokenizer, tmp_path / "whole", layers=3, seed=1)
+    out = M.truncate_model(src, str(tmp_path / "cut"), 2)
+    assert not os.path.exists(out + ".tmp")
+    cut, tok = M.load_base(out)
+    whole = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    assert cut.config.num_hidden_layers == 2 and len(cut.model.layers) == 2
+    assert M.model_fingerprint(cut.config)["num_hidden_layers"] == 2   # an adapter of the whole will not load on it
+    whole.model.layers = whole.model.layers[:2]
+    whole.config.num_hidden_layers = 2
+    ids = torch.tensor([tok("I want to listen to rock")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(cut(ids).logits, whole(ids).logits)
+    assert torch.equal(cut.lm_head.weight, cut.model.embed_tokens.weight)   # still tied
+
+
+def test_truncate_cli_writes_a_folder_and_names_a_bad_depth(tmp_path, smol_tokenizer, capsys):
+    src = make_tiny_llama(smol_tokenizer, tmp_path / "whole", layers=2)
+    M.main(["truncate", "--model", src, "--out", str(tmp_path / "one"), "--layers", "1"])
+    assert "the first 1 decoder layers" in capsys.readouterr().out
+    assert M.read_config(str(tmp_path / "one"))["num_hidden_layers"] == 1
+    with pytest.raises(M.UserError, match="--layers 3 is not between 1 and its 2"):
+        M.main(["truncate", "--model", src, "--out", str(tmp_path / "three"), "--layers", "3"])
+    assert not os.path.exists(tmp_path / "three")
+
+
+def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer):
+    """`make demo LAYERS=n`: the model rule cuts the embedded folder (here a tiny one) into <embedded>-l<n>; a MODEL
+    folder without config.json is a one-line error, not a conversion into it."""
+    emb = make_tiny_llama(smol_tokenizer, tmp_path / "emb", layers=2)
+    make = ["make", "-s", "-C", ROOT, "model", f"EMBEDDED={emb}", f"PY={sys.executable}", "VENV_STAMP="]
+    r = subprocess.run(make + ["LAYERS=1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert M.read_config(emb + "-l1")["num_hidden_layers"] == 1
+    assert M.read_config(emb)["num_hidden_layers"] == 2
+    r = subprocess.run(make + [f"MODEL={tmp_path / 'nothing'}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "no config.json there; MODEL must be a local Hugging Face Llama folder" in r.stderr
+    assert not os.path.exists(tmp_path / "nothing")
+
+
+def test_ask_uses_the_base_the_run_was_trained_on(tmp_path):
+    """ask.py without --model: the adapter's recorded base, else the run's SFT options (the zero-shot `base`)."""
+    import json
+    import ask
+    (tmp_path / "sft" / "adapter").mkdir(parents=True)
+    (tmp_path / "sft" / "adapter" / M.ID_VOCAB_FILE).write_text(json.dumps({"base_model": "models/cut-l15"}))
+    assert ask.trained_base(str(tmp_path), str(tmp_path / "sft" / "adapter")) == "models/cut-l15"
+    assert ask.trained_base(str(tmp_path), None) is None                 # no SFT options: the caller's default
+    (tmp_path / "sft" / "config.json").write_text(json.dumps({"model": "models/whole"}))
+    assert ask.trained_base(str(tmp_path), None) == "models/whole"

@@ -163,7 +163,7 @@ def test_ask_for_music(demo_run, tiny_smol):
     ids = dict(l.split("\t", 1) for l in open(os.path.join(run, "rvq", "semantic_ids.tsv")).read().splitlines()[1:])
     name = lambda i: f"{tasks.display_artist(cat.artists[i])} - {cat.track_name[i]}"
     first_id = formats.id_text(ids[cat.track_id[1]].split("\t"))
-    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "-k", "2", "--played",
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "-k", "2", "--played",   # no --model: the run's own
                         name(0), "--played", first_id, f"something like {name(2)}"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
