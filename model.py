@@ -100,6 +100,8 @@ def convert_gguf(out, gguf_dir=None, gguf_file=GGUF_FILE):
     """
     import importlib.util
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()   # its "Loading weights" bar, in the middle of make demo's stage lines
     if gguf_dir is None:
         spec = importlib.util.find_spec(GGUF_PACKAGE)
         if spec is None:

@@ -244,6 +244,21 @@ def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer
     assert not os.path.exists(tmp_path / "nothing")
 
 
+def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
+    """The demo trains the 15-layer cut for 480 steps; SEED_CONFIG=1 the whole model for 240, with the seed's
+    audio-only IDs, answer-only SFT loss and pure DPO (the commands `make -n` prints)."""
+    def commands(*extra):
+        r = subprocess.run(["make", "-n", "-C", ROOT, "demo", f"RUN={tmp_path / 'run'}", "VENV_STAMP=", *extra],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return {w: next(l for l in r.stdout.splitlines() if f" {w}.py " in l) for w in ("rvq", "sft", "dpo")}
+    demo = commands()
+    assert "--model models/smollm2-135m-l15 --steps 480 " in demo["sft"] and "--rpo-alpha" not in demo["dpo"]
+    seed = commands("SEED_CONFIG=1")
+    assert "--model models/smollm2-135m --steps 240 " in seed["sft"] and "--prompt-id-weight 0" in seed["sft"]
+    assert "--signals audio " in seed["rvq"] and "--rpo-alpha 0" in seed["dpo"]
+
+
 def test_ask_uses_the_base_the_run_was_trained_on(tmp_path):
     """ask.py without --model: the adapter's recorded base, else the run's SFT options (the zero-shot `base`)."""
     import json
