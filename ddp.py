@@ -66,7 +66,11 @@ def barrier():
 
 
 def cleanup():
+    """Leave the process group together. Without the barrier a rank that finishes first tears down its gloo
+    connections while rank 0 still writes the outputs, and has aborted at exit ("terminate called without an active
+    exception", SIGABRT) though training had ended."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -91,6 +91,19 @@ def read_config(path):
         return json.load(f)
 
 
+def save_model_folder(model, tokenizer, out):
+    """Save a model and its tokenizer as the Hugging Face folder `out`: written beside it, then renamed, so the
+    folder appears whole or not at all (a killed set-up leaves no half model for `make` to take as done)."""
+    tmp = out.rstrip("/") + ".tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(out):
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
 def convert_gguf(out, gguf_dir=None, gguf_file=GGUF_FILE):
     """Convert the embedded SmolLM2 GGUF into a plain safetensors Llama folder, once.
 
@@ -120,14 +133,7 @@ def convert_gguf(out, gguf_dir=None, gguf_file=GGUF_FILE):
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
-    tmp = out.rstrip("/") + ".tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if os.path.exists(out):
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)  # the folder appears whole or not at all
-    return out
+    return save_model_folder(model, tokenizer, out)
 
 
 def truncated_config(config, layers, path="model"):
@@ -163,14 +169,7 @@ def truncate_model(src, out, layers):
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    tmp = out.rstrip("/") + ".tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if os.path.exists(out):
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)  # the folder appears whole or not at all
-    return out
+    return save_model_folder(model, tokenizer, out)
 
 
 # ----------------------------------------------------------------------------- Semantic-ID tokens
