@@ -310,6 +310,46 @@ def add_id_tokens(model, levels, codebook_size):
     return IDVocab(levels, codebook_size, new_emb.num_base)
 
 
+def id_rows_from_descriptions(weight, track_tokens, codes, codebook_size):
+    """Starting rows for the Semantic-ID tokens: each code at the mean embedding of the words of its tracks.
+
+    weight: (V, H) the base embedding; track_tokens: N lists of token ids, one description per track (its genre
+    and the words a request would use for it, tasks.track_words); codes: (N, L) int, each track's Semantic ID.
+    Returns (L * K, H) float32 in IDVocab order (row l * K + c is the token <level l, code c>):
+
+        row(l, c) = mean over tracks t with codes[t, l] = c of  mean_{w in track_tokens[t]} weight[w]
+
+    A code no track uses, and a track without words, fall back to the mean of all rows (the neutral init of
+    IDEmbedding). Why: the mean init makes all L * K rows identical, and SFT must first spend steps telling them
+    apart; a first-level code whose tracks are all rock starts where the word " rock" sits, so a request that says
+    rock already points at it, and the tied head scores it as the model would score the word. Example: K = 2, one
+    level, tracks A (words [3]) and B (words [5, 7]) both with code 0 -> row 0 = (w3 + (w5 + w7) / 2) / 2; row 1
+    (no track) = the mean of all V rows.
+    """
+    w = weight.detach().float()
+    neutral = w.mean(0)
+    per_track = torch.stack([w[torch.tensor(t)].mean(0) if len(t) else neutral for t in track_tokens])  # (N, H)
+    codes = torch.as_tensor(codes, dtype=torch.long)
+    L = codes.shape[1]
+    rows = torch.zeros(L * codebook_size, w.shape[1])
+    counts = torch.zeros(L * codebook_size)
+    for l in range(L):
+        idx = l * codebook_size + codes[:, l]
+        rows.index_add_(0, idx, per_track)
+        counts.index_add_(0, idx, torch.ones(len(idx)))
+    used = counts > 0
+    rows[used] /= counts[used, None]
+    rows[~used] = neutral
+    return rows
+
+
+def set_id_rows(model, rows):
+    """Copy (L * K, H) starting rows into the new ID rows (embedding, and the untied head's if there is one)."""
+    with torch.no_grad():
+        for p in id_parameters(model):
+            p.copy_(rows.to(p.dtype))
+
+
 def id_rows_state(model):
     """Trainable new-token rows, cloned for saving."""
     out = {"embed_tokens.new_rows": model.model.embed_tokens.new_rows.detach().float().cpu().clone()}

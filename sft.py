@@ -28,8 +28,10 @@ import torch
 from tqdm import tqdm
 
 import ddp
+import formats
 import lora
 import model as M
+import tasks
 from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
     seed_everything, write_json
 
@@ -48,6 +50,8 @@ MIN_LR_RATIO: float = 0.1
 GRAD_CLIP: float = 1.0         # max global gradient norm
 EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
+ID_INITS = ("mean", "descriptions")
+ID_INIT: str = "mean"           # where the new ID rows start (--id-init)
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
@@ -237,10 +241,32 @@ def trainable_state(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def build_policy(args, meta, device):
-    """Base model + ID tokens + LoRA; only LoRA and the new rows are trainable."""
+def description_rows(model, tokenizer, meta):
+    """(L * K, H) starting ID rows from the words of each code's tracks (model.id_rows_from_descriptions)."""
+    cat, _ = formats.load_catalog(meta["catalog"])
+    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
+    index = cat.index()
+    missing = [t for t in track_ids if t not in index]
+    if missing:
+        raise UserError(f"{meta['semantic_ids']}: track {missing[0]} is not in {meta['catalog']} "
+                        f"({len(missing)} such): --id-init descriptions needs every ID's track in the catalogue")
+    # a leading space: the words as they occur inside a request ("Play something rock"), not at a line's start
+    words = [" " + tasks.track_words(cat, index[t]) for t in track_ids]
+    track_tokens = tokenizer(words, add_special_tokens=False)["input_ids"]
+    return M.id_rows_from_descriptions(model.get_input_embeddings().weight, track_tokens, codes,
+                                       meta["codebook_size"])
+
+
+def build_policy(args, meta, device, id_init="mean"):
+    """Base model + ID tokens + LoRA; only LoRA and the new rows are trainable.
+
+    id_init "mean": every ID row starts at the mean embedding; "descriptions": at the words of its tracks
+    (description_rows; needs meta's catalog and semantic_ids).
+    """
     model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"],
                                             codebook_size=meta["codebook_size"], device=device)
+    if id_init == "descriptions":
+        M.set_id_rows(model, description_rows(model, tokenizer, meta))
     lora.inject_lora(model, targets=tuple(args.lora_targets), r=args.lora_r, alpha=args.lora_alpha,
                      dropout=args.lora_dropout, use_rslora=args.use_rslora)
     for p in M.id_parameters(model):
@@ -345,7 +371,7 @@ def train(args):
     if os.path.exists(ckpt_path) and not args.resume:
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or remove {args.out}")
     seed_everything(args.seed + ddp.rank())   # rank 0 draws what one process draws; the others their own masks
-    model, tokenizer, vocab = build_policy(args, meta, device)
+    model, tokenizer, vocab = build_policy(args, meta, device, id_init=args.id_init)
     ddp.broadcast_([p for p in model.parameters() if p.requires_grad])   # one start: rank 0's LoRA init
     fmt = M.PromptFormat(tokenizer, vocab)
     pad_id = M.pad_id_of(tokenizer)
@@ -469,6 +495,11 @@ def parse_args(argv=None):
                    help="peak learning rate of the new Semantic-ID embedding rows (default %(default)s): they start "
                         "identical (the mean embedding) and must reach the scale of real embeddings within a few "
                         "hundred steps")
+    p.add_argument("--id-init", choices=ID_INITS, default=ID_INIT,
+                   help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
+                        "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "
+                        "genre and attribute phrases, so SFT need not first tell the rows apart; default "
+                        "%(default)s)")
     p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
                    help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
                         "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "

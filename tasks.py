@@ -132,6 +132,16 @@ def describe_track(cat, row):
             f"{', '.join(words)}. {cat.feature('tempo')[row]:.0f} BPM.")
 
 
+def track_words(cat, row):
+    """'rock high-energy upbeat': a track's primary genre and the attribute phrases that hold for it.
+
+    The words a request for this track would use (describe_request); sft.py --id-init descriptions starts each ID
+    row at the mean embedding of the words of the tracks that carry it (model.id_rows_from_descriptions).
+    """
+    x = cat.features[row:row + 1]
+    return " ".join([cat.genres[row][0]] + [phrase for phrase, _, pred in ATTRIBUTES.values() if pred(x)[0]])
+
+
 def request_examples(cat, row_codes, masks, n, templates, rng):
     """n attribute requests, each anchored on a random catalogue track that satisfies it.
 

@@ -244,3 +244,52 @@ def test_checkpoint_rng_is_restored_on_the_cpu_whatever_the_device(tmp_path):
     torch.manual_seed(0)
     step, _, _ = sft.load_checkpoint(tmp_path / "ck.pt", lin, opt, torch.device("meta"))
     assert step == 3 and torch.equal(torch.rand(3), expected)
+
+
+def test_id_rows_from_descriptions_by_hand():
+    """Each code's row is the mean over its tracks of the mean embedding of the track's words; unused codes and
+    wordless tracks take the mean of all rows (the neutral init)."""
+    w = torch.tensor([[1.0, 0.0], [0.0, 2.0], [4.0, 4.0], [3.0, 6.0]])       # (V=4, H=2); mean row (2, 3)
+    track_tokens = [[0], [1, 2], []]                                          # A, B, C (no words)
+    codes = np.array([[0, 1], [0, 0], [1, 1]])                                # L=2 levels, K=2 codes
+    rows = M.id_rows_from_descriptions(w, track_tokens, codes, codebook_size=2)
+    a, b, c = torch.tensor([1.0, 0.0]), torch.tensor([2.0, 3.0]), torch.tensor([2.0, 3.0])   # B: (w1 + w2) / 2
+    expected = torch.stack([(a + b) / 2,    # level 0, code 0: A and B
+                            c,              # level 0, code 1: C (no words: the mean row)
+                            b,              # level 1, code 0: B
+                            (a + c) / 2])   # level 1, code 1: A and C
+    assert torch.equal(rows, expected)
+    rows = M.id_rows_from_descriptions(w, [[0]], np.array([[1, 0]]), codebook_size=3)   # codes no track uses
+    assert torch.equal(rows[0], torch.tensor([2.0, 3.0])) and torch.equal(rows[1], torch.tensor([1.0, 0.0]))
+
+
+def test_id_init_descriptions_sets_the_rows(tmp_path, tiny_smol):
+    """sft.py --id-init descriptions: the ID rows start at the words of their tracks (genre and attribute
+    phrases, tasks.track_words); mean (the default) keeps them identical; a track the catalogue lacks: one line."""
+    import formats
+    import tasks
+    from common import UserError
+    from tests.conftest import tiny_catalog
+    cat = tiny_catalog(n=3)
+    cat.genres = [["rock"], ["jazz"], ["rock"]]
+    cat.features[:, formats.FEATURES.index("tempo")] = 110.0                  # neither fast nor slow
+    cat.features[0, formats.FEATURES.index("energy")] = 0.9
+    assert [tasks.track_words(cat, r) for r in range(3)] == ["rock high-energy", "jazz", "rock"]
+    formats.write_catalog(cat, tmp_path / "catalog.csv")
+    codes = np.array([[0, 1, 2], [1, 0, 0], [0, 2, 3]])
+    formats.write_semantic_ids(tmp_path / "ids.tsv", cat.track_id, codes)
+    meta = {"levels": 3, "codebook_size": 4, "catalog": str(tmp_path / "catalog.csv"),
+            "semantic_ids": str(tmp_path / "ids.tsv")}
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--id-init", "descriptions"])
+    model, tok, vocab = sft.build_policy(args, meta, "cpu", id_init=args.id_init)
+    emb = model.get_input_embeddings()
+    words = tok([" rock high-energy", " jazz", " rock"], add_special_tokens=False)["input_ids"]
+    assert torch.equal(emb.new_rows.detach(), M.id_rows_from_descriptions(emb.weight, words, codes, 4))
+    rock = emb.weight[words[2]].float().mean(0)
+    assert torch.allclose(emb.new_rows[vocab.token_id(0, 0) - vocab.offset], (emb.weight[words[0]].mean(0) + rock) / 2)
+    assert model.lm_head.new_rows is emb.new_rows                    # tied: the head starts there too
+    plain, _, _ = sft.build_policy(args, meta, "cpu")                 # id_init="mean"
+    assert torch.equal(plain.get_input_embeddings().new_rows[0], plain.get_input_embeddings().new_rows[-1])
+    formats.write_semantic_ids(tmp_path / "ids.tsv", ["t0", "t1", "gone"], codes)
+    with pytest.raises(UserError, match=r"ids.tsv: track gone is not in .*catalog.csv \(1 such\)"):
+        sft.build_policy(args, meta, "cpu", id_init="descriptions")
