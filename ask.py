@@ -75,6 +75,29 @@ def build_prompt(request, catalog, row_codes, played=(), n_history=1, context_te
     return request, None
 
 
+def unknown_words_note(request, catalog):
+    """A one-line note when a free-text request uses none of the words the model was trained on, else None.
+
+    Attribute requests were built from this catalogue's genres and tasks.ATTRIBUTES phrases only ("chill acoustic
+    piano for studying"); a request with none of them ("some jazz" where no track is jazz) still gets K tracks, but
+    they say nothing about the request, and a user should be told so.
+    """
+    grounding = re.match(r"^\s*(?:play|put on)?\s*(.+?)[\s.!?]*$", request, re.IGNORECASE).group(1)
+    if find_track(catalog, grounding) is not None:   # "Play Artist - Title": the grounding task, trained too
+        return None
+
+    def norm(t):   # "Hip-Hop!" and "hip hop" alike
+        return " " + " ".join(re.findall(r"[a-z0-9]+", t.lower())) + " "
+    text = norm(request)
+    genres = sorted({g for gs in catalog.genres for g in gs})
+    words = genres + [phrase for phrase, _, _ in tasks.ATTRIBUTES.values()] + ["bpm"]
+    if any(norm(w) in text for w in words):
+        return None
+    return (f"note: the request names none of this catalogue's {len(genres)} genres ({', '.join(genres[:8])}"
+            f"{', ...' if len(genres) > 8 else ''}) nor an attribute the model was trained on (e.g. "
+            f"{', '.join(phrase for phrase, _, _ in list(tasks.ATTRIBUTES.values())[:4])}): these tracks are a guess")
+
+
 def resolve_adapter(run, name):
     if name == "base":
         return None
@@ -149,6 +172,9 @@ def main(argv=None):
     if args.played and "Played before:" not in prompt:
         print("note: this model was trained on prompts that show the context track alone (data.py sft "
               "--prompt-history 1), so the --played tracks are not in the prompt")
+    note = unknown_words_note(args.request, catalog) if named is None else None
+    if note:
+        print(note)
     print(f"prompt: {prompt}")
     if named is not None:   # the prompt shows the track's ID, not its name
         print(f"context track: {tasks.display_artist(catalog.artists[named])} - {catalog.track_name[named]}  "

@@ -269,3 +269,20 @@ def test_ask_uses_the_base_the_run_was_trained_on(tmp_path):
     assert ask.trained_base(str(tmp_path), None) is None                 # no SFT options: the caller's default
     (tmp_path / "sft" / "config.json").write_text(json.dumps({"model": "models/whole"}))
     assert ask.trained_base(str(tmp_path), None) == "models/whole"
+
+
+def test_ask_notes_a_request_in_words_it_was_not_trained_on():
+    """A free-text request with none of the catalogue's genres nor an attribute phrase gets a one-line note."""
+    import ask
+    from tests.conftest import tiny_catalog
+    cat = tiny_catalog(n=2)
+    cat.genres = [["hip-hop"], ["rock"]]
+    for request in ("upbeat rock", "Hip Hop, please", "something for a workout", "music around 120 BPM"):
+        assert ask.unknown_words_note(request, cat) is None, request
+    note = ask.unknown_words_note("Give me some jazz", cat)
+    assert note.startswith("note: the request names none of this catalogue's 2 genres (hip-hop, rock) nor an "
+                           "attribute the model was trained on (e.g. high-energy, chill, upbeat, melancholic)")
+    assert "\n" not in note
+    assert ask.unknown_words_note("rockabilly", cat) is not None      # whole words: "rock" is not in "rockabilly"
+    assert ask.unknown_words_note("Play Artist 1 - Song 1", cat) is None   # a track by name: grounding
+    assert ask.unknown_words_note("Song 0", cat) is None

@@ -158,6 +158,7 @@ def test_ask_for_music(demo_run, tiny_smol):
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l[:3].strip().rstrip(".").isdigit()]
     assert len(lines) == 3 and all("<a_" in l for l in lines)
+    assert "note:" not in r.stdout                                   # rock, upbeat, for a party: trained words
     # a listening history: "something like" a catalogue track, after two others (one given by its ID)
     cat, _ = formats.load_catalog(os.path.join(run, "world", "catalog.csv"))
     ids = dict(l.split("\t", 1) for l in open(os.path.join(run, "rvq", "semantic_ids.tsv")).read().splitlines()[1:])
