@@ -51,7 +51,7 @@ GRAD_CLIP: float = 1.0         # max global gradient norm
 EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
 ID_INITS = ("mean", "descriptions")
-ID_INIT: str = "mean"           # where the new ID rows start (--id-init)
+ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions" measured no better)
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
@@ -498,8 +498,8 @@ def parse_args(argv=None):
     p.add_argument("--id-init", choices=ID_INITS, default=ID_INIT,
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "
-                        "genre and attribute phrases, so SFT need not first tell the rows apart; default "
-                        "%(default)s)")
+                        "genre and attribute phrases, so SFT need not first tell the rows apart; at the demo's budget it "
+                        "ranked no better: README, 'Tried on validation, not kept'; default %(default)s)")
     p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
                    help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
                         "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "
