@@ -82,7 +82,7 @@ def unknown_words_note(request, catalog):
     piano for studying"); a request with none of them ("some jazz" where no track is jazz) still gets K tracks, but
     they say nothing about the request, and a user should be told so.
     """
-    grounding = re.match(r"^\s*(?:play|put on)?\s*(.+?)[\s.!?]*$", request, re.IGNORECASE).group(1)
+    grounding = re.sub(r"^\s*(?:play|put on)\s+|[\s.!?]+$", "", request, flags=re.IGNORECASE)
     if find_track(catalog, grounding) is not None:   # "Play Artist - Title": the grounding task, trained too
         return None
 

@@ -286,3 +286,4 @@ def test_ask_notes_a_request_in_words_it_was_not_trained_on():
     assert ask.unknown_words_note("rockabilly", cat) is not None      # whole words: "rock" is not in "rockabilly"
     assert ask.unknown_words_note("Play Artist 1 - Song 1", cat) is None   # a track by name: grounding
     assert ask.unknown_words_note("Song 0", cat) is None
+    assert ask.unknown_words_note("", cat).startswith("note: ")           # an empty request: noted, no crash
