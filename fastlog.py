@@ -466,3 +466,24 @@ def co_listening(log, catalog, t_val, window=3, id_information=None, id_metadata
             before += len(b)
             bar.update(len(b))
     return _both_ways(counts, n)
+
+
+def listen_labels(log, catalog, t_val, rule=None, id_information=None, id_metadata=None, chunk_bytes=CHUNK_BYTES):
+    """signals.listen_labels on arrays: training-window long listens and skips per track, (long, skip) (N,) int64."""
+    rule = rule or sessions.DwellRule()
+    n = len(catalog)
+    durations = catalog.duration_ms / 1000.0   # seconds, 0 = unknown
+    long, skip = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    stats = {}
+    with progress("long listens and skips") as bar:
+        for b in user_batches(log, catalog, id_information=id_information, id_metadata=id_metadata, stats=stats,
+                              chunk_bytes=chunk_bytes):
+            resolution = stats["resolution_s"]
+            s = Sessions(b, catalog.duration_ms, resolution=resolution)
+            known = b.row >= 0
+            label, _ = label_codes(rule, s.dwell, np.where(known, durations[np.maximum(b.row, 0)], 0.0), resolution)
+            labelled = known & ~np.isnan(s.dwell) & (b.ts < t_val)
+            long += np.bincount(b.row[labelled & (label == 0)], minlength=n)
+            skip += np.bincount(b.row[labelled & (label == 1)], minlength=n)
+            bar.update(len(b))
+    return long, skip

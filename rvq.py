@@ -32,8 +32,8 @@ import sessions
 from common import UserError, atomic_path, fail, need_file, run_main, save_config, write_json
 from formats import IDS_FILE, MODEL_FILE, write_semantic_ids
 from signals import (COLLAB_DIM, COLLAB_RIDGE, COLLAB_WINDOW, COLUMNS, FEATURES, block_scale, co_listening,
-                     fit_cold_map, fit_preprocess, genre_onehot, ppmi_svd, preprocess, signal_blocks, signal_dims,
-                     signal_matrix, with_signal_defaults)
+                     fit_cold_map, fit_preprocess, genre_onehot, listen_labels, ppmi_svd, preprocess, rate_logit,
+                     signal_blocks, signal_dims, signal_matrix, with_signal_defaults)
 
 # -----------------------------------------------------------------------------
 LEVELS: int = 3             # codes per track (TIGER and the seed: 3)
@@ -43,8 +43,14 @@ MAX_ITER: int = 100         # Lloyd iterations per level at most
 TOL: float = 1e-4           # stop a level when the k-means objective drops by less than this fraction
 CHUNK: int = 4096           # rows per distance block: CHUNK x K floats stay in cache (1.5x faster than 16k)
 PURITY_PERMUTATIONS: int = 20  # random code assignments averaged for the genre-purity baseline
-SIGNALS: str = "audio"      # blocks the quantiser reads, comma-separated: audio (the seed's), genre, collab
-WEIGHTS: str = ""           # total variance of each block, comma-separated in SIGNALS order (empty: 1 each)
+SIGNALS: str = "audio"      # blocks the quantiser reads, comma-separated: audio (the seed's), genre, collab, quality
+WEIGHTS: str = ""           # total variance of each block, comma-separated in SIGNALS order (empty: BLOCK_WEIGHTS)
+# a block's total variance when --weights is empty. quality is one column, and at the weight of the others it
+# would split genres (first-code genre purity 0.95 at 0.5): at 0.25 the first code still holds one genre (0.99-1.00
+# on the validation windows of seeds 0 and 1), and a logistic regression on the codes alone, fitted to the 640 DPO
+# training pairs, ranks validation pairs at 0.73-0.74 instead of 0.64, at 0.01-0.02 less next-track HR@10 of the ID
+# prefixes (benchmarks/quality_ids.py; README, "Listening quality in the IDs")
+BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25}
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
@@ -307,6 +313,24 @@ def prefix_genre_purity(codes, primary):
     return out
 
 
+def prefix_rate_explained(codes, logit, warm):
+    """How much of the long-listen rate the ID prefixes tell: for l = 1..L, the share of the variance of the
+    labelled tracks' rate logits that the means of their first-l-code groups explain (1 - within / total).
+
+    codes (N,L), logit (N,), warm (N,) bool -> [L floats]. Worked example: logits [0, 0, 2, 2] with first codes
+    [0, 0, 1, 1] -> 1.0 at level 1; with first codes [0, 1, 0, 1] -> 0.0.
+    """
+    codes, logit = np.asarray(codes)[warm], np.asarray(logit, np.float64)[warm]
+    total = float(((logit - logit.mean()) ** 2).sum())
+    out = []
+    for level in range(1, codes.shape[1] + 1):
+        _, group = np.unique(codes[:, :level], axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        mean = np.bincount(group, weights=logit) / np.bincount(group)
+        out.append(1.0 - float(((logit - mean[group]) ** 2).sum()) / total if total > 0 else 0.0)
+    return out
+
+
 def neighbour_code_share(i, j, c, code1, k, neighbours=KNN_NEIGHBOURS):
     """Share of each track's top co-listening neighbours (item kNN, training window) that share its first code,
     averaged over tracks with a neighbour; and the share expected if first codes were random (sum of squared
@@ -344,6 +368,9 @@ def format_report(rep):
     if nb and nb["share"] is not None:
         lines.append(f"co-listening neighbours sharing the first code: {nb['share']:.3f} "
                      f"(random codes: {nb['random']:.3f}; top {nb['neighbours']} of {nb['tracks']} tracks)")
+    if "rate_explained_per_level" in rep:
+        lines.append("long-listen rate (logit) explained by the ID prefixes (levels 1..L): "
+                     + ", ".join(f"{v:.3f}" for v in rep["rate_explained_per_level"]))
     return "\n".join(lines)
 
 
@@ -358,8 +385,9 @@ def save_rvq(folder, codebooks, params, levels, k):
                     for name in ("mean", "std", "key_scale", "log_eps")})
     tensors["block_scales"] = torch.tensor(p["scales"], dtype=torch.float64)
     tensors["block_weights"] = torch.tensor(p["weights"], dtype=torch.float64)
-    if p.get("collab_map") is not None:
-        tensors["collab_map"] = torch.as_tensor(np.asarray(p["collab_map"], dtype=np.float64)).contiguous()
+    for name in ("collab_map", "quality_map"):
+        if p.get(name) is not None:
+            tensors[name] = torch.as_tensor(np.asarray(p[name], dtype=np.float64)).contiguous()
     # one metadata entry: safetensors writes several in hash order, which would change the file's bytes
     meta = {"rvq": json.dumps({"format": "rvq-1", "features": list(FEATURES), "columns": list(COLUMNS),
                                "levels": levels, "codebook_size": k, "signals": p["signals"],
@@ -394,7 +422,8 @@ def load_rvq(folder):
         "signals": info.get("signals", ["audio"]), "genres": info.get("genres", []), "t_val": info.get("t_val"),
         "scales": tensors["block_scales"].tolist() if "block_scales" in tensors else None,
         "weights": tensors["block_weights"].tolist() if "block_weights" in tensors else None,
-        "collab_map": tensors["collab_map"].numpy() if "collab_map" in tensors else None})
+        "collab_map": tensors["collab_map"].numpy() if "collab_map" in tensors else None,
+        "quality_map": tensors["quality_map"].numpy() if "quality_map" in tensors else None})
     dims = signal_dims(params)
     if books.ndim != 3 or books.shape[2] != dims or info.get("features") != list(FEATURES):
         fail(path, f"codebooks {tuple(books.shape)} / features do not match the signals {params['signals']} "
@@ -408,8 +437,8 @@ def encode_new(features_raw, rvq, primary_genres=None):
     """Codes for tracks outside the catalogue (cold start): (N,10) raw features -> (N,L) int64.
 
     Uses the saved preprocessing and codebooks, greedy like the catalogue. primary_genres (N,) feeds the
-    genre block (an unknown genre: all zeros); the collab block of a new track is predicted from its audio
-    and genre by the saved map, as for the catalogue's cold tracks. Collision resolution applies only to
+    genre block (an unknown genre: all zeros); the collab and quality blocks of a new track are predicted from its
+    audio and genre by the saved maps, as for the catalogue's cold tracks. Collision resolution applies only to
     the catalogue, so a new track may share its full ID with an existing track.
     """
     primary = [""] * len(features_raw) if primary_genres is None else list(primary_genres)
@@ -430,37 +459,47 @@ def train(args):
         raise UserError(f"{n} tracks need more than {args.codebook_size}^{args.levels} IDs; "
                         "raise --levels or --codebook-size")
     signals = [b.strip() for b in args.signals.split(",") if b.strip()]
-    unknown = [b for b in signals if b not in ("audio", "genre", "collab")] or len(set(signals)) < len(signals)
+    unknown = [b for b in signals if b not in BLOCK_WEIGHTS] or len(set(signals)) < len(signals)
     if unknown or not signals:
-        raise UserError(f"--signals {args.signals!r}: expected a comma-separated subset of audio, genre, collab")
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(signals)
+        raise UserError(f"--signals {args.signals!r}: expected a comma-separated subset of "
+                        f"{', '.join(BLOCK_WEIGHTS)}")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [BLOCK_WEIGHTS[b] for b in signals]
     if len(weights) != len(signals) or min(weights) <= 0:
         raise UserError(f"--weights {args.weights!r}: one positive number per signal ({', '.join(signals)})")
-    if "collab" in signals and not args.logs:
-        raise UserError("--signals collab needs --logs (the listening log; only its training window is read)")
+    for b in ("collab", "quality"):
+        if b in signals and not args.logs:
+            raise UserError(f"--signals {b} needs --logs (the listening log; only its training window is read)")
     primary = [g[0] if len(g) else "" for g in catalog.genres]
     params = fit_preprocess(catalog.features)
     params.update(signals=signals, weights=weights, genres=sorted(set(primary)))
-    cooc, collab = None, None
+    cooc, collab, quality = None, None, None
     if args.logs:
         # the same time split as data.py sft, so only training-window listening shapes the IDs
-        split, co = sessions.split_times, co_listening
+        split, co, labels = sessions.split_times, co_listening, listen_labels
         if logfiles.log_engine(args.engine, args.logs) == "numpy":   # the same passes on arrays, the same counts
-            split, co = fastlog.split_times, fastlog.co_listening
+            split, co, labels = fastlog.split_times, fastlog.co_listening, fastlog.listen_labels
         inputs = sessions.split_inputs(args.logs, args.catalog, args.id_information, args.id_metadata,
                                        args.val_fraction, args.test_fraction)   # before the log is read
         params["t_val"], t_test = split(args.logs, catalog, args.id_information, args.id_metadata,
                                         args.val_fraction, args.test_fraction)
         cooc = co(args.logs, catalog, params["t_val"], args.collab_window, args.id_information, args.id_metadata)
+    content = np.hstack([preprocess(catalog.features, params), genre_onehot(primary, params["genres"])])
     if "collab" in signals:
         emb = ppmi_svd(*cooc, n, args.collab_dim, args.seed)
         warm = np.abs(emb).sum(1) > 0
-        content = np.hstack([preprocess(catalog.features, params), genre_onehot(primary, params["genres"])])
         params["collab_map"] = fit_cold_map(content, emb, warm, args.collab_ridge)
         collab = (emb, warm)
         print(f"collab block: {int(warm.sum())} of {n} tracks co-listened in the training window; "
               f"{n - int(warm.sum())} placed from their audio and genre")
-    blocks = signal_blocks(catalog.features, primary, params, collab)
+    if "quality" in signals:
+        long, skip = labels(args.logs, catalog, params["t_val"], id_information=args.id_information,
+                            id_metadata=args.id_metadata)
+        logit, warm = rate_logit(long, skip)[:, None], (long + skip) > 0
+        params["quality_map"] = fit_cold_map(content, logit, warm, args.collab_ridge)
+        quality = (logit, warm)
+        print(f"quality block: {int(warm.sum())} of {n} tracks long-listened or skipped in the training window; "
+              f"{n - int(warm.sum())} placed from their audio and genre")
+    blocks = signal_blocks(catalog.features, primary, params, collab, quality)
     # one block: used as it is (the seed's input); several: each scaled to its weight's total variance
     params["scales"] = [1.0] if len(signals) == 1 else [block_scale(blocks[b]) for b in signals]
     x = torch.from_numpy(signal_matrix(blocks, params))  # (N,D) float64
@@ -472,6 +511,9 @@ def train(args):
     rep["signals"] = {"blocks": signals, "weights": weights, "dims": {b: blocks[b].shape[1] for b in signals}}
     if collab is not None:
         rep["signals"]["collab_warm_tracks"] = int(collab[1].sum())
+    if quality is not None:
+        rep["signals"]["quality_warm_tracks"] = int(quality[1].sum())
+        rep["rate_explained_per_level"] = prefix_rate_explained(codes_unique, quality[0][:, 0], quality[1])
     rep["genre_purity"]["per_level"] = prefix_genre_purity(codes_unique, primary)
     if cooc is not None:
         rep["colisten_neighbours_sharing_code1"] = neighbour_code_share(*cooc, codes_unique[:, 0].numpy(),
@@ -516,9 +558,12 @@ def main(argv=None):
     t.add_argument("--tol", type=float, default=TOL, help="relative objective drop that stops a level")
     t.add_argument("--signals", default=SIGNALS,
                    help="what the IDs encode, comma-separated: audio (the seed's 10 features), genre (one-hot "
-                        "primary genre), collab (co-listening of the training window; needs --logs)")
+                        "primary genre), collab (co-listening of the training window; needs --logs), quality "
+                        "(the training window's long-listen rate; needs --logs)")
     t.add_argument("--weights", default=WEIGHTS,
-                   help="total variance of each signal block, in --signals order (default 1 each)")
+                   help="total variance of each signal block, in --signals order (default "
+                        f"{', '.join(f'{b} {w:g}' for b, w in BLOCK_WEIGHTS.items())}: quality is one column that "
+                        "would otherwise split genres)")
     t.add_argument("--logs", default=None,
                    help="listening log: its training window feeds the collab block and the quality sheet")
     t.add_argument("--id-information", default=None, help="Music4All id_information (for Music4All ids)")
@@ -531,7 +576,7 @@ def main(argv=None):
     t.add_argument("--collab-window", type=int, default=COLLAB_WINDOW,
                    help="plays at most this far apart in a session co-occur")
     t.add_argument("--collab-ridge", type=float, default=COLLAB_RIDGE,
-                   help="ridge of the audio+genre -> collab map that places cold tracks")
+                   help="ridge of the audio+genre -> collab (and quality) maps that place cold tracks")
     t.add_argument("--engine", choices=logfiles.ENGINES, default="auto", help=logfiles.ENGINE_HELP)
     e = sub.add_parser("encode", help="codes for new tracks from a trained quantiser")
     e.add_argument("--rvq", required=True, help="folder written by `rvq.py train`")

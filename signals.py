@@ -4,6 +4,8 @@
           pitch-class circle): 11 columns
   genre   one-hot primary genre
   collab  PPMI + truncated SVD of training-window co-listening; cold tracks get a ridge map of their content
+  quality the logit of each track's training-window long-listen rate (long listens and skips, as data.py prefs
+          labels them); cold tracks, never labelled there, get a ridge map of their content
 Each block is scaled to a chosen total variance (rvq.py --weights), so that it weighs what its weight says, not what
 its width says. rvq.py quantises the concatenation.
 """
@@ -20,7 +22,7 @@ import sessions
 LOG_EPS: float = 1e-3       # log(x + eps): values below ~1e-3 (a third of instrumentalness is 0) stay near one point
 COLLAB_DIM: int = 16        # PPMI-SVD dimensions of the collab block (enough for 20 genres' neighbourhoods)
 COLLAB_WINDOW: int = 3      # plays within this distance in a session co-occur (as the item kNN's counts)
-COLLAB_RIDGE: float = 1.0   # ridge of the content -> collab map that places cold tracks
+COLLAB_RIDGE: float = 1.0   # ridge of the content -> collab map that places cold tracks (and the quality map)
 FEATURES = formats.FEATURES   # the seed's 10 audio features, raw units, this order
 SKEWED = ("speechiness", "acousticness", "instrumentalness", "liveness")
 COLUMNS = ("danceability", "energy", "key_cos", "key_sin", "loudness", "speechiness", "acousticness",
@@ -90,6 +92,11 @@ def preprocess(features_raw, params):
 #           behind item2vec); tracks that people play one after another get nearby vectors, hence prefixes.
 #           A track never played in the training window (cold start, or a new track) gets the vector a ridge
 #           regression predicts from its audio and genre blocks.
+#   quality logit of the track's smoothed long-listen rate in the training window, (long + 1) / (long + skip + 2):
+#           what the long-listen-rate baseline scores. Some tracks are skipped by almost everyone (intros, weak
+#           songs); with this block such tracks share codes, so a preference learnt on one code (DPO on a few
+#           hundred pairs) carries to every track holding it, where per-track IDs would need a pair per track.
+#           A cold track gets the logit a ridge regression predicts from its audio and genre blocks.
 
 def block_scale(x):
     """1 / sqrt(total variance) of a block x (N, d): multiplying by it gives the block total variance 1."""
@@ -127,6 +134,38 @@ def co_listening(log, catalog, t_val, window=COLLAB_WINDOW, id_information=None,
     return keys[:, 0], keys[:, 1], np.array(list(counts.values()), dtype=np.int64)
 
 
+def listen_labels(log, catalog, t_val, rule=None, id_information=None, id_metadata=None):
+    """Training-window long listens and skips per track: (long (N,), skip (N,)) int64 arrays.
+
+    As `data.py prefs` counts them for the long-listen-rate baseline (prefs/track_labels.npz) with its default
+    options: sessions split at sessions.SESSION_GAP, a play's dwell the time to the next play (capped at the
+    track's length), labelled by rule (default the seed's: over 90 s long, under 30 s a skip), plays before t_val
+    only. fastlog.listen_labels is the same on arrays.
+    """
+    rule = rule or sessions.DwellRule()
+    long, skip = np.zeros(len(catalog), dtype=np.int64), np.zeros(len(catalog), dtype=np.int64)
+    stats = {}
+    for _, plays in logfiles.iter_user_plays(log, catalog, id_information=id_information, id_metadata=id_metadata,
+                                             stats=stats):
+        resolution = stats["resolution_s"]   # known before the first user arrives
+        for sess in sessions.sessions_of(plays, catalog, resolution=resolution):
+            for ts, row, dwell in sess:
+                if row >= 0 and dwell is not None and ts < t_val:
+                    label = rule.label(dwell, catalog.duration_ms[row] / 1000.0, resolution)[0]
+                    long[row] += label == "chosen"
+                    skip[row] += label == "rejected"
+    return long, skip
+
+
+def rate_logit(long, skip):
+    """logit of the smoothed long-listen rate (long + 1) / (long + skip + 2) (Laplace's rule), (N,) in and out.
+
+    The baseline's score, on a scale without bounds: 3 long listens and 1 skip -> rate 4/6 -> log 2 = 0.693;
+    a track never labelled -> rate 1/2 -> 0. Equal to log((long + 1) / (skip + 1)).
+    """
+    return np.log((np.asarray(long, np.float64) + 1.0) / (np.asarray(skip, np.float64) + 1.0))
+
+
 def ppmi(i, j, c, n):
     """Positive PMI of each count: max(0, log(c_ij * total / (c_i * c_j))), c_i = row sums. (M,) in, (M,) out.
 
@@ -160,7 +199,7 @@ def ppmi_svd(i, j, c, n, dim, seed=0):
 
 
 def fit_cold_map(content, emb, warm, ridge=COLLAB_RIDGE):
-    """Ridge regression content -> collab vector on the warm tracks: W (D + 1, dim), bias in the last row.
+    """Ridge regression content -> collab (or quality) vector on the warm tracks: W (D + 1, dim), bias last.
 
     content (N, D), emb (N, dim), warm (N,) bool. A cold track's vector is [content, 1] @ W.
     """
@@ -170,21 +209,24 @@ def fit_cold_map(content, emb, warm, ridge=COLLAB_RIDGE):
     return np.linalg.solve(x.T @ x + reg, x.T @ emb[warm])
 
 
-def signal_blocks(features_raw, primary, rvq_params, collab=None):
+def signal_blocks(features_raw, primary, rvq_params, collab=None, quality=None):
     """{name: (N, d) unscaled block} for the signals in rvq_params["signals"].
 
-    collab: the catalogue's PPMI-SVD vectors (N, dim) and warm mask (N,), or None for new tracks, whose
-    collab vectors (like the catalogue's cold ones) are predicted from [audio, genre] by the saved map.
+    collab: the catalogue's PPMI-SVD vectors (N, dim) and warm mask (N,); quality: its rate logits (N, 1) and
+    labelled mask (N,); None for new tracks, whose collab and quality (like the catalogue's cold ones) are
+    predicted from [audio, genre] by the saved maps.
     """
     audio = preprocess(features_raw, rvq_params)
     genre = genre_onehot(primary, rvq_params["genres"])
     blocks = {"audio": audio, "genre": genre}
-    if "collab" in rvq_params["signals"]:
-        pred = np.hstack([audio, genre, np.ones((len(audio), 1))]) @ rvq_params["collab_map"]
-        if collab is not None:
-            emb, warm = collab
-            pred[warm] = emb[warm]
-        blocks["collab"] = pred
+    content = np.hstack([audio, genre, np.ones((len(audio), 1))])
+    for name, known in (("collab", collab), ("quality", quality)):
+        if name in rvq_params["signals"]:
+            pred = content @ rvq_params[f"{name}_map"]
+            if known is not None:
+                values, warm = known
+                pred[warm] = values[warm]
+            blocks[name] = pred
     return {name: blocks[name] for name in rvq_params["signals"]}
 
 
@@ -196,14 +238,16 @@ def with_signal_defaults(params):
     p["weights"] = list(p.get("weights") or [1.0] * len(p["signals"]))
     p["scales"] = list(p.get("scales") or [1.0] * len(p["signals"]))
     p.setdefault("collab_map", None)
+    p.setdefault("quality_map", None)
     p.setdefault("t_val", None)
     return p
 
 
 def signal_dims(params):
     """Width of the quantiser's input for these signals."""
-    widths = {"audio": len(COLUMNS), "genre": len(params["genres"]),
-              "collab": 0 if params.get("collab_map") is None else np.asarray(params["collab_map"]).shape[1]}
+    widths = {"audio": len(COLUMNS), "genre": len(params["genres"])}
+    for name in ("collab", "quality"):
+        widths[name] = 0 if params.get(f"{name}_map") is None else np.asarray(params[f"{name}_map"]).shape[1]
     return sum(widths[b] for b in params["signals"])
 
 

@@ -473,3 +473,29 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     for options in ([], ["--max-train", "3", "--session-gap", "100000"]):
         out = tmp_path / ("prefs" + "".join(options))
         run_both("prefs", out, "--sft-data", str(sft), *options)
+
+
+@pytest.mark.parametrize("layout", ["clean", "onion"])
+def test_listen_labels_are_the_long_listen_rate_baselines(worlds, tmp_path, layout):
+    """rvq.py's quality block counts each track's training-window long listens and skips exactly as `data.py
+    prefs` counts them for the long-listen-rate baseline (prefs/track_labels.npz), with either engine; and
+    `rvq.py train --signals audio,genre,collab,quality` writes the same files with both."""
+    d, logs = worlds[0]
+    w = d / "world"
+    cat, ids = catalog_of(d)
+    data.main(["sft", "--catalog", str(w / "catalog.csv"), "--rvq", str(d / "rvq"), "--logs", logs[layout],
+               "--id-information", ids["id_information"], "--id-metadata", ids["id_metadata"],
+               "--attribute-examples", "20", "--grounding-examples", "10", "--test-attributes", "5",
+               "--out", str(tmp_path / "sft")])
+    data.main(["prefs", "--sft-data", str(tmp_path / "sft"), "--out", str(tmp_path / "prefs")])
+    want = np.load(tmp_path / "prefs" / "track_labels.npz")
+    t_val = json.load(open(tmp_path / "sft" / "meta.json"))["t_val"]
+    for count in (signals.listen_labels, fastlog.listen_labels):
+        long, skip = count(logs[layout], cat, t_val, **ids)
+        assert long.sum() > 0 and skip.sum() > 0
+        assert np.array_equal(long, want["long"]) and np.array_equal(skip, want["skip"])
+    for engine in ("loop", "numpy"):
+        rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(tmp_path / engine), "--codebook-size",
+                  "8", "--signals", "audio,genre,collab,quality", "--logs", logs[layout], "--id-information",
+                  ids["id_information"], "--id-metadata", ids["id_metadata"], "--engine", engine])
+    assert "rvq.safetensors" in same_files(tmp_path / "loop", tmp_path / "numpy", skip=("rvq_config.json",))

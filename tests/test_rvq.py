@@ -385,3 +385,44 @@ def test_train_with_genre_and_collab_signals(tmp_path):
     with pytest.raises(UserError, match="--weights"):
         rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,genre",
                   "--weights", "1"])
+
+
+def test_rate_logit_and_the_rate_the_prefixes_explain():
+    # (long + 1) / (long + skip + 2): 3 long, 1 skip -> 4/6, logit log 2; never labelled -> 1/2, logit 0
+    assert signals.rate_logit([3, 0, 0], [1, 0, 4]) == pytest.approx([math.log(2), 0.0, math.log(1 / 5)])
+    logit, warm = np.array([0.0, 0.0, 2.0, 2.0, 9.0]), np.array([True, True, True, True, False])
+    same = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [1, 2]])       # first codes split the logits exactly
+    assert rvq.prefix_rate_explained(same, logit, warm) == pytest.approx([1.0, 1.0])
+    mixed = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0, 0]])      # first codes blind; both codes: one track each
+    assert rvq.prefix_rate_explained(mixed, logit, warm) == pytest.approx([0.0, 1.0])
+    # logits [0, 1, 2] in groups {0, 1}, {2}: group means 0.5, 2; within 0.5, total 2 -> 0.75 explained
+    assert rvq.prefix_rate_explained(np.array([[0], [0], [1]]), np.array([0.0, 1.0, 2.0]),
+                                     np.ones(3, bool)) == pytest.approx([0.75])
+
+
+def test_train_with_the_quality_signal(tmp_path):
+    """--signals ...,quality: the block of training-window long-listen rates at its default weight (0.25), the
+    share of the rate each prefix explains in the quality sheet, its cold-track map saved and used for new
+    tracks, and the one-line error without --logs."""
+    import world
+    w = tmp_path / "world"
+    world.main(["generate", "--out", str(w), "--tracks", "300", "--users", "40", "--genres", "6", "--seed", "1"])
+    logs = ["--logs", str(w / "userid_trackid_timestamp.tsv"), "--id-information", str(w / "id_information.csv"),
+            "--id-metadata", str(w / "id_metadata.csv")]
+    out = tmp_path / "rvq"
+    rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--codebook-size", "8",
+              "--signals", "audio,genre,collab,quality"] + logs)
+    rep = json.loads((out / rvq.REPORT_FILE).read_text())
+    assert rep["signals"]["weights"] == [1.0, 1.0, 1.0, 0.25] and rep["signals"]["dims"]["quality"] == 1
+    assert 0 < rep["signals"]["quality_warm_tracks"] <= 300
+    explained = rep["rate_explained_per_level"]
+    assert len(explained) == 3 and 0 <= explained[0] <= explained[1] <= explained[2] == pytest.approx(1.0)
+    model = rvq.load_rvq(out)
+    assert model["params"]["quality_map"].shape == (11 + 6 + 1, 1)
+    assert model["codebooks"].shape[2] == 11 + 6 + 16 + 1
+    cat, _ = formats.load_catalog(w / "catalog.csv")
+    new = rvq.encode_new(cat.features, model, [g[0] for g in cat.genres])   # every track as if it were new
+    _, ids = formats.load_semantic_ids(out / formats.IDS_FILE)
+    assert new.shape == (300, 3) and (new[:, 0].numpy() == ids[:, 0]).mean() > 0.9
+    with pytest.raises(UserError, match="--signals quality needs --logs"):
+        rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,quality"])
