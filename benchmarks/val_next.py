@@ -23,6 +23,10 @@ an option can be weighed without the test set as well.
 And hallucination (--hallucination-prompts, half next-track queries, half attribute requests): each adapter decodes
 them without constraints (evaluate.py's beam), hallucinated@1 = its best beam is no catalogue track; per prompt, so
 two adapters pair on the same prompts.
+And preferences (--pairs, default RUN/prefs/val.jsonl): each adapter's accuracy on validation preference pairs
+(chosen above rejected by summed log-prob, evaluate.py's rule) beside the long-listen rate's on the same pairs. The
+demo keeps 96 validation pairs; `data.py prefs --max-val 3000 --out ELSEWHERE` writes every pair of the window
+(its val.jsonl; the pairs are the same tracks whatever the Semantic IDs, so two runs' rows pair).
 --pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
 """
 import argparse
@@ -52,6 +56,7 @@ QUERIES: int = 200              # validation next-track queries (as many as the 
 SEED: int = 0                   # the draw of the queries and the bootstrap
 BATCH_SIZE: int = 8             # prompts per exact-ranking batch
 K: int = 10                     # HR@K, NDCG@K, P@K
+PAIRS: str = ""                 # validation preference pairs; "" = RUN/prefs/val.jsonl, "none" = skip them
 ATTRIBUTE_QUERIES: int = 40     # attribute requests (as many as the test set's default)
 HALLUCINATION_PROMPTS: int = 200  # prompts decoded without constraints per adapter: half next-track, half attribute
 # -----------------------------------------------------------------------------
@@ -119,6 +124,9 @@ def hallucinated_at_1(model, fmt, prompts, trie, batch_size):
     return out
 
 
+RATE = "long-listen rate"       # the preference baseline beside the adapters (evaluate.py's strongest)
+
+
 def paired_from_files(a, b, seed=SEED):
     """Paired HR@10 / NDCG@10 difference of row A minus row B read from two --out JSONs, each "FILE:ROW".
 
@@ -141,9 +149,13 @@ def paired_from_files(a, b, seed=SEED):
     if not same:
         raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
                         "--queries and --seed)")
-    return {(f"{m}@{K}" if m != "hallucinated" else "hallucinated@1"):
-            metrics.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
-            for m in ("hit", "ndcg", "precision", "hallucinated") if m in da["hits"][na] and m in db["hits"][nb]}
+    both = "preference" in da["hits"][na] and "preference" in db["hits"][nb]
+    if both and da["hits"].get(RATE) != db["hits"].get(RATE):   # the rate's per-pair hits depend on the pairs alone
+        raise UserError(f"{pa} and {pb} were not made on the same preference pairs (--pairs)")
+    name = {"hallucinated": "hallucinated@1", "preference": "preference accuracy"}
+    return {name.get(m, f"{m}@{K}"): metrics.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
+            for m in ("hit", "ndcg", "precision", "hallucinated", "preference")
+            if m in da["hits"][na] and m in db["hits"][nb]}
 
 
 def main(argv=None):
@@ -160,6 +172,9 @@ def main(argv=None):
                         "attribute requests (as evaluate.py's test prompts); hallucinated@1 = best beam is no track "
                         "(default %(default)s; 0: skip)")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries and the bootstrap")
+    p.add_argument("--pairs", default=PAIRS,
+                   help="validation preference pairs each adapter ranks beside the long-listen rate (default "
+                        "RUN/prefs/val.jsonl; 'none' skips them; more pairs: `data.py prefs --max-val 3000`)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per exact-ranking batch")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (optional)")
     p.add_argument("--pair", nargs=2, metavar="FILE:ROW", default=None,
@@ -195,6 +210,16 @@ def main(argv=None):
         print(f"{name:24s} HR@{K} {np.mean(hits[name]['hit']):.3f}  NDCG@{K} {np.mean(hits[name]['ndcg']):.3f}",
               flush=True)
 
+    pairs_path = (os.path.join(args.run, "prefs", "val.jsonl") if args.pairs == "" else
+                  None if args.pairs == "none" else args.pairs)
+    if pairs_path:   # the tracks of each pair, and the long-listen rate's hit on it
+        need_file(pairs_path, "validation preference pairs (data.py prefs)")
+        pair_ch, pair_rj = E.pair_rows(pairs_path, index)
+        _, _, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
+        hits[RATE] = {"preference": B.pair_accuracy(B.long_listen_rate(labels["long"], labels["skip"]),
+                                                    pair_ch, pair_rj).tolist()}
+        print(f"{len(pair_ch)} validation preference pairs from {pairs_path}; {RATE} accuracy "
+              f"{np.mean(hits[RATE]['preference']):.3f}")
     print(f"{len(queries)} validation next-track queries from {sft_data}/val.jsonl")
     record("genre popularity", lambda i: B.genre_popularity_scores(
         popularity, genres[catalog.genres[queries[i][1][-1]][0]]))
@@ -242,6 +267,12 @@ def main(argv=None):
             hits[name]["hallucinated"] = hallucinated_at_1(model, fmt, h_prompts, trie, args.batch_size)
             print(f"{'':24s} hallucinated@1 (unconstrained, {len(h_prompts)} prompts) "
                   f"{np.mean(hits[name]['hallucinated']):.3f}")
+        if pairs_path:
+            on = argparse.Namespace(device=str(next(model.parameters()).device),
+                                    score_batch_size=E.SCORE_BATCH_SIZE)   # evaluate.py's scoring batches
+            hits[name]["preference"] = E.preference_accuracy(model, fmt, pairs_path, on).tolist()
+            print(f"{'':24s} validation preference accuracy {np.mean(hits[name]['preference']):.3f} "
+                  f"({len(pair_ch)} pairs)")
         summary_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
         d = read_json(summary_path, "summary") if os.path.exists(summary_path) else {}
         if "eval/logp_accuracy" in d:
@@ -253,16 +284,22 @@ def main(argv=None):
     table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
              for n, h in hits.items()}
     for n, h in hits.items():
-        if "hallucinated" in h:
-            table[n]["hallucinated@1"] = metrics.bootstrap_ci(h["hallucinated"], seed=args.seed)
+        for m, label in (("hallucinated", "hallucinated@1"), ("preference", "preference accuracy")):
+            if m in h:
+                table[n][label] = metrics.bootstrap_ci(h[m], seed=args.seed)
     paired = {}
     if adapters:
         ref = adapters[0][0]
         print(f"\npaired against {ref} (95% interval)")
         for name in [n for n in hits if n != ref]:
-            d = metrics.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
-            paired[f"{name} - {ref}"] = d
-            print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+            if "hit" in hits[name]:
+                d = metrics.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
+                paired[f"{name} - {ref}"] = d
+                print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+            if "preference" in hits[name] and "preference" in hits[ref]:
+                d = metrics.paired_bootstrap(hits[name]["preference"], hits[ref]["preference"], seed=args.seed)
+                paired[f"{name} - {ref} (preferences)"] = d
+                print(f"  {name} - {ref} preference accuracy: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
             if "precision" in hits[name] and "precision" in hits[ref]:
                 d = metrics.paired_bootstrap(hits[name]["precision"], hits[ref]["precision"], seed=args.seed)
                 paired[f"{name} - {ref} (attributes)"] = d

@@ -180,6 +180,31 @@ def test_ask_for_music(demo_run, tiny_smol):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no trained adapter" in r.stderr
 
 
+def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
+    """benchmarks/val_next.py on the run: the adapters and the baselines on validation queries, and each adapter's
+    accuracy on the validation preference pairs beside the long-listen rate's on the same pairs."""
+    run, _ = demo_run
+    out = tmp_path / "val.json"
+    r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--run", run, "--model", tiny_smol, "--queries", "6",
+                        "--attribute-queries", "3", "--hallucination-prompts", "2", "--adapter",
+                        f"SFT={run}/sft/adapter", "--adapter", f"DPO={run}/dpo/adapter", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hits = json.load(open(out))["hits"]
+    pairs = [json.loads(l) for l in open(os.path.join(run, "prefs", "val.jsonl"))]
+    labels = np.load(os.path.join(run, "prefs", "track_labels.npz"))
+    cat, _ = formats.load_catalog(os.path.join(run, "world", "catalog.csv"))
+    row = {t: i for i, t in enumerate(cat.track_id)}
+    rate = (labels["long"] + 1.0) / (labels["long"] + labels["skip"] + 2.0)     # Laplace, as evaluate.py
+    want = [1.0 if rate[row[p["chosen_track"]]] > rate[row[p["rejected_track"]]] else
+            0.5 if rate[row[p["chosen_track"]]] == rate[row[p["rejected_track"]]] else 0.0 for p in pairs]
+    assert pairs and hits["long-listen rate"]["preference"] == want
+    for name in ("SFT", "DPO"):
+        assert len(hits[name]["preference"]) == len(pairs) and len(hits[name]["hit"]) == 6
+        assert set(hits[name]["preference"]) <= {0.0, 0.5, 1.0}
+    assert "SFT - DPO preference accuracy" not in r.stdout and "DPO - SFT preference accuracy" in r.stdout
+
+
 def test_sigkill_during_sft_resumes_to_the_same_adapter(demo_run, tiny_smol, tmp_path):
     run, _ = demo_run
     extra = {"SFT_STEPS": "40", "SFT_ARGS": "--eval-every 2 --eval-examples 4 --micro-batch-size 2"}

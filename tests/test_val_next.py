@@ -47,6 +47,28 @@ def test_pair_rows_of_two_files_on_the_same_queries(tmp_path):
         paired_from_files(f"{tmp_path}/a.json:DPO", f"{tmp_path}/b.json:SFT")
 
 
+def test_pair_preference_rows_only_on_the_same_pairs(tmp_path):
+    import json
+
+    import pytest
+
+    from common import UserError
+    from val_next import RATE, paired_from_files
+    base = {"genre popularity": {"hit": [1, 0], "ndcg": [1, 0]}, "item kNN": {"hit": [0, 1], "ndcg": [0, 1]},
+            RATE: {"preference": [1, 1, 0, 0.5]}}
+    a = {"queries": 2, "hits": {**base, "DPO_q": {"hit": [1, 0], "ndcg": [1, 0], "preference": [1, 1, 1, 0]}}}
+    b = {"queries": 2, "hits": {**base, "DPO": {"hit": [0, 0], "ndcg": [0, 0], "preference": [1, 0, 0.5, 0]}}}
+    json.dump(a, open(tmp_path / "a.json", "w"))
+    json.dump(b, open(tmp_path / "b.json", "w"))
+    d = paired_from_files(f"{tmp_path}/a.json:DPO_q", f"{tmp_path}/b.json:DPO")
+    assert d["preference accuracy"][0] == pytest.approx((0 + 1 + 0.5 + 0) / 4)   # per pair, paired
+    assert d["hit@10"][0] == pytest.approx(0.5)
+    b["hits"][RATE]["preference"] = [1, 1, 0, 0]   # other pairs: refused
+    json.dump(b, open(tmp_path / "b.json", "w"))
+    with pytest.raises(UserError, match="same preference pairs"):
+        paired_from_files(f"{tmp_path}/a.json:DPO_q", f"{tmp_path}/b.json:DPO")
+
+
 def test_attribute_queries_are_distinct_requests_with_every_matching_track_relevant():
     from val_next import attribute_queries
     cat = tiny_catalog(n=20)
