@@ -15,9 +15,11 @@ def test_linear_gflops_counts_two_flops_per_multiply_add(monkeypatch):
 
 
 def test_matrix_rows_take_the_shapes_of_the_models_config(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "intermediate_size": 24}))
-    bench_cpu.main(["--model", str(tmp_path), "--rows", "4", "--no-step"])
+    # 64 x 192 at 16 rows: enough work a call that the rate prints above 0.0 (at 8 x 24 and 4 rows a call was a few
+    # hundred FLOPs, timing noise, and the one-decimal rate sometimes printed 0.0)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "intermediate_size": 192}))
+    bench_cpu.main(["--model", str(tmp_path), "--rows", "16", "--no-step"])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[-3:-2] in (["float32"], ["bfloat16"])]
-    assert [r[1] for r in rows] == ["8x24", "8x24", "24x8", "24x8", "8x8", "8x8"]
+    assert [r[1] for r in rows] == ["64x192", "64x192", "192x64", "192x64", "64x64", "64x64"]
     assert all(float(r[-1]) > 0 and float(r[-2]) > 0 for r in rows)
