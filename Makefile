@@ -41,7 +41,9 @@ ID_META ?= $(WORLD)/id_metadata.csv
 
 # --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores (24 on slower AVX2-only ones: README)
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
-# co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them)
+# co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them);
+# SIGNALS=audio,genre,collab,quality adds each track's training-window long-listen rate (README, "Listening quality
+# in the IDs": measured, not the default)
 SIGNALS ?= audio,genre,collab
 # SEED_CONFIG=1: the seed notebook's configuration in one option: the whole model (240 SFT steps, the time of the
 # demo's), audio-only IDs, prompts that name the track, SFT loss on the answers only, and pure DPO (no NLL term)

@@ -58,6 +58,9 @@ ROWS = {
     "layers15": ("default, but the embedded model's first 15 of its 30 decoder layers, and SFT 480 steps (the same "
                  "SFT time; DPO and evaluation half theirs): the demo's default",
                  {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480"}, None),
+    "quality": ("layers15, and a fourth block in the Semantic IDs: each track's training-window long-listen rate "
+                "(weight 0.25)", {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480"},
+                None),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0
