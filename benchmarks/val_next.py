@@ -125,6 +125,9 @@ def hallucinated_at_1(model, fmt, prompts, trie, batch_size):
 
 
 RATE = "long-listen rate"       # the preference baseline beside the adapters (evaluate.py's strongest)
+# what is paired against the first adapter: (per-query key, suffix of the --out key, printed name)
+PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference accuracy"),
+          ("precision", " (attributes)", f"attribute P@{K}"), ("hallucinated", " (hallucinated@1)", "hallucinated@1"))
 
 
 def paired_from_files(a, b, seed=SEED):
@@ -292,22 +295,11 @@ def main(argv=None):
         ref = adapters[0][0]
         print(f"\npaired against {ref} (95% interval)")
         for name in [n for n in hits if n != ref]:
-            if "hit" in hits[name]:
-                d = metrics.paired_bootstrap(hits[name]["hit"], hits[ref]["hit"], seed=args.seed)
-                paired[f"{name} - {ref}"] = d
-                print(f"  {name} - {ref} HR@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
-            if "preference" in hits[name] and "preference" in hits[ref]:
-                d = metrics.paired_bootstrap(hits[name]["preference"], hits[ref]["preference"], seed=args.seed)
-                paired[f"{name} - {ref} (preferences)"] = d
-                print(f"  {name} - {ref} preference accuracy: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
-            if "precision" in hits[name] and "precision" in hits[ref]:
-                d = metrics.paired_bootstrap(hits[name]["precision"], hits[ref]["precision"], seed=args.seed)
-                paired[f"{name} - {ref} (attributes)"] = d
-                print(f"  {name} - {ref} attribute P@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
-            if "hallucinated" in hits[name] and "hallucinated" in hits[ref]:
-                d = metrics.paired_bootstrap(hits[name]["hallucinated"], hits[ref]["hallucinated"], seed=args.seed)
-                paired[f"{name} - {ref} (hallucinated@1)"] = d
-                print(f"  {name} - {ref} hallucinated@1: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+            for metric, suffix, label in PAIRED:
+                if metric in hits[name] and metric in hits[ref]:
+                    d = metrics.paired_bootstrap(hits[name][metric], hits[ref][metric], seed=args.seed)
+                    paired[f"{name} - {ref}{suffix}"] = d
+                    print(f"  {name} - {ref} {label}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr_queries), "table": table,
                               "paired": paired, "hits": hits,

@@ -350,14 +350,19 @@ def test_cold_map_recovers_a_linear_relation():
     assert np.allclose(pred[~warm], emb[~warm], atol=1e-4)              # the cold tracks are placed right
 
 
-def test_train_with_genre_and_collab_signals(tmp_path):
-    """rvq.py train on a small world: genre-pure first codes, a saved model that encodes new tracks like the
-    catalogue's cold ones, the quality sheet's new entries, and one-line errors for bad options."""
+def small_world(tmp_path):
+    """A world of 300 tracks in 6 genres and 40 listeners, and rvq.py's options for its log: (folder, options)."""
     import world
     w = tmp_path / "world"
     world.main(["generate", "--out", str(w), "--tracks", "300", "--users", "40", "--genres", "6", "--seed", "1"])
-    logs = ["--logs", str(w / "userid_trackid_timestamp.tsv"), "--id-information", str(w / "id_information.csv"),
-            "--id-metadata", str(w / "id_metadata.csv")]
+    return w, ["--logs", str(w / "userid_trackid_timestamp.tsv"), "--id-information", str(w / "id_information.csv"),
+               "--id-metadata", str(w / "id_metadata.csv")]
+
+
+def test_train_with_genre_and_collab_signals(tmp_path):
+    """rvq.py train on a small world: genre-pure first codes, a saved model that encodes new tracks like the
+    catalogue's cold ones, the quality sheet's new entries, and one-line errors for bad options."""
+    w, logs = small_world(tmp_path)
     out = tmp_path / "rvq"
     rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--levels", "3",
               "--codebook-size", "8", "--signals", "audio,genre,collab", "--weights", "1,4,1"] + logs)
@@ -404,11 +409,7 @@ def test_train_with_the_quality_signal(tmp_path):
     """--signals ...,quality: the block of training-window long-listen rates at its default weight (0.25), the
     share of the rate each prefix explains in the quality sheet, its cold-track map saved and used for new
     tracks, and the one-line error without --logs."""
-    import world
-    w = tmp_path / "world"
-    world.main(["generate", "--out", str(w), "--tracks", "300", "--users", "40", "--genres", "6", "--seed", "1"])
-    logs = ["--logs", str(w / "userid_trackid_timestamp.tsv"), "--id-information", str(w / "id_information.csv"),
-            "--id-metadata", str(w / "id_metadata.csv")]
+    w, logs = small_world(tmp_path)
     out = tmp_path / "rvq"
     rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--codebook-size", "8",
               "--signals", "audio,genre,collab,quality"] + logs)
