@@ -565,7 +565,8 @@ def main(argv=None):
                         f"{', '.join(f'{b} {w:g}' for b, w in BLOCK_WEIGHTS.items())}: quality is one column that "
                         "would otherwise split genres)")
     t.add_argument("--logs", default=None,
-                   help="listening log: its training window feeds the collab block and the quality sheet")
+                   help="listening log: its training window feeds the collab and quality blocks and the quality "
+                        "sheet")
     t.add_argument("--id-information", default=None, help="Music4All id_information (for Music4All ids)")
     t.add_argument("--id-metadata", default=None, help="Music4All id_metadata (join by spotify_id)")
     t.add_argument("--val-fraction", type=float, default=sessions.VAL_FRACTION,
