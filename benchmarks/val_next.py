@@ -202,7 +202,7 @@ def main(argv=None):
     code_row = {tuple(int(c) for c in C[r]): r for r in range(len(catalog)) if C[r, 0] >= 0}
     n_items = len(catalog)
     queries = val_queries(sft_data, args.queries, args.seed, code_row)
-    popularity, cooc, _ = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
+    popularity, cooc, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     genres = B.genre_masks(catalog.genres)
     hits, pref_acc = {}, {}
 
@@ -218,7 +218,6 @@ def main(argv=None):
     if pairs_path:   # the tracks of each pair, and the long-listen rate's hit on it
         need_file(pairs_path, "validation preference pairs (data.py prefs)")
         pair_ch, pair_rj = E.pair_rows(pairs_path, index)
-        _, _, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
         hits[RATE] = {"preference": B.pair_accuracy(B.long_listen_rate(labels["long"], labels["skip"]),
                                                     pair_ch, pair_rj).tolist()}
         print(f"{len(pair_ch)} validation preference pairs from {pairs_path}; {RATE} accuracy "
