@@ -43,7 +43,12 @@ BETA: float = 0.1              # strength of the KL anchor to the reference (DPO
 LOSS_TYPE: str = "sigmoid"     # sigmoid (DPO), cdpo (conservative, label smoothing), robust, ipo, hinge, sdpo
 LABEL_SMOOTHING: float = 0.0   # eps of cdpo / robust: the share of labels assumed flipped
 STEPS: int = 80                # optimizer steps
-BATCH_SIZE: int = 8            # pairs per optimizer step
+BATCH_SIZE: int = 8            # pairs per optimizer step (prompts per step with PAIRS_PER_PROMPT > 1)
+# pairs of one prompt trained together: the pairs of a context (the same prompt, other users and sessions) share
+# one forward of the prompt, ~90% of a pair's tokens, so a step of 4 prompts x up to 8 pairs takes the time of one of
+# 8 pairs and learns from ~2.7x the pairs (README, "More pairs per DPO step"); 1: each step draws BATCH_SIZE pairs of
+# any prompts (the seed's batches)
+PAIRS_PER_PROMPT: int = 1
 MICRO_BATCH_SIZE: int = 8      # pairs per forward (each forward holds 2x as many sequences)
 LR: float = 5e-5               # peak LR of LoRA; 2e-4 already swung answer log-probs by 5-10 nats in 20 steps
 ID_LR: float = 5e-4            # peak LR of the Semantic-ID rows, where per-track preferences live; 2e-3 and
@@ -229,60 +234,85 @@ def concatenated_logps(model, pairs, pad_id, device, shared_prompt=True):
     """(policy_chosen_logps (B,), policy_rejected_logps (B,)): summed answer log-probs of each pair's answers.
 
     shared_prompt False is the plain path: the stacked sequences of concatenated_batch in one forward. True, the
-    default, gives the same numbers faster: the prompt, about 90% of a pair's tokens, runs once for both answers
-    (answer_set_logps; tests/test_dpo.py checks the two against each other, values and gradients).
+    default, gives the same numbers faster: each distinct prompt, about 90% of a pair's tokens, runs once for every
+    answer of every pair that shares it, and an answer given twice to one prompt (a track chosen in two pairs of
+    one context) runs once (answers_logps; tests/test_dpo.py checks the two against each other, values and
+    gradients).
     """
     if not shared_prompt:
         ids, attn, loss_mask = (t.to(device) for t in concatenated_batch(pairs, pad_id))
         return sequence_logps(model, ids, attn, loss_mask).split(len(pairs))
-    logps = answer_set_logps(model, [p for p, _, _ in pairs], [[c for _, c, _ in pairs], [r for _, _, r in pairs]],
-                             pad_id, device)
-    return logps[0], logps[1]
+    prompt_index, answer_index = {}, {}
+
+    def slot(prompt, answer):   # the row of (prompt, answer) among the distinct ones, added on first sight
+        p = prompt_index.setdefault(tuple(prompt), len(prompt_index))
+        return answer_index.setdefault((p, tuple(answer)), len(answer_index))
+
+    chosen = [slot(p, c) for p, c, _ in pairs]
+    rejected = [slot(p, r) for p, _, r in pairs]
+    prompts = [list(p) for p in prompt_index]
+    logps = answers_logps(model, prompts, [list(a) for _, a in answer_index], [p for p, _ in answer_index],
+                          pad_id, device)
+    return logps[torch.tensor(chosen, device=logps.device)], logps[torch.tensor(rejected, device=logps.device)]
 
 
 def answer_set_logps(model, prompts, answer_sets, pad_id, device):
     """Summed log-probs (S, B) of S answers to each of B prompts (answer_sets: S lists of B answers).
 
-    The answers share their prompt, which is ~90% of the tokens of a pair: one forward runs the B
-    prompts (left-padded) and keeps their KV cache; a second forward runs the S x B answers, set by
-    set, concatenated on that cache (repeated S times, so the gradient of every answer flows back into
-    the one prompt computation). DPO has S = 2 (chosen, rejected); S-DPO 1 + K.
+    answers_logps with the S x B answers set by set, answer n continuing prompt n mod B. S-DPO's forward: the
+    chosen answer and K rejected ones of each prompt (S = 1 + K).
     """
     B, S = len(prompts), len(answer_sets)
+    answers = [a for answer_set in answer_sets for a in answer_set]
+    return answers_logps(model, prompts, answers, list(range(B)) * S, pad_id, device).view(S, B)
+
+
+def answers_logps(model, prompts, answers, prompt_of, pad_id, device):
+    """Summed log-probs (N,) of N answers, answer n continuing prompt prompt_of[n] (prompts: B token lists).
+
+    The answers share their prompts, ~90% of a pair's tokens: one forward runs the B prompts (left-padded) and
+    keeps their KV cache; a second forward runs the N answers on that cache, whose rows are the prompts' picked
+    by prompt_of (a prompt with several answers is repeated, and the gradient of every answer flows back into
+    the one prompt computation).
+    """
     ids, attn, pos = (t.to(device) for t in M.left_pad(prompts, pad_id))                     # (B, Tp)
     out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    answers = [a for answer_set in answer_sets for a in answer_set]
-    a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (SB, A)
+    a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (N, A)
+    rows = torch.as_tensor(prompt_of, device=device)                                             # (N,)
     cache = out.cache
-    cache.reorder_cache(torch.arange(B).repeat(S).to(device))                       # rows: prompts S times
-    attn2 = torch.cat([attn.repeat(S, 1), a_mask], dim=1)                            # (SB, Tp + A)
-    pos2 = pos[:, -1:].repeat(S, 1) + 1 + torch.arange(a_ids.shape[1], device=device)
+    cache.reorder_cache(rows)                                                        # rows: each answer's prompt
+    attn2 = torch.cat([attn[rows], a_mask], dim=1)                                   # (N, Tp + A)
+    pos2 = pos[rows, -1:] + 1 + torch.arange(a_ids.shape[1], device=device)
     h_ans = model.model(input_ids=a_ids, attention_mask=attn2, position_ids=pos2, cache=cache,
-                        use_cache=True).last_hidden_state                            # (SB, A, H)
+                        use_cache=True).last_hidden_state                            # (N, A, H)
     # the prompt's last position predicts answer token 0; answer position j predicts token j + 1
-    h = torch.cat([out.last_hidden_state[:, -1:].repeat(S, 1, 1), h_ans[:, :-1]], dim=1)          # (SB, A, H)
+    h = torch.cat([out.last_hidden_state[rows, -1:], h_ans[:, :-1]], dim=1)          # (N, A, H)
     mask = a_mask.bool()
     logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
     logps = torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).squeeze(1)
-    row = torch.arange(S * B, device=device)[:, None].expand_as(mask)[mask]
-    seq = torch.zeros(S * B, device=device).index_add(0, row, logps)                 # summed, not averaged
-    return seq.view(S, B)
+    row = torch.arange(len(answers), device=device)[:, None].expand_as(mask)[mask]
+    return torch.zeros(len(answers), device=device).index_add(0, row, logps)       # summed, not averaged
 
 
 @torch.no_grad()
 def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
-    """Summed log-probs of chosen and rejected answers for all pairs: two (N,) fp32 tensors.
+    """Summed log-probs of chosen and rejected answers for all pairs: two (N,) fp32 tensors, in the pairs' order.
 
-    Under torchrun each rank scores every N-th batch and all of them get every batch's scores back.
+    The pairs go through in order of their prompts, so that the pairs of one context land in one batch and share
+    its prompt's forward (concatenated_logps). Under torchrun each rank scores every N-th batch and all of them get
+    every batch's scores back.
     """
     model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
     out = []
     for s in tqdm(ddp.shard(range(0, len(pairs), batch_size)), desc=desc, disable=ddp.bar_off(), leave=False):
         with M.autocast(device):
-            c, r = concatenated_logps(model, pairs[s:s + batch_size], pad_id, device)
+            c, r = concatenated_logps(model, [pairs[i] for i in order[s:s + batch_size]], pad_id, device)
         out.append((c.float().cpu(), r.float().cpu()))
-    chosen, rejected = zip(*ddp.gather(out))
-    return torch.cat(chosen), torch.cat(rejected)
+    chosen, rejected = (torch.cat(x) for x in zip(*ddp.gather(out)))
+    back = torch.empty(len(pairs), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(pairs))   # position of each pair in the sorted order
+    return chosen[back], rejected[back]
 
 
 def base_weights_sha256(folder):
@@ -292,13 +322,40 @@ def base_weights_sha256(folder):
 
 
 def drawn_pairs(schedule):
-    """The training pairs a run draws: the distinct indices of its (steps, batch_size) schedule, ascending.
+    """The training pairs a run draws: the distinct indices of its schedule (a (steps, batch_size) array, or
+    prompt_schedule's list of steps), ascending.
 
     Only they need reference log-probs. `data.py prefs --max-train 0` keeps every pair (~20k in the demo world)
-    while 80 steps of 8 draw at most 640. Ascending, so that when every pair is drawn the reference batches are
-    those of the file order, and the floats are the same as scoring the whole file.
+    while 80 steps of 8 draw at most 640. Ascending, so that when every pair is drawn they are the whole file in its
+    order, and the floats are those of scoring the whole file.
     """
-    return np.unique(schedule)
+    return np.unique(np.concatenate([np.asarray(s) for s in schedule]))
+
+
+def prompt_schedule(pairs, steps, prompts_per_step, per_prompt, seed):
+    """Pair indices of every step, drawn by prompt: `prompts_per_step` prompts a step, each with up to `per_prompt`
+    of the training pairs that share it (a fresh random choice each time the prompt is drawn).
+
+    Each epoch is a fresh permutation of the distinct prompts (a context's pairs, other users and sessions after
+    the same track, share it); a last incomplete step of an epoch is dropped, as in sft.batch_schedule. Returns a
+    list of `steps` int arrays, a prompt's pairs next to each other (their lengths vary: a prompt may have fewer
+    than `per_prompt` pairs). Example: prompts A (pairs 0, 2, 5) and B (pair 1), 1 prompt a step, 2 pairs a prompt:
+    steps like [2, 0], [1], [5, 2], ...
+    """
+    groups = {}
+    for i, (prompt, _, _) in enumerate(pairs):
+        groups.setdefault(tuple(prompt), []).append(i)
+    groups = list(groups.values())
+    if len(groups) < prompts_per_step:
+        raise UserError(f"{len(groups)} distinct prompts among the training pairs, fewer than one step of "
+                        f"{prompts_per_step}")
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < steps:
+        perm = rng.permutation(len(groups))
+        for s in range(0, len(perm) - prompts_per_step + 1, prompts_per_step):
+            out.append(np.concatenate([rng.permutation(groups[g])[:per_prompt] for g in perm[s:s + prompts_per_step]]))
+    return out[:steps]
 
 
 def spread(values, index, n):
@@ -381,8 +438,11 @@ def train(args):
         save_config(args.out, args)
 
     # the pairs each step trains on, fixed by the seed; reference log-probs are needed for those only
-    schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
-                                  args.batch_size, args.seed)
+    if args.pairs_per_prompt > 1:
+        schedule = prompt_schedule(train_pairs, args.steps, args.batch_size, args.pairs_per_prompt, args.seed)
+    else:
+        schedule = sft.batch_schedule([len(p) + len(c) + len(r) for p, c, r in train_pairs], args.steps,
+                                      args.batch_size, args.seed)
     drawn = drawn_pairs(schedule)
     if args.loss_type == "sdpo":   # K rejected answers per pair: the pair's own and its more_rejected
         slots, slot_mask = rejected_slots(train_pairs, read_more_rejected(os.path.join(args.pairs, "train.jsonl"),
@@ -499,6 +559,8 @@ def train(args):
     summary = {"best_step": best["step"], "eval/loss": best["eval/loss"],
                "eval/logp_accuracy": best["eval/logp_accuracy"], "select": args.select, "steps": args.steps,
                "train_pairs": len(train_pairs), "train_pairs_drawn": len(drawn), "held_out_pairs": len(val_pairs),
+               # which lines of train.jsonl (0-based) the steps drew: evaluate.py fits its '(pairs)' baselines on them
+               "train_pairs_drawn_index": drawn.tolist(),
                "step0": final[0], "best": next(h for h in final if h["step"] == best["step"])}
     if not ddp.is_main():
         return summary
@@ -535,7 +597,13 @@ def parse_args(argv=None):
                    help="weight of the NLL term on the chosen answer, inside the loss (RPO); 0: pure DPO, as the seed")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                   help="pairs per optimizer step; under torchrun, split evenly among the processes "
+                   help="pairs per optimizer step, or prompts per step with --pairs-per-prompt above 1; under "
+                        "torchrun, split evenly among the processes (default %(default)s)")
+    p.add_argument("--pairs-per-prompt", type=int, default=PAIRS_PER_PROMPT,
+                   help="train up to this many pairs of each drawn prompt together: the pairs of one context share "
+                        "one forward of its prompt, ~90%% of a pair's tokens, so a step of 4 prompts x up to 8 pairs "
+                        "takes the time of one of 8 pairs and learns from ~2.7x the pairs (needs pairs that share "
+                        "prompts: data.py prefs --max-train 0 keeps them all); 1: batches of pairs of any prompts "
                         "(default %(default)s)")
     p.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE,
                    help="pairs per forward, each holding twice as many sequences; gradients accumulate up to "
@@ -566,7 +634,9 @@ def parse_args(argv=None):
                    help="continue from --out/checkpoint.pt if it was made from the same inputs and options "
                         "(else start over)")
     args = p.parse_args(argv)
-    if args.batch_size % args.micro_batch_size:
+    if args.pairs_per_prompt < 1:
+        p.error("--pairs-per-prompt must be at least 1")
+    if args.pairs_per_prompt == 1 and args.batch_size % args.micro_batch_size:
         p.error("--batch-size must be a multiple of --micro-batch-size")
     if not 0 <= args.label_smoothing < 0.5:
         p.error("--label-smoothing must be in [0, 0.5)")

@@ -120,8 +120,11 @@ def test_shared_prompt_gradients_equal_full_forward(tiny_smol):
         torch.nn.init.normal_(m.lora_B.weight, std=0.2)
     fmt = M.PromptFormat(tok, vocab)
     pad = M.pad_id_of(tok)
+    # pairs 0 and 2 share their prompt (one forward of it), and pair 2 rejects what pair 0 chose (one forward of
+    # that answer, its log-prob used twice)
     pairs = [(fmt.prompt("rock"), fmt.answer((0, 1, 2)), fmt.answer((1, 2, 3))),
-             (fmt.prompt("a longer request for jazz"), fmt.answer((3, 0, 0)), fmt.answer((0, 0, 0)))]
+             (fmt.prompt("a longer request for jazz"), fmt.answer((3, 0, 0)), fmt.answer((0, 0, 0))),
+             (fmt.prompt("rock"), fmt.answer((2, 2, 2)), fmt.answer((0, 1, 2)))]
 
     def grads(fn):
         model.zero_grad()
@@ -131,6 +134,33 @@ def test_shared_prompt_gradients_equal_full_forward(tiny_smol):
     shared = grads(lambda: dpo.concatenated_logps(model, pairs, pad, "cpu"))
     full = grads(lambda: dpo.concatenated_logps(model, pairs, pad, "cpu", shared_prompt=False))
     assert torch.allclose(shared, full, atol=1e-5)
+    with torch.no_grad():
+        pc, pr = dpo.concatenated_logps(model, pairs, pad, "cpu")
+        assert pr[2] == pc[0]                     # the same (prompt, answer): one row, not two equal ones
+        # score_pairs scores in prompt order, in batches that split the shared prompt's pairs; the pairs' order back
+        c, r = dpo.score_pairs(model, pairs, pad, "cpu", batch_size=2)
+        assert torch.allclose(c, pc, atol=1e-5) and torch.allclose(r, pr, atol=1e-5)
+
+
+def test_prompt_schedule():
+    """Steps of whole prompts: each prompt once an epoch, up to per_prompt of its pairs, by the seed."""
+    A, B, C = [1], [2], [3]
+    pairs = [(A, [0], [9]), (B, [0], [9]), (A, [1], [9]), (C, [0], [9]), (A, [2], [9]), (B, [1], [9])]
+    prompt_of = [p[0] for p, _, _ in pairs]
+    steps = dpo.prompt_schedule(pairs, steps=6, prompts_per_step=1, per_prompt=2, seed=0)
+    assert len(steps) == 6
+    for epoch in (steps[:3], steps[3:]):
+        assert sorted(prompt_of[s[0]] for s in epoch) == [1, 2, 3]      # every prompt once an epoch
+    for s in steps:
+        assert len({prompt_of[i] for i in s}) == 1 and len(set(s.tolist())) == len(s)
+        assert len(s) == min(2, prompt_of.count(prompt_of[s[0]]))      # A: 2 of its 3 pairs; C: its 1
+    again = dpo.prompt_schedule(pairs, steps=6, prompts_per_step=1, per_prompt=2, seed=0)
+    assert all(a.tolist() == b.tolist() for a, b in zip(steps, again))
+    two = dpo.prompt_schedule(pairs, steps=4, prompts_per_step=2, per_prompt=8, seed=1)
+    assert all(len({prompt_of[i] for i in s}) == 2 for s in two)       # 3 prompts: one step an epoch, 1 left over
+    assert dpo.drawn_pairs(two).tolist() == sorted(set(i for s in two for i in s.tolist()))
+    with pytest.raises(dpo.UserError, match="3 distinct prompts"):
+        dpo.prompt_schedule(pairs, steps=1, prompts_per_step=4, per_prompt=2, seed=0)
 
 
 def test_reference_cache_knows_its_base(tiny_smol, smol_tokenizer, tmp_path):

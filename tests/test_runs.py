@@ -167,3 +167,33 @@ def test_sdpo_run_uses_more_rejected(tiny_smol, tmp_path):
     assert any(not torch.allclose(b[k], c[k], atol=1e-6) for k in b)   # the further rejected answers count
     log = [json.loads(l) for l in open(tmp_path / "sdpo3" / "log.jsonl")]
     assert all(math.isfinite(r["loss"]) for r in log[1:])
+
+
+def test_dpo_pairs_per_prompt_trains_whole_prompts(tiny_smol, tmp_path, monkeypatch):
+    """--pairs-per-prompt 2 with 2 prompts a step: each step holds 2 prompts and at most 2 pairs of each; the
+    reference is scored for the drawn pairs only, and summary.json lists them for evaluate.py's '(pairs)' rows."""
+    import evaluate
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=2)
+    sizes = [3, 3, 1, 5]                          # pairs of each of 4 prompts, 12 in all, the prompts interleaved
+    prompt_of = [g for k in range(max(sizes)) for g in range(4) if k < sizes[g]]
+    with open(tmp_path / "prefs" / "train.jsonl", "w") as f:
+        for i, g in enumerate(prompt_of):
+            f.write(json.dumps({"prompt": f"something like <a_{g}><b_1><c_2>", "chosen": formats.id_text((g, 1, 3)),
+                                "rejected": formats.id_text(((g + 1) % 4, 2, i % 4))}) + "\n")
+    real_drawn, schedules = dpo.drawn_pairs, []
+    monkeypatch.setattr(dpo, "drawn_pairs", lambda schedule: schedules.append(schedule) or real_drawn(schedule))
+    out = tmp_path / "grouped"
+    dpo.main(argv + ["--out", str(out), "--batch-size", "2", "--pairs-per-prompt", "2"])
+    steps = schedules[0]
+    assert len(steps) == 2
+    for s in steps:
+        groups = [prompt_of[i] for i in s.tolist()]
+        assert len(set(groups)) == 2 and all(groups.count(g) == min(2, sizes[g]) for g in set(groups))
+    drawn = sorted(set(i for s in steps for i in s.tolist()))
+    summary = json.load(open(out / "summary.json"))
+    assert summary["train_pairs_drawn_index"] == drawn and summary["train_pairs_drawn"] == len(drawn)
+    with safe_open(str(out / "ref_logps.safetensors"), "pt") as f:
+        assert f.get_tensor("train/chosen").shape == (len(drawn),)
+    assert evaluate.drawn_pairs(str(out), 12).tolist() == drawn
+    assert evaluate.drawn_pairs(str(out), 13).tolist() == list(range(13))       # another file: every pair
+    assert evaluate.drawn_pairs(str(tmp_path / "nowhere"), 3).tolist() == [0, 1, 2]
