@@ -478,8 +478,10 @@ def train(args):
         p.requires_grad_(True)
     trainable, total = lora.count_parameters(model)
     if ddp.is_main():
-        print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs "
-              f"({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} held-out pairs; "
+        n_prompts = len({tuple(p) for p, _, _ in train_pairs})   # what --pairs-per-prompt groups by
+        print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs with "
+              f"{n_prompts:,} distinct prompts ({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} "
+              f"held-out pairs; "
               f"beta {args.beta}, loss {args.loss_type}")
     opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0)
     step, best, history = 0, None, []

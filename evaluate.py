@@ -201,7 +201,7 @@ def pair_rows(path, row_of_track):
             np.array([row_of_track[r["rejected_track"]] for r in rows], dtype=np.int64))
 
 
-def drawn_pairs(dpo_dir, n):
+def pairs_dpo_drew(dpo_dir, n):
     """Indices of the training pairs dpo.py drew (its summary.json), so that the '(pairs)' baselines see exactly
     the DPO training data when train.jsonl holds more pairs than the steps draw (data.py prefs --max-train 0); all
     n where the summary does not say (an older run) or counts another file."""
@@ -299,7 +299,7 @@ def evaluate(args):
     pref_path = os.path.join(prefs_dir, "test.jsonl")
     test_ch, test_rj = pair_rows(pref_path, row_of_track)
     train_ch, train_rj = pair_rows(os.path.join(prefs_dir, "train.jsonl"), row_of_track)
-    drawn = drawn_pairs(os.path.dirname(os.path.normpath(adapters["dpo"])), len(train_ch))
+    drawn = pairs_dpo_drew(os.path.dirname(os.path.normpath(adapters["dpo"])), len(train_ch))
     train_ch, train_rj = train_ch[drawn], train_rj[drawn]   # the pairs DPO trained on, not the whole file
     prefs = {name: B.pair_accuracy(sc, test_ch, test_rj) for name, sc in B.preference_scores(
         feats, popularity, labels["long"], labels["skip"], train_ch, train_rj).items()}

@@ -194,6 +194,6 @@ def test_dpo_pairs_per_prompt_trains_whole_prompts(tiny_smol, tmp_path, monkeypa
     assert summary["train_pairs_drawn_index"] == drawn and summary["train_pairs_drawn"] == len(drawn)
     with safe_open(str(out / "ref_logps.safetensors"), "pt") as f:
         assert f.get_tensor("train/chosen").shape == (len(drawn),)
-    assert evaluate.drawn_pairs(str(out), 12).tolist() == drawn
-    assert evaluate.drawn_pairs(str(out), 13).tolist() == list(range(13))       # another file: every pair
-    assert evaluate.drawn_pairs(str(tmp_path / "nowhere"), 3).tolist() == [0, 1, 2]
+    assert evaluate.pairs_dpo_drew(str(out), 12).tolist() == drawn
+    assert evaluate.pairs_dpo_drew(str(out), 13).tolist() == list(range(13))       # another file: every pair
+    assert evaluate.pairs_dpo_drew(str(tmp_path / "nowhere"), 3).tolist() == [0, 1, 2]
