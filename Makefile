@@ -41,10 +41,10 @@ ID_META ?= $(WORLD)/id_metadata.csv
 
 # --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores (24 on slower AVX2-only ones: README)
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
-# co-listening); SIGNALS=audio is the seed's IDs (README: the ablation table compares them);
-# SIGNALS=audio,genre,collab,quality adds each track's training-window long-listen rate (README, "Listening quality
-# in the IDs": measured, not the default)
-SIGNALS ?= audio,genre,collab
+# co-listening), quality (each track's training-window long-listen rate: a preference DPO learns on one code then
+# carries to every track holding it; README, "Listening quality in the IDs"); SIGNALS=audio is the seed's IDs,
+# SIGNALS=audio,genre,collab the demo's before 2026-12-02 (README: the ablation table compares them)
+SIGNALS ?= audio,genre,collab,quality
 # SEED_CONFIG=1: the seed notebook's configuration in one option: the whole model (240 SFT steps, the time of the
 # demo's), audio-only IDs, prompts that name the track, SFT loss on the answers only, and pure DPO (no NLL term)
 SEED_CONFIG ?=
@@ -55,6 +55,10 @@ SIGNALS := audio
 CONTEXT_TEXT := name
 SEED_SFT_ARGS := --prompt-id-weight 0
 SEED_DPO_ARGS := --rpo-alpha 0
+TRAIN_PAIRS := 640
+DPO_BATCH := 8
+DPO_PAIRS_PER_PROMPT := 1
+DPO_SELECT := accuracy
 endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
@@ -73,10 +77,20 @@ SFT_STEPS ?= 480
 SFT_BATCH ?= 16
 SFT_ARGS ?=
 DPO_STEPS ?= 80
-DPO_BATCH ?= 8
+# a DPO step: DPO_BATCH prompts and up to DPO_PAIRS_PER_PROMPT pairs of each, the pairs of one context sharing one
+# forward of its prompt (~90% of a pair's tokens), so 2.7x the pairs of a step of 8 in its time (README, "More
+# pairs per DPO step"); DPO_PAIRS_PER_PROMPT=1: steps of DPO_BATCH pairs of any prompts (the demo before 2026-12-02)
+DPO_BATCH ?= 4
+DPO_PAIRS_PER_PROMPT ?= 8
+# pairs per forward of the grouped steps: a step's 4 x 8 in one
+DPO_MICRO_BATCH ?= 32
+# the DPO weights kept: last (the final ones) or accuracy (the step of the best accuracy on the VAL_PAIRS validation
+# pairs, which at 96 pairs chose by chance: README, "96 validation pairs choose DPO's checkpoint by chance")
+DPO_SELECT ?= last
 DPO_ARGS ?=
-# DPO_STEPS x DPO_BATCH: reference log-probs are computed once for every training pair kept
-TRAIN_PAIRS ?= 640
+# training pairs kept (0: all of them, which the grouped steps need to find a context's pairs together); the
+# reference log-probs are computed once for each pair a step draws
+TRAIN_PAIRS ?= 0
 VAL_PAIRS ?= 96
 TEST_PAIRS ?= 700
 PREFS_ARGS ?=
@@ -152,6 +166,8 @@ PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --
 	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS) $(PREFS_ARGS)
 DPO_CMD = $(LAUNCH) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
 	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SEED_DPO_ARGS) \
+	  $(if $(filter-out 1,$(DPO_PAIRS_PER_PROMPT)),--pairs-per-prompt $(DPO_PAIRS_PER_PROMPT) \
+	  --micro-batch-size $(DPO_MICRO_BATCH)) $(if $(filter-out accuracy,$(DPO_SELECT)),--select $(DPO_SELECT)) \
 	  $(DPO_ARGS)
 SASREC_CMD = $(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
 EVAL_CMD = $(LAUNCH) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) $(EVAL_ARGS)

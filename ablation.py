@@ -26,7 +26,10 @@ from common import UserError, atomic_open, run_main, write_json
 # before `default` SFT on the answer tokens alone, LoRA dropout 0.05 (every row before `dropout0`), and before that
 # prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT steps; they say so, so that each still reruns
 # as it ran.
-WHOLE = {"LAYERS": "30", "SFT_STEPS": "240"}
+# Every row before `grouped` ran DPO as the demo did before 2026-12-02: 80 steps of 8 pairs from 640 training pairs,
+# the weights of the best accuracy on the 96 validation pairs.
+EARLIER_DPO = {"TRAIN_PAIRS": "640", "DPO_BATCH": "8", "DPO_PAIRS_PER_PROMPT": "1", "DPO_SELECT": "accuracy"}
+WHOLE = {"LAYERS": "30", "SFT_STEPS": "240", **EARLIER_DPO}
 EARLIER_SFT = {**WHOLE, "SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
 NAMES = {**EARLIER_SFT, "CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
 ROWS = {
@@ -56,11 +59,15 @@ ROWS = {
     "default": ("dropout0, and the prompt's Semantic IDs are SFT targets too (weight 1): the demo's default before "
                 "the model was cut to 15 layers", {"SIGNALS": "audio,genre,collab", **WHOLE}, None),
     "layers15": ("default, but the embedded model's first 15 of its 30 decoder layers, and SFT 480 steps (the same "
-                 "SFT time; DPO and evaluation half theirs): the demo's default",
-                 {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480"}, None),
+                 "SFT time; DPO and evaluation half theirs): the demo's default before 2026-12-02",
+                 {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480", **EARLIER_DPO}, None),
     "quality": ("layers15, and a fourth block in the Semantic IDs: each track's training-window long-listen rate "
-                "(weight 0.25)", {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480"},
-                None),
+                "(weight 0.25)", {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480",
+                                  **EARLIER_DPO}, None),
+    "grouped": ("quality, and DPO steps of 4 prompts x up to 8 pairs each, drawn from every training pair, to its "
+                "final weights: the demo's default",
+                {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", "TRAIN_PAIRS": "0",
+                 "DPO_BATCH": "4", "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}, "quality"),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0

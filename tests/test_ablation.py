@@ -73,3 +73,15 @@ def test_dpo_row_keeps_the_copied_stages(tmp_path, monkeypatch):
     stamp = os.path.getmtime(row / ".stamps" / "sft")
     for stage in ("world", "rvq", "sft_data", "sft", "sasrec"):
         assert os.path.getmtime(row / stage / "out.json") >= stamp
+
+
+def test_rows_before_grouped_keep_the_dpo_they_ran_with():
+    """The demo's DPO changed on 2026-12-02 (grouped steps from every training pair, the final weights); each row
+    before `grouped` pins the earlier one, so `make demo` gives it the command lines it ran with (its stamps hold)."""
+    names = list(ablation.ROWS)
+    assert names[-1] == "grouped" and ablation.ROWS["grouped"][2] == "quality"
+    for name in names[:-1]:
+        assert ablation.EARLIER_DPO.items() <= ablation.ROWS[name][1].items(), name
+    grouped, quality = ablation.ROWS["grouped"][1], ablation.ROWS["quality"][1]
+    assert {k: v for k, v in grouped.items() if k not in ablation.EARLIER_DPO} == \
+        {k: v for k, v in quality.items() if k not in ablation.EARLIER_DPO}   # the same SFT: a DPO row

@@ -245,18 +245,26 @@ def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer
 
 
 def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
-    """The demo trains the 15-layer cut for 480 steps; SEED_CONFIG=1 the whole model for 240, with the seed's
-    audio-only IDs, answer-only SFT loss and pure DPO (the commands `make -n` prints)."""
+    """The demo trains the 15-layer cut for 480 steps on IDs with the quality block, and DPO on steps of 4 prompts
+    x up to 8 pairs drawn from every training pair, to its final weights; SEED_CONFIG=1 the whole model for 240,
+    with the seed's audio-only IDs, answer-only SFT loss, and pure DPO on 80 steps of 8 of 640 pairs (the
+    commands `make -n` prints)."""
     def commands(*extra):
         r = subprocess.run(["make", "-n", "-C", ROOT, "demo", f"RUN={tmp_path / 'run'}", "VENV_STAMP=", *extra],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        return {w: next(l for l in r.stdout.splitlines() if f" {w}.py " in l) for w in ("rvq", "sft", "dpo")}
+        return {w: next(l for l in r.stdout.splitlines() if f" {w} " in l)
+                for w in ("rvq.py", "sft.py", "dpo.py", "prefs")}
     demo = commands()
-    assert "--model models/smollm2-135m-l15 --steps 480 " in demo["sft"] and "--rpo-alpha" not in demo["dpo"]
+    assert "--model models/smollm2-135m-l15 --steps 480 " in demo["sft.py"] and "--rpo-alpha" not in demo["dpo.py"]
+    assert "--signals audio,genre,collab,quality " in demo["rvq.py"] and "--max-train 0 " in demo["prefs"]
+    assert ("--batch-size 4 " in demo["dpo.py"] and "--pairs-per-prompt 8 --micro-batch-size 32 --select last"
+            in demo["dpo.py"])
     seed = commands("SEED_CONFIG=1")
-    assert "--model models/smollm2-135m --steps 240 " in seed["sft"] and "--prompt-id-weight 0" in seed["sft"]
-    assert "--signals audio " in seed["rvq"] and "--rpo-alpha 0" in seed["dpo"]
+    assert "--model models/smollm2-135m --steps 240 " in seed["sft.py"] and "--prompt-id-weight 0" in seed["sft.py"]
+    assert "--signals audio " in seed["rvq.py"] and "--rpo-alpha 0" in seed["dpo.py"]
+    assert "--max-train 640 " in seed["prefs"] and "--batch-size 8 " in seed["dpo.py"]
+    assert "--pairs-per-prompt" not in seed["dpo.py"] and "--select" not in seed["dpo.py"]
 
 
 def test_ask_uses_the_base_the_run_was_trained_on(tmp_path):
