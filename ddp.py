@@ -113,12 +113,19 @@ def sum_all(values):
 
 
 def cat_all(t):
-    """A tensor of the same shape from every rank, concatenated along dim 0 in rank order, on every rank."""
+    """Every rank's tensor, concatenated along dim 0 in rank order, on every rank. The ranks' tensors may differ in
+    length along dim 0 (a DPO step of whole prompts, 7 pairs, gives shares of 4 and 3); all_gather wants equal
+    shapes, so each share travels padded to the longest and is cut back after."""
     if world_size() == 1:
         return t
-    parts = [torch.empty_like(t) for _ in range(world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.empty_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(x) for x in sizes]
+    padded = torch.cat([t, t.new_zeros((max(sizes) - t.shape[0], *t.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)])
 
 
 def sum_grads(params):

@@ -162,10 +162,20 @@ def test_resume_under_any_number_of_processes(sft_one, tiny_smol, monkeypatch):
     assert_same_run(tmp / "one", tmp / "killed", "SFT, 1 process vs killed and resumed 1 -> 2 -> 1", first=2)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "sdpo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "sdpo", "grouped"])
 def test_dpo_two_processes_equal_one(sft_one, tiny_smol, tmp_path, loss_type):
+    """grouped: steps of 2 prompts x up to 4 pairs (the demo's --pairs-per-prompt), 16 pairs on 5 prompts, so a
+    step holds 6 or 7 pairs and the two processes' shares differ in length."""
     tmp, _ = sft_one
     pairs = write_pairs(tmp_path / "prefs")
+    grouped = loss_type == "grouped"
+    if grouped:
+        loss_type = "sigmoid"
+        rows = [json.loads(line) for line in open(os.path.join(pairs, "train.jsonl"))]
+        for i, r in enumerate(rows):
+            r["prompt"] = f"More like <a_{i % 5 % 4}><b_{i % 5 // 4}><c_2>, please"
+        with open(os.path.join(pairs, "train.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
     if loss_type == "sdpo":   # S-DPO: two further rejected answers for even pairs, none for odd ones
         rows = [json.loads(line) for line in open(os.path.join(pairs, "train.jsonl"))]
         for i, r in enumerate(rows):
@@ -176,10 +186,16 @@ def test_dpo_two_processes_equal_one(sft_one, tiny_smol, tmp_path, loss_type):
     argv = ["--pairs", pairs, "--sft", str(tmp / "one" / "adapter"), "--model", tiny_smol, "--steps", "4",
             "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2",
             "--warmup-steps", "1", "--loss-type", loss_type]
+    if grouped:
+        argv[argv.index("--batch-size") + 1] = "2"
+        argv += ["--pairs-per-prompt", "4", "--micro-batch-size", "8"]
     dpo.main(argv + ["--out", str(tmp_path / "one")])
     torchrun("dpo.py", argv + ["--out", str(tmp_path / "two")])
     assert [r["step"] for r in read_log(tmp_path / "two")] == [0, 1, 2, 3, 4]
-    assert_same_run(tmp_path / "one", tmp_path / "two", f"DPO ({loss_type}), 1 vs 2 processes")
+    assert_same_run(tmp_path / "one", tmp_path / "two", f"DPO ({loss_type}, {grouped=}), 1 vs 2 processes")
+    if grouped:
+        drawn = json.load(open(tmp_path / "one" / "summary.json"))["train_pairs_drawn_index"]
+        assert len(drawn) > 8 and json.load(open(tmp_path / "two" / "summary.json"))["train_pairs_drawn_index"] == drawn
     from safetensors.torch import load_file          # the reference pass, shared out batch by batch
     a, b = (load_file(str(tmp_path / d / "ref_logps.safetensors")) for d in ("one", "two"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
