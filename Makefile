@@ -60,6 +60,19 @@ DPO_BATCH := 8
 DPO_PAIRS_PER_PROMPT := 1
 DPO_SELECT := accuracy
 endif
+# DEMO_OF=2026-12-01: the demo's options of that day (the ablation's `layers15` row), for the README's figures of
+# then: IDs without the quality block, DPO on 80 steps of 8 of 640 training pairs, the weights of the best accuracy
+# on the validation pairs; options on the command line still win
+DEMO_OF ?=
+ifeq ($(DEMO_OF),2026-12-01)
+SIGNALS := audio,genre,collab
+TRAIN_PAIRS := 640
+DPO_BATCH := 8
+DPO_PAIRS_PER_PROMPT := 1
+DPO_SELECT := accuracy
+else ifneq ($(DEMO_OF),)
+$(error DEMO_OF=$(DEMO_OF): the one earlier demo kept is DEMO_OF=2026-12-01)
+endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
 HISTORY ?= 1

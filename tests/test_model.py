@@ -265,6 +265,13 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     assert "--signals audio " in seed["rvq.py"] and "--rpo-alpha 0" in seed["dpo.py"]
     assert "--max-train 640 " in seed["prefs"] and "--batch-size 8 " in seed["dpo.py"]
     assert "--pairs-per-prompt" not in seed["dpo.py"] and "--select" not in seed["dpo.py"]
+    before = commands("DEMO_OF=2026-12-01", "LAYERS=30")       # the README's `make demo` lines of earlier figures
+    assert "--signals audio,genre,collab " in before["rvq.py"] and "--max-train 640 " in before["prefs"]
+    assert "--model models/smollm2-135m --steps 480 " in before["sft.py"] and "--rpo-alpha" not in before["dpo.py"]
+    assert "--batch-size 8 " in before["dpo.py"] and "--pairs-per-prompt" not in before["dpo.py"]
+    assert "--select" not in before["dpo.py"]
+    assert "--signals audio,genre,collab,quality " in commands("DEMO_OF=2026-12-01", "SIGNALS=audio,genre,collab,"
+                                                               "quality")["rvq.py"]
 
 
 def test_ask_uses_the_base_the_run_was_trained_on(tmp_path):
