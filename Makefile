@@ -55,23 +55,24 @@ SIGNALS := audio
 CONTEXT_TEXT := name
 SEED_SFT_ARGS := --prompt-id-weight 0
 SEED_DPO_ARGS := --rpo-alpha 0
-TRAIN_PAIRS := 640
-DPO_BATCH := 8
-DPO_PAIRS_PER_PROMPT := 1
-DPO_SELECT := accuracy
+EARLIER_DPO := 1
 endif
 # DEMO_OF=2026-12-01: the demo's options of that day (the ablation's `layers15` row), for the README's figures of
-# then: IDs without the quality block, DPO on 80 steps of 8 of 640 training pairs, the weights of the best accuracy
-# on the validation pairs; options on the command line still win
+# then: IDs without the quality block and the earlier DPO (below); options on the command line still win
 DEMO_OF ?=
 ifeq ($(DEMO_OF),2026-12-01)
 SIGNALS := audio,genre,collab
+EARLIER_DPO := 1
+else ifneq ($(DEMO_OF),)
+$(error DEMO_OF=$(DEMO_OF): the one earlier demo kept is DEMO_OF=2026-12-01)
+endif
+# the DPO of the demo before 2026-12-02 (SEED_CONFIG=1 and DEMO_OF=2026-12-01): 80 steps of 8 of 640 training
+# pairs, the weights of the best accuracy on the validation pairs
+ifeq ($(EARLIER_DPO),1)
 TRAIN_PAIRS := 640
 DPO_BATCH := 8
 DPO_PAIRS_PER_PROMPT := 1
 DPO_SELECT := accuracy
-else ifneq ($(DEMO_OF),)
-$(error DEMO_OF=$(DEMO_OF): the one earlier demo kept is DEMO_OF=2026-12-01)
 endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it

@@ -32,6 +32,7 @@ EARLIER_DPO = {"TRAIN_PAIRS": "640", "DPO_BATCH": "8", "DPO_PAIRS_PER_PROMPT": "
 WHOLE = {"LAYERS": "30", "SFT_STEPS": "240", **EARLIER_DPO}
 EARLIER_SFT = {**WHOLE, "SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
 NAMES = {**EARLIER_SFT, "CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
+QUALITY = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480"}   # the `quality` row's SFT
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
               {"SIGNALS": "audio", **NAMES, "EVAL_ARGS": "--ranking beam"}, None),
@@ -62,12 +63,10 @@ ROWS = {
                  "SFT time; DPO and evaluation half theirs): the demo's default before 2026-12-02",
                  {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480", **EARLIER_DPO}, None),
     "quality": ("layers15, and a fourth block in the Semantic IDs: each track's training-window long-listen rate "
-                "(weight 0.25)", {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480",
-                                  **EARLIER_DPO}, None),
+                "(weight 0.25)", {**QUALITY, **EARLIER_DPO}, None),
     "grouped": ("quality, and DPO steps of 4 prompts x up to 8 pairs each, drawn from every training pair, to its "
-                "final weights: the demo's default",
-                {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", "TRAIN_PAIRS": "0",
-                 "DPO_BATCH": "4", "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}, "quality"),
+                "final weights: the demo's default", {**QUALITY, "TRAIN_PAIRS": "0", "DPO_BATCH": "4",
+                                                      "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}, "quality"),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0

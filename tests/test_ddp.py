@@ -186,9 +186,10 @@ def test_dpo_two_processes_equal_one(sft_one, tiny_smol, tmp_path, loss_type):
     argv = ["--pairs", pairs, "--sft", str(tmp / "one" / "adapter"), "--model", tiny_smol, "--steps", "4",
             "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--lr", "1e-2",
             "--warmup-steps", "1", "--loss-type", loss_type]
-    if grouped:
+    if grouped:   # 2 prompts a step, a step's pairs in one forward
         argv[argv.index("--batch-size") + 1] = "2"
-        argv += ["--pairs-per-prompt", "4", "--micro-batch-size", "8"]
+        argv[argv.index("--micro-batch-size") + 1] = "8"
+        argv += ["--pairs-per-prompt", "4"]
     dpo.main(argv + ["--out", str(tmp_path / "one")])
     torchrun("dpo.py", argv + ["--out", str(tmp_path / "two")])
     assert [r["step"] for r in read_log(tmp_path / "two")] == [0, 1, 2, 3, 4]
