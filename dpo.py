@@ -270,23 +270,11 @@ def answer_set_logps(model, prompts, answer_sets, pad_id, device):
 def answers_logps(model, prompts, answers, prompt_of, pad_id, device):
     """Summed log-probs (N,) of N answers, answer n continuing prompt prompt_of[n] (prompts: B token lists).
 
-    The answers share their prompts, ~90% of a pair's tokens: one forward runs the B prompts (left-padded) and
-    keeps their KV cache; a second forward runs the N answers on that cache, whose rows are the prompts' picked
-    by prompt_of (a prompt with several answers is repeated, and the gradient of every answer flows back into
-    the one prompt computation).
+    The answers share their prompts, ~90% of a pair's tokens: sft.prompt_answer_hidden runs the B prompts once
+    and the N answers on their KV cache (a prompt with several answers is repeated, and the gradient of every
+    answer flows back into the one prompt computation).
     """
-    ids, attn, pos = (t.to(device) for t in M.left_pad(prompts, pad_id))                     # (B, Tp)
-    out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (N, A)
-    rows = torch.as_tensor(prompt_of, device=device)                                             # (N,)
-    cache = out.cache
-    cache.reorder_cache(rows)                                                        # rows: each answer's prompt
-    attn2 = torch.cat([attn[rows], a_mask], dim=1)                                   # (N, Tp + A)
-    pos2 = pos[rows, -1:] + 1 + torch.arange(a_ids.shape[1], device=device)
-    h_ans = model.model(input_ids=a_ids, attention_mask=attn2, position_ids=pos2, cache=cache,
-                        use_cache=True).last_hidden_state                            # (N, A, H)
-    # the prompt's last position predicts answer token 0; answer position j predicts token j + 1
-    h = torch.cat([out.last_hidden_state[rows, -1:], h_ans[:, :-1]], dim=1)          # (N, A, H)
+    _, _, _, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
     mask = a_mask.bool()
     logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
     logps = torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).squeeze(1)

@@ -53,6 +53,7 @@ EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed sub
 ID_INITS = ("mean", "descriptions")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions" measured no better)
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
+ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own)
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
 DEVICE: str = "auto"           # cpu, cuda or auto
@@ -127,6 +128,46 @@ def batch_schedule(lengths, steps, batch_size, seed, bucket=BUCKET):
     return np.stack(out[:steps])
 
 
+def prompt_groups(examples, pairs, vocab):
+    """Indices of the examples that may share a prompt: the next-track examples with the same Semantic IDs in
+    their prompts (the same context plays, whatever the phrasing) form one group; every other example (an
+    attribute request, a track by name) is a group of its own. examples: the JSON rows (their "task"); pairs:
+    their (prompt, answer) token lists. Groups in order of first appearance."""
+    groups = {}
+    for i, (ex, (prompt, _)) in enumerate(zip(examples, pairs)):
+        if ex.get("task") == "next_track":
+            key = ("next_track", tuple(t for t in prompt if vocab.is_id_token(t)))
+        else:
+            key = ("own", i)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def chunk_schedule(groups, steps, prompts_per_step, per_prompt, seed):
+    """Example indices of every step as chunks: `prompts_per_step` chunks a step, each up to `per_prompt`
+    examples of one group, asked with the prompt of the chunk's first example (grouped_loss).
+
+    Each epoch every group's examples are shuffled and cut into chunks of up to per_prompt, so every example is
+    seen once an epoch, and the chunks are shuffled; a last incomplete step is dropped, as in batch_schedule.
+    Returns a list of `steps` lists of int arrays. Example: groups [0, 2, 5] and [1], 2 chunks a step, up to 2
+    examples a chunk: chunks like [5, 0], [2], [1] -> steps [[5, 0], [1]], then the next epoch's.
+    """
+    if sum(-(-len(g) // per_prompt) for g in groups) < prompts_per_step:
+        raise UserError(f"{len(groups)} groups of training examples, fewer chunks than one step of "
+                        f"{prompts_per_step}")
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < steps:
+        chunks = []
+        for g in groups:
+            order = rng.permutation(np.asarray(g))
+            chunks += [order[s:s + per_prompt] for s in range(0, len(order), per_prompt)]
+        perm = rng.permutation(len(chunks))
+        for s in range(0, len(perm) - prompts_per_step + 1, prompts_per_step):
+            out.append([chunks[c] for c in perm[s:s + prompts_per_step]])
+    return out[:steps]
+
+
 def lr_at(step, steps, warmup, min_ratio=MIN_LR_RATIO):
     """Multiplier of the peak rate: linear warm-up, then cosine decay to min_ratio."""
     if step < warmup:
@@ -198,6 +239,57 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
                          cache=cache, use_cache=True).last_hidden_state                      # (B, T-P, H)
     logits, targets, row = logits_at_answers(model, hidden, input_ids[:, P:], loss_mask[:, P:])
     return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
+
+
+def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device):
+    """One forward of B prompts, a second of N answers continuing them from the prompts' KV cache.
+
+    prompts: B token lists; answers: N token lists, answer n continuing prompt prompt_of[n]. A prompt with several
+    answers runs once (its cache rows are repeated for them, and every answer's gradient flows back into that one
+    prompt computation). Returns the left-padded prompts (ids, attention mask: (B, Tp)), their hidden states
+    (B, Tp, H), the right-padded answers (ids, mask: (N, A)) and h (N, A, H), where h[n, j] is the state that
+    predicts answers[n][j]: the prompt's last position predicts answer token 0, answer position j token j + 1.
+    """
+    ids, attn, pos = (t.to(device) for t in M.left_pad(prompts, pad_id))                     # (B, Tp)
+    out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (N, A)
+    rows = torch.as_tensor(prompt_of, device=device)                                             # (N,)
+    cache = out.cache
+    cache.reorder_cache(rows)                                                        # rows: each answer's prompt
+    attn2 = torch.cat([attn[rows], a_mask], dim=1)                                   # (N, Tp + A)
+    pos2 = pos[rows, -1:] + 1 + torch.arange(a_ids.shape[1], device=device)
+    h_ans = model.model(input_ids=a_ids, attention_mask=attn2, position_ids=pos2, cache=cache,
+                        use_cache=True).last_hidden_state                            # (N, A, H)
+    h = torch.cat([out.last_hidden_state[rows, -1:], h_ans[:, :-1]], dim=1)          # (N, A, H)
+    return ids, attn, out.last_hidden_state, a_ids, a_mask, h
+
+
+def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_weight=0.0):
+    """sft_loss of examples that share prompts, each prompt run once (--answers-per-prompt).
+
+    chunks: [(prompt, [answer, ...])], a prompt and the answers of the examples asked with it (a context track's
+    next plays, other sessions and listeners). Equal to sft_loss over the expanded examples [(prompt, answer),
+    ...] (tests/test_sft.py): every answer token once, and the prompt's Semantic-ID tokens, which the plain path
+    scores once per example, once here at k times the weight for a prompt with k answers. The prompt is ~85% of
+    an example's tokens, so a chunk of k answers costs about what 1 + k / 5 examples cost.
+    """
+    prompts = [p for p, _ in chunks]
+    answers = [a for _, ans in chunks for a in ans]
+    prompt_of = [i for i, (_, ans) in enumerate(chunks) for _ in ans]
+    ids, attn, hidden, a_ids, a_mask, h = prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
+    mask = a_mask.bool()
+    logits = M.head_logits(model, h[mask])                                                      # (M, V') fp32
+    nll = -torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).sum()
+    if prompt_id_weight and vocab is not None:
+        # position t predicts prompt token t + 1 when that is an ID and t is a real token (not left padding)
+        is_id = torch.tensor([[vocab.is_id_token(t) for t in row] for row in ids[:, 1:].tolist()],
+                             dtype=torch.bool, device=ids.device)
+        target = is_id & attn[:, :-1].bool()                                                     # (B, Tp-1)
+        logits = M.head_logits(model, hidden[:, :-1][target])                                   # (Mp, V')
+        logps = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][target][:, None]).squeeze(1)
+        k = torch.tensor([len(ans) for _, ans in chunks], device=ids.device)[:, None].expand_as(target)[target]
+        nll = nll - prompt_id_weight * (k.to(logps.dtype) * logps).sum()
+    return nll / n_tokens
 
 
 def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0):
@@ -386,7 +478,16 @@ def train(args):
               + (f" x {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
         save_config(args.out, args, meta=meta, trainable_parameters=trainable)
 
-    schedule = batch_schedule([len(p) + len(a) for p, a in train_pairs], args.steps, args.batch_size, args.seed)
+    grouped = args.answers_per_prompt > 1
+    if grouped:   # a step: --batch-size prompts, each with up to --answers-per-prompt answers (grouped_loss)
+        groups = prompt_groups(train_ex, train_pairs, vocab)
+        schedule = chunk_schedule(groups, args.steps, args.batch_size, args.answers_per_prompt, args.seed)
+        if ddp.is_main():
+            print(f"{len(groups):,} groups of examples that share a prompt's context; up to "
+                  f"{args.answers_per_prompt} answers a prompt")
+    else:
+        schedule = batch_schedule([len(p) + len(a) for p, a in train_pairs], args.steps, args.batch_size,
+                                  args.seed)
     opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay)
     step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
     fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in ("train.jsonl", "val.jsonl",
@@ -400,19 +501,28 @@ def train(args):
                 f.writelines(json.dumps(h) + "\n" for h in history)
     model.train()
     params = [p for g in opt.param_groups for p in g["params"]]
-    n_train_tok = 0
+    n_train_tok = n_seen = 0
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="sft", disable=ddp.bar_off())
     for step in bar:
-        batch = [train_pairs[i] for i in schedule[step]]
-        n_tok = sum(len(a) for _, a in batch)   # of the whole batch: every rank divides by it
+        if grouped:   # (prompt, [answers]): the chunk's first example asks, every example of it answers
+            batch = [(train_pairs[c[0]][0], [train_pairs[i][1] for i in c]) for c in schedule[step]]
+            n_tok = sum(len(a) for _, answers in batch for a in answers)
+        else:
+            batch = [train_pairs[i] for i in schedule[step]]
+            n_tok = sum(len(a) for _, a in batch)   # of the whole batch: every rank divides by it
         mine = ddp.shard(batch)                 # under torchrun: this rank's share of the batch
         # forward and backward, micro-batch by micro-batch: the gradients accumulate over the whole batch
         loss_sum = 0.0
         for s in range(0, len(mine), args.micro_batch_size):
             with M.autocast(device):
-                loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
-                                shared_prefix=len(fmt.prefix), vocab=vocab, prompt_id_weight=args.prompt_id_weight)
+                if grouped:
+                    loss = grouped_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
+                                        vocab=vocab, prompt_id_weight=args.prompt_id_weight)
+                else:
+                    loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
+                                    shared_prefix=len(fmt.prefix), vocab=vocab,
+                                    prompt_id_weight=args.prompt_id_weight)
             loss.backward()
             loss_sum += loss.item()
         ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's
@@ -424,9 +534,14 @@ def train(args):
             g["lr"] = g["initial_lr"] * mult
         opt.step()
         opt.zero_grad(set_to_none=True)
-        n_train_tok += sum(len(p) + len(a) for p, a in batch)
+        if grouped:   # the tokens the forwards ran: a prompt once, then its answers
+            n_train_tok += sum(len(p) + sum(len(a) for a in answers) for p, answers in batch)
+            n_seen += sum(len(answers) for _, answers in batch)
+        else:
+            n_train_tok += sum(len(p) + len(a) for p, a in batch)
+            n_seen += len(batch)
         rec = {"step": step + 1, "loss": loss_sum, "grad_norm": grad_norm, "lr": args.lr * mult,
-               "tokens_per_s": n_train_tok / (time.time() - t0)}
+               "tokens_per_s": n_train_tok / (time.time() - t0), "examples_per_s": n_seen / (time.time() - t0)}
         # every eval_every steps: validate, keep the best weights so far, write a checkpoint to resume from
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             rec.update(evaluate(model, val_pairs, pad_id, vocab, device, args.micro_batch_size))
@@ -446,7 +561,9 @@ def train(args):
     bar.close()
     summary = {"best_step": best["step"], "val/loss": best["val/loss"],
                "val/id_accuracy": best.get("val/id_accuracy"), "steps": args.steps,
-               "train_examples": len(train_pairs)}
+               "train_examples": len(train_pairs), "answers_per_prompt": args.answers_per_prompt,
+               "examples_seen": int(sum(len(c) for st in schedule for c in st)) if grouped
+               else int(args.steps * args.batch_size)}
     if not ddp.is_main():
         return summary
     restore_best(model, best)  # the best validation state becomes the adapter
@@ -488,6 +605,11 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=None,
                    help=f"examples per forward (default: the batch size, at most {MICRO_BATCH_SIZE}); "
                         "gradients are accumulated up to --batch-size")
+    p.add_argument("--answers-per-prompt", type=int, default=ANSWERS_PER_PROMPT,
+                   help="above 1: a step is --batch-size prompts, each with up to this many answers of the "
+                        "next-track examples after the same context track, the prompt run once for all of them "
+                        "(grouped_loss; the prompt is ~85%% of an example's tokens, so more examples a CPU second); "
+                        "1: --batch-size examples, each with its own prompt (default %(default)s)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")

@@ -59,6 +59,39 @@ def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, mo
         open(tmp_path / "killed" / "log.jsonl").read().count("\n") == 6
 
 
+def test_grouped_sft_learns_sees_more_examples_and_resumes(tiny_smol, tmp_path, monkeypatch):
+    """--answers-per-prompt: a step of 4 prompts with up to 3 answers each (next-track examples after the same
+    context share a prompt); it learns, sees more examples than 4 a step, and a killed run resumes exactly."""
+    data = write_sft_data(tmp_path / "data")
+    rows = [json.loads(l) for l in open(os.path.join(data, "train.jsonl"))]
+    for i, r in enumerate(rows[:18]):   # 6 contexts x 3 next plays; the other 6 stay attribute requests
+        r.update(task="next_track", prompt=f"More like {formats.id_text((i % 3, i % 6 // 3, 1))}, please")
+    with open(os.path.join(data, "train.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    grouped = ["--answers-per-prompt", "3"]
+    run_tiny_sft(data, str(tmp_path / "full"), tiny_smol, grouped)
+    val = [r["val/loss"] for r in map(json.loads, open(tmp_path / "full" / "log.jsonl")) if "val/loss" in r]
+    assert val == sorted(val, reverse=True) and val[-1] < val[0]      # it learns (steps mix 1-3 answers a prompt)
+    summary = json.load(open(tmp_path / "full" / "summary.json"))
+    assert summary["answers_per_prompt"] == 3 and 6 * 4 < summary["examples_seen"] <= 6 * 4 * 3
+
+    calls = {"n": 0}
+    real = sft.grouped_loss
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:        # 2 micro-batches a step: call 9 is step 5's first
+            raise Killed()
+        return real(*a, **k)
+    monkeypatch.setattr(sft, "grouped_loss", dying)
+    with pytest.raises(Killed):
+        run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol, grouped)
+    monkeypatch.setattr(sft, "grouped_loss", real)
+    run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol, grouped + ["--resume"])
+    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_dpo_end_to_end_and_resume(tiny_smol, tmp_path, monkeypatch):
     argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
     dpo.main(argv + ["--out", str(tmp_path / "full")])

@@ -153,6 +153,61 @@ def test_shared_prefix_equals_full_forward(tiny_smol):
     assert torch.allclose(l0, l1, atol=1e-6) and torch.allclose(g0, g1, atol=1e-6)
 
 
+def test_grouped_loss_equals_the_expanded_examples(tiny_smol):
+    """A prompt run once for its k answers: the loss and gradients of the k examples each with that prompt, the
+    prompt's Semantic-ID tokens counted k times (prompt_id_weight), left padding included."""
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--lora-dropout", "0"])
+    model, tok, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu")
+    with torch.no_grad():
+        for _, m in __import__("lora").lora_layers(model):
+            m.lora_B.weight.normal_(std=0.1)
+        for p in M.id_parameters(model):
+            p.normal_(std=0.1)
+    fmt = M.PromptFormat(tok, vocab)
+    chunks = [(fmt.prompt("More like (rock) <a_1><b_2><c_3>, please"), [fmt.answer((0, 1, 2)), fmt.answer((1, 1, 1)),
+                                                                        fmt.answer((0, 1, 2))]),
+              (fmt.prompt("jazz"), [fmt.answer((2, 0, 3))]),
+              (fmt.prompt("Something like <a_3><b_0><c_0>"), [fmt.answer((3, 3, 3)), fmt.answer((2, 2, 1))])]
+    expanded = [(p, a) for p, answers in chunks for a in answers]
+    n_tok = sum(len(a) for _, a in expanded)
+
+    def run(fn, weight):
+        model.zero_grad()
+        loss = fn(weight)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    for w in (0.0, 0.7):
+        l0, g0 = run(lambda w: sft.sft_loss(model, expanded, 2, n_tok, "cpu", vocab=vocab, prompt_id_weight=w), w)
+        l1, g1 = run(lambda w: sft.grouped_loss(model, chunks, 2, n_tok, "cpu", vocab=vocab, prompt_id_weight=w), w)
+        assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(g0, g1, atol=1e-5)
+
+
+def test_prompt_groups_and_chunk_schedule_by_hand(tiny_smol):
+    _, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    fmt = M.PromptFormat(tok, vocab)
+    rows = [("next_track", "More like (rock) <a_1><b_2><c_3>"), ("attributes", "rock music"),
+            ("next_track", "Something like (rock) <a_1><b_2><c_3>"), ("next_track", "More like (jazz) <a_0><b_0><c_0>"),
+            ("attributes", "rock music"), ("next_track", "Play me songs similar to (rock) <a_1><b_2><c_3>")]
+    examples = [{"task": t, "prompt": p, "answer": "<a_0><b_0><c_1>"} for t, p in rows]
+    pairs = sft.tokenize_examples(examples, fmt)
+    # one group per context's IDs, whatever the phrasing; an attribute request is its own group, even repeated
+    groups = sft.prompt_groups(examples, pairs, vocab)
+    assert groups == [[0, 2, 5], [1], [3], [4]]
+    steps = sft.chunk_schedule(groups, steps=6, prompts_per_step=2, per_prompt=2, seed=0)
+    assert len(steps) == 6 and all(len(s) == 2 for s in steps)
+    # an epoch: 5 chunks ([0, 2, 5] cut in 2 + 1, and three singletons), 2 steps of 2 and one chunk dropped
+    epoch = [list(c) for s in steps[:2] for c in s]
+    assert all(len(c) <= 2 for c in epoch) and len({i for c in epoch for i in c}) == sum(len(c) for c in epoch)
+    assert all(set(c) <= {0, 2, 5} for c in epoch if len(c) == 2)
+    again = sft.chunk_schedule(groups, steps=6, prompts_per_step=2, per_prompt=2, seed=0)
+    assert all(np.array_equal(a, b) for s, t in zip(steps, again) for a, b in zip(s, t))
+    # per_prompt 3: the context's three examples are one chunk
+    three = sft.chunk_schedule(groups, steps=2, prompts_per_step=4, per_prompt=3, seed=1)
+    assert sorted(sorted(c.tolist()) for c in three[0]) == [[0, 2, 5], [1], [3], [4]]
+    with pytest.raises(M.UserError, match="fewer chunks than one step"):
+        sft.chunk_schedule(groups, steps=1, prompts_per_step=6, per_prompt=3, seed=0)
+
+
 def test_tiny_model_overfits_one_batch(tiny_smol):
     args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--lora-dropout", "0"])
     torch.manual_seed(0)
