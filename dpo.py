@@ -274,7 +274,7 @@ def answers_logps(model, prompts, answers, prompt_of, pad_id, device):
     and the N answers on their KV cache (a prompt with several answers is repeated, and the gradient of every
     answer flows back into the one prompt computation).
     """
-    _, _, _, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
+    *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
     mask = a_mask.bool()
     logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
     logps = torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).squeeze(1)

@@ -241,53 +241,67 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
     return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
 
 
-def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device):
+def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device, shared_prefix=0):
     """One forward of B prompts, a second of N answers continuing them from the prompts' KV cache.
 
     prompts: B token lists; answers: N token lists, answer n continuing prompt prompt_of[n]. A prompt with several
     answers runs once (its cache rows are repeated for them, and every answer's gradient flows back into that one
-    prompt computation). Returns the left-padded prompts (ids, attention mask: (B, Tp)), their hidden states
-    (B, Tp, H), the right-padded answers (ids, mask: (N, A)) and h (N, A, H), where h[n, j] is the state that
-    predicts answers[n][j]: the prompt's last position predicts answer token 0, answer position j token j + 1.
+    prompt computation). shared_prefix = P > 0: the prompts' first P tokens are the same (the chat template's
+    opening) and run once, as a batch of one, the prompts continuing from its cache (answer_logps_shared_prefix).
+    Returns the prompts after the prefix, left-padded (ids, mask: (B, Tp)), the right-padded answers (ids, mask:
+    (N, A)) and the hidden states that predict them, p_h (B, Tp, H) and a_h (N, A, H): x_h[n, j] predicts
+    x_ids[n, j]. p_mask is 0 where nothing predicts the token (padding; a prompt's first token without a prefix).
     """
-    ids, attn, pos = (t.to(device) for t in M.left_pad(prompts, pad_id))                     # (B, Tp)
-    out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    P, B = shared_prefix, len(prompts)
+    ids, attn, pos = (t.to(device) for t in M.left_pad([p[P:] for p in prompts], pad_id))       # (B, Tp)
+    cache, seen = None, attn                     # seen: the attention mask over everything in the cache so far
+    if P:
+        pre = model.model(input_ids=torch.tensor([prompts[0][:P]], device=device), use_cache=True)
+        cache = pre.cache
+        cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=device))           # one prefix, B rows
+        seen, pos = torch.cat([torch.ones_like(attn[:, :1]).expand(B, P), attn], dim=1), pos + P
+    out = model.model(input_ids=ids, attention_mask=seen, position_ids=pos, cache=cache, use_cache=True)
+    h = out.last_hidden_state                                                                    # (B, Tp, H)
+    # prompt token j is predicted by position j - 1; a prompt's first real token by the prefix's last position
+    first = attn.bool() & ~torch.cat([torch.zeros_like(attn[:, :1]), attn[:, :-1]], dim=1).bool()   # (B, Tp)
+    before = pre.last_hidden_state[:, -1:].expand(B, 1, -1) if P else torch.zeros_like(h[:, :1])
+    p_h = torch.where(first[..., None], before, torch.cat([before, h[:, :-1]], dim=1))
+    p_mask = attn if P else attn * ~first
     a_ids, a_mask, _ = (t.to(device) for t in M.pad_batch(answers, pad_id))                    # (N, A)
     rows = torch.as_tensor(prompt_of, device=device)                                             # (N,)
     cache = out.cache
     cache.reorder_cache(rows)                                                        # rows: each answer's prompt
-    attn2 = torch.cat([attn[rows], a_mask], dim=1)                                   # (N, Tp + A)
-    pos2 = pos[rows, -1:] + 1 + torch.arange(a_ids.shape[1], device=device)
-    h_ans = model.model(input_ids=a_ids, attention_mask=attn2, position_ids=pos2, cache=cache,
-                        use_cache=True).last_hidden_state                            # (N, A, H)
-    h = torch.cat([out.last_hidden_state[rows, -1:], h_ans[:, :-1]], dim=1)          # (N, A, H)
-    return ids, attn, out.last_hidden_state, a_ids, a_mask, h
+    h_ans = model.model(input_ids=a_ids, attention_mask=torch.cat([seen[rows], a_mask], dim=1),
+                        position_ids=pos[rows, -1:] + 1 + torch.arange(a_ids.shape[1], device=device),
+                        cache=cache, use_cache=True).last_hidden_state              # (N, A, H)
+    a_h = torch.cat([h[rows, -1:], h_ans[:, :-1]], dim=1)   # the prompt's last position predicts answer token 0
+    return ids, p_mask, p_h, a_ids, a_mask, a_h
 
 
-def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_weight=0.0):
+def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_weight=0.0, shared_prefix=0):
     """sft_loss of examples that share prompts, each prompt run once (--answers-per-prompt).
 
     chunks: [(prompt, [answer, ...])], a prompt and the answers of the examples asked with it (a context track's
     next plays, other sessions and listeners). Equal to sft_loss over the expanded examples [(prompt, answer),
     ...] (tests/test_sft.py): every answer token once, and the prompt's Semantic-ID tokens, which the plain path
     scores once per example, once here at k times the weight for a prompt with k answers. The prompt is ~85% of
-    an example's tokens, so a chunk of k answers costs about what 1 + k / 5 examples cost.
+    an example's tokens, so a chunk of k answers costs about what 1 + k / 5 examples cost. shared_prefix: as in
+    sft_loss, the chat template's opening run once for the whole batch.
     """
     prompts = [p for p, _ in chunks]
     answers = [a for _, ans in chunks for a in ans]
     prompt_of = [i for i, (_, ans) in enumerate(chunks) for _ in ans]
-    ids, attn, hidden, a_ids, a_mask, h = prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
+    p_ids, p_mask, p_h, a_ids, a_mask, a_h = prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id,
+                                                                  device, shared_prefix)
     mask = a_mask.bool()
-    logits = M.head_logits(model, h[mask])                                                      # (M, V') fp32
+    logits = M.head_logits(model, a_h[mask])                                                    # (M, V') fp32
     nll = -torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).sum()
-    if prompt_id_weight and vocab is not None:
-        # position t predicts prompt token t + 1 when that is an ID and t is a real token (not left padding)
-        is_id = torch.tensor([[vocab.is_id_token(t) for t in row] for row in ids[:, 1:].tolist()],
-                             dtype=torch.bool, device=ids.device)
-        target = is_id & attn[:, :-1].bool()                                                     # (B, Tp-1)
-        logits = M.head_logits(model, hidden[:, :-1][target])                                   # (Mp, V')
-        logps = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][target][:, None]).squeeze(1)
-        k = torch.tensor([len(ans) for _, ans in chunks], device=ids.device)[:, None].expand_as(target)[target]
+    if prompt_id_weight and vocab is not None:   # the prompt's own Semantic-ID tokens, where something predicts them
+        is_id = torch.tensor([[vocab.is_id_token(t) for t in row] for row in p_ids.tolist()], dtype=torch.bool,
+                             device=p_ids.device)
+        target = is_id & p_mask.bool()                                                           # (B, Tp)
+        logps = torch.log_softmax(M.head_logits(model, p_h[target]), -1).gather(1, p_ids[target][:, None]).squeeze(1)
+        k = torch.tensor([len(ans) for _, ans in chunks], device=p_ids.device)[:, None].expand_as(target)[target]
         nll = nll - prompt_id_weight * (k.to(logps.dtype) * logps).sum()
     return nll / n_tokens
 
@@ -518,7 +532,8 @@ def train(args):
             with M.autocast(device):
                 if grouped:
                     loss = grouped_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
-                                        vocab=vocab, prompt_id_weight=args.prompt_id_weight)
+                                        vocab=vocab, prompt_id_weight=args.prompt_id_weight,
+                                        shared_prefix=len(fmt.prefix))
                 else:
                     loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
                                     shared_prefix=len(fmt.prefix), vocab=vocab,

@@ -167,7 +167,7 @@ def test_grouped_loss_equals_the_expanded_examples(tiny_smol):
     chunks = [(fmt.prompt("More like (rock) <a_1><b_2><c_3>, please"), [fmt.answer((0, 1, 2)), fmt.answer((1, 1, 1)),
                                                                         fmt.answer((0, 1, 2))]),
               (fmt.prompt("jazz"), [fmt.answer((2, 0, 3))]),
-              (fmt.prompt("Something like <a_3><b_0><c_0>"), [fmt.answer((3, 3, 3)), fmt.answer((2, 2, 1))])]
+              (fmt.prompt("<a_3><b_0><c_0> and more like it"), [fmt.answer((3, 3, 3)), fmt.answer((2, 2, 1))])]
     expanded = [(p, a) for p, answers in chunks for a in answers]
     n_tok = sum(len(a) for _, a in expanded)
 
@@ -176,9 +176,11 @@ def test_grouped_loss_equals_the_expanded_examples(tiny_smol):
         loss = fn(weight)
         loss.backward()
         return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
-    for w in (0.0, 0.7):
+    # the chat opening run once (shared_prefix) or with every prompt; a prompt whose own text opens with an ID
+    for w, prefix in ((0.0, 0), (0.7, 0), (0.7, len(fmt.prefix))):
         l0, g0 = run(lambda w: sft.sft_loss(model, expanded, 2, n_tok, "cpu", vocab=vocab, prompt_id_weight=w), w)
-        l1, g1 = run(lambda w: sft.grouped_loss(model, chunks, 2, n_tok, "cpu", vocab=vocab, prompt_id_weight=w), w)
+        l1, g1 = run(lambda w: sft.grouped_loss(model, chunks, 2, n_tok, "cpu", vocab=vocab, prompt_id_weight=w,
+                                                shared_prefix=prefix), w)
         assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(g0, g1, atol=1e-5)
 
 
