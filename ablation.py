@@ -27,8 +27,10 @@ from common import UserError, atomic_open, run_main, write_json
 # prompts that name the context track (CONTEXT_TEXT=name) and 120 SFT steps; they say so, so that each still reruns
 # as it ran.
 # Every row before `grouped` ran DPO as the demo did before 2026-12-02: 80 steps of 8 pairs from 640 training pairs,
-# the weights of the best accuracy on the 96 validation pairs.
-EARLIER_DPO = {"TRAIN_PAIRS": "640", "DPO_BATCH": "8", "DPO_PAIRS_PER_PROMPT": "1", "DPO_SELECT": "accuracy"}
+# the weights of the best accuracy on the 96 validation pairs; every row before `beta` at beta 0.1.
+EARLIER_DPO = {"TRAIN_PAIRS": "640", "DPO_BATCH": "8", "DPO_PAIRS_PER_PROMPT": "1", "DPO_SELECT": "accuracy",
+               "DPO_BETA": "0.1"}
+GROUPED_DPO = {"TRAIN_PAIRS": "0", "DPO_BATCH": "4", "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}
 WHOLE = {"LAYERS": "30", "SFT_STEPS": "240", **EARLIER_DPO}
 EARLIER_SFT = {**WHOLE, "SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
 NAMES = {**EARLIER_SFT, "CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
@@ -65,8 +67,10 @@ ROWS = {
     "quality": ("layers15, and a fourth block in the Semantic IDs: each track's training-window long-listen rate "
                 "(weight 0.25)", {**QUALITY, **EARLIER_DPO}, None),
     "grouped": ("quality, and DPO steps of 4 prompts x up to 8 pairs each, drawn from every training pair, to its "
-                "final weights: the demo's default", {**QUALITY, "TRAIN_PAIRS": "0", "DPO_BATCH": "4",
-                                                      "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}, "quality"),
+                "final weights: the demo's default on the morning of 2026-12-02",
+                {**QUALITY, **GROUPED_DPO, "DPO_BETA": "0.1"}, "quality"),
+    "beta": ("grouped, DPO at beta 0.5 instead of 0.1: the demo's default", {**QUALITY, **GROUPED_DPO,
+                                                                             "DPO_BETA": "0.5"}, "grouped"),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0

@@ -76,12 +76,16 @@ def test_dpo_row_keeps_the_copied_stages(tmp_path, monkeypatch):
 
 
 def test_rows_before_grouped_keep_the_dpo_they_ran_with():
-    """The demo's DPO changed on 2026-12-02 (grouped steps from every training pair, the final weights); each row
-    before `grouped` pins the earlier one, so `make demo` gives it the command lines it ran with (its stamps hold)."""
+    """The demo's DPO changed on 2026-12-02 (grouped steps from every training pair, the final weights; then beta
+    0.5): each row pins the DPO it ran with, so `make demo` gives it the command lines it ran with (its stamps
+    hold)."""
     names = list(ablation.ROWS)
-    assert names[-1] == "grouped" and ablation.ROWS["grouped"][2] == "quality"
-    for name in names[:-1]:
+    assert names[-2:] == ["grouped", "beta"] and ablation.ROWS["grouped"][2] == "quality"
+    assert ablation.ROWS["beta"][2] == "grouped"
+    for name in names[:-2]:
         assert ablation.EARLIER_DPO.items() <= ablation.ROWS[name][1].items(), name
-    grouped, quality = ablation.ROWS["grouped"][1], ablation.ROWS["quality"][1]
+    grouped, quality, beta = (ablation.ROWS[n][1] for n in ("grouped", "quality", "beta"))
     assert {k: v for k, v in grouped.items() if k not in ablation.EARLIER_DPO} == \
         {k: v for k, v in quality.items() if k not in ablation.EARLIER_DPO}   # the same SFT: a DPO row
+    assert grouped["DPO_BETA"] == "0.1" and {k: v for k, v in beta.items() if k != "DPO_BETA"} == \
+        {k: v for k, v in grouped.items() if k != "DPO_BETA"} and beta["DPO_BETA"] == "0.5"
