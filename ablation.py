@@ -67,10 +67,10 @@ ROWS = {
     "quality": ("layers15, and a fourth block in the Semantic IDs: each track's training-window long-listen rate "
                 "(weight 0.25)", {**QUALITY, **EARLIER_DPO}, None),
     "grouped": ("quality, and DPO steps of 4 prompts x up to 8 pairs each, drawn from every training pair, to its "
-                "final weights: the demo's default on the morning of 2026-12-02",
+                "final weights: the demo's default",
                 {**QUALITY, **GROUPED_DPO, "DPO_BETA": "0.1"}, "quality"),
-    "beta": ("grouped, DPO at beta 0.5 instead of 0.1: the demo's default", {**QUALITY, **GROUPED_DPO,
-                                                                             "DPO_BETA": "0.5"}, "grouped"),
+    "beta": ("grouped, DPO at beta 0.5 instead of 0.1 (more preference accuracy, less ranking: not the default)",
+             {**QUALITY, **GROUPED_DPO, "DPO_BETA": "0.5"}, "grouped"),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0
