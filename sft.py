@@ -53,7 +53,8 @@ EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed sub
 ID_INITS = ("mean", "descriptions")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions" measured no better)
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
-ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own)
+ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
+                               # examples a second, no better ranking at the demo's budget: README)
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
 DEVICE: str = "auto"           # cpu, cuda or auto
@@ -621,10 +622,12 @@ def parse_args(argv=None):
                    help=f"examples per forward (default: the batch size, at most {MICRO_BATCH_SIZE}); "
                         "gradients are accumulated up to --batch-size")
     p.add_argument("--answers-per-prompt", type=int, default=ANSWERS_PER_PROMPT,
-                   help="above 1: a step is --batch-size prompts, each with up to this many answers of the "
-                        "next-track examples after the same context track, the prompt run once for all of them "
-                        "(grouped_loss; the prompt is ~85%% of an example's tokens, so more examples a CPU second); "
-                        "1: --batch-size examples, each with its own prompt (default %(default)s)")
+                   help="above 1: a step is --batch-size prompts (--micro-batch-size counts prompts too), each "
+                        "with up to this many answers of the next-track examples after the same context track, the "
+                        "prompt run once for all of them (grouped_loss: the prompt is ~85%% of an example's tokens, "
+                        "so 2.4x the examples a CPU second, but in the same time it ranked no better: README, "
+                        "'Several answers per SFT prompt'); 1: --batch-size examples, each with its own prompt "
+                        "(default %(default)s)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")
@@ -667,6 +670,8 @@ def parse_args(argv=None):
         args.micro_batch_size = min(args.batch_size, MICRO_BATCH_SIZE)
     if args.batch_size % args.micro_batch_size:
         p.error("--batch-size must be a multiple of --micro-batch-size")
+    if args.answers_per_prompt < 1:
+        p.error(f"--answers-per-prompt {args.answers_per_prompt}: at least 1 (1: every example its own prompt)")
     return args
 
 

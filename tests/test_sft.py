@@ -280,6 +280,8 @@ def test_micro_batch_defaults_to_the_batch():
     assert sft.parse_args(["--data", "d", "--out", "o", "--batch-size", "64"]).micro_batch_size == 16
     with pytest.raises(SystemExit):
         sft.parse_args(["--data", "d", "--out", "o", "--batch-size", "8", "--micro-batch-size", "3"])
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--data", "d", "--out", "o", "--answers-per-prompt", "0"])
 
 
 def test_no_finite_validation_is_one_clear_error():
