@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow   # about 2.5 minutes on 2 busy cores: 5 launches 
 SFT_ARGV = ["--steps", "6", "--batch-size", "8", "--micro-batch-size", "2", "--eval-every", "2",
             "--eval-examples", "8", "--lr", "1e-2", "--id-lr", "1e-2", "--warmup-steps", "2", "--lora-r", "4",
             "--lora-dropout", "0"]
-TIMING = ("tokens_per_s", "pairs_per_s")   # wall-clock rates: the only log fields that may differ
+TIMING = ("tokens_per_s", "examples_per_s", "pairs_per_s")   # wall-clock rates: the only log fields that may differ
 
 
 def torchrun(script, argv, nproc=2):
