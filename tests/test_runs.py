@@ -26,6 +26,23 @@ class Killed(Exception):
     pass
 
 
+def killed_at(monkeypatch, name, call, run):
+    """run() with sft.<name> raising Killed at its call-th call, as a process killed there; then sft.<name> again.
+    With 2 micro-batches a step, call 9 is step 5's first: after checkpoint 4, with log lines past it."""
+    calls = {"n": 0}
+    real = getattr(sft, name)
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Killed()
+        return real(*a, **k)
+    monkeypatch.setattr(sft, name, dying)
+    with pytest.raises(Killed):
+        run()
+    monkeypatch.setattr(sft, name, real)
+
+
 def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, monkeypatch):
     data = write_sft_data(tmp_path / "data")
     run_tiny_sft(data, str(tmp_path / "full"), tiny_smol)
@@ -37,18 +54,7 @@ def test_sft_runs_learns_and_resume_equals_uninterrupted(tiny_smol, tmp_path, mo
     assert summary["val/loss"] == min(r["val/loss"] for r in log if "val/loss" in r)
 
     # kill in the middle of step 5 (after checkpoint 4, with log lines past it), then resume
-    calls = {"n": 0}
-    real = sft.sft_loss
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 9:        # 2 micro-batches a step: call 9 is step 5's first
-            raise Killed()
-        return real(*a, **k)
-    monkeypatch.setattr(sft, "sft_loss", dying)
-    with pytest.raises(Killed):
-        run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol)
-    monkeypatch.setattr(sft, "sft_loss", real)
+    killed_at(monkeypatch, "sft_loss", 9, lambda: run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol))
     assert not os.path.exists(tmp_path / "killed" / "adapter")
     with pytest.raises(M.UserError, match="--resume"):
         run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol)
@@ -75,18 +81,7 @@ def test_grouped_sft_learns_sees_more_examples_and_resumes(tiny_smol, tmp_path, 
     summary = json.load(open(tmp_path / "full" / "summary.json"))
     assert summary["answers_per_prompt"] == 3 and 6 * 4 < summary["examples_seen"] <= 6 * 4 * 3
 
-    calls = {"n": 0}
-    real = sft.grouped_loss
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 9:        # 2 micro-batches a step: call 9 is step 5's first
-            raise Killed()
-        return real(*a, **k)
-    monkeypatch.setattr(sft, "grouped_loss", dying)
-    with pytest.raises(Killed):
-        run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol, grouped)
-    monkeypatch.setattr(sft, "grouped_loss", real)
+    killed_at(monkeypatch, "grouped_loss", 9, lambda: run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol, grouped))
     run_tiny_sft(data, str(tmp_path / "killed"), tiny_smol, grouped + ["--resume"])
     a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(tmp_path / "killed" / "adapter")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
