@@ -197,7 +197,7 @@ class IDVocab:
         return [self.token_id(l, int(c)) for l, c in enumerate(codes)]
 
     def is_id_token(self, tok):
-        return self.offset <= tok < self.offset + self.size
+        return (tok >= self.offset) & (tok < self.offset + self.size)   # an int, or elementwise on a tensor
 
     def level_code(self, tok):
         j = tok - self.offset

@@ -298,9 +298,7 @@ def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_
     logits = M.head_logits(model, a_h[mask])                                                    # (M, V') fp32
     nll = -torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).sum()
     if prompt_id_weight and vocab is not None:   # the prompt's own Semantic-ID tokens, where something predicts them
-        is_id = torch.tensor([[vocab.is_id_token(t) for t in row] for row in p_ids.tolist()], dtype=torch.bool,
-                             device=p_ids.device)
-        target = is_id & p_mask.bool()                                                           # (B, Tp)
+        target = vocab.is_id_token(p_ids) & p_mask.bool()                                        # (B, Tp)
         logps = torch.log_softmax(M.head_logits(model, p_h[target]), -1).gather(1, p_ids[target][:, None]).squeeze(1)
         k = torch.tensor([len(ans) for _, ans in chunks], device=p_ids.device)[:, None].expand_as(target)[target]
         nll = nll - prompt_id_weight * (k.to(logps.dtype) * logps).sum()
