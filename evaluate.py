@@ -44,7 +44,7 @@ import rvq
 import sasrec
 import signals
 from common import UserError, atomic_open, need_file, read_json, run_main, save_config, write_json
-from metrics import KS, N_BOOT, bootstrap_ci, paired_bootstrap, per_query, top_k_pessimistic
+from metrics import KS, N_BOOT, bootstrap_ci, bootstrap_ratio_ci, paired_bootstrap, per_query, top_k_pessimistic
 from tasks import describe_track
 
 # -----------------------------------------------------------------------------
@@ -130,8 +130,11 @@ def id_codes(toks, vocab, end_id):
 def hallucination(model, fmt, prompts, trie, args, desc):
     """Shares of unconstrained top-K outputs that are malformed, or well-formed but match no track.
 
-    A beam stops at the end token (beam_search's end_id): one that ends before its L ID tokens is malformed, scored
-    by what it generated, not by tokens it would have gone on to score after its end.
+    Returns (shares, per_prompt): shares {"malformed@k", "invalid@k", "hallucinated@k"} pooled over every output of
+    every prompt, and per_prompt {"hallucinated@k": (P,) counts, "outputs@k": (P,) counts} for the intervals
+    (metrics.bootstrap_ratio_ci: 40 prompts tell 5% from 0% only roughly). A beam stops at the end token
+    (beam_search's end_id): one that ends before its L ID tokens is malformed, scored by what it generated, not by
+    tokens it would have gone on to score after its end.
     """
     enc = [fmt.prompt(p) for p in prompts]
     batches = []
@@ -140,21 +143,21 @@ def hallucination(model, fmt, prompts, trie, args, desc):
                                            trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
                                            batch_size=args.batch_size, device=args.device))
     res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
-    out = {}
+    shares, per_prompt = {}, {}
     for k in (1, 5, 10):
-        malformed = invalid = total = 0
+        malformed, invalid, outputs = [], [], []
         for r in res:
-            for toks, _ in r[:k]:
-                total += 1
-                codes = id_codes(toks, fmt.vocab, fmt.end_id)
-                if codes is None:
-                    malformed += 1
-                elif codes not in trie.valid:
-                    invalid += 1
-        out[f"malformed@{k}"] = malformed / max(total, 1)
-        out[f"invalid@{k}"] = invalid / max(total, 1)
-        out[f"hallucinated@{k}"] = (malformed + invalid) / max(total, 1)
-    return out
+            codes = [id_codes(toks, fmt.vocab, fmt.end_id) for toks, _ in r[:k]]
+            malformed.append(sum(c is None for c in codes))
+            invalid.append(sum(c is not None and c not in trie.valid for c in codes))
+            outputs.append(len(codes))
+        total = max(sum(outputs), 1)
+        shares[f"malformed@{k}"] = sum(malformed) / total
+        shares[f"invalid@{k}"] = sum(invalid) / total
+        shares[f"hallucinated@{k}"] = (sum(malformed) + sum(invalid)) / total
+        per_prompt[f"hallucinated@{k}"] = [m + i for m, i in zip(malformed, invalid)]
+        per_prompt[f"outputs@{k}"] = outputs
+    return shares, per_prompt
 
 
 def preference_accuracy(model, fmt, path, args):
@@ -304,7 +307,7 @@ def evaluate(args):
     prefs = {name: B.pair_accuracy(sc, test_ch, test_rj) for name, sc in B.preference_scores(
         feats, popularity, labels["long"], labels["skip"], train_ch, train_rj).items()}
 
-    hall = {}
+    hall, hall_pp = {}, {}
     for name, adapter in (("base", None), ("SFT", adapters["sft"]), ("DPO", adapters["dpo"])):
         t0 = time.time()
         if name == "DPO" and same_weights(adapters["sft"], adapter):
@@ -312,7 +315,7 @@ def evaluate(args):
             # so the very same lists and scores; ranking them again would cost minutes for nothing
             for test in tests:
                 ranked[test]["DPO"] = ranked[test]["SFT"]
-            hall["DPO"], prefs["DPO"] = hall["SFT"], prefs["SFT"]
+            hall["DPO"], hall_pp["DPO"], prefs["DPO"] = hall["SFT"], hall_pp["SFT"], prefs["SFT"]
             if ddp.is_main():
                 print("DPO: the SFT weights, byte for byte (dpo.py kept step 0): SFT's results reused")
             continue
@@ -329,7 +332,7 @@ def evaluate(args):
                                                   context[test], args, f"{name} {test}")
         h_prompts = (prompts["next_track"][:args.hallucination_prompts // 2]
                      + prompts["attributes"][:args.hallucination_prompts - args.hallucination_prompts // 2])
-        hall[label] = hallucination(model, fmt, h_prompts, trie, args, f"{name} unconstrained")
+        hall[label], hall_pp[label] = hallucination(model, fmt, h_prompts, trie, args, f"{name} unconstrained")
         if adapter is not None:  # the base model's ID rows are all the mean embedding: every pair ties
             prefs[label] = preference_accuracy(model, fmt, pref_path, args)
         if ddp.is_main():
@@ -338,7 +341,15 @@ def evaluate(args):
 
     results = {"queries": {k: len(v) for k, v in tests.items()}, "catalogue_size": n_items,
                "ranking_method": args.ranking, "ranking": {}, "paired": {}, "strongest_baseline": {},
-               "hallucination": hall, "preference_accuracy": {}}
+               "hallucination": hall, "hallucination_ci": {}, "hallucination_prompts": len(h_prompts),
+               "preference_accuracy": {}}
+    for label, pp in hall_pp.items():   # pooled shares with intervals over the prompts
+        results["hallucination_ci"][label] = {
+            f"hallucinated@{k}": dict(zip(("mean", "lo", "hi"), bootstrap_ratio_ci(
+                pp[f"hallucinated@{k}"], pp[f"outputs@{k}"], args.n_boot))) for k in (1, 5, 10)}
+    # one output a prompt at @1: the per-prompt 0/1 values pair DPO with SFT on the same prompts
+    d = paired_bootstrap(hall_pp["DPO"]["hallucinated@1"], hall_pp["SFT"]["hallucinated@1"], args.n_boot)
+    results["paired"]["hallucination: DPO - SFT (hallucinated@1)"] = dict(zip(("mean", "lo", "hi"), d))
     per_q_all = {}
     llms = ("LLM base", "SFT", "DPO")
     for test in tests:
@@ -419,12 +430,14 @@ def render_report(results, run):
               for n, s in results["preference_accuracy"].items()]
     if best.get("name"):
         lines += ["", f"Strongest baseline: **{best['name']}**."]
-    lines += ["", "## Hallucination (unconstrained beam search)", "",
-              "malformed: not exactly L ID tokens then the end token; invalid: well-formed but no such track.", "",
+    ci = results.get("hallucination_ci", {})
+    lines += ["", f"## Hallucination (unconstrained beam search, {results.get('hallucination_prompts', '')} prompts)",
+              "", "malformed: not exactly L ID tokens then the end token; invalid: well-formed but no such track; "
+              "hallucinated: either, with its 95% interval over the prompts.", "",
               "| model | " + " | ".join(next(iter(results["hallucination"].values()))) + " |",
               "|---|" + "---|" * len(next(iter(results["hallucination"].values())))]
-    lines += [f"| {n} | " + " | ".join(f"{v:.3f}" for v in h.values()) + " |"
-              for n, h in results["hallucination"].items()]
+    lines += [f"| {n} | " + " | ".join(fmt_ci(ci[n][m]) if m in ci.get(n, {}) else f"{v:.3f}" for m, v in h.items())
+              + " |" for n, h in results["hallucination"].items()]
     lines += ["", "## Paired differences (same queries, 95% bootstrap interval)", "",
               "| comparison | difference |", "|---|---|"]
     lines += [f"| {k} | {fmt_ci(v)} |" for k, v in results["paired"].items()]
@@ -452,6 +465,10 @@ def console_table(results):
                 out.append(f"  {k:<58}{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]")
     out.append("\nhallucination@10 (unconstrained): " + ", ".join(
         f"{n} {h['hallucinated@10']:.3f}" for n, h in results["hallucination"].items()))
+    ci = results.get("hallucination_ci", {})
+    out.append(f"hallucinated@1 ({results.get('hallucination_prompts')} prompts, 95% interval): " + ", ".join(
+        f"{n} {c['hallucinated@1']['mean']:.3f} [{c['hallucinated@1']['lo']:.3f}, {c['hallucinated@1']['hi']:.3f}]"
+        for n, c in ci.items() if n != "LLM base"))
     return "\n".join(out)
 
 

@@ -85,6 +85,22 @@ def bootstrap_ci(values, n_boot=N_BOOT, seed=0, alpha=0.05):
     return float(values.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
+def bootstrap_ratio_ci(numerators, denominators, n_boot=N_BOOT, seed=0, alpha=0.05):
+    """A pooled rate sum(num) / sum(den) over units (prompts), with a percentile-bootstrap interval: (mean, lo, hi).
+
+    The units are resampled, each bringing its numerator and denominator along, so a prompt with more outputs
+    weighs more, as in the pooled rate. With equal denominators it is bootstrap_ci of the per-unit shares (the same
+    draws). Example: num (2, 0), den (4, 1): the rate 2/5 = 0.4; a resample draws (a, a) 4/8 = 0.5, (b, b) 0/2 = 0,
+    or one of each 0.4, so the 95% interval is [0, 0.5].
+    """
+    num, den = np.asarray(numerators, np.float64), np.asarray(denominators, np.float64)
+    if len(num) == 0 or den.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(n_boot, len(num)))
+    rates = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)   # a resample of units that all have den 0: rate 0
+    return float(num.sum() / den.sum()), float(np.quantile(rates, alpha / 2)), float(np.quantile(rates, 1 - alpha / 2))
+
+
 def paired_bootstrap(a, b, n_boot=N_BOOT, seed=0):
     """Mean of a - b over the same queries, with its interval (queries resampled jointly)."""
     return bootstrap_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64), n_boot, seed)

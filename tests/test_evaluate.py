@@ -65,6 +65,16 @@ def test_bootstrap_intervals():
     assert d[0] == pytest.approx(0.5) and d[1] >= 0.0
 
 
+def test_bootstrap_ratio_interval():
+    # the docstring's example: resamples give 0.5 (a, a), 0 (b, b) or 0.4, a quarter of the draws at each end
+    assert metrics.bootstrap_ratio_ci([2, 0], [4, 1]) == (0.4, 0.0, 0.5)
+    # equal denominators: the per-unit shares' bootstrap, draw for draw (hallucinated@1: one output a prompt)
+    bad = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0] * 4)
+    assert metrics.bootstrap_ratio_ci(bad, np.ones(40)) == metrics.bootstrap_ci(bad)
+    assert metrics.bootstrap_ratio_ci(bad * 10, np.full(40, 10)) == pytest.approx(metrics.bootstrap_ci(bad))
+    assert metrics.bootstrap_ratio_ci([0, 0], [3, 3]) == (0.0, 0.0, 0.0)
+
+
 # ----------------------------------------------------------------------------- constrained decoding
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """model.py: the output head in fp32 under autocast; unconstrained beams stop at the end token; truncation."""
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -186,8 +187,27 @@ def test_hallucination_passes_the_end_token(noisy, monkeypatch):
         return real(*a, **k)
     monkeypatch.setattr(ranking, "beam_search", spy)
     args = argparse.Namespace(batch_size=2, hallucination_beam=3, device="cpu")
-    out = E.hallucination(model, fmt, ["rock", "jazz"], ranking.IDTrie(IDS, 3), args, "test")
+    out, per_prompt = E.hallucination(model, fmt, ["rock", "jazz"], ranking.IDTrie(IDS, 3), args, "test")
     assert seen == [fmt.end_id] and 0 <= out["hallucinated@10"] <= 1
+    assert per_prompt["outputs@1"] == [1, 1] and per_prompt["outputs@10"] == [3, 3]   # the beam's 3, per prompt
+    assert out["hallucinated@10"] == sum(per_prompt["hallucinated@10"]) / 6
+
+
+def test_hallucination_counts_by_hand(noisy, monkeypatch):
+    """Fixed beams, counted by hand: a track, a well-formed ID of no track, and outputs that are not one ID."""
+    model, fmt, prompt, pad = noisy
+    v, end = fmt.vocab, fmt.end_id
+    track, no_track = list(IDS[0]), next(c for c in itertools.product(range(4), repeat=3) if c not in IDS)
+    beams = [[(v.ids(track) + [end], -1.0), (v.ids(no_track) + [end], -2.0), (v.ids(track)[:2] + [end], -3.0)],
+             [(v.ids(track)[::-1] + [end], -1.0), (v.ids(track) + [end], -2.0), (v.ids(track), -3.0)]]
+    monkeypatch.setattr(ranking, "beam_search", lambda *a, **k: beams)
+    args = argparse.Namespace(batch_size=2, hallucination_beam=3, device="cpu")
+    out, per_prompt = E.hallucination(model, fmt, ["rock", "jazz"], ranking.IDTrie(IDS, 3), args, "test")
+    # @1: a track, then codes in the wrong level order (malformed); @5 and @10: every beam
+    assert per_prompt["hallucinated@1"] == [0, 1] and per_prompt["hallucinated@10"] == [2, 2]
+    assert out == {"malformed@1": 0.5, "invalid@1": 0.0, "hallucinated@1": 0.5,
+                   "malformed@5": 3 / 6, "invalid@5": 1 / 6, "hallucinated@5": 4 / 6,
+                   "malformed@10": 3 / 6, "invalid@10": 1 / 6, "hallucinated@10": 4 / 6}
 
 
 # ----------------------------------------------------------------------------- truncation (model.py truncate)

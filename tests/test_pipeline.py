@@ -121,9 +121,16 @@ def test_results_cover_every_system_and_metric(demo_run):
         assert f"{test}: DPO - {best['name']} ({best['metric']})" in res["paired"]
     for h in res["hallucination"].values():
         assert set(h) >= {"malformed@1", "invalid@1", "malformed@10", "invalid@10"}
+    assert res["hallucination_prompts"] == 4 and set(res["hallucination_ci"]) == set(res["hallucination"])
+    for n, c in res["hallucination_ci"].items():     # the pooled shares, now with their intervals over the prompts
+        assert c["hallucinated@1"]["mean"] == res["hallucination"][n]["hallucinated@1"]
+        assert c["hallucinated@10"]["lo"] <= c["hallucinated@10"]["mean"] <= c["hallucinated@10"]["hi"]
+    assert "hallucination: DPO - SFT (hallucinated@1)" in res["paired"]
     report = open(os.path.join(run, "eval/report.md")).read()
     assert "## Next track" in report and "| SASRec |" in report and "Preference accuracy" in report
     assert "| long-listen rate |" in report and "Strongest baseline" in report
+    assert "## Hallucination (unconstrained beam search, 4 prompts)" in report
+    assert "hallucinated@1 (4 prompts, 95% interval): SFT " in r.stdout
     assert "next_track" in r.stdout and "preference accuracy" in r.stdout        # the demo prints the tables
     if pytest.importorskip("matplotlib"):
         for png in ("sft_loss.png", "dpo_rewards.png", "hr_next_track.png", "preference_accuracy.png"):
