@@ -132,7 +132,8 @@ def hallucination(model, fmt, prompts, trie, args, desc):
 
     Returns (shares, per_prompt): shares {"malformed@k", "invalid@k", "hallucinated@k"} pooled over every output of
     every prompt, and per_prompt {"hallucinated@k": (P,) counts, "outputs@k": (P,) counts} for the intervals
-    (metrics.bootstrap_ratio_ci: 40 prompts tell 5% from 0% only roughly). A beam stops at the end token
+    (metrics.bootstrap_ratio_ci: 40 prompts tell 5% from 0% only roughly), and "top1": (P,) texts of the best beams,
+    so that the report can show what a hallucinated answer looks like. A beam stops at the end token
     (beam_search's end_id): one that ends before its L ID tokens is malformed, scored by what it generated, not by
     tokens it would have gone on to score after its end.
     """
@@ -143,7 +144,7 @@ def hallucination(model, fmt, prompts, trie, args, desc):
                                            trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
                                            batch_size=args.batch_size, device=args.device))
     res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
-    shares, per_prompt = {}, {}
+    shares, per_prompt = {}, {"top1": [fmt.decode(r[0][0]) if r else "" for r in res]}
     for k in (1, 5, 10):
         malformed, invalid, outputs = [], [], []
         for r in res:
@@ -341,12 +342,15 @@ def evaluate(args):
 
     results = {"queries": {k: len(v) for k, v in tests.items()}, "catalogue_size": n_items,
                "ranking_method": args.ranking, "ranking": {}, "paired": {}, "strongest_baseline": {},
-               "hallucination": hall, "hallucination_ci": {}, "hallucination_prompts": len(h_prompts),
+               "hallucination": hall, "hallucination_ci": {}, "hallucination_examples": {},
+               "hallucination_prompts": len(h_prompts),
                "preference_accuracy": {}}
     for label, pp in hall_pp.items():   # pooled shares with intervals over the prompts
         results["hallucination_ci"][label] = {
             f"hallucinated@{k}": dict(zip(("mean", "lo", "hi"), bootstrap_ratio_ci(
                 pp[f"hallucinated@{k}"], pp[f"outputs@{k}"], args.n_boot))) for k in (1, 5, 10)}
+        results["hallucination_examples"][label] = [                # what the report shows of them
+            {"prompt": p, "top1": t} for p, t, bad in zip(h_prompts, pp["top1"], pp["hallucinated@1"]) if bad]
     # one output a prompt at @1: the per-prompt 0/1 values pair DPO with SFT on the same prompts
     d = paired_bootstrap(hall_pp["DPO"]["hallucinated@1"], hall_pp["SFT"]["hallucinated@1"], args.n_boot)
     results["paired"]["hallucination: DPO - SFT (hallucinated@1)"] = dict(zip(("mean", "lo", "hi"), d))
@@ -438,6 +442,10 @@ def render_report(results, run):
               "|---|" + "---|" * len(next(iter(results["hallucination"].values())))]
     lines += [f"| {n} | " + " | ".join(fmt_ci(ci[n][m]) if m in ci.get(n, {}) else f"{v:.3f}" for m, v in h.items())
               + " |" for n, h in results["hallucination"].items()]
+    shown = {n: ex for n, ex in results.get("hallucination_examples", {}).items() if n != "LLM base" and ex}
+    if shown:   # the base model never answers with an ID: its 100% says all there is
+        lines += ["", "Top-1 answers that are no track (the request, then what the model wrote; at most 10 a model):", ""]
+        lines += [f"- {n}: `{e['prompt']}` -> `{e['top1']}`" for n, ex in shown.items() for e in ex[:10]]
     lines += ["", "## Paired differences (same queries, 95% bootstrap interval)", "",
               "| comparison | difference |", "|---|---|"]
     lines += [f"| {k} | {fmt_ci(v)} |" for k, v in results["paired"].items()]

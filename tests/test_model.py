@@ -205,6 +205,8 @@ def test_hallucination_counts_by_hand(noisy, monkeypatch):
     out, per_prompt = E.hallucination(model, fmt, ["rock", "jazz"], ranking.IDTrie(IDS, 3), args, "test")
     # @1: a track, then codes in the wrong level order (malformed); @5 and @10: every beam
     assert per_prompt["hallucinated@1"] == [0, 1] and per_prompt["hallucinated@10"] == [2, 2]
+    assert per_prompt["top1"] == [fmt.decode(beams[0][0][0]), fmt.decode(beams[1][0][0])]
+    assert per_prompt["top1"][1].startswith(f"<c_{track[2]}><b_{track[1]}><a_{track[0]}>")   # what the report shows
     assert out == {"malformed@1": 0.5, "invalid@1": 0.0, "hallucinated@1": 0.5,
                    "malformed@5": 3 / 6, "invalid@5": 1 / 6, "hallucinated@5": 4 / 6,
                    "malformed@10": 3 / 6, "invalid@10": 1 / 6, "hallucinated@10": 4 / 6}

@@ -126,6 +126,8 @@ def test_results_cover_every_system_and_metric(demo_run):
         assert c["hallucinated@1"]["mean"] == res["hallucination"][n]["hallucinated@1"]
         assert c["hallucinated@10"]["lo"] <= c["hallucinated@10"]["mean"] <= c["hallucinated@10"]["hi"]
     assert "hallucination: DPO - SFT (hallucinated@1)" in res["paired"]
+    for n, ex in res["hallucination_examples"].items():   # one example for each hallucinated top-1 answer
+        assert len(ex) == round(res["hallucination"][n]["hallucinated@1"] * 4)
     report = open(os.path.join(run, "eval/report.md")).read()
     assert "## Next track" in report and "| SASRec |" in report and "Preference accuracy" in report
     assert "| long-listen rate |" in report and "Strongest baseline" in report
