@@ -132,6 +132,9 @@ def test_results_cover_every_system_and_metric(demo_run):
     assert "## Next track" in report and "| SASRec |" in report and "Preference accuracy" in report
     assert "| long-listen rate |" in report and "Strongest baseline" in report
     assert "## Hallucination (unconstrained beam search, 4 prompts)" in report
+    shown = [e for n, ex in res["hallucination_examples"].items() if n != "LLM base" for e in ex]
+    assert ("Top-1 answers that are no track" in report) == bool(shown)
+    assert all(f"`{e['prompt']}` -> `{e['top1']}`" in report for e in shown)
     assert "hallucinated@1 (4 prompts, 95% interval): SFT " in r.stdout
     assert "next_track" in r.stdout and "preference accuracy" in r.stdout        # the demo prints the tables
     if pytest.importorskip("matplotlib"):
