@@ -444,7 +444,8 @@ def render_report(results, run):
               + " |" for n, h in results["hallucination"].items()]
     shown = {n: ex for n, ex in results.get("hallucination_examples", {}).items() if n != "LLM base" and ex}
     if shown:   # the base model never answers with an ID: its 100% says all there is
-        lines += ["", "Top-1 answers that are no track (the request, then what the model wrote; at most 10 a model):", ""]
+        lines += ["", "Top-1 answers that are no track (the request, then what the model wrote; at most 10 a model):",
+                  ""]
         lines += [f"- {n}: `{e['prompt']}` -> `{e['top1']}`" for n, ex in shown.items() for e in ex[:10]]
     lines += ["", "## Paired differences (same queries, 95% bootstrap interval)", "",
               "| comparison | difference |", "|---|---|"]
