@@ -144,14 +144,12 @@ def hallucination(model, fmt, prompts, trie, args, desc):
                                            trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
                                            batch_size=args.batch_size, device=args.device))
     res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
+    codes = [[id_codes(toks, fmt.vocab, fmt.end_id) for toks, _ in r] for r in res]   # (P, beams), None: malformed
     shares, per_prompt = {}, {"top1": [fmt.decode(r[0][0]) if r else "" for r in res]}
     for k in (1, 5, 10):
-        malformed, invalid, outputs = [], [], []
-        for r in res:
-            codes = [id_codes(toks, fmt.vocab, fmt.end_id) for toks, _ in r[:k]]
-            malformed.append(sum(c is None for c in codes))
-            invalid.append(sum(c is not None and c not in trie.valid for c in codes))
-            outputs.append(len(codes))
+        malformed = [sum(c is None for c in cs[:k]) for cs in codes]
+        invalid = [sum(c is not None and c not in trie.valid for c in cs[:k]) for cs in codes]
+        outputs = [len(cs[:k]) for cs in codes]
         total = max(sum(outputs), 1)
         shares[f"malformed@{k}"] = sum(malformed) / total
         shares[f"invalid@{k}"] = sum(invalid) / total

@@ -111,19 +111,6 @@ def attribute_queries(catalog, row_codes, n, seed):
     return out
 
 
-def hallucinated_at_1(model, fmt, prompts, trie, batch_size):
-    """Per prompt, 1.0 if the best unconstrained beam (evaluate.py's width) is not a catalogue ID, else 0.0."""
-    out = []
-    with torch.no_grad():
-        res = ranking.beam_search(model, [fmt.prompt(p) for p in prompts], fmt.vocab, E.HALLUCINATION_BEAM,
-                                  trie=None, end_id=fmt.end_id, pad_id=M.pad_id_of(fmt.tokenizer),
-                                  batch_size=batch_size)
-    for r in res:
-        codes = E.id_codes(r[0][0], fmt.vocab, fmt.end_id)
-        out.append(float(codes is None or codes not in trie.valid))
-    return out
-
-
 RATE = "long-listen rate"       # the preference baseline beside the adapters (evaluate.py's strongest)
 # what is paired against the first adapter: (per-query key, suffix of the --out key, printed name)
 PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference accuracy"),
@@ -266,7 +253,10 @@ def main(argv=None):
             n_next = args.hallucination_prompts - min(len(attr_queries), args.hallucination_prompts // 2)
             h_prompts = [q[0] for q in queries[:n_next]] + [q[0] for q in attr_queries[:args.hallucination_prompts
                                                                                        - n_next]]
-            hits[name]["hallucinated"] = hallucinated_at_1(model, fmt, h_prompts, trie, args.batch_size)
+            on = argparse.Namespace(batch_size=args.batch_size, hallucination_beam=E.HALLUCINATION_BEAM,
+                                    device=str(next(model.parameters()).device))   # evaluate.py's beam
+            _, per_prompt = E.hallucination(model, fmt, h_prompts, trie, on, f"{name} unconstrained")
+            hits[name]["hallucinated"] = [float(n) for n in per_prompt["hallucinated@1"]]   # 1.0: best beam no track
             print(f"{'':24s} hallucinated@1 (unconstrained, {len(h_prompts)} prompts) "
                   f"{np.mean(hits[name]['hallucinated']):.3f}")
         if pairs_path:
