@@ -250,9 +250,8 @@ def main(argv=None):
                 f"precision@{K}"].tolist()
             print(f"{'':24s} attribute requests P@{K} {np.mean(hits[name]['precision']):.3f}")
         if args.hallucination_prompts:
-            n_next = args.hallucination_prompts - min(len(attr_queries), args.hallucination_prompts // 2)
-            h_prompts = [q[0] for q in queries[:n_next]] + [q[0] for q in attr_queries[:args.hallucination_prompts
-                                                                                       - n_next]]
+            h_prompts = E.hallucination_prompts([q[0] for q in queries], [q[0] for q in attr_queries],
+                                                args.hallucination_prompts)
             on = argparse.Namespace(batch_size=args.batch_size, hallucination_beam=E.HALLUCINATION_BEAM,
                                     device=str(next(model.parameters()).device))   # evaluate.py's beam
             _, per_prompt = E.hallucination(model, fmt, h_prompts, trie, on, f"{name} unconstrained")

@@ -161,3 +161,13 @@ def test_same_weights_of_two_adapter_folders(tmp_path):
     assert not E.same_weights(str(a), str(b))
     os.remove(b / M.ID_TOKENS_FILE)
     assert not E.same_weights(str(a), str(b))
+
+
+def test_hallucination_prompts_split_half_and_half_then_fill():
+    nxt, attr = [f"n{i}" for i in range(200)], [f"a{i}" for i in range(40)]
+    assert E.hallucination_prompts(nxt, attr, 40) == nxt[:20] + attr[:20]
+    assert E.hallucination_prompts(nxt, attr, 41) == nxt[:20] + attr[:21]
+    assert E.hallucination_prompts(nxt, attr, 240) == nxt + attr          # every prompt: attributes run out first
+    assert E.hallucination_prompts(nxt, attr, 1000) == nxt + attr
+    assert E.hallucination_prompts(nxt[:3], attr, 10) == nxt[:3] + attr[:7]   # next-track runs out: attributes fill
+    assert E.hallucination_prompts(nxt, [], 6) == nxt[:6] and E.hallucination_prompts(nxt, attr, 0) == []
