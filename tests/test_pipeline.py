@@ -215,6 +215,20 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
         assert len(hits[name]["preference"]) == len(pairs) and len(hits[name]["hit"]) == 6
         assert set(hits[name]["preference"]) <= {0.0, 0.5, 1.0}
     assert "SFT - DPO preference accuracy" not in r.stdout and "DPO - SFT preference accuracy" in r.stdout
+    # benchmarks/pref_frontier.py on the same queries and pairs, the SFT row placed beside the counts' scores
+    front = tmp_path / "frontier.json"
+    r = subprocess.run([sys.executable, "benchmarks/pref_frontier.py", "--run", run, "--queries", "6", "--llm",
+                        f"{out}:SFT", "--out", str(front)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.load(open(front))["table"]
+    assert table["long-listen rate"]["preference"][0] == pytest.approx(np.mean(want))
+    assert table[f"{out}:SFT"]["hit"][0] == pytest.approx(np.mean(hits["SFT"]["hit"]))
+    assert table[f"{out}:SFT"]["preference"][0] == pytest.approx(np.mean(hits["SFT"]["preference"]))
+    assert table["head 10 by k=1, rate below"]["hit"] == table["k=1"]["hit"]     # s_1's top 10, by construction
+    assert "pairs whose two tracks are both outside" in r.stdout
+    r = subprocess.run([sys.executable, "benchmarks/pref_frontier.py", "--run", run, "--queries", "6", "--llm",
+                        f"{out}:NOPE"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "no row 'NOPE'" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_sigkill_during_sft_resumes_to_the_same_adapter(demo_run, tiny_smol, tmp_path):
