@@ -77,9 +77,10 @@ endif
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
 HISTORY ?= 1
-# what a next-track prompt shows of the context track: genre (its genre and Semantic ID), id (the ID alone) or name
-# (its artist, title, genre and ID: the format before 2026-12-01); shorter prompts, cheaper steps (README, "Shorter
-# prompts")
+# what a next-track prompt shows of the context track: genre (its genre and Semantic ID), id (the ID alone), name
+# (its artist, title, genre and ID: the format before 2026-12-01) or words (its genre, attribute phrases and ID:
+# better attribute requests, a quarter more SFT time; README, "The context track's words"); shorter prompts, cheaper
+# steps (README, "Shorter prompts")
 CONTEXT_TEXT ?= genre
 LEVELS ?= 3
 CODEBOOK ?= 32

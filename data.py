@@ -267,7 +267,9 @@ def parse_args(argv=None):
                         "(the default: SFT steps ~10%% cheaper than with names), "
                         "'id' the ID alone (cheaper still; then no prompt puts a genre word beside an ID, and "
                         "attribute requests suffer), 'name' also its artist and title (the format before "
-                        "2026-12-01). The pairs of `data.py prefs` and ask.py follow it")
+                        "2026-12-01), 'words' its genre and the attribute phrases that hold for it (the words of "
+                        "attribute requests beside every context ID). The pairs of `data.py prefs` and ask.py "
+                        "follow it")
     s.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
                    help="training / validation sessions kept for the SASRec baseline (uniform sample; 0: all; default "
                         "%(default)s)")

@@ -20,7 +20,8 @@ from formats import FEATURES, id_text
 
 PROMPT_HISTORY: int = 1       # session plays a prompt shows (1: the context track alone, as the seed)
 CONTEXT_TEXT: str = "genre"    # what a next-track prompt shows of its context track: its genre and Semantic ID
-                               # ("genre"), the ID alone ("id"), or its artist, title, genre and ID ("name").
+                               # ("genre"), the ID alone ("id"), its artist, title, genre and ID ("name"), or its
+                               # genre, the attribute phrases that hold for it and its ID ("words").
                                # Against "name", an SFT step costs ~10% less ("id":
                                # ~27%), and with 160 steps instead of 120 "genre" ranks validation next tracks as
                                # well and attribute requests better; "id" ranks next tracks better and attribute
@@ -61,7 +62,7 @@ TEST_REQUEST_TEMPLATES = (  # held out entirely: never seen in training
 GROUNDING_TEMPLATES = ("Play {track}", "{track}", "Put on {track}")
 NEXT_TEMPLATES = ("I want to listen to {track} or something similar", "Something like {track}",
                   "More like {track}, please", "Play me songs similar to {track}")
-CONTEXT_TEXTS = ("genre", "id", "name")   # next_track_prompt's context_text
+CONTEXT_TEXTS = ("genre", "id", "name", "words")   # next_track_prompt's context_text
 
 
 def display_artist(artists):
@@ -80,21 +81,25 @@ def track_text(cat, row, codes=None):
 
 def next_track_prompt(cat, hist, row_codes, template=None, n_history=1, context_text=CONTEXT_TEXT):
     """The next-track request for a listening history hist (catalogue rows, oldest first; the last is the
-    context track): that track by genre and ID (context_text "genre"), by ID alone ("id"), or by name, genre
-    and ID ("name"), and with n_history > 1 the plays before it as IDs.
+    context track): that track by genre and ID (context_text "genre"), by ID alone ("id"), by name, genre
+    and ID ("name"), or by genre, attribute phrases and ID ("words": '(rock, high-energy, upbeat) <a_..>...'),
+    and with n_history > 1 the plays before it as IDs.
 
     hist [7, 3] with n_history 2 -> 'Played before: <a_..><b_..><c_..>. I want to listen to (rock)
     <a_..><b_..><c_..> or something similar'; "id": '... listen to <a_..><b_..><c_..> or ...'; "name":
     '... listen to A - T (rock) <a_..><b_..><c_..> or ...'. An ID costs 3 tokens, a name 10 or more: a fixed
     budget of SFT steps sees more examples without names (TIGER feeds its whole history as IDs). The genre
     word beside the ID is what teaches the model which IDs a genre word means (attribute requests), and the
-    only genre an ID from the audio features alone carries.
+    only genre an ID from the audio features alone carries; "words" puts the attribute phrases of requests
+    (tasks.ATTRIBUTES) beside every context ID as well, so that 16,000 next-track prompts, not only the 2,000
+    attribute requests, say which IDs are "high-energy" or "for studying".
     """
     if context_text not in CONTEXT_TEXTS:
         raise UserError(f"context text {context_text!r}: expected one of {', '.join(CONTEXT_TEXTS)}")
     prev = hist[-1]
     track = (id_text(row_codes[prev]) if context_text == "id" else
              f"({cat.genres[prev][0]}) {id_text(row_codes[prev])}" if context_text == "genre" else
+             f"({', '.join(track_phrases(cat, prev))}) {id_text(row_codes[prev])}" if context_text == "words" else
              track_text(cat, prev, row_codes[prev]))
     text = (template or NEXT_TEMPLATES[0]).format(track=track)
     earlier = list(hist[-n_history:-1]) if n_history > 1 else []
@@ -132,14 +137,19 @@ def describe_track(cat, row):
             f"{', '.join(words)}. {cat.feature('tempo')[row]:.0f} BPM.")
 
 
+def track_phrases(cat, row):
+    """['rock', 'high-energy', 'upbeat']: a track's primary genre and the attribute phrases that hold for it."""
+    x = cat.features[row:row + 1]
+    return [cat.genres[row][0]] + [phrase for phrase, _, pred in ATTRIBUTES.values() if pred(x)[0]]
+
+
 def track_words(cat, row):
     """'rock high-energy upbeat': a track's primary genre and the attribute phrases that hold for it.
 
     The words a request for this track would use (describe_request); sft.py --id-init descriptions starts each ID
     row at the mean embedding of the words of the tracks that carry it (model.id_rows_from_descriptions).
     """
-    x = cat.features[row:row + 1]
-    return " ".join([cat.genres[row][0]] + [phrase for phrase, _, pred in ATTRIBUTES.values() if pred(x)[0]])
+    return " ".join(track_phrases(cat, row))
 
 
 def request_examples(cat, row_codes, masks, n, templates, rng):

@@ -145,6 +145,13 @@ def test_pairs_and_prompts_carry_the_session_history():
         "I want to listen to <a_0><b_0><c_0> or something similar"
     assert tasks.next_track_prompt(cat, (0,), codes, context_text="name") == \
         "I want to listen to Artist 0 - Song 0 (rock) <a_0><b_0><c_0> or something similar"
+    # "words": the genre and every attribute phrase that holds; features 0.5 and tempo 0.5 BPM: slow, nothing else
+    assert tasks.next_track_prompt(cat, (0,), codes, context_text="words") == \
+        "I want to listen to (rock, slow) <a_0><b_0><c_0> or something similar"
+    cat.features[1, [formats.FEATURES.index("energy"), formats.FEATURES.index("tempo")]] = 0.9, 140.0
+    assert tasks.next_track_prompt(cat, (1,), codes, context_text="words") == \
+        "I want to listen to (rock, high-energy, fast, for a workout) <a_1><b_0><c_0> or something similar"
+    assert tasks.track_words(cat, 1) == "rock high-energy fast for a workout"
     assert tasks.next_track_prompt(cat, (3, 0), codes, n_history=2) == \
         "Played before: <a_3><b_0><c_0>. I want to listen to (rock) <a_0><b_0><c_0> or something similar"
     assert tasks.next_track_prompt(cat, (3, 0), codes, n_history=2, context_text="name") == \
