@@ -43,7 +43,8 @@ ID_META ?= $(WORLD)/id_metadata.csv
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
 # co-listening), quality (each track's training-window long-listen rate: a preference DPO learns on one code then
 # carries to every track holding it; README, "Listening quality in the IDs"); SIGNALS=audio is the seed's IDs,
-# SIGNALS=audio,genre,collab the demo's before 2026-12-02 (README: the ablation table compares them)
+# SIGNALS=audio,genre,collab the demo's before 2026-12-02 (README: the ablation table compares them); a fifth block,
+# attrs (the request phrases that hold for each track), was tried and not kept (README, "Attribute phrases in the IDs")
 SIGNALS ?= audio,genre,collab,quality
 # SEED_CONFIG=1: the seed notebook's configuration in one option: the whole model (240 SFT steps, the time of the
 # demo's), audio-only IDs, prompts that name the track, SFT loss on the answers only, and pure DPO (no NLL term)

@@ -31,9 +31,9 @@ import logfiles
 import sessions
 from common import UserError, atomic_path, fail, need_file, run_main, save_config, write_json
 from formats import IDS_FILE, MODEL_FILE, write_semantic_ids
-from signals import (COLLAB_DIM, COLLAB_RIDGE, COLLAB_WINDOW, COLUMNS, FEATURES, block_scale, co_listening,
-                     fit_cold_map, fit_preprocess, genre_onehot, listen_labels, ppmi_svd, preprocess, rate_logit,
-                     signal_blocks, signal_dims, signal_matrix, with_signal_defaults)
+from signals import (COLLAB_DIM, COLLAB_RIDGE, COLLAB_WINDOW, COLUMNS, FEATURES, attribute_flags, block_scale,
+                     co_listening, fit_cold_map, fit_preprocess, genre_onehot, listen_labels, ppmi_svd, preprocess,
+                     rate_logit, signal_blocks, signal_dims, signal_matrix, with_signal_defaults)
 
 # -----------------------------------------------------------------------------
 LEVELS: int = 3             # codes per track (TIGER and the seed: 3)
@@ -43,14 +43,17 @@ MAX_ITER: int = 100         # Lloyd iterations per level at most
 TOL: float = 1e-4           # stop a level when the k-means objective drops by less than this fraction
 CHUNK: int = 4096           # rows per distance block: CHUNK x K floats stay in cache (1.5x faster than 16k)
 PURITY_PERMUTATIONS: int = 20  # random code assignments averaged for the genre-purity baseline
-SIGNALS: str = "audio"      # blocks the quantiser reads, comma-separated: audio (the seed's), genre, collab, quality
+SIGNALS: str = "audio"      # blocks the quantiser reads, comma-separated: audio (the seed's), genre, collab, ...
 WEIGHTS: str = ""           # total variance of each block, comma-separated in SIGNALS order (empty: BLOCK_WEIGHTS)
 # a block's total variance when --weights is empty. quality is one column, and at the weight of the others it
 # would split genres (first-code genre purity 0.95 at 0.5): at 0.25 the first code still holds one genre (0.99-1.00
 # on the validation windows of seeds 0 and 1), and a logistic regression on the codes alone, fitted to the 640 DPO
 # training pairs, ranks validation pairs at 0.73-0.74 instead of 0.64, at 0.01-0.02 less next-track HR@10 of the ID
 # prefixes (benchmarks/quality_ids.py; README, "Listening quality in the IDs")
-BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25}
+# attrs (13 columns) at 1.0 splits genres too (first-code genre purity 0.90 on seed 0's world): at 0.5 the first
+# code holds one genre at 0.98 and the first two codes agree with their tracks' attribute phrases at 0.94 instead of
+# 0.90 without the block (the quality sheet's attribute_purity_per_level)
+BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25, "attrs": 0.5}
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
@@ -313,6 +316,26 @@ def prefix_genre_purity(codes, primary):
     return out
 
 
+def prefix_attribute_purity(codes, flags):
+    """How well the ID prefixes tell the attribute phrases: for l = 1..L, the share of (track, attribute) flags equal
+    to the majority flag of the tracks sharing the track's first l codes, averaged over the attributes.
+
+    codes (N,L), flags (N,A) 0/1 (signals.attribute_flags) -> [L floats]; 1.0 where every prefix group agrees on every
+    phrase. Worked example: flags [[1], [1], [0], [1]] with first codes [0, 0, 1, 1] -> groups {1, 1}, {0, 1}: 3 of 4
+    tracks hold their group's majority (a tie counts once) -> 0.75.
+    """
+    codes, flags = np.asarray(codes), np.asarray(flags, np.int64)
+    out = []
+    for level in range(1, codes.shape[1] + 1):
+        _, group = np.unique(codes[:, :level], axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        ones = np.zeros((group.max() + 1, flags.shape[1]), dtype=np.int64)
+        np.add.at(ones, group, flags)
+        size = np.bincount(group)[:, None]
+        out.append(float(np.maximum(ones, size - ones).sum() / flags.size))
+    return out
+
+
 def prefix_rate_explained(codes, logit, warm):
     """How much of the long-listen rate the ID prefixes tell: for l = 1..L, the share of the variance of the
     labelled tracks' rate logits that the means of their first-l-code groups explain (1 - within / total).
@@ -368,6 +391,9 @@ def format_report(rep):
     if nb and nb["share"] is not None:
         lines.append(f"co-listening neighbours sharing the first code: {nb['share']:.3f} "
                      f"(random codes: {nb['random']:.3f}; top {nb['neighbours']} of {nb['tracks']} tracks)")
+    if "attribute_purity_per_level" in rep:
+        lines.append("request phrases agreeing with their ID prefix's majority (levels 1..L): "
+                     + ", ".join(f"{v:.3f}" for v in rep["attribute_purity_per_level"]))
     if "rate_explained_per_level" in rep:
         lines.append("long-listen rate (logit) explained by the ID prefixes (levels 1..L): "
                      + ", ".join(f"{v:.3f}" for v in rep["rate_explained_per_level"]))
@@ -515,6 +541,7 @@ def train(args):
         rep["signals"]["quality_warm_tracks"] = int(quality[1].sum())
         rep["rate_explained_per_level"] = prefix_rate_explained(codes_unique, quality[0][:, 0], quality[1])
     rep["genre_purity"]["per_level"] = prefix_genre_purity(codes_unique, primary)
+    rep["attribute_purity_per_level"] = prefix_attribute_purity(codes_unique, attribute_flags(catalog.features))
     if cooc is not None:
         rep["colisten_neighbours_sharing_code1"] = neighbour_code_share(*cooc, codes_unique[:, 0].numpy(),
                                                                         args.codebook_size)
@@ -559,11 +586,13 @@ def main(argv=None):
     t.add_argument("--signals", default=SIGNALS,
                    help="what the IDs encode, comma-separated: audio (the seed's 10 features), genre (one-hot "
                         "primary genre), collab (co-listening of the training window; needs --logs), quality "
-                        "(the training window's long-listen rate; needs --logs)")
+                        "(the training window's long-listen rate; needs --logs), attrs (0/1 for each attribute "
+                        "phrase of the requests that holds for the track: codes that group tracks answering the "
+                        "same words)")
     t.add_argument("--weights", default=WEIGHTS,
                    help="total variance of each signal block, in --signals order (default "
-                        f"{', '.join(f'{b} {w:g}' for b, w in BLOCK_WEIGHTS.items())}: quality is one column that "
-                        "would otherwise split genres)")
+                        f"{', '.join(f'{b} {w:g}' for b, w in BLOCK_WEIGHTS.items())}: quality and attrs at the "
+                        "weight of the others would split genres)")
     t.add_argument("--logs", default=None,
                    help="listening log: its training window feeds the collab and quality blocks and the quality "
                         "sheet")

@@ -6,6 +6,8 @@
   collab  PPMI + truncated SVD of training-window co-listening; cold tracks get a ridge map of their content
   quality the logit of each track's training-window long-listen rate (long listens and skips, as data.py prefs
           labels them); cold tracks, never labelled there, get a ridge map of their content
+  attrs   0/1 for each attribute phrase of the requests (tasks.ATTRIBUTES: "high-energy", "for studying", ...)
+          that holds for the track, from its audio features: tracks that answer the same words share codes
 Each block is scaled to a chosen total variance (rvq.py --weights), so that it weighs what its weight says, not what
 its width says. rvq.py quantises the concatenation.
 """
@@ -17,6 +19,7 @@ import torch
 import formats
 import logfiles
 import sessions
+import tasks
 
 # -----------------------------------------------------------------------------
 LOG_EPS: float = 1e-3       # log(x + eps): values below ~1e-3 (a third of instrumentalness is 0) stay near one point
@@ -97,6 +100,21 @@ def preprocess(features_raw, params):
 #           songs); with this block such tracks share codes, so a preference learnt on one code (DPO on a few
 #           hundred pairs) carries to every track holding it, where per-track IDs would need a pair per track.
 #           A cold track gets the logit a ridge regression predicts from its audio and genre blocks.
+#   attrs   0/1 for each request phrase that holds for the track (attribute_flags): codes that group tracks
+#           answering the same words. Tried, not kept (README, "Attribute phrases in the IDs").
+
+def attribute_flags(features_raw):
+    """(N, 10) raw audio features (formats.FEATURES order) -> (N, A) float 0/1, A = len(tasks.ATTRIBUTES): column a
+    is 1 where the track satisfies the a-th attribute request's predicate ("high-energy": energy > 0.7).
+
+    The audio block holds the same features, but as standardised distances: a track at energy 0.69 sits next to one
+    at 0.71, which requests split. The flags put the requests' thresholds into the quantiser's input, so that codes
+    group tracks that answer the same words (a model that learns "chill" for some of a code's tracks then has it for
+    all of them). A function of the features alone, so a new track gets its flags too.
+    """
+    x = np.asarray(features_raw, np.float64)
+    return np.stack([np.asarray(pred(x), bool) for _, _, pred in tasks.ATTRIBUTES.values()], axis=1).astype(np.float64)
+
 
 def block_scale(x):
     """1 / sqrt(total variance) of a block x (N, d): multiplying by it gives the block total variance 1."""
@@ -219,6 +237,8 @@ def signal_blocks(features_raw, primary, rvq_params, collab=None, quality=None):
     audio = preprocess(features_raw, rvq_params)
     genre = genre_onehot(primary, rvq_params["genres"])
     blocks = {"audio": audio, "genre": genre}
+    if "attrs" in rvq_params["signals"]:
+        blocks["attrs"] = attribute_flags(features_raw)
     content = np.hstack([audio, genre, np.ones((len(audio), 1))])
     for name, known in (("collab", collab), ("quality", quality)):
         if name in rvq_params["signals"]:
@@ -245,7 +265,7 @@ def with_signal_defaults(params):
 
 def signal_dims(params):
     """Width of the quantiser's input for these signals."""
-    widths = {"audio": len(COLUMNS), "genre": len(params["genres"])}
+    widths = {"audio": len(COLUMNS), "genre": len(params["genres"]), "attrs": len(tasks.ATTRIBUTES)}
     for name in ("collab", "quality"):
         widths[name] = 0 if params.get(f"{name}_map") is None else np.asarray(params[f"{name}_map"]).shape[1]
     return sum(widths[b] for b in params["signals"])

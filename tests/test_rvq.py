@@ -427,3 +427,44 @@ def test_train_with_the_quality_signal(tmp_path):
     assert new.shape == (300, 3) and (new[:, 0].numpy() == ids[:, 0]).mean() > 0.9
     with pytest.raises(UserError, match="--signals quality needs --logs"):
         rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,quality"])
+
+
+def test_attribute_flags_by_hand():
+    # danceability, energy, key, loudness, speechiness, acousticness, instrumentalness, liveness, valence, tempo
+    party = [0.8, 0.9, 5, -5.0, 0.05, 0.1, 0.0, 0.1, 0.7, 128.0]    # 128 BPM: a workout (> 120), not "fast" (> 130)
+    sleep = [0.3, 0.2, 0, -20.0, 0.03, 0.9, 0.8, 0.1, 0.2, 70.0]
+    # high-energy, chill, upbeat, melancholic, fast, slow, danceable, acoustic, instrumental, workout, studying,
+    # party, sleep
+    assert signals.attribute_flags(np.array([party, sleep])).tolist() == [
+        [1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0],
+        [0, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1]]
+
+
+def test_prefix_attribute_purity_by_hand():
+    # one phrase; first codes {0, 0}, {1, 1}: flags 1, 1 agree, 0, 1 tie (one of two holds the majority) -> 3 / 4
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    assert rvq.prefix_attribute_purity(codes, np.array([[1], [1], [0], [1]])) == pytest.approx([0.75, 1.0])
+    # two phrases, one group: [1, 0], [1, 1], [0, 1] -> 2 of 3 each -> 2 / 3; whole IDs unique -> 1
+    codes = np.array([[0, 0], [0, 1], [0, 2]])
+    assert rvq.prefix_attribute_purity(codes, np.array([[1, 0], [1, 1], [0, 1]])) == pytest.approx([2 / 3, 1.0])
+
+
+def test_train_with_the_attrs_signal(tmp_path):
+    """--signals ...,attrs: one 0/1 column per attribute phrase in the quantiser's input, no log needed, and new
+    tracks encoded from their features alone."""
+    w, _ = small_world(tmp_path)
+    out = tmp_path / "rvq"
+    rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--codebook-size", "8",
+              "--signals", "audio,genre,attrs"])
+    rep = json.loads((out / rvq.REPORT_FILE).read_text())
+    assert rep["signals"]["dims"] == {"audio": 11, "genre": 6, "attrs": 13}
+    assert rep["signals"]["weights"] == [1.0, 1.0, 0.5]
+    purity = rep["attribute_purity_per_level"]
+    assert len(purity) == 3 and 0.5 <= purity[0] <= purity[1] <= purity[2] == pytest.approx(1.0)
+    model = rvq.load_rvq(out)
+    assert model["codebooks"].shape[2] == 11 + 6 + 13
+    cat, _ = formats.load_catalog(w / "catalog.csv")
+    new = rvq.encode_new(cat.features, model, [g[0] for g in cat.genres])
+    _, ids = formats.load_semantic_ids(out / formats.IDS_FILE)
+    # from the features alone, exactly the catalogue's codes, but for the tracks collision resolution moved
+    assert new.shape == (300, 3) and (new.numpy() == ids).all(axis=1).sum() == 300 - rep["ids"]["moved"]
