@@ -26,6 +26,7 @@ preference pairs, exactly as one process would; all of them get every result bac
 each), and rank 0 writes: the same numbers as one process.
 """
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -202,6 +203,17 @@ def load_listening(sft_data, prefs_dir, n_items):
     if len(labels["long"]) != n_items:
         raise UserError(f"{path}: {len(labels['long'])} tracks, the catalogue has {n_items}; rebuild it")
     return stats["popularity"].astype(np.float64), cooc, labels
+
+
+# per-query values kept in results.json ("per_query"), so that two runs of one world pair on the same queries
+# (benchmarks/pair_runs.py: another CONTEXT_TEXT or other IDs against the demo's)
+PER_QUERY_METRICS = {"next_track": ("hit@10", "ndcg@10"), "attributes": ("precision@10", "ndcg@10")}
+
+
+def query_key(*parts):
+    """16 hex digits naming what a set of queries asks (context and relevant tracks, request texts, pairs), the
+    same for two runs whose prompts differ in form only (another CONTEXT_TEXT, other Semantic IDs)."""
+    return hashlib.sha256(json.dumps(parts, default=int).encode()).hexdigest()[:16]
 
 
 def pair_rows(path, row_of_track):
@@ -387,6 +399,18 @@ def evaluate(args):
         d = paired_bootstrap(prefs[a], prefs[b], args.n_boot)
         results["paired"][f"preferences: {a} - {b} (accuracy)"] = dict(zip(("mean", "lo", "hi"), d))
     results["preference_pairs"] = len(prefs["DPO"])
+    keys = {"next_track": query_key([sorted(c) for c in context["next_track"]],
+                                    [sorted(r) for r in relevant["next_track"]]),
+            "attributes": query_key(prompts["attributes"], [sorted(r) for r in relevant["attributes"]]),
+            "preferences": query_key(test_ch.tolist(), test_rj.tolist())}
+    # the unconstrained prompts are the first of each family's queries (hallucination_prompts): named by both
+    keys["hallucination"] = query_key(keys["next_track"], keys["attributes"], len(h_prompts))
+    results["per_query"] = {
+        "keys": keys,
+        **{test: {name: {m: [float(v) for v in pq[m]] for m in PER_QUERY_METRICS[test]}
+                  for name, pq in per_q_all[test].items()} for test in tests},
+        "preferences": {name: [float(v) for v in acc] for name, acc in prefs.items()},
+        "hallucination": {label: [float(v) for v in pp["hallucinated@1"]] for label, pp in hall_pp.items()}}
     return results
 
 

@@ -231,6 +231,31 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     assert r.returncode == 2 and "no row 'NOPE'" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_pair_runs_on_the_same_queries(demo_run, tmp_path):
+    """benchmarks/pair_runs.py: DPO of the run against its SFT gives report.md's own paired rows (same values,
+    same bootstrap); a run evaluated on other queries, or a system it lacks, is refused with one line."""
+    run, _ = demo_run
+    results = json.load(open(os.path.join(run, "eval", "results.json")))
+    cmd = [sys.executable, "benchmarks/pair_runs.py", f"{run}:DPO", f"{run}:SFT", "--n-boot", "50"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fmt = lambda d: f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    for label, key in (("next_track hit@10", "next_track: DPO - SFT (hit@10)"),
+                       ("attributes precision@10", "attributes: DPO - SFT (precision@10)"),
+                       ("preference accuracy", "preferences: DPO - SFT (accuracy)"),
+                       ("hallucinated@1", "hallucination: DPO - SFT (hallucinated@1)")):
+        line = next(l for l in r.stdout.splitlines() if l.startswith(label))
+        assert line.endswith(fmt(results["paired"][key])), (line, results["paired"][key])
+    other = tmp_path / "results.json"                       # the same run, as if its attribute requests differed
+    results["per_query"]["keys"]["attributes"] = "0" * 16
+    other.write_text(json.dumps(results))
+    r = subprocess.run(cmd[:2] + [f"{other}:SFT", f"{run}:SFT"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "attributes: the two runs were evaluated on other queries" in r.stderr
+    assert r.stderr.count("\n") == 1
+    r = subprocess.run(cmd[:2] + [f"{run}:NOPE", f"{run}:SFT"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "no system 'NOPE'" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_sigkill_during_sft_resumes_to_the_same_adapter(demo_run, tiny_smol, tmp_path):
     run, _ = demo_run
     extra = {"SFT_STEPS": "40", "SFT_ARGS": "--eval-every 2 --eval-examples 4 --micro-batch-size 2"}
