@@ -1,5 +1,5 @@
 """Paired differences between two evaluated runs of one world: system A of one run minus system B of another, on
-the same test queries, prompts and pairs (evaluate.py keeps each query's values in results.json, "per_query").
+the same test queries and pairs (evaluate.py keeps each query's values in results.json, "per_query").
 
     python benchmarks/pair_runs.py runs/words_demo_s0:SFT runs/demo:SFT      # another CONTEXT_TEXT against the demo
     python benchmarks/pair_runs.py runs/demo:DPO runs/demo:SFT               # = report.md's "DPO - SFT" rows
