@@ -31,9 +31,10 @@ import logfiles
 import sessions
 from common import UserError, atomic_path, fail, need_file, run_main, save_config, write_json
 from formats import IDS_FILE, MODEL_FILE, write_semantic_ids
-from signals import (COLLAB_DIM, COLLAB_RIDGE, COLLAB_WINDOW, COLUMNS, FEATURES, attribute_flags, block_scale,
-                     co_listening, fit_cold_map, fit_preprocess, genre_onehot, listen_labels, ppmi_svd, preprocess,
-                     rate_logit, signal_blocks, signal_dims, signal_matrix, with_signal_defaults)
+from signals import (COLLAB_DIM, COLLAB_RIDGE, COLLAB_WINDOW, COLUMNS, FEATURES, block_scale, co_listening,
+                     fit_cold_map, fit_preprocess, genre_onehot, listen_labels, ppmi_svd, preprocess, rate_logit,
+                     signal_blocks, signal_dims, signal_matrix, with_signal_defaults)
+from tasks import attribute_flags
 
 # -----------------------------------------------------------------------------
 LEVELS: int = 3             # codes per track (TIGER and the seed: 3)
@@ -320,7 +321,7 @@ def prefix_attribute_purity(codes, flags):
     """How well the ID prefixes tell the attribute phrases: for l = 1..L, the share of (track, attribute) flags equal
     to the majority flag of the tracks sharing the track's first l codes, averaged over the attributes.
 
-    codes (N,L), flags (N,A) 0/1 (signals.attribute_flags) -> [L floats]; 1.0 where every prefix group agrees on every
+    codes (N,L), flags (N,A) 0/1 (tasks.attribute_flags) -> [L floats]; 1.0 where every prefix group agrees on every
     phrase. Worked example: flags [[1], [1], [0], [1]] with first codes [0, 0, 1, 1] -> groups {1, 1}, {0, 1}: 3 of 4
     tracks hold their group's majority (a tie counts once) -> 0.75.
     """

@@ -100,21 +100,11 @@ def preprocess(features_raw, params):
 #           songs); with this block such tracks share codes, so a preference learnt on one code (DPO on a few
 #           hundred pairs) carries to every track holding it, where per-track IDs would need a pair per track.
 #           A cold track gets the logit a ridge regression predicts from its audio and genre blocks.
-#   attrs   0/1 for each request phrase that holds for the track (attribute_flags): codes that group tracks
-#           answering the same words. Tried, not kept (README, "Attribute phrases in the IDs").
-
-def attribute_flags(features_raw):
-    """(N, 10) raw audio features (formats.FEATURES order) -> (N, A) float 0/1, A = len(tasks.ATTRIBUTES): column a
-    is 1 where the track satisfies the a-th attribute request's predicate ("high-energy": energy > 0.7).
-
-    The audio block holds the same features, but as standardised distances: a track at energy 0.69 sits next to one
-    at 0.71, which requests split. The flags put the requests' thresholds into the quantiser's input, so that codes
-    group tracks that answer the same words (a model that learns "chill" for some of a code's tracks then has it for
-    all of them). A function of the features alone, so a new track gets its flags too.
-    """
-    x = np.asarray(features_raw, np.float64)
-    return np.stack([np.asarray(pred(x), bool) for _, _, pred in tasks.ATTRIBUTES.values()], axis=1).astype(np.float64)
-
+#   attrs   0/1 for each request phrase that holds for the track (tasks.attribute_flags): codes that group
+#           tracks answering the same words. The audio block holds the same features as standardised distances,
+#           where a track at energy 0.69 sits next to one at 0.71, which requests split; the flags put the
+#           requests' thresholds into the quantiser's input. A function of the features alone, so a new track gets
+#           its flags too. Tried, not kept (README, "Attribute phrases in the IDs").
 
 def block_scale(x):
     """1 / sqrt(total variance) of a block x (N, d): multiplying by it gives the block total variance 1."""
@@ -238,7 +228,7 @@ def signal_blocks(features_raw, primary, rvq_params, collab=None, quality=None):
     genre = genre_onehot(primary, rvq_params["genres"])
     blocks = {"audio": audio, "genre": genre}
     if "attrs" in rvq_params["signals"]:
-        blocks["attrs"] = attribute_flags(features_raw)
+        blocks["attrs"] = tasks.attribute_flags(features_raw).astype(np.float64)   # 0/1 columns
     content = np.hstack([audio, genre, np.ones((len(audio), 1))])
     for name, known in (("collab", collab), ("quality", quality)):
         if name in rvq_params["signals"]:

@@ -108,9 +108,18 @@ def next_track_prompt(cat, hist, row_codes, template=None, n_history=1, context_
     return text
 
 
+def attribute_flags(features):
+    """(N, 10) raw audio features (formats.FEATURES order) -> (N, A) bool, A = len(ATTRIBUTES): column a is True
+    where the track satisfies the a-th request phrase's predicate ("high-energy": energy > 0.7), in ATTRIBUTES order.
+    """
+    x = np.asarray(features, np.float64)
+    return np.stack([np.asarray(pred(x), bool) for _, _, pred in ATTRIBUTES.values()], axis=1)
+
+
 def attribute_masks(cat):
     """{(attribute, value): (N,) bool} for every attribute, including ('genre', g) for every genre."""
-    masks = {k: np.asarray(pred(cat.features)) for k, (_, _, pred) in ATTRIBUTES.items()}
+    flags = attribute_flags(cat.features)
+    masks = {k: flags[:, j] for j, k in enumerate(ATTRIBUTES)}
     for g in sorted({g for gs in cat.genres for g in gs}):
         masks[("genre", g)] = np.array([g in gs for gs in cat.genres])
     return masks
@@ -131,16 +140,19 @@ def describe_request(attrs):
 
 def describe_track(cat, row):
     """A track's text for the text-similarity baseline: name, artist, genres and words for its features."""
-    x = cat.features[row:row + 1]
-    words = [phrase for (attr, _), (phrase, _, pred) in ATTRIBUTES.items() if pred(x)[0]]
+    words = phrases_of(attribute_flags(cat.features[row:row + 1])[0])
     return (f"{cat.track_name[row]} by {display_artist(cat.artists[row])}. Genre: {', '.join(cat.genres[row])}. "
             f"{', '.join(words)}. {cat.feature('tempo')[row]:.0f} BPM.")
 
 
+def phrases_of(flags):
+    """(A,) bool (a row of attribute_flags) -> the phrases that hold, in ATTRIBUTES order."""
+    return [phrase for (phrase, _, _), on in zip(ATTRIBUTES.values(), flags) if on]
+
+
 def track_phrases(cat, row):
     """['rock', 'high-energy', 'upbeat']: a track's primary genre and the attribute phrases that hold for it."""
-    x = cat.features[row:row + 1]
-    return [cat.genres[row][0]] + [phrase for phrase, _, pred in ATTRIBUTES.values() if pred(x)[0]]
+    return [cat.genres[row][0]] + phrases_of(attribute_flags(cat.features[row:row + 1])[0])
 
 
 def track_words(cat, row):

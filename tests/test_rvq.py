@@ -11,6 +11,7 @@ import formats
 import rvq
 import sessions
 import signals
+import tasks
 from common import UserError, read_json
 
 SQUARE = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)  # mean 0
@@ -435,7 +436,7 @@ def test_attribute_flags_by_hand():
     sleep = [0.3, 0.2, 0, -20.0, 0.03, 0.9, 0.8, 0.1, 0.2, 70.0]
     # high-energy, chill, upbeat, melancholic, fast, slow, danceable, acoustic, instrumental, workout, studying,
     # party, sleep
-    assert signals.attribute_flags(np.array([party, sleep])).tolist() == [
+    assert tasks.attribute_flags(np.array([party, sleep])).astype(int).tolist() == [
         [1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0],
         [0, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1]]
 
