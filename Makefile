@@ -91,6 +91,11 @@ TEST_NEXT ?= 200
 TEST_ATTRIBUTES ?= 40
 SFT_STEPS ?= 480
 SFT_BATCH ?= 16
+# what SFT trains each answer toward (sft.py --answer-targets): example, the example's own answer alone; group, the
+# answers of every training example asked the same thing (every track that answers an attribute request; a context
+# track's next plays); colisten, group and a next track's co-listened tracks by count: tried, not kept (it held on
+# one world's validation window of two: README, "Group targets")
+SFT_TARGETS ?= example
 SFT_ARGS ?=
 DPO_STEPS ?= 80
 # a DPO step: DPO_BATCH prompts and up to DPO_PAIRS_PER_PROMPT pairs of each, the pairs of one context sharing one
@@ -180,7 +185,8 @@ SFT_DATA_CMD = $(PY) data.py sft --catalog $(CATALOG) --rvq $(RUN)/rvq --logs $(
 	  --test-next $(TEST_NEXT) --test-attributes $(TEST_ATTRIBUTES) --prompt-history $(HISTORY) \
 	  --context-text $(CONTEXT_TEXT) --seed $(SEED)
 SFT_CMD = $(LAUNCH) sft.py --data $(RUN)/sft_data --out $(RUN)/sft --model $(MODEL) --steps $(SFT_STEPS) \
-	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SEED_SFT_ARGS) $(SFT_ARGS)
+	  --batch-size $(SFT_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SEED_SFT_ARGS) \
+	  $(if $(filter-out example,$(SFT_TARGETS)),--answer-targets $(SFT_TARGETS)) $(SFT_ARGS)
 PREFS_CMD = $(PY) data.py prefs --sft-data $(RUN)/sft_data --out $(RUN)/prefs --seed $(SEED) \
 	  --max-train $(TRAIN_PAIRS) --max-val $(VAL_PAIRS) --max-test $(TEST_PAIRS) $(PREFS_ARGS)
 DPO_CMD = $(LAUNCH) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $(RUN)/dpo --model $(MODEL) \
@@ -206,8 +212,13 @@ $(RUN)/rvq/rvq_config.json: $(CATALOG) $(LOGS) $(call stamp,rvq,$(RVQ_CMD)) | $(
 $(RUN)/sft_data/config.json: $(RUN)/rvq/rvq_config.json $(LOGS) $(call stamp,sft_data,$(SFT_DATA_CMD)) | $(VENV_STAMP)
 	$(SFT_DATA_CMD)
 
+# the answers of the attribute requests, which group targets read: a folder of an older data.py lacks them
+$(RUN)/sft_data/attribute_answers.jsonl: | $(RUN)/sft_data/config.json
+	$(SFT_DATA_CMD)
+
 # 4. SFT (resumes from its checkpoint if killed)
-$(RUN)/sft/summary.json: $(RUN)/sft_data/config.json $(MODEL)/config.json $(call stamp,sft,$(SFT_CMD))
+$(RUN)/sft/summary.json: $(RUN)/sft_data/config.json $(MODEL)/config.json $(call stamp,sft,$(SFT_CMD)) \
+                         $(if $(filter-out example,$(SFT_TARGETS)),$(RUN)/sft_data/attribute_answers.jsonl)
 	$(SFT_CMD)
 
 # 5. preference pairs

@@ -31,10 +31,11 @@ from common import UserError, atomic_open, run_main, write_json
 EARLIER_DPO = {"TRAIN_PAIRS": "640", "DPO_BATCH": "8", "DPO_PAIRS_PER_PROMPT": "1", "DPO_SELECT": "accuracy",
                "DPO_BETA": "0.1"}
 GROUPED_DPO = {"TRAIN_PAIRS": "0", "DPO_BATCH": "4", "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}
-WHOLE = {"LAYERS": "30", "SFT_STEPS": "240", **EARLIER_DPO}
+EXAMPLE = {"SFT_TARGETS": "example"}   # every row before `colisten`: SFT toward each example's own answer
+WHOLE = {"LAYERS": "30", "SFT_STEPS": "240", **EARLIER_DPO, **EXAMPLE}
 EARLIER_SFT = {**WHOLE, "SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
 NAMES = {**EARLIER_SFT, "CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
-QUALITY = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480"}   # the `quality` row's SFT
+QUALITY = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", **EXAMPLE}   # `quality`'s SFT
 ROWS = {
     "audio": ("Semantic IDs from the seed's 10 audio features only; prompts name the track, SFT 120 steps",
               {"SIGNALS": "audio", **NAMES, "EVAL_ARGS": "--ranking beam"}, None),
@@ -63,7 +64,8 @@ ROWS = {
                 "the model was cut to 15 layers", {"SIGNALS": "audio,genre,collab", **WHOLE}, None),
     "layers15": ("default, but the embedded model's first 15 of its 30 decoder layers, and SFT 480 steps (the same "
                  "SFT time; DPO and evaluation half theirs): the demo's default before 2026-12-02",
-                 {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480", **EARLIER_DPO}, None),
+                 {"SIGNALS": "audio,genre,collab", "LAYERS": "15", "SFT_STEPS": "480", **EARLIER_DPO, **EXAMPLE},
+                 None),
     "quality": ("layers15, and a fourth block in the Semantic IDs: each track's training-window long-listen rate "
                 "(weight 0.25)", {**QUALITY, **EARLIER_DPO}, None),
     "grouped": ("quality, and DPO steps of 4 prompts x up to 8 pairs each, drawn from every training pair, to its "
@@ -71,6 +73,9 @@ ROWS = {
                 {**QUALITY, **GROUPED_DPO, "DPO_BETA": "0.1"}, "quality"),
     "beta": ("grouped, DPO at beta 0.5 instead of 0.1 (more preference accuracy, less ranking: not the default)",
              {**QUALITY, **GROUPED_DPO, "DPO_BETA": "0.5"}, "grouped"),
+    "colisten": ("grouped, SFT toward the answers of every example asked the same thing and a next track's co-listened "
+                 "tracks (group targets: tried, not the default)",
+                 {**QUALITY, **GROUPED_DPO, "DPO_BETA": "0.1", "SFT_TARGETS": "colisten"}, None),
 }
 OUT: str = "runs/ablation"
 SEED: int = 0

@@ -17,7 +17,7 @@ import fastlog
 import fastprefs
 from common import (UserError, atomic_open, atomic_path, fail, file_sha256, jsonl, read_json, run_main, save_config,
                     write_json)
-from formats import IDS_FILE, id_text, load_catalog, load_semantic_ids, read_rvq_meta, row_codes_of
+from formats import ATTRIBUTE_ANSWERS, IDS_FILE, id_text, load_catalog, load_semantic_ids, read_rvq_meta, row_codes_of
 from logfiles import ENGINE_HELP, ENGINES, format_ts, log_engine
 from preferences import mine_prefs
 from tasks import (CONTEXT_TEXT, CONTEXT_TEXTS, GROUNDING_TEMPLATES, NEXT_TEMPLATES, PROMPT_HISTORY,
@@ -45,15 +45,19 @@ def build_sft(args):
     counts = {s: dict.fromkeys(("attributes", "grounding", "next_track"), 0) for s in examples}
     answers = {r: id_text(c) for r, c in row_codes.items()}
 
-    def add(split, prompt, row, task):
+    def add(split, prompt, row, task, **extra):
         examples[split].append(jsonl({"prompt": prompt, "answer": answers[row], "task": task,
-                                      "track_id": catalog.track_id[row]}))
+                                      "track_id": catalog.track_id[row], **extra}))
         counts[split][task] += 1
 
-    # 1. requests by attributes (train phrasings), validation on the same phrasings, test on held-out ones
+    # 1. requests by attributes (train phrasings), validation on the same phrasings, test on held-out ones; each
+    # example names its attributes, and attribute_answers.jsonl every track that answers them (sft.py's
+    # --answer-targets group learns the whole set, of which the example's answer is one draw)
+    request_sets = {}
     for split, n in (("train", args.attribute_examples), ("val", args.attribute_examples // 10)):
         for attrs, prompt, r in request_examples(catalog, row_codes, masks, n, TRAIN_REQUEST_TEMPLATES, rng):
-            add(split, prompt, r, "attributes")
+            add(split, prompt, r, "attributes", attributes=[list(a) for a in attrs])
+            request_sets.setdefault(tuple(attrs), None)
     tests_attr, seen = [], set()
     for attrs, prompt, r in request_examples(catalog, row_codes, masks, 20 * args.test_attributes,
                                              TEST_REQUEST_TEMPLATES, rng):
@@ -129,8 +133,12 @@ def build_sft(args):
 
     out = args.out
     os.makedirs(out, exist_ok=True)
+    sets = ({"attributes": [list(a) for a in attrs],
+             "answers": [answers[i] for i in relevant_rows(catalog, masks, attrs, row_codes)]}
+            for attrs in request_sets)
     for name, lines in (("train.jsonl", examples["train"]), ("val.jsonl", examples["val"]),
-                        ("test_next.jsonl", map(jsonl, tests_next)), ("test_attributes.jsonl", map(jsonl, tests_attr))):
+                        ("test_next.jsonl", map(jsonl, tests_next)), ("test_attributes.jsonl", map(jsonl, tests_attr)),
+                        (ATTRIBUTE_ANSWERS, map(jsonl, sets))):
         with atomic_open(os.path.join(out, name), "w", encoding="utf-8") as f:
             f.writelines(lines)
     if isinstance(cooc, dict):   # the loop's {(i, j): count}; fastlog gives the arrays, in the same order

@@ -349,6 +349,7 @@ def _write_tsv(rows, path, header):
 
 MODEL_FILE = "rvq.safetensors"
 IDS_FILE = "semantic_ids.tsv"
+ATTRIBUTE_ANSWERS = "attribute_answers.jsonl"   # data.py sft: every track (as its ID) answering each request
 ID_TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")   # one Semantic-ID token in text: level letter, code
 
 

@@ -55,13 +55,17 @@ ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descri
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
                                # examples a second, no better ranking at the demo's budget: README)
+ANSWER_TARGETS = ("example", "group", "colisten")
+ANSWER_TARGET: str = "example"  # what an answer's ID tokens are trained toward: the example's own answer (one-hot),
+                               # the answers of every example asked the same thing (group_targets), or for next
+                               # tracks also the context's co-listened tracks (colistened_answers)
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
 DEVICE: str = "auto"           # cpu, cuda or auto
 # -----------------------------------------------------------------------------
 
 
-def read_jsonl(path):
+def read_jsonl(path, fields=("prompt", "answer")):
     need_file(path, "SFT examples")
     out = []
     with open(path, encoding="utf-8") as f:
@@ -71,7 +75,7 @@ def read_jsonl(path):
                     ex = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
-                for k in ("prompt", "answer"):
+                for k in fields:
                     if k not in ex:
                         raise UserError(f"{path}, line {i}: missing field '{k}'")
                 out.append(ex)
@@ -169,6 +173,102 @@ def chunk_schedule(groups, steps, prompts_per_step, per_prompt, seed):
     return out[:steps]
 
 
+def prefix_targets(answer, group, weights=None):
+    """The soft targets of one answer's ID tokens under teacher forcing: at level l, how the l-th token is
+    distributed among the group's answers that share this answer's first l tokens (the prefix the model is fed).
+
+    answer: L token ids; group: (N, L) int array, the answers of every example asked the same thing (repeats count;
+    the answer is one of them); weights (N,): each answer's weight (default 1). Returns [(ids (S_l,), probs (S_l,))]
+    for l = 0 .. L-1. Worked example: answer (1, 5), group [(1, 5), (1, 6), (2, 7), (1, 5)] -> level 0: ids [1, 2],
+    probs [0.75, 0.25]; level 1 (after 1): ids [5, 6], probs [2/3, 1/3]. The product along a path is the group's
+    share of that answer, q(a) q(b | a) q(c | a, b) = q(a, b, c), so the expected loss over the group's answers is
+    the usual NLL of each answer, averaged with the group's weights, taken exactly at level 0 and along the fed
+    prefix below it.
+    """
+    group = np.asarray(group)
+    weights = np.ones(len(group)) if weights is None else np.asarray(weights, np.float64)
+    out, match = [], np.ones(len(group), bool)
+    for level, tok in enumerate(answer):
+        ids, where = np.unique(group[match, level], return_inverse=True)
+        mass = np.bincount(where.ravel(), weights=weights[match], minlength=len(ids))
+        out.append((ids, mass / mass.sum()))
+        match &= group[:, level] == tok
+    return out
+
+
+def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
+    """For every example, the soft targets of its answer's ID tokens (prefix_targets), or None (the one-hot answer).
+
+    What an example is asked fixes the answers it may have; SFT draws one of them. A next-track example's group is
+    every training example after the same context (prompt_groups: the same Semantic IDs in the prompt), so its
+    targets are that context's next plays in the training window; an attribute request's group is every track that
+    answers it (request_answers: {attributes: [answer token lists]}, data.py's attribute_answers.jsonl); a track
+    asked by name has one answer (None). Trained toward these, each step carries what a whole epoch of one-hot
+    examples would say about its prompt: the same expected loss, less noise (README, "Group targets").
+    neighbours ({context ID tokens: (answers (N, L), weights (N,))}, colistened_answers): a next-track group is then
+    also every track listened near its context track in the training window, weighted by how often.
+    """
+    L = vocab.levels
+    out = [None] * len(examples)
+    for g in prompt_groups(examples, pairs, vocab):
+        if examples[g[0]].get("task") != "next_track":
+            continue
+        near = neighbours.get(tuple(t for t in pairs[g[0]][0] if vocab.is_id_token(t))[-L:]) if neighbours else None
+        if len(g) == 1 and near is None:     # one answer: its own one-hot target
+            continue
+        answers, weights = np.array([pairs[i][1][:L] for i in g]), np.ones(len(g))
+        if near is not None:
+            answers, weights = np.concatenate([answers, near[0]]), np.concatenate([weights, near[1]])
+        cache = {}
+        for i, a in zip(g, answers):
+            key = tuple(a)
+            if key not in cache:
+                cache[key] = prefix_targets(a, answers, weights)
+            out[i] = cache[key]
+    for i, ex in enumerate(examples):
+        if ex.get("task") == "attributes":
+            key = attributes_key(ex.get("attributes"))
+            if key not in request_answers:
+                raise UserError(f"example {i + 1} (an attribute request): its attributes {ex.get('attributes')} "
+                                f"are not in {formats.ATTRIBUTE_ANSWERS}; write the SFT data again with data.py sft")
+            out[i] = prefix_targets(pairs[i][1][:L], request_answers[key])
+    return out
+
+
+def attributes_key(attrs):
+    return tuple(tuple(a) for a in attrs) if attrs else None
+
+
+def colistened_answers(sft_data, meta, vocab):
+    """{a track's ID tokens: (answers (N, L), counts (N,))}: the tracks played within three plays of it in the
+    training window's sessions and how often (listening_stats.npz, the counts item kNN ranks by), as ID tokens."""
+    path = os.path.join(sft_data, "listening_stats.npz")
+    need_file(path, "listening statistics (data.py sft)")
+    stats = np.load(path)
+    cat, _ = formats.load_catalog(meta["catalog"])
+    row_codes = formats.row_codes_of(cat, *formats.load_semantic_ids(meta["semantic_ids"]))
+    tokens = {r: tuple(vocab.ids(c)) for r, c in row_codes.items()}
+    near = {}
+    for i, j, c in zip(stats["cooc_i"].tolist(), stats["cooc_j"].tolist(), stats["cooc_count"].tolist()):
+        if i in tokens and j in tokens:
+            near.setdefault(tokens[i], ([], []))
+            near[tokens[i]][0].append(tokens[j])
+            near[tokens[i]][1].append(c)
+    return {k: (np.array(a), np.array(w, np.float64)) for k, (a, w) in near.items()}
+
+
+def read_request_answers(path, fmt):
+    """data.py's attribute_answers.jsonl -> {attributes key: (N, L) int array of the answers' ID tokens}."""
+    need_file(path, "answers of the attribute requests (data.py sft)")
+    out = {}
+    for i, ex in enumerate(read_jsonl(path, fields=("attributes", "answers")), 1):
+        codes = [fmt.vocab.parse(a) for a in ex["answers"]]
+        if not codes or any(c is None for c in codes):
+            raise UserError(f"{path}, line {i}: 'answers' must be a non-empty list of Semantic IDs")
+        out[attributes_key(ex["attributes"])] = np.array([fmt.vocab.ids(c) for c in codes])
+    return out
+
+
 def lr_at(step, steps, warmup, min_ratio=MIN_LR_RATIO):
     """Multiplier of the peak rate: linear warm-up, then cosine decay to min_ratio."""
     if step < warmup:
@@ -200,6 +300,43 @@ def weighted_nll(logps, kinds, prompt_id_weight, n_tokens):
     return -(w * logps).sum() / n_tokens
 
 
+def expected_logps(logps, target_ids, target_probs):
+    """sum_s q_s log p(v_s): the log-prob of each supervised token, expected under its target distribution.
+
+    logps (M, V') fp32 log-softmax rows; target_ids, target_probs (M, S): row m's target tokens and their
+    probabilities (padding: probability 0). A one-hot row (the token itself, probability 1) gives the plain
+    log-prob, so -sum of this is the usual NLL, and with soft rows the cross-entropy H(q, p) of group_targets.
+    Worked example: logps row log [0.5, 0.25, 0.25], ids [0, 1], probs [0.75, 0.25] -> 0.75 log 0.5 + 0.25 log 0.25.
+    """
+    return (logps.gather(1, target_ids) * target_probs).sum(1)
+
+
+def target_table(targets, kinds, row, soft):
+    """The (M, S) target ids and probabilities of the M supervised tokens for expected_logps: one-hot (the token
+    itself) everywhere, except the answer's first tokens of the rows with soft targets.
+
+    targets, kinds, row (M,): each supervised token, its kind (1 answer, PROMPT_ID) and its row, in the order
+    answer_logits gathers them (row by row, left to right); soft: per row, None or [(ids, probs)] for its answer's
+    first tokens (group_targets). Each soft distribution must hold the token itself (the answer is one of its group).
+    """
+    items = [((t,), (1.0,)) for t in targets.tolist()]
+    first = {}                                      # row -> index of its first answer token
+    for m, (k, r) in enumerate(zip(kinds.tolist(), row.tolist())):
+        if k == 1:
+            first.setdefault(r, m)
+    for r, m0 in first.items():
+        for j, (ids, probs) in enumerate(soft[r] or ()):
+            assert targets[m0 + j].item() in ids, "a soft target without the answer's own token"
+            items[m0 + j] = (ids, probs)
+    S = max(len(ids) for ids, _ in items)
+    target_ids = torch.zeros(len(items), S, dtype=torch.long)
+    target_probs = torch.zeros(len(items), S)
+    for m, (ids, probs) in enumerate(items):
+        target_ids[m, :len(ids)] = torch.as_tensor(ids)
+        target_probs[m, :len(ids)] = torch.as_tensor(probs, dtype=torch.float32)
+    return target_ids.to(targets.device), target_probs.to(targets.device)
+
+
 def answer_logits(model, input_ids, attention_mask, loss_mask):
     """fp32 logits at the positions that predict a supervised token, and those tokens.
 
@@ -222,13 +359,15 @@ def logits_at_answers(model, hidden, input_ids, loss_mask):
     return logits, targets, row
 
 
-def answer_logps(model, input_ids, attention_mask, loss_mask):
-    """Log-probabilities of the answer tokens: log p(y_t | x, y_<t), (M,) fp32, and row (M,)."""
+def answer_logps(model, input_ids, attention_mask, loss_mask, table=None):
+    """Log-probabilities of the answer tokens: log p(y_t | x, y_<t), (M,) fp32, and row (M,); with table (the
+    (M, S) ids and probabilities of target_table), their expectation under those targets (expected_logps)."""
     logits, targets, row = answer_logits(model, input_ids, attention_mask, loss_mask)
-    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
+    logps = torch.log_softmax(logits, dim=-1)
+    return (logps.gather(1, targets[:, None]).squeeze(1) if table is None else expected_logps(logps, *table)), row
 
 
-def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shared_prefix):
+def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shared_prefix, table=None):
     """answer_logps, faster when the first `shared_prefix` = P tokens are the same in every row (the chat
     template's opening) and unsupervised: they run once, as a batch of one, and the rows continue from that KV
     cache, which carries the gradient back to it. The same values (tests/test_sft.py)."""
@@ -239,7 +378,8 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
     hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
                          cache=cache, use_cache=True).last_hidden_state                      # (B, T-P, H)
     logits, targets, row = logits_at_answers(model, hidden, input_ids[:, P:], loss_mask[:, P:])
-    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1), row
+    logps = torch.log_softmax(logits, dim=-1)
+    return (logps.gather(1, targets[:, None]).squeeze(1) if table is None else expected_logps(logps, *table)), row
 
 
 def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device, shared_prefix=0):
@@ -305,21 +445,28 @@ def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_
     return nll / n_tokens
 
 
-def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0):
+def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0, soft=None):
     """weighted_nll of `pairs`: the answer tokens' NLL, plus prompt_id_weight x that of the prompts' Semantic-ID
     tokens (`vocab` says which they are), divided by `n_tokens`, the answer-token count of the whole accumulated
     batch, so micro-batching does not change the gradient.
 
     shared_prefix: length of the chat template's opening that every prompt starts with; > 0 computes it once per
     batch instead of once per example (answer_logps_shared_prefix), 0 runs the plain answer_logps.
+    soft: per pair, None or the soft targets of its answer's ID tokens (group_targets); the loss then takes those
+    tokens' cross-entropy with them instead of their NLL (expected_logps).
     """
     ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id, vocab if prompt_id_weight else None))
+    shifted = loss_mask[:, 1:]   # the targets, their kinds and rows, in the order the log-probs are gathered
+    kinds = shifted[shifted.bool()]
+    table = None
+    if soft is not None and any(x is not None for x in soft):
+        row = torch.arange(len(pairs), device=ids.device)[:, None].expand_as(shifted)[shifted.bool()]
+        table = target_table(ids[:, 1:][shifted.bool()], kinds, row, soft)
     if shared_prefix:
-        logps, _ = answer_logps_shared_prefix(model, ids, attn, loss_mask, shared_prefix)
+        logps, _ = answer_logps_shared_prefix(model, ids, attn, loss_mask, shared_prefix, table)
     else:
-        logps, _ = answer_logps(model, ids, attn, loss_mask)
-    shifted = loss_mask[:, shared_prefix + 1:]   # the targets' kinds, in the order the log-probs were gathered
-    return weighted_nll(logps, shifted[shifted.bool()], prompt_id_weight, n_tokens)
+        logps, _ = answer_logps(model, ids, attn, loss_mask, table)
+    return weighted_nll(logps, kinds, prompt_id_weight, n_tokens)
 
 
 @torch.no_grad()
@@ -491,6 +638,14 @@ def train(args):
               + (f" x {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
         save_config(args.out, args, meta=meta, trainable_parameters=trainable)
 
+    soft = None
+    if args.answer_targets != "example":   # each answer token trained toward its group's answers (group_targets)
+        request_answers = read_request_answers(os.path.join(args.data, formats.ATTRIBUTE_ANSWERS), fmt)
+        near = colistened_answers(args.data, meta, vocab) if args.answer_targets == "colisten" else None
+        soft = group_targets(train_ex, train_pairs, vocab, request_answers, near)
+        if ddp.is_main():
+            print(f"group targets: {sum(x is not None for x in soft):,} of {len(soft):,} examples trained toward the "
+                  "answers of every example asked the same thing")
     grouped = args.answers_per_prompt > 1
     if grouped:   # a step: --batch-size prompts, each with up to --answers-per-prompt answers (grouped_loss)
         groups = prompt_groups(train_ex, train_pairs, vocab)
@@ -503,8 +658,9 @@ def train(args):
                                   args.seed)
     opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay)
     step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
-    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in ("train.jsonl", "val.jsonl",
-                                                                              "meta.json")])
+    inputs = ("train.jsonl", "val.jsonl", "meta.json") + ((formats.ATTRIBUTE_ANSWERS,) if soft is not None else ()) \
+        + (("listening_stats.npz",) if args.answer_targets == "colisten" else ())
+    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in inputs])
     if args.resume and resumable(ckpt_path, fingerprint):
         step, best, history = load_checkpoint(ckpt_path, model, opt, device)
     log_path = os.path.join(args.out, "log.jsonl")
@@ -525,6 +681,7 @@ def train(args):
             batch = [train_pairs[i] for i in schedule[step]]
             n_tok = sum(len(a) for _, a in batch)   # of the whole batch: every rank divides by it
         mine = ddp.shard(batch)                 # under torchrun: this rank's share of the batch
+        mine_soft = ddp.shard([soft[i] for i in schedule[step]]) if soft is not None else None
         # forward and backward, micro-batch by micro-batch: the gradients accumulate over the whole batch
         loss_sum = 0.0
         for s in range(0, len(mine), args.micro_batch_size):
@@ -536,7 +693,8 @@ def train(args):
                 else:
                     loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
                                     shared_prefix=len(fmt.prefix), vocab=vocab,
-                                    prompt_id_weight=args.prompt_id_weight)
+                                    prompt_id_weight=args.prompt_id_weight,
+                                    soft=mine_soft and mine_soft[s:s + args.micro_batch_size])
             loss.backward()
             loss_sum += loss.item()
         ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's
@@ -626,6 +784,15 @@ def parse_args(argv=None):
                         "so 2.4x the examples a CPU second, but in the same time it ranked no better: README, "
                         "'Several answers per SFT prompt'); 1: --batch-size examples, each with its own prompt "
                         "(default %(default)s)")
+    p.add_argument("--answer-targets", choices=ANSWER_TARGETS, default=ANSWER_TARGET,
+                   help="what each answer's Semantic-ID tokens are trained toward: 'example', the example's own "
+                        "answer (the usual one-hot SFT); 'group', the answers of every training example asked the "
+                        "same thing, level by level along the answer's prefix: a context track's next plays in the "
+                        "training window, every track that answers an attribute request (data.py's "
+                        f"{formats.ATTRIBUTE_ANSWERS}). The same expected loss with less noise per step; "
+                        "'colisten': 'group', and a next-track answer also toward every track listened within three "
+                        "plays of the context track in the training window, by count (listening_stats.npz, what "
+                        "item kNN ranks by) (README, 'Group targets'; default %(default)s)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")
@@ -668,6 +835,9 @@ def parse_args(argv=None):
         args.micro_batch_size = min(args.batch_size, MICRO_BATCH_SIZE)
     if args.batch_size % args.micro_batch_size:
         p.error("--batch-size must be a multiple of --micro-batch-size")
+    if args.answer_targets != "example" and args.answers_per_prompt > 1:
+        p.error(f"--answer-targets {args.answer_targets} trains each example toward its group's answers; "
+                "--answers-per-prompt runs the group's examples under one prompt: use one or the other")
     if args.answers_per_prompt < 1:
         p.error(f"--answers-per-prompt {args.answers_per_prompt}: at least 1 (1: every example its own prompt)")
     return args

@@ -80,10 +80,16 @@ def test_rows_before_grouped_keep_the_dpo_they_ran_with():
     0.5): each row pins the DPO it ran with, so `make demo` gives it the command lines it ran with (its stamps
     hold)."""
     names = list(ablation.ROWS)
-    assert names[-2:] == ["grouped", "beta"] and ablation.ROWS["grouped"][2] == "quality"
+    assert names[-3:] == ["grouped", "beta", "colisten"] and ablation.ROWS["grouped"][2] == "quality"
     assert ablation.ROWS["beta"][2] == "grouped"
-    for name in names[:-2]:
+    for name in names[:-3]:
         assert ablation.EARLIER_DPO.items() <= ablation.ROWS[name][1].items(), name
+    # the SFT targets changed after `beta` (group targets): every row before pins the one-hot answers it ran with
+    for name in names[:-1]:
+        assert ablation.ROWS[name][1]["SFT_TARGETS"] == "example", name
+    colisten = ablation.ROWS["colisten"][1]
+    assert colisten["SFT_TARGETS"] == "colisten" and {k: v for k, v in colisten.items() if k != "SFT_TARGETS"} == \
+        {k: v for k, v in ablation.ROWS["grouped"][1].items() if k != "SFT_TARGETS"}
     grouped, quality, beta = (ablation.ROWS[n][1] for n in ("grouped", "quality", "beta"))
     assert {k: v for k, v in grouped.items() if k not in ablation.EARLIER_DPO} == \
         {k: v for k, v in quality.items() if k not in ablation.EARLIER_DPO}   # the same SFT: a DPO row

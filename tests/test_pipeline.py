@@ -73,6 +73,17 @@ def test_every_stage_writes_its_artifacts(demo_run):
     train = [json.loads(l) for l in open(os.path.join(run, "sft_data/train.jsonl"))]
     assert {e["task"] for e in train} == {"attributes", "grounding", "next_track"}
     assert all(e["answer"] not in e["prompt"] for e in train)                  # never the answer in the prompt
+    # every attribute request names its attributes; attribute_answers.jsonl lists each request's answers: exactly the
+    # catalogue tracks that satisfy all of them, the example's own among them
+    sets = {json.dumps(x["attributes"]): x["answers"] for x in map(json.loads, open(os.path.join(
+        run, "sft_data", formats.ATTRIBUTE_ANSWERS)))}
+    cat, _ = formats.load_catalog(os.path.join(run, "world/catalog.csv"))
+    row_codes = formats.row_codes_of(cat, *formats.load_semantic_ids(os.path.join(run, "rvq/semantic_ids.tsv")))
+    requests = [e for e in train if e["task"] == "attributes"]
+    assert requests and all(e["answer"] in sets[json.dumps(e["attributes"])] for e in requests)
+    for attrs, answers in sets.items():
+        rows = tasks.relevant_rows(cat, tasks.attribute_masks(cat), [tuple(a) for a in json.loads(attrs)], row_codes)
+        assert sorted(answers) == sorted(formats.id_text(row_codes[r]) for r in rows)
     tests_attr = [json.loads(l) for l in open(os.path.join(run, "sft_data/test_attributes.jsonl"))]
     train_starts = {t.split("{")[0] for t in tasks.TRAIN_REQUEST_TEMPLATES}
     assert tests_attr and not any(q["prompt"].startswith(s) for q in tests_attr for s in train_starts if s)
@@ -97,6 +108,24 @@ def test_every_stage_writes_its_artifacts(demo_run):
     alpha = json.load(open(os.path.join(run, "dpo/config.json")))["rpo_alpha"]   # log 2 + the NLL term at step 0
     nll = -dlog[0]["eval/logps/chosen"] / 4                                      # per token: 3 IDs + end
     assert dlog[0]["step"] == 0 and abs(dlog[0]["eval/loss"] - (0.693147 + alpha * nll)) < 1e-4
+
+
+def test_colistened_answers_are_the_logs_counts_as_ids(demo_run, tiny_smol):
+    """sft.colistened_answers: every co-listening count of listening_stats.npz, keyed and listed by Semantic ID."""
+    import model as M
+    import sft
+    run, _ = demo_run
+    meta = json.load(open(os.path.join(run, "sft_data/meta.json")))
+    _, _, vocab = M.load_policy(tiny_smol, levels=meta["levels"], codebook_size=meta["codebook_size"])
+    near = sft.colistened_answers(os.path.join(run, "sft_data"), meta, vocab)
+    cat, _ = formats.load_catalog(os.path.join(run, "world/catalog.csv"))
+    row_codes = formats.row_codes_of(cat, *formats.load_semantic_ids(os.path.join(run, "rvq/semantic_ids.tsv")))
+    stats = np.load(os.path.join(run, "sft_data/listening_stats.npz"))
+    expected = {}
+    for i, j, c in zip(stats["cooc_i"], stats["cooc_j"], stats["cooc_count"]):
+        expected[(tuple(vocab.ids(row_codes[int(i)])), tuple(vocab.ids(row_codes[int(j)])))] = float(c)
+    got = {(k, tuple(a)): w for k, (answers, weights) in near.items() for a, w in zip(answers.tolist(), weights)}
+    assert expected and got == expected
 
 
 def test_results_cover_every_system_and_metric(demo_run):

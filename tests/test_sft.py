@@ -70,9 +70,9 @@ def test_weighted_nll_worked_example():
     assert sft.weighted_nll(logps, kinds, 1.0, 4).item() == pytest.approx(1.5)   # every token: 6 / 4
 
 
-def test_prompt_id_loss_equals_a_full_forward(tiny_smol):
-    """sft_loss with the prompt's IDs weighted = the hand-summed log-probs of one plain forward, with and
-    without the shared template opening."""
+def two_prompts_policy(tiny_smol):
+    """A policy whose LoRA B is random (so the adapter changes the logits) and two pairs: a next-track prompt with
+    three Semantic-ID tokens, and a request without any."""
     args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol])
     model, tok, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu")
     with torch.no_grad():
@@ -81,6 +81,13 @@ def test_prompt_id_loss_equals_a_full_forward(tiny_smol):
     fmt = M.PromptFormat(tok, vocab)
     pairs = [(fmt.prompt("more like (rock) <a_1><b_2><c_3>"), fmt.answer((1, 2, 0))),
              (fmt.prompt("play jazz"), fmt.answer((2, 0, 1)))]
+    return model, fmt, vocab, pairs
+
+
+def test_prompt_id_loss_equals_a_full_forward(tiny_smol):
+    """sft_loss with the prompt's IDs weighted = the hand-summed log-probs of one plain forward, with and
+    without the shared template opening."""
+    model, fmt, vocab, pairs = two_prompts_policy(tiny_smol)
     ids, attn, _ = sft.collate(pairs, 2)
     with torch.no_grad():
         full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
@@ -352,3 +359,111 @@ def test_id_init_descriptions_sets_the_rows(tmp_path, tiny_smol):
     formats.write_semantic_ids(tmp_path / "ids.tsv", ["t0", "t1", "gone"], codes)
     with pytest.raises(UserError, match=r"ids.tsv: track gone is not in .*catalog.csv \(1 such\)"):
         sft.build_policy(args, meta, "cpu", id_init="descriptions")
+
+
+def test_prefix_targets_worked_example():
+    got = sft.prefix_targets((1, 5), [(1, 5), (1, 6), (2, 7), (1, 5)])
+    assert got[0][0].tolist() == [1, 2] and np.allclose(got[0][1], [0.75, 0.25])
+    assert got[1][0].tolist() == [5, 6] and np.allclose(got[1][1], [2 / 3, 1 / 3])   # among the answers after 1
+    weighted = sft.prefix_targets((1, 5), [(1, 5), (1, 6), (2, 7)], weights=[1.0, 3.0, 4.0])
+    assert np.allclose(weighted[0][1], [0.5, 0.5]) and np.allclose(weighted[1][1], [0.25, 0.75])
+    alone = sft.prefix_targets((2, 7), [(1, 5), (1, 6), (2, 7), (1, 5)])
+    assert alone[1][0].tolist() == [7] and alone[1][1].tolist() == [1.0]           # 2 is followed by 7 alone
+
+
+def test_expected_logps_worked_example():
+    logps = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]]))
+    ids = torch.tensor([[0, 1], [2, 0]])
+    probs = torch.tensor([[0.75, 0.25], [1.0, 0.0]])                  # the second row one-hot: its plain log-prob
+    got = sft.expected_logps(logps, ids, probs)
+    assert torch.allclose(got, torch.tensor([0.75 * np.log(0.5) + 0.25 * np.log(0.25), np.log(0.7)]).float())
+
+
+def test_group_targets_of_next_tracks_requests_and_names(tiny_smol):
+    _, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    fmt = M.PromptFormat(tok, vocab)
+    ex = [{"prompt": "More like (rock) <a_0><b_0><c_0>", "answer": "<a_1><b_2><c_3>", "task": "next_track"},
+          {"prompt": "Something like (rock) <a_0><b_0><c_0>", "answer": "<a_1><b_0><c_0>", "task": "next_track"},
+          {"prompt": "More like (jazz) <a_2><b_0><c_0>", "answer": "<a_3><b_3><c_3>", "task": "next_track"},
+          {"prompt": "Play something rock", "answer": "<a_1><b_2><c_3>", "task": "attributes",
+           "attributes": [["genre", "rock"]]},
+          {"prompt": "Play A - B", "answer": "<a_1><b_0><c_0>", "task": "grounding"}]
+    pairs = sft.tokenize_examples(ex, fmt)
+    rock = np.array([vocab.ids(c) for c in [(1, 2, 3), (1, 2, 0), (0, 1, 1)]])
+    soft = sft.group_targets(ex, pairs, vocab, {(("genre", "rock"),): rock})
+    a, b, c = (vocab.token_id(level, code) for level, code in zip(range(3), (1, 2, 3)))
+    # the two prompts after <a_0><b_0><c_0> (other phrasings) share their answers: a_1 both, then b_2 or b_0
+    assert soft[0][0][0].tolist() == [a] and soft[0][0][1].tolist() == [1.0]
+    assert soft[0][1][0].tolist() == [vocab.token_id(1, 0), b] and np.allclose(soft[0][1][1], [0.5, 0.5])
+    assert soft[0][2][0].tolist() == [c]                              # after a_1 b_2: c_3 alone
+    assert soft[2] is None and soft[4] is None                        # a context seen once; a track by name
+    # the request: every rock track, level by level along the answer's prefix: a_1 2 of 3, then b_2 both, c_0 or c_3
+    assert soft[3][0][0].tolist() == [vocab.token_id(0, 0), a] and np.allclose(soft[3][0][1], [1 / 3, 2 / 3])
+    assert soft[3][1][0].tolist() == [b] and np.allclose(soft[3][2][1], [0.5, 0.5])
+    with pytest.raises(sft.UserError, match="not in attribute_answers.jsonl"):
+        sft.group_targets(ex, pairs, vocab, {})
+    # with co-listened tracks (weights: counts) beside the next plays: the context <a_0><b_0><c_0> has answers
+    # (1,2,3) x 1 + 2, (1,0,0) x 1, (2,2,2) x 4 of 8 -> a_1 4/8, a_2 4/8; after a_1: b_0 1/4, b_2 3/4
+    ctx = tuple(vocab.ids((0, 0, 0)))
+    near = {ctx: (np.array([vocab.ids(c) for c in [(1, 2, 3), (2, 2, 2)]]), np.array([2.0, 4.0]))}
+    soft = sft.group_targets(ex, pairs, vocab, {(("genre", "rock"),): rock}, near)
+    assert soft[0][0][0].tolist() == [a, vocab.token_id(0, 2)] and np.allclose(soft[0][0][1], [0.5, 0.5])
+    assert soft[0][1][0].tolist() == [vocab.token_id(1, 0), b] and np.allclose(soft[0][1][1], [0.25, 0.75])
+    assert soft[1][1][0].tolist() == [vocab.token_id(1, 0), b] and soft[2] is None   # no neighbours: as before
+
+
+def test_sft_loss_with_group_targets_is_the_cross_entropy(tiny_smol):
+    """sft_loss with soft targets = -(sum over the answer's ID tokens of sum_v q(v) log p(v) + the end token's log p)
+    / n by hand from one full forward; one-hot soft targets give the plain loss; the shared opening changes nothing."""
+    model, fmt, vocab, pairs = two_prompts_policy(tiny_smol)
+    t = vocab.token_id
+    soft = [[(np.array([t(0, 1), t(0, 3)]), np.array([0.6, 0.4])), (np.array([t(1, 2)]), np.array([1.0])),
+             (np.array([t(2, 0), t(2, 2)]), np.array([0.5, 0.5]))], None]
+    ids, attn, _ = sft.collate(pairs, 2)
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+    n0 = len(pairs[0][0])
+    total = 0.0
+    for j, (v, q) in enumerate(soft[0]):
+        total += sum(qq * full[0, n0 + j - 1, vv] for vv, qq in zip(v.tolist(), q.tolist()))
+    total += full[0, n0 + 2, ids[0, n0 + 3]]                                      # the end token, one-hot
+    n1 = len(pairs[1][0])
+    total += sum(full[1, t_ - 1, ids[1, t_]] for t_ in range(n1, n1 + 4))        # the second example, one-hot
+    prompt_ids = sum(full[0, t_ - 1, ids[0, t_]] for t_ in range(n0) if vocab.is_id_token(ids[0, t_].item()))
+    with torch.no_grad():
+        for shared in (0, len(fmt.prefix)):
+            got = sft.sft_loss(model, pairs, 2, 8, "cpu", shared_prefix=shared, vocab=vocab, prompt_id_weight=0.5,
+                               soft=soft)
+            assert got.item() == pytest.approx((-(total + 0.5 * prompt_ids) / 8).item(), abs=1e-5)
+        one_hot = [[(np.array([tok_]), np.array([1.0])) for tok_ in pairs[0][1][:3]], None]
+        assert sft.sft_loss(model, pairs, 2, 8, "cpu", soft=one_hot).item() == pytest.approx(
+            sft.sft_loss(model, pairs, 2, 8, "cpu").item(), abs=1e-6)
+
+
+def test_sft_trains_toward_group_targets(tmp_path, tiny_smol):
+    """sft.py --answer-targets group end to end: it needs data.py's attribute_answers.jsonl (one line when it is
+    missing) and trains; its first step's loss is the one-hot run's (the new ID rows start equal, so any target
+    distribution over ID tokens costs the same), and the runs part after it."""
+    import json
+    data = write_sft_data(tmp_path / "data")
+    rows = [json.loads(l) for l in open(os.path.join(data, "train.jsonl"))]
+    genres = {"rock": 0, "jazz": 1, "metal": 2}
+    for r in rows:
+        r["attributes"] = [["genre", r["prompt"].split()[-2]]]
+    with open(os.path.join(data, "train.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with pytest.raises(sft.UserError, match="attribute_answers.jsonl"):
+        run_tiny_sft(data, str(tmp_path / "missing"), tiny_smol, ["--answer-targets", "group"])
+    with open(os.path.join(data, "attribute_answers.jsonl"), "w") as f:   # every ID of the genre's first code
+        for g, a in genres.items():
+            answers = [f"<a_{a}><b_{b}><c_{c}>" for b in range(4) for c in range(4)]
+            f.write(json.dumps({"attributes": [["genre", g]], "answers": answers}) + "\n")
+    for targets in ("example", "group"):
+        run_tiny_sft(data, str(tmp_path / targets), tiny_smol, ["--answer-targets", targets])
+    logs = {t: [json.loads(l) for l in open(tmp_path / t / "log.jsonl")] for t in ("example", "group")}
+    assert [x["step"] for x in logs["group"]] == list(range(1, 7))
+    assert all(np.isfinite(x["loss"]) for x in logs["group"])
+    # step 1: the new ID rows all start at one vector, so every ID token has the same log-prob at each position and
+    # any distribution over ID tokens has the cross-entropy of one of them: the same loss; then they part
+    assert logs["group"][0]["loss"] == pytest.approx(logs["example"][0]["loss"], rel=1e-4)
+    assert logs["group"][-1]["loss"] != pytest.approx(logs["example"][-1]["loss"], rel=1e-3)
