@@ -59,6 +59,9 @@ TEST_REQUEST_TEMPLATES = (  # held out entirely: never seen in training
     "What's a good {desc} track?", "Queue up some {desc} songs", "I'm in the mood for {desc} music",
     "Suggest a {desc} song, please",
 )
+VAL_REQUEST_TEMPLATES = (  # held out of training and test alike: benchmarks/val_next.py --attribute-phrasings heldout
+    "Could you play some {desc} music?", "Show me {desc} songs", "Start a {desc} mix", "Let's hear a {desc} track",
+)
 GROUNDING_TEMPLATES = ("Play {track}", "{track}", "Put on {track}")
 NEXT_TEMPLATES = ("I want to listen to {track} or something similar", "Something like {track}",
                   "More like {track}, please", "Play me songs similar to {track}")

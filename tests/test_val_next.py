@@ -82,3 +82,22 @@ def test_attribute_queries_are_distinct_requests_with_every_matching_track_relev
         assert any(prompt.lower().startswith(t.split("{")[0].lower()) for t in tasks.TRAIN_REQUEST_TEMPLATES)
         assert rel == (evens if "jazz" in prompt else odds if "rock" in prompt else evens | odds)
     assert attribute_queries(cat, row_codes, 5, seed=0) == qs   # seeded
+
+
+def test_heldout_phrasings_are_in_neither_training_nor_test_and_pair_with_the_training_ones():
+    """--attribute-phrasings heldout: phrasings no training or test example starts with; the same seed draws the same
+    requests (their relevant tracks) in either phrasing, so the two pair query by query."""
+    from val_next import PHRASINGS, attribute_queries
+
+    def starts(templates):
+        return {t.split("{")[0].lower() for t in templates}
+    held = starts(tasks.VAL_REQUEST_TEMPLATES)
+    assert not held & (starts(tasks.TRAIN_REQUEST_TEMPLATES) | starts(tasks.TEST_REQUEST_TEMPLATES))
+    assert PHRASINGS["heldout"] == tasks.VAL_REQUEST_TEMPLATES
+    cat = tiny_catalog(n=20)
+    cat.genres = [["rock"] if i % 2 else ["jazz"] for i in range(20)]
+    row_codes = {i: (i, 0, 0) for i in range(20)}
+    train = attribute_queries(cat, row_codes, 5, seed=0)
+    heldout = attribute_queries(cat, row_codes, 5, seed=0, templates=tasks.VAL_REQUEST_TEMPLATES)
+    assert [q[1] for q in heldout] == [q[1] for q in train]
+    assert all(any(p.lower().startswith(s) for s in held) for p, _ in heldout)
