@@ -93,8 +93,8 @@ SFT_STEPS ?= 480
 SFT_BATCH ?= 16
 # what SFT trains each answer toward (sft.py --answer-targets): example, the example's own answer alone; group, the
 # answers of every training example asked the same thing (every track that answers an attribute request; a context
-# track's next plays); colisten, group and a next track's co-listened tracks by count: tried, not kept (it held on
-# one world's validation window of two: README, "Group targets")
+# track's next plays); colisten, group and a next track's co-listened tracks by count. Tried, not kept: neither moved
+# a target on the test windows of two worlds (README, "Group targets")
 SFT_TARGETS ?= example
 SFT_ARGS ?=
 DPO_STEPS ?= 80
