@@ -359,12 +359,18 @@ def logits_at_answers(model, hidden, input_ids, loss_mask):
     return logits, targets, row
 
 
+def token_logps(logits, targets, table=None):
+    """(M,) log p of each target token from its fp32 logits row (M, V'), or with table (target_table's (M, S) ids and
+    probabilities) the expected log-prob under those targets (expected_logps)."""
+    logps = torch.log_softmax(logits, dim=-1)
+    return logps.gather(1, targets[:, None]).squeeze(1) if table is None else expected_logps(logps, *table)
+
+
 def answer_logps(model, input_ids, attention_mask, loss_mask, table=None):
     """Log-probabilities of the answer tokens: log p(y_t | x, y_<t), (M,) fp32, and row (M,); with table (the
     (M, S) ids and probabilities of target_table), their expectation under those targets (expected_logps)."""
     logits, targets, row = answer_logits(model, input_ids, attention_mask, loss_mask)
-    logps = torch.log_softmax(logits, dim=-1)
-    return (logps.gather(1, targets[:, None]).squeeze(1) if table is None else expected_logps(logps, *table)), row
+    return token_logps(logits, targets, table), row
 
 
 def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shared_prefix, table=None):
@@ -378,8 +384,7 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
     hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
                          cache=cache, use_cache=True).last_hidden_state                      # (B, T-P, H)
     logits, targets, row = logits_at_answers(model, hidden, input_ids[:, P:], loss_mask[:, P:])
-    logps = torch.log_softmax(logits, dim=-1)
-    return (logps.gather(1, targets[:, None]).squeeze(1) if table is None else expected_logps(logps, *table)), row
+    return token_logps(logits, targets, table), row
 
 
 def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device, shared_prefix=0):
@@ -479,7 +484,7 @@ def evaluate(model, pairs, pad_id, vocab, device, batch_size):
         chunk = pairs[s:s + batch_size]
         ids, attn, loss_mask = (t.to(device) for t in collate(chunk, pad_id))
         logits, targets, _ = answer_logits(model, ids, attn, loss_mask)          # (M, V') fp32, (M,)
-        logps = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+        logps = token_logps(logits, targets)
         nll -= logps.sum().item()
         n_tok += len(targets)
         hit = (logits.argmax(-1) == targets).view(len(chunk), L + 1)[:, :L]     # answers are L IDs + end
