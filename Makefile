@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 RUN ?= runs/demo
 # the embedded model (SmolLM2-135M-Instruct, 30 decoder layers) cut to its first LAYERS (model.py truncate): half
 # the compute per token, so the demo's 480 SFT steps take the time of the whole model's 240, and DPO and evaluation
-# half theirs; on the validation window of two worlds it ranked as well or better (README, "Half the layers").
+# half theirs; on the validation window of two worlds it ranked as well or better (EXPERIMENTS.md, "Half the layers").
 # LAYERS= (empty) or 30: the whole model. MODEL=<folder> takes any local Llama folder instead (LAYERS then unused).
 LAYERS ?= 15
 EMBEDDED := models/smollm2-135m
@@ -39,12 +39,12 @@ LOGS ?= $(WORLD)/userid_trackid_timestamp.tsv
 ID_INFO ?= $(WORLD)/id_information.csv
 ID_META ?= $(WORLD)/id_metadata.csv
 
-# --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores (24-31 on slower AVX2-only ones: README)
+# --- sizes of the default run, chosen to finish in about 20 minutes on 2 CPU cores (24-31 on slower AVX2-only ones: EXPERIMENTS.md)
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
 # co-listening), quality (each track's training-window long-listen rate: a preference DPO learns on one code then
-# carries to every track holding it; README, "Listening quality in the IDs"); SIGNALS=audio is the seed's IDs,
+# carries to every track holding it; EXPERIMENTS.md, "Listening quality in the IDs"); SIGNALS=audio is the seed's IDs,
 # SIGNALS=audio,genre,collab the demo's before 2026-12-02 (README: the ablation table compares them); a fifth block,
-# attrs (the request phrases that hold for each track), was tried and not kept (README, "Attribute phrases in the IDs")
+# attrs (the request phrases that hold for each track), was tried and not kept (EXPERIMENTS.md, "Attribute phrases in the IDs")
 SIGNALS ?= audio,genre,collab,quality
 # SEED_CONFIG=1: the seed notebook's configuration in one option: the whole model (240 SFT steps, the time of the
 # demo's), audio-only IDs, prompts that name the track, SFT loss on the answers only, and pure DPO (no NLL term)
@@ -80,8 +80,8 @@ RVQ_ARGS ?=
 HISTORY ?= 1
 # what a next-track prompt shows of the context track: genre (its genre and Semantic ID), id (the ID alone), name
 # (its artist, title, genre and ID: the format before 2026-12-01) or words (its genre, attribute phrases and ID:
-# better attribute requests, a quarter more SFT time; README, "The context track's words"); shorter prompts, cheaper
-# steps (README, "Shorter prompts")
+# better attribute requests, a quarter more SFT time; EXPERIMENTS.md, "The context track's words"); shorter prompts, cheaper
+# steps (EXPERIMENTS.md, "Shorter prompts")
 CONTEXT_TEXT ?= genre
 LEVELS ?= 3
 CODEBOOK ?= 32
@@ -94,22 +94,22 @@ SFT_BATCH ?= 16
 # what SFT trains each answer toward (sft.py --answer-targets): example, the example's own answer alone; group, the
 # answers of every training example asked the same thing (every track that answers an attribute request; a context
 # track's next plays); colisten, group and a next track's co-listened tracks by count. Tried, not kept: neither moved
-# a target on the test windows of two worlds (README, "Group targets")
+# a target on the test windows of two worlds (EXPERIMENTS.md, "Group targets")
 SFT_TARGETS ?= example
 SFT_ARGS ?=
 DPO_STEPS ?= 80
 # a DPO step: DPO_BATCH prompts and up to DPO_PAIRS_PER_PROMPT pairs of each, the pairs of one context sharing one
-# forward of its prompt (~90% of a pair's tokens), so 2.7x the pairs of a step of 8 in its time (README, "More
+# forward of its prompt (~90% of a pair's tokens), so 2.7x the pairs of a step of 8 in its time (EXPERIMENTS.md, "More
 # pairs per DPO step"); DPO_PAIRS_PER_PROMPT=1: steps of DPO_BATCH pairs of any prompts (the demo before 2026-12-02)
 DPO_BATCH ?= 4
 DPO_PAIRS_PER_PROMPT ?= 8
 # pairs per forward of the grouped steps: a step's 4 x 8 in one
 DPO_MICRO_BATCH ?= 32
 # the DPO weights kept: last (the final ones) or accuracy (the step of the best accuracy on the VAL_PAIRS validation
-# pairs, which at 96 pairs chose by chance: README, "96 validation pairs choose DPO's checkpoint by chance")
+# pairs, which at 96 pairs chose by chance: EXPERIMENTS.md, "96 validation pairs choose DPO's checkpoint by chance")
 DPO_SELECT ?= last
 # DPO's beta: at 0.1 the preference term's gradient starts at a fifth of the NLL term's beside it; 0.5 gains
-# preference accuracy on three worlds but ranks seed 2's test next tracks below SFT (README, "DPO's beta 0.5")
+# preference accuracy on three worlds but ranks seed 2's test next tracks below SFT (EXPERIMENTS.md, "DPO's beta 0.5")
 DPO_BETA ?= 0.1
 DPO_ARGS ?=
 # training pairs kept (0: all of them, which the grouped steps need to find a context's pairs together); the

@@ -28,7 +28,7 @@ from common import UserError, read_json, run_main
 TOP_K: int = 10               # tracks to show
 EXACT_MAX_ITEMS: int = 20_000   # rank exactly up to this many tracks (evaluate.py's default), beam search above
 ADAPTER: str = "sft"          # sft, dpo, base, or an adapter folder; sft ranks next tracks at least as well as dpo
-                              # on the test windows of three worlds, dpo ranks listening preferences better (README,
+                              # on the test windows of three worlds, dpo ranks listening preferences better (EXPERIMENTS.md,
                               # "What the demo of 2026-12-02 changed")
 # "something like X", "more like X", "similar to X": X may name a catalogue track
 LIKE_RE = re.compile(r"^\s*(?:something|songs?|tracks?|music)?\s*(?:like|similar to|more like)\s+(.+?)[\s.!?]*$",

@@ -256,7 +256,7 @@ def parse_args(argv=None):
                    help="output folder (train.jsonl, val.jsonl, test sets, listening statistics, meta.json)")
     s.add_argument("--attribute-examples", type=int, default=2000,
                    help="attribute requests for training (default %(default)s: a tenth of the demo's examples; "
-                        "twice as many did not raise attribute precision on validation, README)")
+                        "twice as many did not raise attribute precision on validation, EXPERIMENTS.md)")
     s.add_argument("--grounding-examples", type=int, default=1000,
                    help="name -> ID examples (tracks sampled), so a track named in words maps to its ID "
                         "(default %(default)s)")

@@ -46,7 +46,7 @@ STEPS: int = 80                # optimizer steps
 BATCH_SIZE: int = 8            # pairs per optimizer step (prompts per step with PAIRS_PER_PROMPT > 1)
 # pairs of one prompt trained together: the pairs of a context (the same prompt, other users and sessions) share
 # one forward of the prompt, ~90% of a pair's tokens, so a step of 4 prompts x up to 8 pairs takes the time of one of
-# 8 pairs and learns from ~2.7x the pairs (README, "More pairs per DPO step"); 1: each step draws BATCH_SIZE pairs of
+# 8 pairs and learns from ~2.7x the pairs (EXPERIMENTS.md, "More pairs per DPO step"); 1: each step draws BATCH_SIZE pairs of
 # any prompts (the seed's batches)
 PAIRS_PER_PROMPT: int = 1
 MICRO_BATCH_SIZE: int = 8      # pairs per forward (each forward holds 2x as many sequences)

@@ -30,7 +30,7 @@ LORA_R: int = 16              # rank of the update B @ A
 LORA_ALPHA: float = 32.0      # scaling numerator: update is (alpha / r) * B @ A
 # dropout on the LoRA branch input only (the frozen path sees clean x). 0, PEFT's default too: a run sees each
 # example about once (the demo: 3,840 of 19,745), so there is nothing to overfit yet, and on a CPU drawing the masks
-# costs about a quarter of an SFT step (README, "LoRA dropout off")
+# costs about a quarter of an SFT step (EXPERIMENTS.md, "LoRA dropout off")
 LORA_DROPOUT: float = 0.0
 USE_RSLORA: bool = False      # alpha / sqrt(r) scaling (rsLoRA)
 # all seven Llama projections; PEFT's own default would be q_proj, v_proj only

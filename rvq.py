@@ -50,7 +50,7 @@ WEIGHTS: str = ""           # total variance of each block, comma-separated in S
 # would split genres (first-code genre purity 0.95 at 0.5): at 0.25 the first code still holds one genre (0.99-1.00
 # on the validation windows of seeds 0 and 1), and a logistic regression on the codes alone, fitted to the 640 DPO
 # training pairs, ranks validation pairs at 0.73-0.74 instead of 0.64, at 0.01-0.02 less next-track HR@10 of the ID
-# prefixes (benchmarks/quality_ids.py; README, "Listening quality in the IDs")
+# prefixes (benchmarks/quality_ids.py; EXPERIMENTS.md, "Listening quality in the IDs")
 # attrs (13 columns) at 1.0 splits genres too (first-code genre purity 0.90 on seed 0's world): at 0.5 the first
 # code holds one genre at 0.98 and the first two codes agree with their tracks' attribute phrases at 0.94 instead of
 # 0.90 without the block (the quality sheet's attribute_purity_per_level)

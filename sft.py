@@ -54,7 +54,7 @@ ID_INITS = ("mean", "descriptions")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions" measured no better)
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
-                               # examples a second, no better ranking at the demo's budget: README)
+                               # examples a second, no better ranking at the demo's budget: EXPERIMENTS.md)
 ANSWER_TARGETS = ("example", "group", "colisten")
 ANSWER_TARGET: str = "example"  # what an answer's ID tokens are trained toward: the example's own answer (one-hot),
                                # the answers of every example asked the same thing (group_targets), or for next
@@ -204,7 +204,7 @@ def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
     targets are that context's next plays in the training window; an attribute request's group is every track that
     answers it (request_answers: {attributes: [answer token lists]}, data.py's attribute_answers.jsonl); a track
     asked by name has one answer (None). Trained toward these, each step carries what a whole epoch of one-hot
-    examples would say about its prompt: the same expected loss, less noise (README, "Group targets").
+    examples would say about its prompt: the same expected loss, less noise (EXPERIMENTS.md, "Group targets").
     neighbours ({context ID tokens: (answers (N, L), weights (N,))}, colistened_answers): a next-track group is then
     also every track listened near its context track in the training window, weighted by how often.
     """
@@ -786,7 +786,7 @@ def parse_args(argv=None):
                    help="above 1: a step is --batch-size prompts (--micro-batch-size counts prompts too), each "
                         "with up to this many answers of the next-track examples after the same context track, the "
                         "prompt run once for all of them (grouped_loss: the prompt is ~85%% of an example's tokens, "
-                        "so 2.4x the examples a CPU second, but in the same time it ranked no better: README, "
+                        "so 2.4x the examples a CPU second, but in the same time it ranked no better: EXPERIMENTS.md, "
                         "'Several answers per SFT prompt'); 1: --batch-size examples, each with its own prompt "
                         "(default %(default)s)")
     p.add_argument("--answer-targets", choices=ANSWER_TARGETS, default=ANSWER_TARGET,
@@ -797,7 +797,7 @@ def parse_args(argv=None):
                         f"{formats.ATTRIBUTE_ANSWERS}). The same expected loss with less noise per step; "
                         "'colisten': 'group', and a next-track answer also toward every track listened within three "
                         "plays of the context track in the training window, by count (listening_stats.npz, what "
-                        "item kNN ranks by) (README, 'Group targets'; default %(default)s)")
+                        "item kNN ranks by) (EXPERIMENTS.md, 'Group targets'; default %(default)s)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")
@@ -809,7 +809,7 @@ def parse_args(argv=None):
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "
                         "genre and attribute phrases, so SFT need not first tell the rows apart; at the demo's budget it "
-                        "ranked no better: README, 'Tried on validation, not kept'; default %(default)s)")
+                        "ranked no better: EXPERIMENTS.md, 'Tried on validation, not kept'; default %(default)s)")
     p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
                    help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
                         "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "

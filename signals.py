@@ -104,7 +104,7 @@ def preprocess(features_raw, params):
 #           tracks answering the same words. The audio block holds the same features as standardised distances,
 #           where a track at energy 0.69 sits next to one at 0.71, which requests split; the flags put the
 #           requests' thresholds into the quantiser's input. A function of the features alone, so a new track gets
-#           its flags too. Tried, not kept (README, "Attribute phrases in the IDs").
+#           its flags too. Tried, not kept (EXPERIMENTS.md, "Attribute phrases in the IDs").
 
 def block_scale(x):
     """1 / sqrt(total variance) of a block x (N, d): multiplying by it gives the block total variance 1."""

@@ -25,7 +25,7 @@ CONTEXT_TEXT: str = "genre"    # what a next-track prompt shows of its context t
                                # Against "name", an SFT step costs ~10% less ("id":
                                # ~27%), and with 160 steps instead of 120 "genre" ranks validation next tracks as
                                # well and attribute requests better; "id" ranks next tracks better and attribute
-                               # requests far worse: no prompt then puts a genre word beside an ID (README,
+                               # requests far worse: no prompt then puts a genre word beside an ID (EXPERIMENTS.md,
                                # "Shorter prompts")
 
 # (attribute, value) -> (phrase, where it goes, predicate over the (N, 10) feature matrix)

@@ -164,7 +164,7 @@ def main(argv=None):
                    help="how the attribute requests are phrased: 'train', the training phrasings (every figure of "
                         "the README before 2026-12-03); 'heldout', phrasings in neither the training nor the test "
                         "examples (tasks.VAL_REQUEST_TEMPLATES), as the test requests are held out: a gain on the "
-                        "training phrasings alone did not reach the test window (README, 'Group targets'). The "
+                        "training phrasings alone did not reach the test window (EXPERIMENTS.md, 'Group targets'). The "
                         "same seed draws the same attribute sets either way, so the two pair (default %(default)s)")
     p.add_argument("--hallucination-prompts", type=int, default=HALLUCINATION_PROMPTS,
                    help="validation prompts each adapter decodes without constraints, half next-track queries, half "
