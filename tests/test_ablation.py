@@ -95,3 +95,10 @@ def test_rows_before_grouped_keep_the_dpo_they_ran_with():
         {k: v for k, v in quality.items() if k not in ablation.EARLIER_DPO}   # the same SFT: a DPO row
     assert grouped["DPO_BETA"] == "0.1" and {k: v for k, v in beta.items() if k != "DPO_BETA"} == \
         {k: v for k, v in grouped.items() if k != "DPO_BETA"} and beta["DPO_BETA"] == "0.5"
+
+
+def test_every_row_so_far_keeps_the_40_unconstrained_prompts_it_ran_with():
+    """The demo decodes every test prompt since 2026-12-03; the rows measured before pin the 40 they decoded, so
+    `make demo` gives each the evaluate.py command it ran with, and its hallucinated@1 is the one in the table."""
+    for name, (_, variables, _) in ablation.ROWS.items():
+        assert variables["HALLUCINATION_PROMPTS"] == "40", name

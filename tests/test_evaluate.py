@@ -170,4 +170,5 @@ def test_hallucination_prompts_split_half_and_half_then_fill():
     assert E.hallucination_prompts(nxt, attr, 240) == nxt + attr          # every prompt: attributes run out first
     assert E.hallucination_prompts(nxt, attr, 1000) == nxt + attr
     assert E.hallucination_prompts(nxt[:3], attr, 10) == nxt[:3] + attr[:7]   # next-track runs out: attributes fill
-    assert E.hallucination_prompts(nxt, [], 6) == nxt[:6] and E.hallucination_prompts(nxt, attr, 0) == []
+    assert E.hallucination_prompts(nxt, [], 6) == nxt[:6]
+    assert E.hallucination_prompts(nxt, attr, 0) == nxt + attr == E.hallucination_prompts(nxt, attr, -1)  # 0: all

@@ -276,13 +276,14 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return {w: next(l for l in r.stdout.splitlines() if f" {w} " in l)
-                for w in ("rvq.py", "sft.py", "dpo.py", "prefs")}
+                for w in ("rvq.py", "sft.py", "dpo.py", "prefs", "evaluate.py")}
     demo = commands()
     assert "--model models/smollm2-135m-l15 --steps 480 " in demo["sft.py"] and "--rpo-alpha" not in demo["dpo.py"]
     assert "--signals audio,genre,collab,quality " in demo["rvq.py"] and "--max-train 0 " in demo["prefs"]
     assert ("--batch-size 4 " in demo["dpo.py"] and "--pairs-per-prompt 8 --micro-batch-size 32 --select last"
             in demo["dpo.py"]) and "--beta" not in demo["dpo.py"]
     assert "--beta 0.5" in commands("DPO_BETA=0.5")["dpo.py"]       # the ablation's `beta` row
+    assert "--hallucination-prompts 0 " in demo["evaluate.py"] + " "   # every test prompt
     seed = commands("SEED_CONFIG=1")
     assert "--model models/smollm2-135m --steps 240 " in seed["sft.py"] and "--prompt-id-weight 0" in seed["sft.py"]
     assert "--signals audio " in seed["rvq.py"] and "--rpo-alpha 0" in seed["dpo.py"]
@@ -293,6 +294,7 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     assert "--model models/smollm2-135m --steps 480 " in before["sft.py"] and "--rpo-alpha" not in before["dpo.py"]
     assert "--batch-size 8 " in before["dpo.py"] and "--pairs-per-prompt" not in before["dpo.py"]
     assert "--select" not in before["dpo.py"] and "--beta" not in before["dpo.py"] + seed["dpo.py"]
+    assert "--hallucination-prompts 40 " in before["evaluate.py"] + " "   # as that demo decoded
     assert "--signals audio,genre,collab,quality " in commands("DEMO_OF=2026-12-01", "SIGNALS=audio,genre,collab,"
                                                                "quality")["rvq.py"]
 
