@@ -79,7 +79,8 @@ ROWS = {
 }
 # every row so far decoded 40 test prompts without constraints, the demo's number until 2026-12-03 (evaluate.py
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
-ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", **variables}, base) for name, (what, variables, base) in ROWS.items()}
+ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", **variables}, base)
+        for name, (what, variables, base) in ROWS.items()}
 OUT: str = "runs/ablation"
 SEED: int = 0
 PYTHON: str = sys.executable   # the interpreter every stage runs with (the venv's, when run as the README says)
