@@ -372,6 +372,26 @@ def test_sft_reusing_the_split_of_rvq_writes_the_bytes_of_two_passes(worlds, tmp
         same_files(tmp_path / one, tmp_path / "two")
 
 
+def test_test_requests_and_training_examples_do_not_move_each_other(worlds, tmp_path):
+    """The attribute test requests have a random stream of their own: other --attribute-examples leave them as
+    they were (ablation rows rank the same requests), and more --test-attributes leave every training and
+    validation example as it was, the first test requests among the more."""
+    _, _, sft = split_world(0, worlds, tmp_path)
+
+    def run(name, *options):
+        data.main(sft + ["--out", str(tmp_path / name), *options])
+        return {f: open(tmp_path / name / f).read().splitlines()
+                for f in ("train.jsonl", "val.jsonl", "test_attributes.jsonl")}
+
+    base, more_train, more_test = run("base"), run("more_train", "--attribute-examples", "40"), \
+        run("more_test", "--test-attributes", "9")
+    assert more_train["test_attributes.jsonl"] == base["test_attributes.jsonl"]
+    assert more_train["train.jsonl"] != base["train.jsonl"]
+    assert more_test["train.jsonl"] == base["train.jsonl"] and more_test["val.jsonl"] == base["val.jsonl"]
+    assert len(base["test_attributes.jsonl"]) == 5 and len(more_test["test_attributes.jsonl"]) == 9
+    assert more_test["test_attributes.jsonl"][:5] == base["test_attributes.jsonl"]
+
+
 def test_sft_computes_the_split_when_rvq_read_other_inputs(worlds, tmp_path, capsys):
     """Other fractions, the same bytes in another file, or the log rewritten: data.py sft makes its own split
     pass (and writes what two passes write); rvq.py train without --logs leaves no split.json behind."""
