@@ -122,7 +122,7 @@ VAL_PAIRS ?= 96
 TEST_PAIRS ?= 700
 PREFS_ARGS ?=
 SASREC_ARGS ?=
-# test prompts evaluate.py decodes without constraints, per model (0: every one, 200 + 40: the demo's evaluation 3.7 minutes instead of 3.0): the
+# test prompts evaluate.py decodes without constraints, per model (0: every one, the demo's 200 + 120): the
 # interval of hallucinated@1 then tells the target of under 5% from 0%, which 40 prompts (the demo's until
 # 2026-12-03, and DEMO_OF=2026-12-01's and every ablation row's so far) could not: one answer was 2.5%. Always on
 # the command line, so that a run evaluated before re-evaluates (its stamp, the command line, changes)

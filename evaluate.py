@@ -55,8 +55,8 @@ EXACT_MAX_ITEMS: int = 20_000
 BEAM_WIDTH: int = 21           # >= max(KS), plus one for the prompt's own track, which is excluded
 HALLUCINATION_BEAM: int = 10   # unconstrained beam: malformed / invalid shares at @1, @5, @10
 HALLUCINATION_PROMPTS: int = 0  # test prompts decoded without constraints, per model; 0: every one (the demo's
-                                # 200 + 40: its evaluation 3.7 minutes instead of 3.0); 40, the demo's until
-                                # 2026-12-03, cannot tell 5% from 0%: one hallucinated answer is 2.5%
+                                # 200 + 120); 40, the demo's until 2026-12-03, cannot tell 5% from 0%: one
+                                # hallucinated answer is 2.5%
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
 MAX_ATTRIBUTES: int = 0        # cap on attribute test queries (0: all)
 BATCH_SIZE: int = 8            # prompts per beam-search batch (x 21 beams: on 2 cores 16 ran slower, more padding)
@@ -606,9 +606,9 @@ def parse_args(argv=None):
                         "shares are reported at @1, @5 and @10 (default %(default)s)")
     p.add_argument("--hallucination-prompts", type=int, default=HALLUCINATION_PROMPTS,
                    help="test prompts decoded without constraints, per model: half next-track, half attribute, "
-                        "the other family filling in where one runs out; 0: every test prompt (the demo's 240: "
-                        "its evaluation 3.7 minutes on 2 cores instead of 3.0; default %(default)s). 40, the demo's "
-                        "until 2026-12-03, gives an interval too wide to tell 5%% from 0%%")
+                        "the other family filling in where one runs out; 0: every test prompt (the demo's 200 + "
+                        "120; default %(default)s). 40, the demo's until 2026-12-03, gives an interval too wide to "
+                        "tell 5%% from 0%%")
     p.add_argument("--max-next", type=int, default=MAX_NEXT,
                    help="cap on next-track test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--max-attributes", type=int, default=MAX_ATTRIBUTES,
