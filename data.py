@@ -100,7 +100,7 @@ def build_sft(args):
                         "--test-fraction in rvq.py train and data.py sft")
     log_stats = {}
     caps = {"train": args.next_examples, "val": args.next_examples // 10, "test": args.test_next}
-    chosen, n_trans, popularity, cooc, seqs = mine(args.logs, catalog, row_codes, t_val, t_test, caps, rng,
+    chosen, n_trans, popularity, cooc, seqs = mine(args.logs, catalog, row_codes, t_val, t_test, caps, args.seed,
                                                    args.id_information, args.id_metadata, stats=log_stats,
                                                    max_sessions=args.max_sessions)
     t_passes = time.time() - t_passes
@@ -294,7 +294,8 @@ def parse_args(argv=None):
                         "(default %(default)s)")
     s.add_argument("--seed", type=int, default=0,
                    help="seed of the sampled examples, test queries and sessions, the prompt phrasings and the "
-                        "shuffle (default %(default)s)")
+                        "shuffle; the test queries draw from streams of their own, so other training caps leave "
+                        "them as they were (default %(default)s)")
     s.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     q = sub.add_parser("prefs", help="preference pairs from dwell times")
     q.add_argument("--sft-data", required=True, help="the `data.py sft` folder (catalogue, IDs, logs, split)")
@@ -329,7 +330,8 @@ def parse_args(argv=None):
     q.add_argument("--max-val", type=int, default=0, help="cap on validation pairs (0: all; default %(default)s)")
     q.add_argument("--max-test", type=int, default=0, help="cap on test pairs (0: all; default %(default)s)")
     q.add_argument("--seed", type=int, default=0,
-                   help="seed of the uniform samples the --max-* caps keep (default %(default)s)")
+                   help="seed of the uniform samples the --max-* caps keep, a random stream per window so the test "
+                        "pairs stay put when --max-train changes (default %(default)s)")
     q.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     return p.parse_args(argv)
 

@@ -352,13 +352,15 @@ def split_times(log, catalog, id_information=None, id_metadata=None, val_fractio
     return sessions.split_from_hours(log, hours, val_fraction, test_fraction)
 
 
-def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=None, id_metadata=None,
+def mine_logs(log, catalog, row_codes, t_val, t_test, caps, seed, id_information=None, id_metadata=None,
               long_listen=sessions.LONG_LISTEN, gap=sessions.SESSION_GAP, stats=None, history=sessions.HISTORY,
               max_sessions=sessions.MAX_SESSIONS, chunk_bytes=CHUNK_BYTES):
     """sessions.mine_logs on arrays. Returns the same, but the co-listening counts as (i, j, count) int64 arrays in
     the dict's order instead of the dict, and each window's sequences as sessions.flat_sequences' (items, offsets)
     instead of lists (build_sft writes them so)."""
-    transitions = {w: SliceSample(caps[w], user=object, next=np.int64) for w in ("train", "val", "test")}
+    samples = ("train", "val", "test", "train sessions", "val sessions")
+    rngs = sessions.streams(seed, 2, samples)   # the loop's streams, one per sample, in the order of `adds`
+    transitions = {w: SliceSample(caps[w], user=object, next=np.int64) for w in samples[:3]}
     sequences = {w: SliceSample(max_sessions) for w in ("train", "val")}
     n = len(catalog)
     coded_row = np.zeros(n + 1, dtype=bool)   # [-1]: a play outside the catalogue
@@ -414,7 +416,8 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
                 def make(idx, m=m):
                     return rows_sel[_ranges(gs[m[idx]], ge[m[idx]] - gs[m[idx]])], ge[m[idx]] - gs[m[idx]], {}
                 adds.append((sequences[name], 3 * (s.stop[s.sid[sel[gs[m]]]] - 1) + 1 + k, make))
-            feed(rng, adds)
+            for add, name in zip(adds, samples):   # each sample draws from its own stream
+                feed(rngs[name], [add])
             before += p
             bar.update(p)
         chosen = {w: _transitions(r) for w, r in transitions.items()}   # the Python objects, once

@@ -267,8 +267,8 @@ LINES: int = 1 << 14   # JSON lines joined at a time (~5 MB)
 def _write_pairs(tmp_dir, args, dtype, text, counts):
     """build_prefs' second half: the first of each (context, chosen, rejected) per partition, in stream order;
     uncapped windows written as they come, capped ones sampled with the loop's draws. Returns pairs seen."""
-    rng = np.random.default_rng(args.seed)
     caps = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
+    rngs = sessions.streams(args.seed, 3, caps)   # the loop's streams, one per window
     keep = {w: Sample(caps[w]) for w in caps}
     seen = dict.fromkeys(caps, 0)
     duplicates = 0
@@ -279,16 +279,14 @@ def _write_pairs(tmp_dir, args, dtype, text, counts):
             _, first = np.unique(recs["key"], return_index=True)
             duplicates += len(recs) - len(first)
             recs = recs[np.sort(first)]
-            adds = []
             for k, w in enumerate(caps):
                 sel = np.flatnonzero(recs["window"] == k)
                 if caps[w]:
-                    adds.append((keep[w], sel, lambda idx, sel=sel: text.lines(recs[sel[idx]])))
+                    feed(rngs[w], [(keep[w], sel, lambda idx, sel=sel: text.lines(recs[sel[idx]]))])
                 else:
                     seen[w] += len(sel)
                     for x in range(0, len(sel), LINES):
                         outs[w].write(text.text(recs[sel[x:x + LINES]]))
-            feed(rng, adds)
         if duplicates:
             counts["dropped: duplicate pair"] = counts.get("dropped: duplicate pair", 0) + duplicates
         for w in caps:

@@ -17,7 +17,7 @@ from common import atomic_open
 from formats import id_text
 from logfiles import format_ts, iter_user_plays
 from tasks import next_track_prompt
-from sessions import DwellRule, Reservoir, sessions_of, window
+from sessions import DwellRule, Reservoir, sessions_of, streams, window
 
 # ============================================================================================== preference pairs
 
@@ -150,9 +150,9 @@ def mine_prefs(log, catalog, row_codes, rule, args, t_val, t_test, n_hist, conte
         for f in parts:
             f.close()
         mined = time.time() - t0
-        rng = np.random.default_rng(args.seed)
         caps = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
-        keep = {w: Reservoir(caps[w], rng) for w in caps}
+        rngs = streams(args.seed, 3, caps)   # a stream per window: the test pairs stay put when --max-train changes
+        keep = {w: Reservoir(caps[w], rngs[w]) for w in caps}
         with contextlib.ExitStack() as stack:
             outs = {w: stack.enter_context(atomic_open(os.path.join(args.out, f"{w}.jsonl"), "w", encoding="utf-8"))
                     for w in caps}

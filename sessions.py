@@ -199,6 +199,17 @@ def window(ts, t_val, t_test):
     return "train" if ts < t_val else ("val" if ts < t_test else "test")
 
 
+def streams(seed, stage, names):
+    """One random stream per sample, {name: np.random.default_rng([seed, stage, k])}.
+
+    Each window's sample draws from a stream of its own, so the held-out test queries (or pairs) are the same
+    whatever the caps of the other windows: more training examples change what is trained on, never what is
+    tested on. stage tells the passes apart (2: `data.py sft`'s mining, 3: `data.py prefs`' pairs; 1 is the
+    attribute test requests' stream in data.py).
+    """
+    return {name: np.random.default_rng([seed, stage, k]) for k, name in enumerate(names)}
+
+
 class Reservoir:
     """A uniform sample of at most `cap` items of a stream (Vitter's algorithm R), kept in stream order.
 
@@ -221,7 +232,7 @@ class Reservoir:
         return [x for _, x in sorted(self.items, key=lambda t: t[0])]
 
 
-def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=None, id_metadata=None,
+def mine_logs(log, catalog, row_codes, t_val, t_test, caps, seed, id_information=None, id_metadata=None,
               long_listen=LONG_LISTEN, gap=SESSION_GAP, stats=None, history=HISTORY, max_sessions=MAX_SESSIONS):
     """One streaming pass for the SFT stage: next-track transitions per window and training-window statistics.
 
@@ -230,12 +241,15 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, rng, id_information=
     A transition is a play followed, in the same session, by a long listen of another catalogued track;
     history_rows are the session's last `history` catalogued plays up to and including that play (oldest
     first), so its last element is the context track. Each window keeps a uniform sample of at most
-    caps[window] transitions. Co-listening counts pairs within 3 plays of each other in a training-window
-    session (symmetric). sequences: each session's catalogued plays inside one window (a session crossing a
-    window boundary is cut there), for sequential baselines such as SASRec; at most max_sessions per window.
+    caps[window] transitions, drawn with a random stream of its own (streams(seed, 2, ...)): the test window's
+    queries do not move with the training cap. Co-listening counts pairs within 3 plays of each other in a
+    training-window session (symmetric). sequences: each session's catalogued plays inside one window (a session
+    crossing a window boundary is cut there), for sequential baselines such as SASRec; at most max_sessions per
+    window.
     """
-    transitions = {w: Reservoir(caps[w], rng) for w in ("train", "val", "test")}
-    sequences = {w: Reservoir(max_sessions, rng) for w in ("train", "val")}
+    rngs = streams(seed, 2, ("train", "val", "test", "train sessions", "val sessions"))
+    transitions = {w: Reservoir(caps[w], rngs[w]) for w in ("train", "val", "test")}
+    sequences = {w: Reservoir(max_sessions, rngs[f"{w} sessions"]) for w in ("train", "val")}
     popularity = np.zeros(len(catalog), dtype=np.int64)
     cooc = {}
     stats = {} if stats is None else stats

@@ -392,6 +392,30 @@ def test_test_requests_and_training_examples_do_not_move_each_other(worlds, tmp_
     assert more_test["test_attributes.jsonl"][:5] == base["test_attributes.jsonl"]
 
 
+@pytest.mark.parametrize("engine", ["loop", "numpy"])
+def test_held_out_samples_stay_put_when_the_training_caps_change(worlds, tmp_path, engine):
+    """Each window's sample draws from a random stream of its own (sessions.streams): fewer --next-examples (the
+    training window's cap, and the validation window's with it) leave the next-track test queries as they were,
+    and fewer --max-train pairs leave the test pairs, with either engine; so ablation rows and a longer or
+    shorter training set are tested on the same queries."""
+    _, _, sft = split_world(0, worlds, tmp_path)
+    sft = sft + ["--test-next", "8", "--engine", engine]
+
+    def lines(folder, name):
+        return open(tmp_path / folder / name).read().splitlines()
+
+    data.main(sft + ["--out", str(tmp_path / "all")])
+    data.main(sft + ["--out", str(tmp_path / "fewer"), "--next-examples", "30"])
+    assert lines("fewer", "test_next.jsonl") == lines("all", "test_next.jsonl")
+    assert len(lines("all", "test_next.jsonl")) == 8
+    assert lines("fewer", "val.jsonl") != lines("all", "val.jsonl")   # the caps did bite
+    for name, cap in (("all", "0"), ("fewer", "20")):
+        data.main(["prefs", "--sft-data", str(tmp_path / "all"), "--out", str(tmp_path / f"prefs_{name}"),
+                   "--max-train", cap, "--max-test", "10", "--engine", engine])
+    assert lines("prefs_fewer", "test.jsonl") == lines("prefs_all", "test.jsonl")
+    assert len(lines("prefs_all", "test.jsonl")) == 10 and len(lines("prefs_fewer", "train.jsonl")) == 20
+
+
 def test_sft_computes_the_split_when_rvq_read_other_inputs(worlds, tmp_path, capsys):
     """Other fractions, the same bytes in another file, or the log rewritten: data.py sft makes its own split
     pass (and writes what two passes write); rvq.py train without --logs leaves no split.json behind."""
@@ -467,7 +491,7 @@ def test_real_onion_events_read_the_same(onion_sample, tmp_path):
     split = sessions.split_times(str(both), cat, **kw)
     assert fastlog.split_times(str(both), cat, **kw) == split
     caps = {"train": 100, "val": 10, "test": 10}
-    got = [miner(str(both), cat, row_codes, *split, caps, np.random.default_rng(0), **kw)
+    got = [miner(str(both), cat, row_codes, *split, caps, 0, **kw)
            for miner in (sessions.mine_logs, fastlog.mine_logs)]
     cooc = got[0][3]
     got[0] = got[0][:3] + ((list(cooc), list(cooc.values())),) + got[0][4:]
