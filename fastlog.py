@@ -358,9 +358,9 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, seed, id_information
     """sessions.mine_logs on arrays. Returns the same, but the co-listening counts as (i, j, count) int64 arrays in
     the dict's order instead of the dict, and each window's sequences as sessions.flat_sequences' (items, offsets)
     instead of lists (build_sft writes them so)."""
-    samples = ("train", "val", "test", "train sessions", "val sessions")
-    rngs = sessions.streams(seed, 2, samples)   # the loop's streams, one per sample, in the order of `adds`
-    transitions = {w: SliceSample(caps[w], user=object, next=np.int64) for w in samples[:3]}
+    samples = sessions.SFT_SAMPLES   # in the order of `adds` below
+    rngs = sessions.streams(seed, 2, samples)   # the loop's streams, one per sample
+    transitions = {w: SliceSample(caps[w], user=object, next=np.int64) for w in ("train", "val", "test")}
     sequences = {w: SliceSample(max_sessions) for w in ("train", "val")}
     n = len(catalog)
     coded_row = np.zeros(n + 1, dtype=bool)   # [-1]: a play outside the catalogue

@@ -18,6 +18,7 @@ LONG_LISTEN: float = 90.0      # dwell > 90 s: a long listen (chosen), as the se
 SKIP: float = 30.0             # dwell < 30 s: a skip (rejected), as the seed
 HISTORY: int = 20             # session plays kept per next-track query (TIGER feeds about 20 items)
 MAX_SESSIONS: int = 200_000   # sessions per window kept for sequential baselines (uniform sample; memory bound)
+SFT_SAMPLES = ("train", "val", "test", "train sessions", "val sessions")   # mine_logs' samples, one stream each
 VAL_FRACTION: float = 0.1      # share of (matched) events in the validation window, before the test window
 TEST_FRACTION: float = 0.2     # share of events in the final, held-out test window
 
@@ -247,7 +248,7 @@ def mine_logs(log, catalog, row_codes, t_val, t_test, caps, seed, id_information
     crossing a window boundary is cut there), for sequential baselines such as SASRec; at most max_sessions per
     window.
     """
-    rngs = streams(seed, 2, ("train", "val", "test", "train sessions", "val sessions"))
+    rngs = streams(seed, 2, SFT_SAMPLES)
     transitions = {w: Reservoir(caps[w], rngs[w]) for w in ("train", "val", "test")}
     sequences = {w: Reservoir(max_sessions, rngs[f"{w} sessions"]) for w in ("train", "val")}
     popularity = np.zeros(len(catalog), dtype=np.int64)
