@@ -81,6 +81,31 @@ ROWS = {
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
 ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", **variables}, base)
         for name, (what, variables, base) in ROWS.items()}
+# The demo's options of 2026-12-04 spelt out, and one change at a time against them: the rows that say what each part
+# of today's demo buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo`.
+DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", "HISTORY": "1",
+        "CONTEXT_TEXT": "genre", "SFT_TARGETS": "example", "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.1",
+        "DPO_ARGS": "", "PREFS_ARGS": "", "HALLUCINATION_PROMPTS": "0"}
+ROWS.update({
+    "demo": ("the demo's options of 2026-12-04 (make demo): IDs from audio, genre, co-listening and listening "
+             "quality; 15 layers, SFT 480 steps; grouped DPO + NLL, beta 0.1; 320 test prompts decoded freely",
+             DEMO, None),
+    "demo-audio": ("demo, but Semantic IDs from the seed's 10 audio features only",
+                   {**DEMO, "SIGNALS": "audio", "EVAL_ARGS": "--ranking beam"}, None),
+    "demo-genre": ("demo, but IDs from audio and genre only", {**DEMO, "SIGNALS": "audio,genre"}, None),
+    "demo-collab": ("demo, but IDs from audio, genre and co-listening (no quality block)",
+                    {**DEMO, "SIGNALS": "audio,genre,collab"}, None),
+    "demo-history": ("demo, and 4 earlier plays of the session in every next-track prompt (longer prompts, the "
+                     "same steps)", {**DEMO, "HISTORY": "5"}, None),
+    "demo-dpo": ("demo's SFT, pure DPO (no NLL term: the seed's loss)", {**DEMO, "DPO_ARGS": "--rpo-alpha 0"}, "demo"),
+    "demo-sdpo": ("demo's SFT, S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
+                  {**DEMO, "PREFS_ARGS": "--rejected-per-context 3", "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"},
+                  "demo"),
+    "demo-seed": ("the seed notebook's configuration today (make demo SEED_CONFIG=1): audio IDs, the whole model, 240 "
+                  "SFT steps, prompts that name the track, loss on the answers only, pure DPO as the demo of "
+                  "2026-12-01 ran it",
+                  {"SEED_CONFIG": "1", "HALLUCINATION_PROMPTS": "0", "EVAL_ARGS": "--ranking beam"}, None),
+})
 OUT: str = "runs/ablation"
 SEED: int = 0
 PYTHON: str = sys.executable   # the interpreter every stage runs with (the venv's, when run as the README says)

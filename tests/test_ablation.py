@@ -79,7 +79,7 @@ def test_rows_before_grouped_keep_the_dpo_they_ran_with():
     """The demo's DPO changed on 2026-12-02 (grouped steps from every training pair, the final weights; then beta
     0.5): each row pins the DPO it ran with, so `make demo` gives it the command lines it ran with (its stamps
     hold)."""
-    names = list(ablation.ROWS)
+    names = [n for n in ablation.ROWS if not n.startswith("demo")]   # the history; the demo rows are today's
     assert names[-3:] == ["grouped", "beta", "colisten"] and ablation.ROWS["grouped"][2] == "quality"
     assert ablation.ROWS["beta"][2] == "grouped"
     for name in names[:-3]:
@@ -101,4 +101,26 @@ def test_every_row_so_far_keeps_the_40_unconstrained_prompts_it_ran_with():
     """The demo decodes every test prompt since 2026-12-03; the rows measured before pin the 40 they decoded, so
     `make demo` gives each the evaluate.py command it ran with, and its hallucinated@1 is the one in the table."""
     for name, (_, variables, _) in ablation.ROWS.items():
-        assert variables["HALLUCINATION_PROMPTS"] == "40", name
+        assert variables["HALLUCINATION_PROMPTS"] == ("0" if name.startswith("demo") else "40"), name
+
+
+def makefile_defaults():
+    """VAR ?= value lines of the Makefile: the options `make demo` runs with."""
+    out = {}
+    for line in open(os.path.join(os.path.dirname(ablation.__file__), "Makefile")):
+        if "?=" in line and not line.startswith(("#", "\t")):
+            name, value = line.split("?=", 1)
+            out[name.strip()] = value.strip()
+    return out
+
+
+def test_demo_row_is_make_demo():
+    # the `demo` row spells out today's demo; when a default changes, the row (and its figures) must be redone
+    defaults = makefile_defaults()
+    demo = ablation.ROWS["demo"][1]
+    assert {k: defaults[k] for k in demo} == demo
+    for name, (_, variables, base) in ablation.ROWS.items():
+        if name.startswith("demo-") and name != "demo-seed":
+            changed = {k for k in demo if variables[k] != demo[k]} | (set(variables) - set(demo))
+            assert changed and changed <= {"SIGNALS", "HISTORY", "EVAL_ARGS", "DPO_ARGS", "PREFS_ARGS"}, name
+            assert base in (None, "demo")
