@@ -19,6 +19,7 @@ import sys
 import time
 
 from common import UserError, atomic_open, run_main, write_json
+from metrics import paired_bootstrap
 
 # -----------------------------------------------------------------------------
 # name -> (what changes, make variables, the row whose SFT it reuses or None)
@@ -192,6 +193,44 @@ def table(out, names, seconds):
     return "\n".join(lines) + "\n", rows
 
 
+# the paired table: each `demo-*` row minus the `demo` row, on the same test queries (evaluate.py's per-query
+# values); (task, metric or None, system) per column
+PAIRED_COLUMNS = (("next_track", "hit@10", "SFT"), ("next_track", "hit@10", "DPO"), ("next_track", "ndcg@10", "SFT"),
+                  ("attributes", "precision@10", "SFT"), ("preferences", None, "DPO"))
+
+
+def paired_against(out, names, reference="demo"):
+    """Markdown table of each `reference-*` row minus the reference row, paired on the same queries, and JSON rows.
+
+    A cell is '-' where either run lacks the values or the two were asked other queries (evaluate.py's keys differ:
+    a row whose prompts carry other plays, say, has other next-track contexts). Empty when no row pairs."""
+    def per_query(name):
+        path = os.path.join(out, name, "eval", "results.json")
+        return json.load(open(path)).get("per_query") if os.path.exists(path) else None
+
+    ref = per_query(reference)
+    pairable = [n for n in names if n.startswith(reference + "-") and per_query(n)]
+    if ref is None or not pairable:
+        return "", []
+    head = " | ".join(f"{system} {metric or 'accuracy'} {task.replace('_', '-')}" for task, metric, system in
+                      PAIRED_COLUMNS)
+    lines = [f"| row - {reference}, paired | {head} |", "|---" * (len(PAIRED_COLUMNS) + 1) + "|"]
+    rows = []
+    for name in pairable:
+        pq, cells, row = per_query(name), [], {"row": name}
+        for task, metric, system in PAIRED_COLUMNS:
+            a, b = pq.get(task, {}).get(system), ref.get(task, {}).get(system)
+            if metric is not None:
+                a, b = a and a.get(metric), b and b.get(metric)
+            same = pq["keys"].get(task) == ref["keys"].get(task)
+            d = paired_bootstrap(a, b) if a and b and same and len(a) == len(b) else None
+            row[f"{system} {task} {metric or 'accuracy'}"] = d and dict(zip(("mean", "lo", "hi"), d))
+            cells.append(signed(row[f"{system} {task} {metric or 'accuracy'}"]))
+        rows.append(row)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=OUT, help="folder holding one run folder per row, and the table")
@@ -218,9 +257,14 @@ def main(argv=None):
                 seconds[name] = took
                 write_json(times_path, seconds)
     md, rows = table(args.out, names, seconds)
+    paired_md, paired = paired_against(args.out, names)
+    if paired_md:
+        md += f"\nEach row minus the `demo` row on the same test queries and pairs (95% intervals):\n\n{paired_md}"
     with atomic_open(os.path.join(args.out, "ablation.md"), "w", encoding="utf-8") as f:
         f.write(md)
     write_json(os.path.join(args.out, "ablation.json"), rows)
+    if paired:
+        write_json(os.path.join(args.out, "ablation_paired.json"), paired)
     print(md)
     print(f"table: {os.path.join(args.out, 'ablation.md')}")
 

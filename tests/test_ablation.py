@@ -124,3 +124,32 @@ def test_demo_row_is_make_demo():
             changed = {k for k in demo if variables[k] != demo[k]} | (set(variables) - set(demo))
             assert changed and changed <= {"SIGNALS", "HISTORY", "EVAL_ARGS", "DPO_ARGS", "PREFS_ARGS"}, name
             assert base in (None, "demo")
+
+
+def test_paired_table_against_the_demo_row(tmp_path):
+    """demo-* rows minus the demo row on the same queries: a constant difference has a zero-width interval; a row
+    asked other next-track queries (another key) gets '-' there and still pairs on the rest."""
+    def per_query(folder, hits, prefs, next_key="k0"):
+        fake_results(folder, 0.3)
+        path = os.path.join(folder, "eval", "results.json")
+        res = json.load(open(path))
+        res["per_query"] = {"keys": {"next_track": next_key, "attributes": "a0", "preferences": "p0"},
+                            "next_track": {"SFT": {"hit@10": hits, "ndcg@10": hits},
+                                           "DPO": {"hit@10": hits, "ndcg@10": hits}},
+                            "attributes": {"SFT": {"precision@10": [0.5, 0.5], "ndcg@10": [0.5, 0.5]}},
+                            "preferences": {"DPO": prefs}}
+        json.dump(res, open(path, "w"))
+
+    per_query(tmp_path / "demo", [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0])
+    per_query(tmp_path / "demo-genre", [1.0, 1.0, 2.0, 1.0], [1.0, 0.0, 1.0])      # +1 on every query
+    per_query(tmp_path / "demo-history", [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0], next_key="other")
+    ablation.main(["--out", str(tmp_path), "--rows", "demo,demo-genre,demo-history", "--table-only"])
+    md = (tmp_path / "ablation.md").read_text()
+    genre = next(line for line in md.splitlines() if line.startswith("| demo-genre | +"))
+    assert genre.count("+1.000 [+1.000, +1.000]") == 3
+    assert genre.endswith("| +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |")
+    history = next(line for line in md.splitlines() if line.startswith("| demo-history | -"))
+    assert history.startswith("| demo-history | - | - | - | +0.000 [+0.000, +0.000] | -0.667 [")
+    paired = json.load(open(tmp_path / "ablation_paired.json"))
+    assert [r["row"] for r in paired] == ["demo-genre", "demo-history"]
+    assert paired[0]["SFT next_track hit@10"] == {"mean": 1.0, "lo": 1.0, "hi": 1.0}
