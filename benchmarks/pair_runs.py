@@ -8,8 +8,10 @@ Two runs pair where they share the world, the seed and the test sets: their quer
 context and relevant tracks, request texts and held-out pairs) even where the prompts differ in form (another
 CONTEXT_TEXT, other Semantic IDs); evaluate.py names each set by a key, and a task whose keys differ is refused
 with one line. Rows: next-track HR@10 and NDCG@10, attribute precision@10 and NDCG@10, held-out preference
-accuracy and hallucinated@1 (unconstrained, top 1): each side's mean, then A - B with its 95% bootstrap interval
-(queries resampled jointly, as report.md's paired rows).
+accuracy and hallucinated@1 (unconstrained, top 1): each side's mean, the share of queries on which the two score
+alike ("same"), then A - B with its 95% bootstrap interval (queries resampled jointly, as report.md's paired rows).
+
+    python benchmarks/pair_runs.py runs/demo:SFT "runs/demo:genre popularity"  # one run's SFT against its baseline
 """
 import argparse
 import os
@@ -47,7 +49,9 @@ def values(per_query, task, metric, system):
 
 
 def paired_rows(a, b, n_boot=N_BOOT):
-    """[(task, metric, mean A, mean B, (mean, lo, hi) of A - B)] for every task both sides hold, on the same queries.
+    """[(task, metric, mean A, mean B, same, (mean, lo, hi) of A - B)] for every task both sides hold, on the same
+    queries; same: the share of queries where A and B score alike (for HR@10, both hit or both miss), which tells two
+    systems that rank alike from two that are right as often on different queries.
 
     a, b: (system, per_query) of each side. Raises UserError where a task's queries differ (its keys)."""
     (sys_a, pq_a), (sys_b, pq_b) = a, b
@@ -60,7 +64,8 @@ def paired_rows(a, b, n_boot=N_BOOT):
         if ka != kb or len(va) != len(vb):
             raise UserError(f"{task}: the two runs were evaluated on other queries (key {ka} against {kb}): pair "
                             "only runs of one world, seed and test sets")
-        rows.append((task, metric, sum(va) / len(va), sum(vb) / len(vb), paired_bootstrap(va, vb, n_boot)))
+        same = sum(x == y for x, y in zip(va, vb)) / len(va)
+        rows.append((task, metric, sum(va) / len(va), sum(vb) / len(vb), same, paired_bootstrap(va, vb, n_boot)))
     return rows
 
 
@@ -76,10 +81,10 @@ def main(argv=None):
     name_b, sys_b, pq_b = load_side(args.b)
     rows = paired_rows((sys_a, pq_a), (sys_b, pq_b), args.n_boot)
     print(f"A = {name_a}\nB = {name_b}")
-    print(f"{'task':<34} {'A':>7} {'B':>7}   A - B, paired (95% interval)")
-    for task, metric, ma, mb, (d, lo, hi) in rows:
+    print(f"{'task':<34} {'A':>7} {'B':>7} {'same':>6}   A - B, paired (95% interval)")
+    for task, metric, ma, mb, same, (d, lo, hi) in rows:
         label = f"{task} {metric}" if metric else LABELS[task]
-        print(f"{label:<34} {ma:7.3f} {mb:7.3f}   {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        print(f"{label:<34} {ma:7.3f} {mb:7.3f} {same:6.1%}   {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     return rows
 
 
