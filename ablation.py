@@ -19,7 +19,7 @@ import sys
 import time
 
 from common import UserError, atomic_open, run_main, write_json
-from metrics import paired_bootstrap
+from metrics import paired_bootstrap, same_query_values
 
 # -----------------------------------------------------------------------------
 # name -> (what changes, make variables, the row whose SFT it reuses or None)
@@ -209,23 +209,24 @@ def paired_against(out, names, reference="demo"):
         return json.load(open(path)).get("per_query") if os.path.exists(path) else None
 
     ref = per_query(reference)
-    pairable = [n for n in names if n.startswith(reference + "-") and per_query(n)]
-    if ref is None or not pairable:
+    runs = {n: per_query(n) for n in names if n.startswith(reference + "-")}
+    runs = {n: pq for n, pq in runs.items() if pq}
+    if ref is None or not runs:
         return "", []
     head = " | ".join(f"{system} {metric or 'accuracy'} {task.replace('_', '-')}" for task, metric, system in
                       PAIRED_COLUMNS)
     lines = [f"| row - {reference}, paired | {head} |", "|---" * (len(PAIRED_COLUMNS) + 1) + "|"]
     rows = []
-    for name in pairable:
-        pq, cells, row = per_query(name), [], {"row": name}
+    for name, pq in runs.items():
+        cells, row = [], {"row": name}
         for task, metric, system in PAIRED_COLUMNS:
-            a, b = pq.get(task, {}).get(system), ref.get(task, {}).get(system)
-            if metric is not None:
-                a, b = a and a.get(metric), b and b.get(metric)
-            same = pq["keys"].get(task) == ref["keys"].get(task)
-            d = paired_bootstrap(a, b) if a and b and same and len(a) == len(b) else None
-            row[f"{system} {task} {metric or 'accuracy'}"] = d and dict(zip(("mean", "lo", "hi"), d))
-            cells.append(signed(row[f"{system} {task} {metric or 'accuracy'}"]))
+            try:
+                got = same_query_values(pq, system, ref, system, task, metric)
+            except ValueError:   # other queries: no paired difference
+                got = None
+            d = got and dict(zip(("mean", "lo", "hi"), paired_bootstrap(*got)))
+            row[f"{system} {task} {metric or 'accuracy'}"] = d
+            cells.append(signed(d))
         rows.append(row)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", rows

@@ -104,3 +104,19 @@ def bootstrap_ratio_ci(numerators, denominators, n_boot=N_BOOT, seed=0, alpha=0.
 def paired_bootstrap(a, b, n_boot=N_BOOT, seed=0):
     """Mean of a - b over the same queries, with its interval (queries resampled jointly)."""
     return bootstrap_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64), n_boot, seed)
+
+
+def same_query_values(pq_a, sys_a, pq_b, sys_b, task, metric=None):
+    """Per-query values of system sys_a in run A and sys_b in run B on one task, for pairing: (va, vb), or None where
+    either run lacks them. pq_a, pq_b: evaluate.py's results["per_query"] ({"keys": {task: key}, task: {system:
+    {metric: [...]}}}, or {system: [...]} for a task without metrics). Raises ValueError where the two were asked
+    other queries (their keys differ): a paired difference is only defined on the same queries."""
+    va, vb = pq_a.get(task, {}).get(sys_a), pq_b.get(task, {}).get(sys_b)
+    if metric is not None:
+        va, vb = va and va.get(metric), vb and vb.get(metric)
+    if va is None or vb is None:
+        return None
+    ka, kb = pq_a["keys"].get(task), pq_b["keys"].get(task)
+    if ka != kb or len(va) != len(vb):
+        raise ValueError(f"{task}: the two runs were evaluated on other queries (key {ka} against {kb})")
+    return va, vb

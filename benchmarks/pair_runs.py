@@ -18,7 +18,7 @@ import os
 
 import harness  # noqa: F401  first: it puts the repository root on sys.path for the imports below
 from common import UserError, read_json, run_main
-from metrics import N_BOOT, paired_bootstrap
+from metrics import N_BOOT, paired_bootstrap, same_query_values
 
 TASKS = (("next_track", "hit@10"), ("next_track", "ndcg@10"), ("attributes", "precision@10"),
          ("attributes", "ndcg@10"), ("preferences", None), ("hallucination", None))
@@ -42,12 +42,6 @@ def load_side(spec):
     return f"{path}:{system}", system, per_query
 
 
-def values(per_query, task, metric, system):
-    """The per-query values of one system on one task, or None where the run does not have them."""
-    got = per_query.get(task, {}).get(system)
-    return got if metric is None or got is None else got.get(metric)
-
-
 def paired_rows(a, b, n_boot=N_BOOT):
     """[(task, metric, mean A, mean B, same, (mean, lo, hi) of A - B)] for every task both sides hold, on the same
     queries; same: the share of queries where A and B score alike (for HR@10, both hit or both miss), which tells two
@@ -57,13 +51,13 @@ def paired_rows(a, b, n_boot=N_BOOT):
     (sys_a, pq_a), (sys_b, pq_b) = a, b
     rows = []
     for task, metric in TASKS:
-        va, vb = values(pq_a, task, metric, sys_a), values(pq_b, task, metric, sys_b)
-        if va is None or vb is None:
+        try:
+            got = same_query_values(pq_a, sys_a, pq_b, sys_b, task, metric)
+        except ValueError as e:
+            raise UserError(f"{e}: pair only runs of one world, seed and test sets")
+        if got is None:
             continue
-        ka, kb = pq_a["keys"][task], pq_b["keys"][task]
-        if ka != kb or len(va) != len(vb):
-            raise UserError(f"{task}: the two runs were evaluated on other queries (key {ka} against {kb}): pair "
-                            "only runs of one world, seed and test sets")
+        va, vb = got
         same = sum(x == y for x, y in zip(va, vb)) / len(va)
         rows.append((task, metric, sum(va) / len(va), sum(vb) / len(vb), same, paired_bootstrap(va, vb, n_boot)))
     return rows
