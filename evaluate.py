@@ -12,8 +12,9 @@ Test sets:
   attributes  requests with held-out phrasings; relevant = every track satisfying all of
               the requested attributes (precision@K and NDCG@K matter here).
   preferences held-out (chosen, rejected) pairs: share where log p(chosen) > log p(rejected).
-Systems (baselines.py): random, popularity, genre popularity, content kNN and genre content kNN
-(audio features), item kNN (co-listening), SASRec (sasrec.py, sequential), MiniLM text similarity
+Systems (baselines.py): random, popularity, genre popularity, content kNN, genre content kNN and content x
+popularity (audio features; the last with a kernel width chosen on the validation window), item kNN
+(co-listening), SASRec (sasrec.py, sequential), MiniLM text similarity
 (the "semantic similarity" approach); for preferences, per-track play count, long-listen rate and
 audio logistic regression. The LLMs: base zero-shot, SFT and DPO, ranking the catalogue's IDs by
 log-probability: exactly (a pruned walk over the ID trie) or by constrained beam search.
@@ -58,6 +59,7 @@ HALLUCINATION_PROMPTS: int = 0  # test prompts decoded without constraints, per 
                                 # 200 + 120); 40, the demo's until 2026-12-03, cannot tell 5% from 0%: one
                                 # hallucinated answer is 2.5%
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
+VAL_NEXT: int = 500            # validation next-track examples that choose content x popularity's kernel width
 MAX_ATTRIBUTES: int = 0        # cap on attribute test queries (0: all)
 BATCH_SIZE: int = 8            # prompts per beam-search batch (x 21 beams: on 2 cores 16 ran slower, more padding)
 SCORE_BATCH_SIZE: int = 16     # preference pairs per scoring forward
@@ -190,6 +192,27 @@ def read_tests(path, limit):
     return rows[:limit] if limit else rows
 
 
+def val_next_examples(sft_data, code_row):
+    """[(prompt, history rows, next row)] of the validation window's next-track examples (sft_data/val.jsonl, in
+    file order, which data.py shuffled): the plays are read back from the prompt's Semantic IDs, the context last.
+    code_row: {codes tuple: catalogue row}."""
+    path = os.path.join(sft_data, "val.jsonl")
+    need_file(path, "SFT validation examples (data.py sft)")
+    levels, out = len(next(iter(code_row))), []
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+        r = json.loads(line) if line.strip() else {}
+        if r.get("task") != "next_track":
+            continue
+        found = [int(c) for _, c in formats.ID_TOKEN_RE.findall(r["prompt"])]
+        answer = tuple(int(c) for _, c in formats.ID_TOKEN_RE.findall(r["answer"]))
+        try:
+            hist = [code_row[tuple(found[j:j + levels])] for j in range(0, len(found), levels)]
+            out.append((r["prompt"], hist, code_row[answer]))
+        except KeyError:
+            raise UserError(f"{path}, line {n}: an ID not in the Semantic-ID table: rebuild the SFT data")
+    return out
+
+
 def summarise(per_q, n_boot):
     return {m: dict(zip(("mean", "lo", "hi"), bootstrap_ci(v, n_boot))) for m, v in per_q.items()}
 
@@ -303,6 +326,11 @@ def evaluate(args):
     nxt = context["next_track"]
     scored("content kNN", "next_track", lambda i: B.content_knn_scores(feats, nxt[i][0]))
     scored("genre content kNN", "next_track", lambda i: B.genre_content_knn_scores(feats, nxt[i][0], ctx_genre(i)))
+    # its one parameter, the kernel width, from the validation window's next plays, never the test's
+    val_q = [(h[-1], {r}) for _, h, r in val_next_examples(sft_data, id_to_row)[:args.val_next]]
+    tau, val_hr = B.select_tau(feats, popularity, val_q, lambda c: genres[catalog.genres[c][0]])
+    scored("content x popularity", "next_track",
+           lambda i: B.content_popularity_scores(feats, nxt[i][0], popularity, ctx_genre(i), tau))
     scored("item kNN", "next_track", lambda i: B.item_knn_scores(cooc, popularity, nxt[i][0]))
     sasrec_dir = args.sasrec or os.path.join(args.run, "sasrec")
     if os.path.exists(os.path.join(sasrec_dir, "model.safetensors")):
@@ -367,7 +395,9 @@ def evaluate(args):
                "ranking_method": args.ranking, "ranking": {}, "paired": {}, "strongest_baseline": {},
                "hallucination": hall, "hallucination_ci": {}, "hallucination_examples": {},
                "hallucination_prompts": len(h_prompts),
-               "preference_accuracy": {}}
+               "preference_accuracy": {},
+               "content_popularity": {"tau": tau, "validation_queries": len(val_q),
+                                      "validation_hit@10": {str(t): v for t, v in val_hr.items()}}}
     for label, pp in hall_pp.items():   # pooled shares with intervals over the prompts
         results["hallucination_ci"][label] = {
             f"hallucinated@{k}": dict(zip(("mean", "lo", "hi"), bootstrap_ratio_ci(
@@ -447,6 +477,11 @@ def render_report(results, run):
              "Every system ranks the whole catalogue; the prompt's own track is excluded; ties are broken against "
              f"the relevant items (pessimistic). The LLMs rank {ranking}. Baselines see what the prompt gives (the "
              "context track, its genre) and the training window's logs only.", ""]
+    cp = results.get("content_popularity")
+    if cp:   # the one baseline with a parameter: say where it came from
+        lines += [f"content x popularity: the context's genre first, then log(1 + plays) - squared audio-feature "
+                  f"distance / {cp['tau']:g}, the kernel width of the best HR@10 on {cp['validation_queries']} "
+                  "validation next-track examples (results.json: content_popularity).", ""]
     titles = {"next_track": "Next track (held-out later plays)",
               "attributes": "Requests by attributes (held-out phrasings)"}
     for test, systems in results["ranking"].items():
@@ -611,6 +646,9 @@ def parse_args(argv=None):
                         "tell 5%% from 0%%")
     p.add_argument("--max-next", type=int, default=MAX_NEXT,
                    help="cap on next-track test queries, the first ones of the file (0: all; default %(default)s)")
+    p.add_argument("--val-next", type=int, default=VAL_NEXT,
+                   help="validation next-track examples (the first of sft_data/val.jsonl) on which content x "
+                        "popularity's kernel width is chosen (default %(default)s)")
     p.add_argument("--max-attributes", type=int, default=MAX_ATTRIBUTES,
                    help="cap on attribute test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,

@@ -31,7 +31,6 @@ demo keeps 96 validation pairs; `data.py prefs --max-val 3000 --out ELSEWHERE` w
 --pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
 """
 import argparse
-import json
 import os
 import time
 
@@ -76,21 +75,11 @@ def prefix_popularity_scores(codes, popularity, ctx):
 
 
 def val_queries(sft_data, n, seed, code_row):
-    """[(prompt, history rows, relevant row)] from the validation window's next-track examples."""
-    path = os.path.join(sft_data, "val.jsonl")
-    need_file(path, "SFT validation examples (data.py sft)")
-    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-    rows = [r for r in rows if r.get("task") == "next_track"]
+    """[(prompt, history rows, relevant row)]: n of the validation window's next-track examples, drawn by seed."""
+    rows = E.val_next_examples(sft_data, code_row)
     if not rows:
-        raise UserError(f"{path}: no next_track examples")
-    out, L = [], len(next(iter(code_row)))   # codes per ID
-    for i in np.random.default_rng(seed).permutation(len(rows))[:n]:
-        r = rows[i]
-        found = formats.ID_TOKEN_RE.findall(r["prompt"])
-        hist = [code_row[tuple(int(c) for _, c in found[j:j + L])] for j in range(0, len(found), L)]
-        answer = tuple(int(c) for _, c in formats.ID_TOKEN_RE.findall(r["answer"]))
-        out.append((r["prompt"], hist, code_row[answer]))
-    return out
+        raise UserError(f"{os.path.join(sft_data, 'val.jsonl')}: no next_track examples")
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:n]]
 
 
 def score_vector(scored, code_row, n_items):

@@ -101,3 +101,32 @@ def test_preference_scores_fit_on_plays_and_on_pairs():
     assert s["play count (pairs)"].tolist() == [2, 2, 2]                         # appearances in the pairs
     assert s["long-listen rate (pairs)"].tolist() == pytest.approx([3 / 4, 2 / 4, 1 / 4])
     assert s["long-listen rate"].tolist() == pytest.approx([6 / 8, 2 / 5, 1 / 3])
+
+
+def test_content_popularity_worked_example():
+    x, plays, one_genre = np.array([[0.0], [1.0], [2.0]]), np.array([0.0, 9.0, 99.0]), np.ones(3, bool)
+    # tau 1: track 1 scores log 10 - 1 = 1.30, track 2 log 100 - 4 = 0.61; tau 4: 2.05 against 3.61
+    s = B.content_popularity_scores(x, 0, plays, one_genre, 1.0)
+    assert s[1] - s[2] == pytest.approx(math.log(10) - 1 - (math.log(100) - 4))
+    assert top_k_pessimistic(s, set(), 2, exclude=[0]) == [1, 2]
+    assert top_k_pessimistic(B.content_popularity_scores(x, 0, plays, one_genre, 4.0), set(), 2, exclude=[0]) == [2, 1]
+    # the limits: a wide kernel ranks as genre popularity, a narrow one as genre content kNN (genre first in both)
+    xs = np.array([[0.0, 0.0], [0.1, 0.0], [0.05, 0.0], [3.0, 3.0], [0.2, 0.0], [9.0, 9.0]])
+    masks = B.genre_masks(GENRES)
+    wide = B.content_popularity_scores(xs, 1, POP, masks["rock"], 1e9)
+    assert top_k_pessimistic(wide, set(), 5, exclude=[1]) == \
+        top_k_pessimistic(B.genre_popularity_scores(POP, masks["rock"]), set(), 5, exclude=[1])
+    narrow = B.content_popularity_scores(xs, 1, POP, masks["rock"], 1e-6)
+    assert top_k_pessimistic(narrow, set(), 5, exclude=[1]) == \
+        top_k_pessimistic(B.genre_content_knn_scores(xs, 1, masks["rock"]), set(), 5, exclude=[1])
+
+
+def test_select_tau_takes_the_best_validation_width():
+    # context 0; the next play is track 2, far but popular: only a wide kernel ranks it in the top 1
+    x, plays, one_genre = np.array([[0.0], [1.0], [2.0]]), np.array([0.0, 9.0, 99.0]), np.ones(3, bool)
+    tau, hr = B.select_tau(x, plays, [(0, {2})], lambda c: one_genre, taus=(1.0, 4.0, 16.0), k=1)
+    assert hr == {1.0: 0.0, 4.0: 1.0, 16.0: 1.0} and tau == 4.0          # ties go to the first width
+    tau, hr = B.select_tau(x, plays, [(0, {1})], lambda c: one_genre, taus=(1.0, 4.0), k=1)
+    assert hr == {1.0: 1.0, 4.0: 0.0} and tau == 1.0
+    with pytest.raises(B.UserError, match="no validation"):
+        B.select_tau(x, plays, [], lambda c: one_genre)
