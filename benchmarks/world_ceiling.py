@@ -139,6 +139,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="an evaluated run of a synthetic world (its world/, sft_data/, "
                                                 "prefs/ and eval/results.json)")
+    p.add_argument("--results", default=None,
+                   help="evaluate.py's results.json to pair against (default RUN/eval/results.json)")
     p.add_argument("--n-boot", type=int, default=metrics.N_BOOT, help="bootstrap resamples of the queries")
     p.add_argument("--out", default=None, help="JSON of the table (optional)")
     args = p.parse_args(argv)
@@ -147,7 +149,7 @@ def main(argv=None):
     world_dir = os.path.dirname(os.path.abspath(meta["catalog"]))
     need_file(os.path.join(world_dir, "truth.json"), "the world's truth: a synthetic world of world.py (real logs "
                                                      "have no planted model)")
-    results_path = os.path.join(args.run, "eval", "results.json")
+    results_path = args.results or os.path.join(args.run, "eval", "results.json")
     per_query = read_json(results_path, "evaluation results (evaluate.py)").get("per_query")
     if per_query is None:
         raise UserError(f"{results_path}: no per-query values: evaluate the run again")
