@@ -344,6 +344,38 @@ def id_rows_from_descriptions(weight, track_tokens, codes, codebook_size):
     return rows
 
 
+def id_rows_from_codebooks(weight, codebooks, seed=0):
+    """Starting rows for the Semantic-ID tokens: each code at the mean embedding plus its quantiser vector, carried
+    into the model's space by a fixed rotation.
+
+    weight: (V, H) the base embedding; codebooks: (L, K, D) the RVQ's codebooks (rvq.load_rvq), D <= H.
+    Returns (L * K, H) float32 in IDVocab order (row l * K + c is the token <level l, code c>):
+
+        row(l, c) = mean_v w_v + s_l Q C[l, c],   Q (H, D) orthonormal columns (QR of a seeded Gaussian),
+        s_l = median_v ||w_v - mean_v w_v|| / mean_c ||C[l, c]||
+
+    Q keeps the distances between the codes of a level as the quantiser's, s_l scales each level to the spread of
+    the model's own rows. Why: the mean init makes all L * K rows identical, so SFT must learn from scratch which
+    codes lie near each other; here codes whose tracks sound alike (or share a genre, or are played together:
+    whatever the quantiser's input blocks hold) start near each other, and the tied head scores them alike, so a
+    next track near the context track in the quantiser's space is near it in the model's from the first step.
+    Example: H = 2, D = 1, K = 2, one level, C = [[1], [-1]], the embedding's rows at distance 2 from their
+    mean: rows = mean +- 2 q, q the one (unit) column of Q.
+    """
+    w = weight.detach().float()
+    books = torch.as_tensor(codebooks, dtype=torch.float32)
+    L, K, D = books.shape
+    if D > w.shape[1]:
+        raise ValueError(f"codebook vectors of {D} dims cannot be rotated into {w.shape[1]}-dim embeddings")
+    neutral = w.mean(0)
+    spread = (w - neutral).norm(dim=1).median()
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(w.shape[1], D, generator=g))                 # (H, D), Q^T Q = I
+    norms = books.norm(dim=2).mean(1).clamp_min(1e-12)                              # (L,)
+    rows = neutral + (spread / norms)[:, None, None] * (books @ q.T)                # (L, K, H)
+    return rows.reshape(L * K, -1)
+
+
 def set_id_rows(model, rows):
     """Copy (L * K, H) starting rows into the new ID rows (embedding, and the untied head's if there is one)."""
     with torch.no_grad():

@@ -31,6 +31,7 @@ import ddp
 import formats
 import lora
 import model as M
+import rvq
 import tasks
 from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
     seed_everything, write_json
@@ -50,8 +51,8 @@ MIN_LR_RATIO: float = 0.1
 GRAD_CLIP: float = 1.0         # max global gradient norm
 EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
-ID_INITS = ("mean", "descriptions")
-ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions" measured no better)
+ID_INITS = ("mean", "descriptions", "codebook")
+ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
                                # examples a second, no better ranking at the demo's budget: EXPERIMENTS.md)
@@ -518,12 +519,16 @@ def build_policy(args, meta, device, id_init="mean"):
     """Base model + ID tokens + LoRA; only LoRA and the new rows are trainable.
 
     id_init "mean": every ID row starts at the mean embedding; "descriptions": at the words of its tracks
-    (description_rows; needs meta's catalog and semantic_ids).
+    (description_rows; needs meta's catalog and semantic_ids); "codebook": at the mean embedding plus its RVQ
+    codebook vector, rotated into the embedding space (model.id_rows_from_codebooks; needs meta's rvq).
     """
     model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"],
                                             codebook_size=meta["codebook_size"], device=device)
     if id_init == "descriptions":
         M.set_id_rows(model, description_rows(model, tokenizer, meta))
+    elif id_init == "codebook":
+        books = rvq.load_rvq(meta["rvq"])["codebooks"]
+        M.set_id_rows(model, M.id_rows_from_codebooks(model.get_input_embeddings().weight, books, seed=args.seed))
     lora.inject_lora(model, targets=tuple(args.lora_targets), r=args.lora_r, alpha=args.lora_alpha,
                      dropout=args.lora_dropout, use_rslora=args.use_rslora)
     for p in M.id_parameters(model):
@@ -809,7 +814,10 @@ def parse_args(argv=None):
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "
                         "genre and attribute phrases, so SFT need not first tell the rows apart; at the demo's budget it "
-                        "ranked no better: EXPERIMENTS.md, 'Tried on validation, not kept'; default %(default)s)")
+                        "ranked no better: EXPERIMENTS.md, 'Tried on validation, not kept') or 'codebook' (the mean "
+                        "embedding plus the code's RVQ codebook vector, rotated into the embedding space: codes near "
+                        "in the quantiser's space start near in the model's; ranked next tracks no better on seed 0's "
+                        "validation window: EXPERIMENTS.md, 'What the world allows'; default %(default)s)")
     p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
                    help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
                         "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "

@@ -361,6 +361,39 @@ def test_id_init_descriptions_sets_the_rows(tmp_path, tiny_smol):
         sft.build_policy(args, meta, "cpu", id_init="descriptions")
 
 
+def test_id_rows_from_codebooks_by_hand():
+    """Each code's row is the mean embedding plus its codebook vector, rotated and scaled to the rows' spread."""
+    w = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]]) + torch.tensor([1.0, 1.0])  # mean (1, 1)
+    rows = M.id_rows_from_codebooks(w, torch.tensor([[[1.0], [-1.0]]]))     # L=1, K=2, D=1; spread 2, norm 1
+    assert torch.allclose(rows.sum(0) / 2, torch.tensor([1.0, 1.0]))      # mean +- 2 q
+    assert torch.allclose((rows - torch.tensor([1.0, 1.0])).norm(dim=1), torch.tensor([2.0, 2.0]))
+    # distances between the codes of one level are the codebook's, times that level's scale
+    g = torch.Generator().manual_seed(0)
+    w, books = torch.randn(10, 8, generator=g), torch.randn(2, 5, 3, generator=g)
+    rows = M.id_rows_from_codebooks(w, books).reshape(2, 5, 8)
+    spread = (w - w.mean(0)).norm(dim=1).median()
+    for lvl in range(2):
+        s = spread / books[lvl].norm(dim=1).mean()
+        assert torch.allclose(torch.cdist(rows[lvl], rows[lvl]), s * torch.cdist(books[lvl], books[lvl]), atol=1e-5)
+    assert torch.equal(rows.reshape(10, 8), M.id_rows_from_codebooks(w, books))          # seeded: the same rows
+    with pytest.raises(ValueError, match="cannot be rotated"):
+        M.id_rows_from_codebooks(torch.randn(4, 2), torch.randn(1, 2, 3))
+
+
+def test_id_init_codebook_sets_the_rows(tmp_path, tiny_smol, monkeypatch):
+    """sft.py --id-init codebook: the ID rows start at model.id_rows_from_codebooks of the run's RVQ codebooks."""
+    books = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(1))
+    seen = []
+    monkeypatch.setattr(sft.rvq, "load_rvq", lambda folder: seen.append(folder) or {"codebooks": books})
+    meta = {"levels": 3, "codebook_size": 4, "rvq": str(tmp_path / "rvq")}
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--id-init", "codebook", "--seed", "3"])
+    model, _, _ = sft.build_policy(args, meta, "cpu", id_init=args.id_init)
+    emb = model.get_input_embeddings()
+    assert seen == [str(tmp_path / "rvq")]
+    assert torch.equal(emb.new_rows.detach(), M.id_rows_from_codebooks(emb.weight, books, seed=3).to(emb.weight.dtype))
+    assert model.lm_head.new_rows is emb.new_rows                    # tied: the head starts there too
+
+
 def test_prefix_targets_worked_example():
     got = sft.prefix_targets((1, 5), [(1, 5), (1, 6), (2, 7), (1, 5)])
     assert got[0][0].tolist() == [1, 2] and np.allclose(got[0][1], [0.75, 0.25])
