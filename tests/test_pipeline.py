@@ -132,8 +132,11 @@ def test_results_cover_every_system_and_metric(demo_run):
     run, r = demo_run
     res = json.load(open(os.path.join(run, "eval/results.json")))
     nxt = res["ranking"]["next_track"]
-    assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN", "item kNN",
-                        "SASRec", "MiniLM", "LLM base", "SFT", "DPO"}
+    assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN",
+                        "content x popularity", "item kNN", "SASRec", "MiniLM", "LLM base", "SFT", "DPO"}
+    cp = res["content_popularity"]      # its kernel width, chosen on validation next plays
+    assert cp["validation_queries"] > 0 and str(cp["tau"]) in cp["validation_hit@10"]
+    assert cp["validation_hit@10"][str(cp["tau"])] == max(cp["validation_hit@10"].values())
     assert set(res["ranking"]["attributes"]) >= {"random", "popularity", "genre popularity", "MiniLM", "LLM base",
                                                  "SFT", "DPO"}
     assert res["ranking_method"] == "exact"                                      # a small catalogue: exact top K
@@ -283,6 +286,29 @@ def test_pair_runs_on_the_same_queries(demo_run, tmp_path):
     assert r.stderr.count("\n") == 1
     r = subprocess.run(cmd[:2] + [f"{run}:NOPE", f"{run}:SFT"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "no system 'NOPE'" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_world_ceiling_on_the_run(demo_run, tmp_path):
+    """benchmarks/world_ceiling.py: the planted model's rows beside every evaluated system, paired on the same
+    queries and pairs; results of other queries are refused with one line."""
+    run, _ = demo_run
+    out = tmp_path / "ceiling.json"
+    cmd = [sys.executable, "benchmarks/world_ceiling.py", "--run", run, "--n-boot", "50"]
+    r = subprocess.run(cmd + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.load(open(out))
+    rows = {(t, row["system"], row["metric"]): row for t, v in table.items() for row in v}
+    for task, metric in (("next_track", "hit@10"), ("next_track", "ndcg@10"), ("preferences", "accuracy")):
+        known = rows[(task, "planted, listener known", metric)]
+        sft = rows[(task, "SFT", metric)]
+        assert 0 <= known["mean"] <= 1 and known["planted_known_minus"] is None
+        assert sft["planted_known_minus"][0] == pytest.approx(known["mean"] - sft["mean"])
+    results = json.load(open(os.path.join(run, "eval", "results.json")))
+    results["per_query"]["keys"]["next_track"] = "0" * 16
+    other = tmp_path / "results.json"
+    other.write_text(json.dumps(results))
+    r = subprocess.run(cmd + ["--results", str(other)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "evaluated on other next_track queries" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_sigkill_during_sft_resumes_to_the_same_adapter(demo_run, tiny_smol, tmp_path):
