@@ -342,12 +342,15 @@ def dwell_seconds(rng, skip, partial, duration_s):
     return np.maximum(1, np.round(np.minimum(dwell, np.maximum(duration_s, 1)))).astype(np.int64)
 
 
-def simulate(cat, n_users, seed, o):
-    """Listeners over a Catalog. o: the parsed options (probabilities, skip model, sizes).
+def walk_tables(cat, neighbours, zipf_exponent):
+    """What the walk draws from, read off the catalogue alone (no randomness): simulate's inputs, and what
+    benchmarks/world_ceiling.py rebuilds a world's planted model from.
 
-    Returns (events, truth): events = (user (P,), row (P,), ts (P,), dwell (P,)) in user-major play order.
+    Returns x (N, 9) standardised model-space features, their mean and std, names (G,) primary genres in order of
+    first appearance, genre (N,) index into names, members [G arrays of rows], pop_w (N,) popularity weights
+    (rank + ZIPF_OFFSET) ** -zipf_exponent, artist (N,) first-credited-artist index, nbr (N, neighbours) the nearest
+    neighbours within the primary genre (genres of at most `neighbours` tracks pooled).
     """
-    rng = np.random.default_rng([seed, 2])
     n = len(cat)
     x, mean, std = standardise(to_model_space(cat.features))  # (N, 9)
     names = list(dict.fromkeys(cat.primary_genre()))
@@ -356,13 +359,23 @@ def simulate(cat, n_users, seed, o):
     members = [np.flatnonzero(genre == g) for g in range(len(names))]
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(-cat.popularity, kind="stable")] = np.arange(n)
-    pop_w = (rank + ZIPF_OFFSET) ** -o.zipf_exponent  # (N,)
+    pop_w = (rank + ZIPF_OFFSET) ** -zipf_exponent  # (N,)
     first_artist = [a.split(";")[0] for a in cat.artists]
     art_ids = {a: i for i, a in enumerate(dict.fromkeys(first_artist))}
     artist = np.array([art_ids[a] for a in first_artist])
-    small = [m for m in members if len(m) <= o.neighbours]
-    blocks = [m for m in members if len(m) > o.neighbours] + ([np.concatenate(small)] if small else [])
-    nbr = nearest_neighbours(x, blocks, o.neighbours)  # (N, K)
+    small = [m for m in members if len(m) <= neighbours]
+    blocks = [m for m in members if len(m) > neighbours] + ([np.concatenate(small)] if small else [])
+    nbr = nearest_neighbours(x, blocks, neighbours)  # (N, K)
+    return x, mean, std, names, genre, members, pop_w, artist, nbr
+
+
+def simulate(cat, n_users, seed, o):
+    """Listeners over a Catalog. o: the parsed options (probabilities, skip model, sizes).
+
+    Returns (events, truth): events = (user (P,), row (P,), ts (P,), dwell (P,)) in user-major play order.
+    """
+    rng = np.random.default_rng([seed, 2])
+    x, mean, std, names, genre, members, pop_w, artist, nbr = walk_tables(cat, o.neighbours, o.zipf_exponent)
     prop, w, lin_mean, lin_std = planted_propensity(x, o.propensity_linear, rng)
     favs, fav, centres, n_plays = make_users(rng, x, members, pop_w, n_users, o)
     track, session_start = walk(rng, nbr, artist, members, favs, pop_w, n_plays, o)

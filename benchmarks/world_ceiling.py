@@ -31,11 +31,23 @@ import evaluate as E
 import formats
 import metrics
 import world as W
-from calibration import standardise, to_model_space
 from common import UserError, need_file, read_json, run_main, write_json
 from sessions import LONG_LISTEN
 
 K: int = 10   # HR@K, NDCG@K, as report.md's columns
+
+
+def shared_next_probs(prev, artist, nbr, pop_w, mix):
+    """The moves of world.walk that do not depend on the listener, weighted by their share: (N,), summing to
+    1 - the genre move's share. planted_next_probs's terms but the favourite-genre one (see there)."""
+    n = len(pop_w)
+    w = np.asarray(mix, np.float64) / np.sum(mix)
+    similar = np.zeros(n)
+    np.add.at(similar, nbr[prev], pop_w[nbr[prev]])
+    same = (artist == artist[prev]).astype(np.float64)
+    if same.sum() > 1:
+        same[prev] = 0.0
+    return w[0] * similar / similar.sum() + w[1] * same / same.sum() + w[2] * pop_w / pop_w.sum() + w[4] / n
 
 
 def planted_next_probs(prev, artist, nbr, pop_w, genre_w, mix):
@@ -50,16 +62,8 @@ def planted_next_probs(prev, artist, nbr, pop_w, genre_w, mix):
     (1, 1, 1, 1, 0) / 4: similar [0, .5, .5], artist [0, .5, .5], popular [.5, .25, .25], genre [0, .5, .5] ->
     [0.125, 0.4375, 0.4375].
     """
-    n = len(pop_w)
-    w = np.asarray(mix, np.float64) / np.sum(mix)
-    similar = np.zeros(n)
-    np.add.at(similar, nbr[prev], pop_w[nbr[prev]])
-    same = (artist == artist[prev]).astype(np.float64)
-    if same.sum() > 1:
-        same[prev] = 0.0
     genre_w = np.asarray(genre_w, np.float64)
-    return (w[0] * similar / similar.sum() + w[1] * same / same.sum() + w[2] * pop_w / pop_w.sum()
-            + w[3] * genre_w / genre_w.sum() + w[4] / n)
+    return shared_next_probs(prev, artist, nbr, pop_w, mix) + mix[3] / np.sum(mix) * genre_w / genre_w.sum()
 
 
 def long_listen_probs(p_skip, duration_s, partial_share, full_fraction=W.FULL_FRACTION, long_listen=LONG_LISTEN):
@@ -85,22 +89,10 @@ class PlantedWorld:
         if list(truth["tracks"]["track_id"]) != list(catalog.track_id):
             raise UserError(f"{world_dir}/truth.json: its tracks are not the catalogue's rows in order: use the "
                             "catalogue world.py wrote beside it")
-        x, mean, _ = standardise(to_model_space(catalog.features))
+        x, mean, _, names, genre, _, self.pop_w, self.artist, self.nbr = W.walk_tables(
+            catalog, int(o["neighbours"]), float(o["zipf_exponent"]))
         if not np.allclose(mean, truth["feature_space"]["mean"]):
             raise UserError(f"{world_dir}/truth.json: its feature space is not this catalogue's")
-        names = list(dict.fromkeys(catalog.primary_genre()))
-        genre = np.array([names.index(g) for g in catalog.primary_genre()])
-        members = [np.flatnonzero(genre == g) for g in range(len(names))]
-        rank = np.empty(len(catalog), dtype=np.int64)
-        rank[np.argsort(-catalog.popularity, kind="stable")] = np.arange(len(catalog))
-        self.pop_w = (rank + W.ZIPF_OFFSET) ** -float(o["zipf_exponent"])
-        first = [a.split(";")[0] for a in catalog.artists]
-        ids = {a: i for i, a in enumerate(dict.fromkeys(first))}
-        self.artist = np.array([ids[a] for a in first])
-        k = int(o["neighbours"])
-        small = [m for m in members if len(m) <= k]
-        blocks = [m for m in members if len(m) > k] + ([np.concatenate(small)] if small else [])
-        self.nbr = W.nearest_neighbours(x, blocks, k)
         self.mix = [o["p_similar"], o["p_artist"], o["p_popular"], o["p_genre"], o["p_explore"]]
         users = truth["users"]
         self.user_index = {u["user_id"]: i for i, u in enumerate(users)}
@@ -109,11 +101,17 @@ class PlantedWorld:
         self.genre_w = fav[:, genre] * self.pop_w[None, :]                                            # (U, N)
         sk = truth["skip_model"]
         centres = np.array([u["centre"] for u in users])                                              # (U, D)
-        mis = ((x[None, :, :] - centres[:, None, :]) ** 2).mean(2) + sk["genre_penalty"] * ~fav[:, genre]
+        mis = np.stack([W.misfit(x, centres[u][None, :], fav[u, genre], sk["genre_penalty"])
+                        for u in range(len(users))])                                                   # (U, N)
         prop = np.array(truth["tracks"]["skip_propensity"])
         p_skip = W.skip_probability(mis, prop[None, :], sk["b0"], sk["b1"], sk["b2"])                 # (U, N)
         self.p_skip = p_skip
         self.p_long = long_listen_probs(p_skip, catalog.duration_ms[None, :] / 1000.0, o["partial_share"])
+        # over the listeners, weighted by their plays: P(long | t), and the genre move's P(t) P(long | t)
+        self.w_user = self.plays / self.plays.sum()
+        self.mean_long = self.w_user @ self.p_long                                                    # (N,)
+        genre_p = self.genre_w / self.genre_w.sum(1, keepdims=True)
+        self.mean_genre_long = self.w_user @ (genre_p * self.p_long)                                  # (N,)
 
     def next_scores(self, prev, user=None):
         """(1) for every track: the listener's, or (user None) its terms averaged over listeners by plays."""
@@ -121,17 +119,17 @@ class PlantedWorld:
             u = self.user_index[user]
             return planted_next_probs(prev, self.artist, self.nbr, self.pop_w, self.genre_w[u], self.mix) \
                 * self.p_long[u]
-        w = self.plays / self.plays.sum()
-        return sum(w[u] * planted_next_probs(prev, self.artist, self.nbr, self.pop_w, self.genre_w[u], self.mix)
-                   * self.p_long[u] for u in range(len(w)))
+        # sum_u w_u P(t | prev, u) P(long | t, u): the listener-free moves times the mean P(long | t), plus the
+        # genre move's own mean
+        return shared_next_probs(prev, self.artist, self.nbr, self.pop_w, self.mix) * self.mean_long \
+            + self.mix[3] / np.sum(self.mix) * self.mean_genre_long
 
     def pair_scores(self, user=None):
         """(2) for every track: log P(long) / P(skip), the listener's or averaged over listeners by plays."""
         if user is not None:
             u = self.user_index[user]
             return np.log(self.p_long[u] + 1e-300) - np.log(self.p_skip[u] + 1e-300)
-        w = (self.plays / self.plays.sum())[:, None]
-        return np.log((w * self.p_long).sum(0) + 1e-300) - np.log((w * self.p_skip).sum(0) + 1e-300)
+        return np.log(self.mean_long + 1e-300) - np.log(self.w_user @ self.p_skip + 1e-300)
 
 
 def main(argv=None):
@@ -172,12 +170,12 @@ def main(argv=None):
                             "hold now: evaluate the run again")
 
     rows = {"next_track": {}, "preferences": {}}
+    averaged = planted.pair_scores()
     for label, known in (("planted, listener known", True), ("planted, listener averaged", False)):
         ranked = [metrics.top_k_pessimistic(planted.next_scores(c[0], q["user"] if known else None), rel, K,
                                             exclude=c) for q, c, rel in zip(queries, context, relevant)]
         m = metrics.per_query(ranked, relevant, ks=(K,))
         rows["next_track"][label] = {"hit@10": m[f"hit@{K}"], "ndcg@10": m[f"ndcg@{K}"]}
-        averaged = planted.pair_scores()
         rows["preferences"][label] = np.array([
             B.pair_accuracy(planted.pair_scores(pr["user"]) if known else averaged, [ch], [rj])[0]
             for pr, ch, rj in zip(pairs, chosen, rejected)])

@@ -44,6 +44,11 @@ def test_planted_world_matches_the_simulated_logs(small_world):
     for prev, user in zip(rng.integers(0, len(cat), 5), rng.integers(0, 30, 5)):
         p = planted.next_scores(int(prev), str(user)) / planted.p_long[user]
         assert np.isclose(p.sum(), 1.0) and (p >= 0).all()
+    # not told the listener: each listener's score, averaged by their plays (computed once per query, not per listener)
+    w = planted.plays / planted.plays.sum()
+    explicit = sum(w[u] * planted.next_scores(7, str(u)) for u in range(30))
+    np.testing.assert_allclose(planted.next_scores(7), explicit, rtol=1e-10)
+    np.testing.assert_allclose(planted.pair_scores(), np.log(w @ planted.p_long) - np.log(w @ planted.p_skip))
     # b0 was solved so that the mean skip probability over the realised plays is --skip-share (0.35): the
     # rebuilt misfit, centres, genre penalty and propensities give it back (propensities are rounded in truth.json)
     users, rows, nxt_in_nbr, n_trans = [], [], 0, 0
