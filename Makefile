@@ -263,9 +263,13 @@ bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_cpu.py --run $(RUN)
 	$(PY) benchmarks/bench_mining.py
 
-# the ablation table (README): every configuration on the same world, about 20 minutes a row on 2 cores
+# the ablation table (README): today's demo and one change at a time on the same world, about 20 minutes a row on 2
+# cores; SEED=1 builds another world's table in runs/ablation-seed1. ABLATION_ROWS=all adds the demo's history
+# (ablation.py --help lists the rows; empty: ablation.TODAY)
+ABLATION_ROWS ?=
 ablation: $(VENV_STAMP) $(MODEL)/config.json
-	$(PY) ablation.py --out runs/ablation --seed $(SEED)
+	$(PY) ablation.py --out runs/ablation$(if $(filter-out 0,$(SEED)),-seed$(SEED)) --seed $(SEED) \
+	    $(if $(ABLATION_ROWS),--rows $(ABLATION_ROWS))
 
 clean-run:
 	rm -rf $(RUN)

@@ -1,12 +1,13 @@
 """The ablation table: the pipeline's configurations side by side on the same world, one table.
 
-    python ablation.py --out runs/ablation              # every row (about 20 minutes each on 2 cores)
-    python ablation.py --out runs/ablation --rows audio,default
+    python ablation.py --out runs/ablation              # today's demo and one change at a time (about 2 hours)
+    python ablation.py --out runs/ablation-seed1 --seed 1   # the same rows on another world
+    python ablation.py --out runs/ablation --rows audio,default   # rows of the demo's history; --rows all: every row
     python ablation.py --out runs/ablation --table-only # rebuild the table from the runs already there
 
 Each row is `make demo` with a few variables changed (the Makefile is the one list of the pipeline's commands),
 in its own run folder under --out, from the same world (same seed); a row whose run already finished is not
-run again. A DPO row copies the SFT stage of the row it builds on and retrains DPO only. The table (--out /
+run again, and a finished row of another world (another seed) is refused. A DPO row copies the SFT stage of the row it builds on and retrains DPO only. The table (--out /
 ablation.md, and ablation.json) has, per row: next-track HR@10 and NDCG@10, attribute precision@10 and held-out
 preference accuracy for SFT and DPO, each with its 95% bootstrap interval, and the wall time of the row.
 """
@@ -107,6 +108,9 @@ ROWS.update({
                   "2026-12-01 ran it",
                   {"SEED_CONFIG": "1", "HALLUCINATION_PROMPTS": "0", "EVAL_ARGS": "--ranking beam"}, None),
 })
+# what `make ablation` runs: today's demo and one change at a time (about 2 hours on 2 cores); the rows of the demo's
+# history (the others, each as it ran then) by name, or --rows all
+TODAY = [n for n in ROWS if n == "demo" or n.startswith("demo-")]
 OUT: str = "runs/ablation"
 SEED: int = 0
 PYTHON: str = sys.executable   # the interpreter every stage runs with (the venv's, when run as the README says)
@@ -115,12 +119,24 @@ PYTHON: str = sys.executable   # the interpreter every stage runs with (the venv
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def check_world_seed(run, seed):
+    """A finished row stands in the table only if its world is the one asked for: rows of two worlds never mix."""
+    path = os.path.join(run, "world", "world_config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            world_seed = json.load(f).get("seed")
+        if world_seed is not None and world_seed != seed:
+            raise UserError(f"{path}: this row's world has seed {world_seed}, not --seed {seed} (pass --seed "
+                            f"{world_seed}, or another --out for another world)")
+
+
 def run_row(name, out, seed, extra):
     """`make` the row's eval/report.md in out/name; returns wall seconds (0 if it was already there)."""
     _, variables, base = ROWS[name]
     run = os.path.join(out, name)
     report = os.path.join(run, "eval", "report.md")
     if os.path.exists(report):
+        check_world_seed(run, seed)
         return None
     if base is not None:   # retrain DPO only: the base row's world, IDs, data and SFT, then DPO and evaluation
         src = os.path.join(out, base)
@@ -235,13 +251,15 @@ def paired_against(out, names, reference="demo"):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=OUT, help="folder holding one run folder per row, and the table")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, of: {', '.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(TODAY),
+                   help="comma-separated rows (default: today's demo and one change at a time; 'all': every row), "
+                        f"of: {', '.join(ROWS)}")
     p.add_argument("--seed", type=int, default=SEED, help="the world's and every stage's seed (try 1 as well)")
     p.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                    help="a make variable for every row, e.g. --set SFT_STEPS=60 for a quicker table")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished rows")
     args = p.parse_args(argv)
-    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    names = list(ROWS) if args.rows == "all" else [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise UserError(f"--rows: unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
@@ -257,6 +275,9 @@ def main(argv=None):
             if took is not None:
                 seconds[name] = took
                 write_json(times_path, seconds)
+    for name in names:
+        if os.path.exists(os.path.join(args.out, name, "eval", "report.md")):
+            check_world_seed(os.path.join(args.out, name), args.seed)
     md, rows = table(args.out, names, seconds)
     paired_md, paired = paired_against(args.out, names)
     if paired_md:

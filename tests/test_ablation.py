@@ -153,3 +153,19 @@ def test_paired_table_against_the_demo_row(tmp_path):
     paired = json.load(open(tmp_path / "ablation_paired.json"))
     assert [r["row"] for r in paired] == ["demo-genre", "demo-history"]
     assert paired[0]["SFT next_track hit@10"] == {"mean": 1.0, "lo": 1.0, "hi": 1.0}
+
+
+def test_default_rows_and_other_worlds(tmp_path, capsys):
+    """`make ablation` runs today's demo and its one-change rows; a finished row of another world is refused, so
+    rows of two seeds never stand in one table."""
+    assert ablation.TODAY[0] == "demo" and all(n.startswith("demo-") for n in ablation.TODAY[1:])
+    assert {"demo-audio", "demo-dpo", "demo-seed"} <= set(ablation.TODAY) and "audio" not in ablation.TODAY
+    fake_results(tmp_path / "demo", 0.33)
+    os.makedirs(tmp_path / "demo" / "world")
+    json.dump({"seed": 1}, open(tmp_path / "demo" / "world" / "world_config.json", "w"))
+    with pytest.raises(UserError, match="seed 1, not --seed 0"):
+        ablation.main(["--out", str(tmp_path), "--rows", "demo", "--table-only"])
+    with pytest.raises(UserError, match="seed 1, not --seed 0"):
+        ablation.run_row("demo", str(tmp_path), 0, {})
+    ablation.main(["--out", str(tmp_path), "--rows", "demo", "--table-only", "--seed", "1"])
+    assert "| demo |" in (tmp_path / "ablation.md").read_text()
