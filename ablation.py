@@ -7,9 +7,10 @@
 
 Each row is `make demo` with a few variables changed (the Makefile is the one list of the pipeline's commands),
 in its own run folder under --out, from the same world (same seed); a row whose run already finished is not
-run again, and a finished row of another world (another seed) is refused. A DPO row copies the SFT stage of the row it builds on and retrains DPO only. The table (--out /
-ablation.md, and ablation.json) has, per row: next-track HR@10 and NDCG@10, attribute precision@10 and held-out
-preference accuracy for SFT and DPO, each with its 95% bootstrap interval, and the wall time of the row.
+run again, and a finished row of another world (another seed) is refused. A DPO row copies the SFT stage of the
+row it builds on and retrains DPO only. The table (--out / ablation.md, and ablation.json) has, per row:
+next-track HR@10 and NDCG@10, attribute precision@10 and held-out preference accuracy for SFT and DPO, each with
+its 95% bootstrap interval, and the wall time of the row.
 """
 import argparse
 import json
