@@ -12,6 +12,8 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                optimistic here)
   ID prefix popularity         tracks sharing the context's first code, then its first two codes, by popularity:
                                what the Semantic IDs' prefixes alone say, no model (a proxy to compare ID options)
+  content x popularity         evaluate.py's: the context's genre, then log(1 + plays) - audio distance^2 / tau,
+                               tau chosen on other validation next plays than these queries
   each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (ranking.exact_top_k); for a DPO
                                adapter also its validation preference accuracy (FOLDER/../summary.json), so the
                                DPO options can be weighed on both without the test set
@@ -45,8 +47,10 @@ import formats
 import lora
 import model as M
 import ranking
-import tasks
+import rvq
 import sasrec
+import signals
+import tasks
 from common import UserError, need_file, read_json, run_main, write_json
 
 # -----------------------------------------------------------------------------
@@ -74,12 +78,15 @@ def prefix_popularity_scores(codes, popularity, ctx):
     return 2.0 * first + 4.0 * two + popularity / (popularity.max() + 1.0)
 
 
-def val_queries(sft_data, n, seed, code_row):
-    """[(prompt, history rows, relevant row)]: n of the validation window's next-track examples, drawn by seed."""
+def val_queries(sft_data, n, seed, code_row, rest=False):
+    """[(prompt, history rows, relevant row)]: n of the validation window's next-track examples, drawn by seed;
+    rest=True also returns the examples not drawn, in file order (to fit a baseline's parameter on, not on these)."""
     rows = E.val_next_examples(sft_data, code_row)
     if not rows:
         raise UserError(f"{os.path.join(sft_data, 'val.jsonl')}: no next_track examples")
-    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:n]]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    drawn = [rows[i] for i in order[:n]]
+    return (drawn, [rows[i] for i in sorted(order[n:])]) if rest else drawn
 
 
 def score_vector(scored, code_row, n_items):
@@ -104,6 +111,7 @@ def attribute_queries(catalog, row_codes, n, seed, templates=tasks.TRAIN_REQUEST
 
 
 RATE = "long-listen rate"       # the preference baseline beside the adapters (evaluate.py's strongest)
+CONTENT_POP = "content x popularity"   # the next-track baseline of the same name in evaluate.py
 # what is paired against the first adapter: (per-query key, suffix of the --out key, printed name)
 PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference accuracy"),
           ("precision", " (attributes)", f"attribute P@{K}"), ("hallucinated", " (hallucinated@1)", "hallucinated@1"))
@@ -186,7 +194,7 @@ def main(argv=None):
         C[index[t]] = cs
     code_row = {tuple(int(c) for c in C[r]): r for r in range(len(catalog)) if C[r, 0] >= 0}
     n_items = len(catalog)
-    queries = val_queries(sft_data, args.queries, args.seed, code_row)
+    queries, others = val_queries(sft_data, args.queries, args.seed, code_row, rest=True)
     popularity, cooc, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     genres = B.genre_masks(catalog.genres)
     hits, pref_acc = {}, {}
@@ -216,6 +224,15 @@ def main(argv=None):
         sas_scores = sasrec.score(sasrec.load(sas_dir), [q[1] for q in queries], n_items)
         record("SASRec", lambda i: sas_scores[i])
     record("ID prefix popularity", lambda i: prefix_popularity_scores(C, popularity, queries[i][1][-1]))
+    # the strongest next-track baseline of the test windows; its kernel width chosen as evaluate.py chooses it, on
+    # validation examples, but on those not drawn as queries here, so that it is not fitted to what it is scored on
+    feats = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
+    in_genre = [genres[g[0]] for g in catalog.genres]
+    tau, _ = B.select_tau(feats, popularity, [(h[-1], {r}) for _, h, r in others[:E.VAL_NEXT]], lambda c: in_genre[c])
+    record(CONTENT_POP, lambda i: B.content_popularity_scores(
+        feats, queries[i][1][-1], popularity, in_genre[queries[i][1][-1]], tau))
+    print(f"  ({CONTENT_POP}: kernel width {tau:g}, chosen on {min(len(others), E.VAL_NEXT)} other validation "
+          "next plays)")
     trie = ranking.IDTrie(list(code_row), meta["levels"])
     attr_queries = attribute_queries(catalog, {r: c for c, r in code_row.items()}, args.attribute_queries,
                                      args.seed, PHRASINGS[args.attribute_phrasings]) if args.attribute_queries else []
@@ -289,7 +306,7 @@ def main(argv=None):
                     print(f"  {name} - {ref} {label}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr_queries), "table": table,
-                              "paired": paired, "hits": hits,
+                              "paired": paired, "hits": hits, "content_popularity_tau": tau,
                               "preference_accuracy": pref_acc})
 
 

@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+import baselines as B
+import evaluate as E
 import formats
 import logfiles
+import rvq
+import signals
 import tasks
+from metrics import hit_at_k, top_k_pessimistic
 from tests.conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import val_next  # noqa: E402
 
 pytestmark = pytest.mark.slow   # the whole pipeline through make, then its faults: minutes on 2 cores
 
@@ -247,6 +255,24 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
         assert len(hits[name]["preference"]) == len(pairs) and len(hits[name]["hit"]) == 6
         assert set(hits[name]["preference"]) <= {0.0, 0.5, 1.0}
     assert "SFT - DPO preference accuracy" not in r.stdout and "DPO - SFT preference accuracy" in r.stdout
+    # content x popularity, its width fitted on validation plays other than the 6 queries, ranks as evaluate.py's
+    val = json.load(open(out))
+    meta = json.load(open(os.path.join(run, "sft_data", "meta.json")))
+    ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
+    code_row = {tuple(int(c) for c in cs): row[t] for t, cs in zip(ids, codes)}
+    queries, others = val_next.val_queries(os.path.join(run, "sft_data"), 6, val_next.SEED, code_row, rest=True)
+    assert len(queries) == 6 and not {id(q) for q in queries} & {id(o) for o in others}
+    assert len(queries) + len(others) == len(E.val_next_examples(os.path.join(run, "sft_data"), code_row))
+    feats = signals.preprocess(cat.features, rvq.load_rvq(meta["rvq"])["params"])
+    popularity = np.load(os.path.join(run, "sft_data", "listening_stats.npz"))["popularity"].astype(np.float64)
+    genres = B.genre_masks(cat.genres)
+    tau = val["content_popularity_tau"]
+    assert tau == B.select_tau(feats, popularity, [(h[-1], {r}) for _, h, r in others[:E.VAL_NEXT]],
+                               lambda c: genres[cat.genres[c][0]])[0]
+    cp_hits = [float(hit_at_k(top_k_pessimistic(B.content_popularity_scores(
+        feats, h[-1], popularity, genres[cat.genres[h[-1]][0]], tau), {r}, 10, exclude=[h[-1]]), {r}, 10))
+        for _, h, r in queries]
+    assert hits["content x popularity"]["hit"] == cp_hits
     # benchmarks/pref_frontier.py on the same queries and pairs, the SFT row placed beside the counts' scores
     front = tmp_path / "frontier.json"
     r = subprocess.run([sys.executable, "benchmarks/pref_frontier.py", "--run", run, "--queries", "6", "--llm",
