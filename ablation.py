@@ -137,7 +137,6 @@ def run_row(name, out, seed, extra):
     run = os.path.join(out, name)
     report = os.path.join(run, "eval", "report.md")
     if os.path.exists(report):
-        check_world_seed(run, seed)
         return None
     if base is not None:   # retrain DPO only: the base row's world, IDs, data and SFT, then DPO and evaluation
         src = os.path.join(out, base)
@@ -268,6 +267,9 @@ def main(argv=None):
     if len(extra) != len(args.set):
         raise UserError("--set takes VAR=VALUE")
     os.makedirs(args.out, exist_ok=True)
+    for name in names:   # before any row runs: finished rows of another world would mix into this one's table
+        if os.path.exists(os.path.join(args.out, name, "eval", "report.md")):
+            check_world_seed(os.path.join(args.out, name), args.seed)
     times_path = os.path.join(args.out, "seconds.json")
     seconds = json.load(open(times_path)) if os.path.exists(times_path) else {}
     if not args.table_only:
@@ -276,9 +278,6 @@ def main(argv=None):
             if took is not None:
                 seconds[name] = took
                 write_json(times_path, seconds)
-    for name in names:
-        if os.path.exists(os.path.join(args.out, name, "eval", "report.md")):
-            check_world_seed(os.path.join(args.out, name), args.seed)
     md, rows = table(args.out, names, seconds)
     paired_md, paired = paired_against(args.out, names)
     if paired_md:

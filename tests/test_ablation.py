@@ -165,7 +165,7 @@ def test_default_rows_and_other_worlds(tmp_path, capsys):
     json.dump({"seed": 1}, open(tmp_path / "demo" / "world" / "world_config.json", "w"))
     with pytest.raises(UserError, match="seed 1, not --seed 0"):
         ablation.main(["--out", str(tmp_path), "--rows", "demo", "--table-only"])
-    with pytest.raises(UserError, match="seed 1, not --seed 0"):
-        ablation.run_row("demo", str(tmp_path), 0, {})
+    with pytest.raises(UserError, match="seed 1, not --seed 0"):     # refused before any row would run
+        ablation.main(["--out", str(tmp_path), "--rows", "demo,demo-dpo"])
     ablation.main(["--out", str(tmp_path), "--rows", "demo", "--table-only", "--seed", "1"])
     assert "| demo |" in (tmp_path / "ablation.md").read_text()
