@@ -30,6 +30,9 @@ And preferences (--pairs, default RUN/prefs/val.jsonl): each adapter's accuracy 
 (chosen above rejected by summed log-prob, evaluate.py's rule) beside the long-listen rate's on the same pairs. The
 demo keeps 96 validation pairs; `data.py prefs --max-val 3000 --out ELSEWHERE` writes every pair of the window
 (its val.jsonl; the pairs are the same tracks whatever the Semantic IDs, so two runs' rows pair).
+And whether a model reads the context track's ID or only its genre (--swap-context): each adapter ranks every query
+again with the context's ID swapped for another track of its primary genre (the genre word stays), and prints HR@10
+then (paired against its own) and the share of its top 10 that stays.
 --pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
 """
 import argparse
@@ -65,6 +68,7 @@ ATTRIBUTE_QUERIES: int = 40     # attribute requests (as many as the test set's 
 ATTRIBUTE_PHRASINGS: str = "train"  # how they are phrased (PHRASINGS); train keeps the earlier figures reproducible
 PHRASINGS = {"train": tasks.TRAIN_REQUEST_TEMPLATES, "heldout": tasks.VAL_REQUEST_TEMPLATES}
 HALLUCINATION_PROMPTS: int = 200  # prompts decoded without constraints per adapter: half next-track, half attribute
+SWAP_CONTEXT: bool = False      # also rank each query with its context ID swapped for another track of its genre
 # -----------------------------------------------------------------------------
 
 
@@ -115,6 +119,34 @@ CONTENT_POP = "content x popularity"   # the next-track baseline of the same nam
 # what is paired against the first adapter: (per-query key, suffix of the --out key, printed name)
 PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference accuracy"),
           ("precision", " (attributes)", f"attribute P@{K}"), ("hallucinated", " (hallucinated@1)", "hallucinated@1"))
+
+
+def swap_context(prompts, contexts, row_codes, genre_rows, genre_of, seed=SEED):
+    """The same prompts with the context track's Semantic ID swapped for another track of its primary genre.
+
+    What a model reads of the context beyond its genre: the genre word stays, the ID changes. prompts: [str];
+    contexts: [row], the track whose ID each prompt shows last; row_codes {row: codes}; genre_rows {genre: [rows]};
+    genre_of(row) -> its primary genre. Returns ([prompt], [the swapped-in row]), one seeded draw per prompt (a
+    genre of one track keeps its prompt and row). Example: '... like (rock) <a_1><b_2><c_3>' with another rock
+    track (1, 5, 0) -> '... like (rock) <a_1><b_5><c_0>'.
+    """
+    rng = np.random.default_rng([seed, 2])   # a stream of its own: the queries' draw stays as it was
+    out, rows = [], []
+    for prompt, c in zip(prompts, contexts):
+        others = [r for r in genre_rows[genre_of(c)] if r != c]
+        o = int(others[rng.integers(len(others))]) if others else c
+        old, new = formats.id_text(row_codes[c]), formats.id_text(row_codes[o])
+        head, sep, tail = prompt.rpartition(old)   # the last ID in the prompt is the context's
+        if not sep:
+            raise UserError(f"the prompt {prompt!r} does not show its context track's ID {old}")
+        out.append(head + new + tail)
+        rows.append(o)
+    return out, rows
+
+
+def top_overlap(a, b, k=K):
+    """Share of the top k of list a that is in the top k of list b: |a[:k] & b[:k]| / k (lists of rows)."""
+    return len(set(a[:k]) & set(b[:k])) / k
 
 
 def paired_from_files(a, b, seed=SEED):
@@ -168,6 +200,10 @@ def main(argv=None):
                         "attribute requests (as evaluate.py's test prompts); hallucinated@1 = best beam is no track "
                         "(default %(default)s; 0: skip)")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries and the bootstrap")
+    p.add_argument("--swap-context", action="store_true", default=SWAP_CONTEXT,
+                   help="also rank every query with its context ID swapped for another track of the same genre (the "
+                        "genre word stays): HR@10 then, and how much of the top 10 stays; whether a model reads the "
+                        "context's ID at all, or only its genre")
     p.add_argument("--pairs", default=PAIRS,
                    help="validation preference pairs each adapter ranks beside the long-listen rate (default "
                         "RUN/prefs/val.jsonl; 'none' skips them; more pairs: `data.py prefs --max-val 3000`)")
@@ -239,6 +275,13 @@ def main(argv=None):
     if attr_queries:
         print(f"{len(attr_queries)} attribute requests ({args.attribute_phrasings} phrasings, a fresh draw); the "
               f"adapters' P@{K}:")
+    if args.swap_context:
+        genre_rows = {}
+        for r in sorted(code_row.values()):
+            genre_rows.setdefault(catalog.genres[r][0], []).append(r)
+        swapped, swapped_rows = swap_context([q[0] for q in queries], [q[1][-1] for q in queries],
+                                             {r: c for c, r in code_row.items()}, genre_rows,
+                                             lambda r: catalog.genres[r][0], args.seed)
     for name, folder in adapters:
         model, tok, vocab = M.load_policy(args.model, adapter=folder, id_table_sha=meta["id_table_sha256"])
         lora.merge_lora(model)   # as evaluate.py
@@ -255,6 +298,22 @@ def main(argv=None):
             return score_vector(scored[i], code_row, n_items)
         record(name, llm_scores)
         print(f"{'':24s} ({time.time() - t0:.0f} s)")
+        if args.swap_context:   # the same queries, another track of the context's genre in the prompt
+            with torch.no_grad():
+                top = ranking.exact_top_k(model, [fmt.prompt(x) for x in swapped], vocab, trie, K + 2,
+                                          batch_size=args.batch_size)
+            true_top, swap_top, swap_hit = [], [], []
+            for i, q in enumerate(queries):
+                drop = [q[1][-1], swapped_rows[i]]   # neither prompt's own track counts, in either list
+                true_top.append(metrics.top_k_pessimistic(llm_scores(i), set(), K, exclude=drop))
+                swap_top.append(metrics.top_k_pessimistic(score_vector(top[i], code_row, n_items), {q[2]}, K,
+                                                          exclude=drop))
+                swap_hit.append(float(q[2] in swap_top[-1]))
+            hits[name]["hit_swapped"] = swap_hit
+            hits[name]["top_kept"] = [top_overlap(a, b) for a, b in zip(true_top, swap_top)]
+            d = metrics.paired_bootstrap(swap_hit, hits[name]["hit"], seed=args.seed)
+            print(f"{'':24s} context swapped within its genre: HR@{K} {np.mean(swap_hit):.3f} ({d[0]:+.3f} "
+                  f"[{d[1]:+.3f}, {d[2]:+.3f}]); top {K} kept {np.mean(hits[name]['top_kept']):.3f}")
         if attr_queries:
             with torch.no_grad():
                 top = ranking.exact_top_k(model, [fmt.prompt(q[0]) for q in attr_queries], vocab, trie, K,
@@ -291,7 +350,8 @@ def main(argv=None):
     table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
              for n, h in hits.items()}
     for n, h in hits.items():
-        for m, label in (("hallucinated", "hallucinated@1"), ("preference", "preference accuracy")):
+        for m, label in (("hallucinated", "hallucinated@1"), ("preference", "preference accuracy"),
+                         ("hit_swapped", f"hit@{K}, context swapped"), ("top_kept", f"top {K} kept, context swapped")):
             if m in h:
                 table[n][label] = metrics.bootstrap_ci(h[m], seed=args.seed)
     paired = {}

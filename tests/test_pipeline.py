@@ -238,7 +238,7 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     run, _ = demo_run
     out = tmp_path / "val.json"
     r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--run", run, "--model", tiny_smol, "--queries", "6",
-                        "--attribute-queries", "3", "--hallucination-prompts", "2", "--adapter",
+                        "--attribute-queries", "3", "--hallucination-prompts", "2", "--swap-context", "--adapter",
                         f"SFT={run}/sft/adapter", "--adapter", f"DPO={run}/dpo/adapter", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -254,6 +254,10 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     for name in ("SFT", "DPO"):
         assert len(hits[name]["preference"]) == len(pairs) and len(hits[name]["hit"]) == 6
         assert set(hits[name]["preference"]) <= {0.0, 0.5, 1.0}
+        # --swap-context: each query ranked again with another track of its genre in the prompt
+        assert len(hits[name]["hit_swapped"]) == 6 and set(hits[name]["hit_swapped"]) <= {0.0, 1.0}
+        assert len(hits[name]["top_kept"]) == 6 and all(0 <= x <= 1 for x in hits[name]["top_kept"])
+    assert "context swapped within its genre" in r.stdout
     assert "SFT - DPO preference accuracy" not in r.stdout and "DPO - SFT preference accuracy" in r.stdout
     # content x popularity, its width fitted on validation plays other than the 6 queries, ranks as evaluate.py's
     val = json.load(open(out))
@@ -423,3 +427,22 @@ def test_real_catalogue_through_the_same_commands(shared_data, tiny_smol, tmp_pa
     assert len(ids) == 7991 and len({l.split("\t", 1)[1] for l in ids}) == 7991   # unique despite duplicates
     assert json.load(open(run / "prefs" / "report.json"))["pairs"]["test"] > 0
     assert "next_track" in r.stdout and (run / "eval" / "report.md").exists()
+
+
+def test_content_examples_copy_the_sft_data_and_add_examples(demo_run, tmp_path):
+    """benchmarks/content_examples.py on the run: a new SFT data folder, the training set plus the examples drawn
+    from the audio features, everything else as it was; an existing folder is refused in one line."""
+    run, _ = demo_run
+    src, out = os.path.join(run, "sft_data"), str(tmp_path / "kernel")
+    cmd = [sys.executable, "benchmarks/content_examples.py", "--sft-data", src, "--out", out, "--examples", "30"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    train = open(os.path.join(src, "train.jsonl")).readlines()
+    merged = open(os.path.join(out, "train.jsonl")).readlines()
+    assert len(merged) == len(train) + 30
+    assert sum(json.loads(l)["task"] == "content" for l in merged) == 30
+    assert sorted(l for l in merged if json.loads(l)["task"] != "content") == sorted(train)
+    for name in ("val.jsonl", "test_next.jsonl", "meta.json"):
+        assert open(os.path.join(out, name)).read() == open(os.path.join(src, name)).read()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists" in r.stderr

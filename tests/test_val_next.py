@@ -101,3 +101,19 @@ def test_heldout_phrasings_are_in_neither_training_nor_test_and_pair_with_the_tr
     heldout = attribute_queries(cat, row_codes, 5, seed=0, templates=tasks.VAL_REQUEST_TEMPLATES)
     assert [q[1] for q in heldout] == [q[1] for q in train]
     assert all(any(p.lower().startswith(s) for s in held) for p, _ in heldout)
+
+
+def test_swap_context_changes_the_last_id_only_within_the_genre():
+    from val_next import swap_context, top_overlap
+    codes = {0: (1, 2, 3), 1: (1, 5, 0), 2: (4, 4, 4), 3: (1, 2, 9)}
+    genre = {0: "rock", 1: "rock", 2: "jazz", 3: "rock"}
+    rows = {"rock": [0, 1, 3], "jazz": [2]}
+    prompts = ["Played before: <a_1><b_2><c_3>. Something like (rock) <a_1><b_2><c_3>",
+               "More like (jazz) <a_4><b_4><c_4>, please"]
+    out, swapped = swap_context(prompts, [0, 2], codes, rows, genre.get, seed=0)
+    assert swapped[0] in (1, 3) and swapped[1] == 2          # another rock track; jazz has no other track
+    new = "".join(f"<{x}_{c}>" for x, c in zip("abc", codes[swapped[0]]))
+    assert out[0] == "Played before: <a_1><b_2><c_3>. Something like (rock) " + new   # only the context's ID
+    assert out[1] == prompts[1]
+    assert swap_context(prompts, [0, 2], codes, rows, genre.get, seed=0) == (out, swapped)   # seeded
+    assert top_overlap([1, 2, 3, 4], [4, 3, 9, 8], k=4) == 0.5
