@@ -18,6 +18,11 @@ and answers with another track of its primary genre, drawn:
            plays (baselines.select_tau), never the test's
   sounds   uniformly among its 10 nearest tracks of the genre in audio, in a prompt of its own ("Tracks that sound
            like (genre) <ID>"): the ID alone tells the answer, popularity does not
+And whether a model learnt the `sounds` task (--check ADAPTER --sft-data RUN/sft_data): --check-tracks tracks drawn
+at random, each asked in the sounds prompt, the model's exact top 10 (the context excluded) scored by the share of
+the context's 10 nearest tracks of its genre in it, then the same with the context's ID swapped for another track of
+the genre (val_next.swap_context) and the share of the top 10 that stays. A model that reads the ID finds the
+neighbours and changes its list with the ID; 10 of a genre's 99 other tracks at random find 0.10.
 The other files are copied as they are (meta.json, val.jsonl, the test sets), so val_next.py ranks the same
 validation queries; the added examples are marked "task": "content" (EXPERIMENTS.md, "SFT reads the genre, not the ID").
 """
@@ -41,6 +46,8 @@ EXAMPLES: int = 8000     # added examples: 4 per track of a 2,000-track world, s
 MODE: str = "kernel"     # how the answer is drawn (MODES)
 NEIGHBOURS: int = 10     # sounds: the answer is one of this many nearest tracks of the genre
 SEED: int = 0            # the draw of the answers and of the merged order
+MODEL: str = "models/smollm2-135m-l15"   # --check: the base the adapter was trained on (the demo's)
+CHECK_TRACKS: int = 120  # --check: sounds prompts asked
 # -----------------------------------------------------------------------------
 MODES = ("kernel", "sounds")
 SOUNDS_TEMPLATE = "Tracks that sound like {track}"
@@ -93,18 +100,60 @@ def content_examples(catalog, row_codes, x, popularity, n, mode, tau=None, k=NEI
     return out
 
 
+def check(args, catalog, row_codes, x, meta):
+    """--check: the sounds prompts' P@10 of the nearest tracks, with the true and a swapped context ID."""
+    import torch
+
+    import lora
+    import model as M
+    import ranking
+    from val_next import swap_context, top_overlap
+    code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}
+    genre_rows = {}
+    for r in sorted(row_codes):
+        genre_rows.setdefault(catalog.genres[r][0], []).append(r)
+    rng = np.random.default_rng([args.seed, 5])
+    ctxs = [int(r) for r in rng.choice(sorted(row_codes), min(args.check_tracks, len(row_codes)), replace=False)]
+    prompts = [SOUNDS_TEMPLATE.format(track=f"({catalog.genres[c][0]}) {formats.id_text(row_codes[c])}") for c in ctxs]
+    swapped, swapped_rows = swap_context(prompts, ctxs, row_codes, genre_rows, lambda r: catalog.genres[r][0],
+                                         args.seed)
+    model, tok, vocab = M.load_policy(args.model, adapter=args.check, id_table_sha=meta["id_table_sha256"])
+    lora.merge_lora(model)
+    fmt, trie = M.PromptFormat(tok, vocab), ranking.IDTrie(list(code_row), meta["levels"])
+    with torch.no_grad():
+        tops = [ranking.exact_top_k(model, [fmt.prompt(p) for p in ps], vocab, trie, args.neighbours + 2)
+                for ps in (prompts, swapped)]
+    found, found_swapped, kept = [], [], []
+    for i, (c, o) in enumerate(zip(ctxs, swapped_rows)):
+        cand = np.array([r for r in genre_rows[catalog.genres[c][0]] if r != c])
+        near = set(nearest_in_genre(x, c, cand, args.neighbours).tolist())
+        a, b = ([code_row[cs] for cs, _ in t[i] if code_row[cs] not in (c, o)][:args.neighbours] for t in tops)
+        found.append(len(near & set(a)) / args.neighbours)
+        found_swapped.append(len(near & set(b)) / args.neighbours)
+        kept.append(top_overlap(a, b, args.neighbours))
+    print(f"{args.check}: sounds prompts of {len(ctxs)} tracks: the {args.neighbours} nearest of the genre in its top "
+          f"{args.neighbours} {np.mean(found):.3f}; with the context ID swapped {np.mean(found_swapped):.3f}; top "
+          f"{args.neighbours} kept {np.mean(kept):.3f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sft-data", required=True, help="the `data.py sft` folder to copy")
-    p.add_argument("--out", required=True, help="the new SFT data folder (must not exist)")
+    p.add_argument("--out", default=None, help="the new SFT data folder (must not exist)")
     p.add_argument("--examples", type=int, default=EXAMPLES, help="examples to add (4 per track by default)")
     p.add_argument("--mode", choices=MODES, default=MODE,
                    help="kernel: answers drawn as content x popularity ranks, in next-track prompts; sounds: one of "
                         "the nearest tracks in audio, in a prompt of its own")
     p.add_argument("--neighbours", type=int, default=NEIGHBOURS, help="sounds: how many nearest tracks to draw from")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the answers and of the merged order")
+    p.add_argument("--check", default=None, metavar="ADAPTER",
+                   help="instead of writing examples: how well this adapter answers the sounds prompts (see above)")
+    p.add_argument("--model", default=MODEL, help="--check: the base model the adapter was trained on")
+    p.add_argument("--check-tracks", type=int, default=CHECK_TRACKS, help="--check: sounds prompts asked")
     args = p.parse_args(argv)
-    if os.path.exists(args.out):
+    if args.check is None and args.out is None:
+        raise UserError("--out is required (or --check ADAPTER)")
+    if args.out and os.path.exists(args.out):
         raise UserError(f"{args.out} exists: give a new folder")
     if args.examples < 1 or args.neighbours < 1:
         raise UserError("--examples and --neighbours must be at least 1")
@@ -116,6 +165,8 @@ def main(argv=None):
     need_file(stats, "listening statistics (data.py sft)")
     popularity = np.load(stats)["popularity"].astype(np.float64)
     x = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
+    if args.check:
+        return check(args, catalog, row_codes, x, meta)
     tau = None
     if args.mode == "kernel":   # evaluate.py's choice of the width, on the validation window's next plays
         code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}

@@ -3,6 +3,7 @@ Llama; then the faults: a training stage killed mid-run resumes to the same adap
 before any work, an unwritable output folder is a one-line error."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -429,9 +430,10 @@ def test_real_catalogue_through_the_same_commands(shared_data, tiny_smol, tmp_pa
     assert "next_track" in r.stdout and (run / "eval" / "report.md").exists()
 
 
-def test_content_examples_copy_the_sft_data_and_add_examples(demo_run, tmp_path):
+def test_content_examples_copy_the_sft_data_and_add_examples(demo_run, tiny_smol, tmp_path):
     """benchmarks/content_examples.py on the run: a new SFT data folder, the training set plus the examples drawn
-    from the audio features, everything else as it was; an existing folder is refused in one line."""
+    from the audio features, everything else as it was; an existing folder is refused in one line; --check scores
+    an adapter on the sounds prompts."""
     run, _ = demo_run
     src, out = os.path.join(run, "sft_data"), str(tmp_path / "kernel")
     cmd = [sys.executable, "benchmarks/content_examples.py", "--sft-data", src, "--out", out, "--examples", "30"]
@@ -446,3 +448,10 @@ def test_content_examples_copy_the_sft_data_and_add_examples(demo_run, tmp_path)
         assert open(os.path.join(out, name)).read() == open(os.path.join(src, name)).read()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists" in r.stderr
+    r = subprocess.run([sys.executable, "benchmarks/content_examples.py", "--sft-data", src, "--check",
+                        f"{run}/sft/adapter", "--model", tiny_smol, "--check-tracks", "4", "--neighbours", "3"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = re.search(r"sounds prompts of 4 tracks: the 3 nearest of the genre in its top 3 ([\d.]+); with the "
+                      r"context ID swapped ([\d.]+); top 3 kept ([\d.]+)", r.stdout)
+    assert found and all(0 <= float(x) <= 1 for x in found.groups())
