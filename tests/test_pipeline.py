@@ -257,6 +257,7 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
         assert set(hits[name]["preference"]) <= {0.0, 0.5, 1.0}
         # --swap-context: each query ranked again with another track of its genre in the prompt
         assert len(hits[name]["hit_swapped"]) == 6 and set(hits[name]["hit_swapped"]) <= {0.0, 1.0}
+        assert len(hits[name]["hit_unswapped"]) == 6 and set(hits[name]["hit_unswapped"]) <= {0.0, 1.0}
         assert len(hits[name]["top_kept"]) == 6 and all(0 <= x <= 1 for x in hits[name]["top_kept"])
     assert "context swapped within its genre" in r.stdout
     assert "SFT - DPO preference accuracy" not in r.stdout and "DPO - SFT preference accuracy" in r.stdout
