@@ -40,6 +40,7 @@ import rvq
 import signals
 import tasks
 from common import UserError, atomic_open, jsonl, need_file, read_json, run_main
+from val_next import genre_rows_of
 
 # -----------------------------------------------------------------------------
 EXAMPLES: int = 8000     # added examples: 4 per track of a 2,000-track world, some 40% of the demo's training set
@@ -60,14 +61,14 @@ def kernel_probs(x, popularity, ctx, candidates, tau):
     x: (N, D) features; popularity: (N,); candidates: (C,) rows. Example: x [[0], [1], [2]], plays [0, 9, 99],
     context 0, candidates [1, 2], tau 4: weights 10 e^(-1/4) = 7.79 and 100 e^(-1) = 36.8 -> [0.175, 0.825].
     """
-    s = np.log1p(popularity[candidates]) - ((x[candidates] - x[ctx]) ** 2).sum(1) / tau
+    s = np.log1p(popularity[candidates]) + B.content_knn_scores(x, ctx)[candidates] / tau
     p = np.exp(s - s.max())   # shifted so the largest weight is exp(0) = 1: no overflow at a small tau
     return p / p.sum()
 
 
 def nearest_in_genre(x, ctx, candidates, k):
     """The k candidates nearest to ctx in feature space, nearest first (ties by row): (min(k, C),) rows."""
-    d2 = ((x[candidates] - x[ctx]) ** 2).sum(1)
+    d2 = -B.content_knn_scores(x, ctx)[candidates]
     return candidates[np.lexsort((candidates, d2))[:k]]
 
 
@@ -77,11 +78,8 @@ def content_examples(catalog, row_codes, x, popularity, n, mode, tau=None, k=NEI
     track of its primary genre drawn by `mode` (kernel_probs with tau, or uniform among nearest_in_genre's k).
     A context alone in its genre is passed over. Returns a list of str."""
     rng = np.random.default_rng([seed, 3])
-    rows = np.array(sorted(row_codes))
-    genre_rows = {}
-    for r in rows:
-        genre_rows.setdefault(catalog.genres[r][0], []).append(r)
-    contexts = [int(r) for r in rows if len(genre_rows[catalog.genres[r][0]]) > 1]
+    genre_rows = genre_rows_of(catalog, row_codes)
+    contexts = [r for r in sorted(row_codes) if len(genre_rows[catalog.genres[r][0]]) > 1]
     if not contexts:
         raise UserError("no genre holds two tracks with IDs: no content example can be drawn")
     out = []
@@ -109,9 +107,7 @@ def check(args, catalog, row_codes, x, meta):
     import ranking
     from val_next import swap_context, top_overlap
     code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}
-    genre_rows = {}
-    for r in sorted(row_codes):
-        genre_rows.setdefault(catalog.genres[r][0], []).append(r)
+    genre_rows = genre_rows_of(catalog, row_codes)
     rng = np.random.default_rng([args.seed, 5])
     ctxs = [int(r) for r in rng.choice(sorted(row_codes), min(args.check_tracks, len(row_codes)), replace=False)]
     prompts = [SOUNDS_TEMPLATE.format(track=f"({catalog.genres[c][0]}) {formats.id_text(row_codes[c])}") for c in ctxs]

@@ -122,6 +122,14 @@ PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference a
           ("precision", " (attributes)", f"attribute P@{K}"), ("hallucinated", " (hallucinated@1)", "hallucinated@1"))
 
 
+def genre_rows_of(catalog, rows):
+    """{primary genre: [rows]} of the given catalogue rows, each list in ascending row order."""
+    out = {}
+    for r in sorted(rows):
+        out.setdefault(catalog.genres[r][0], []).append(int(r))
+    return out
+
+
 def swap_context(prompts, contexts, row_codes, genre_rows, genre_of, seed=SEED):
     """The same prompts with the context track's Semantic ID swapped for another track of its primary genre.
 
@@ -277,11 +285,9 @@ def main(argv=None):
         print(f"{len(attr_queries)} attribute requests ({args.attribute_phrasings} phrasings, a fresh draw); the "
               f"adapters' P@{K}:")
     if args.swap_context:
-        genre_rows = {}
-        for r in sorted(code_row.values()):
-            genre_rows.setdefault(catalog.genres[r][0], []).append(r)
         swapped, swapped_rows = swap_context([q[0] for q in queries], [q[1][-1] for q in queries],
-                                             {r: c for c, r in code_row.items()}, genre_rows,
+                                             {r: c for c, r in code_row.items()},
+                                             genre_rows_of(catalog, code_row.values()),
                                              lambda r: catalog.genres[r][0], args.seed)
     for name, folder in adapters:
         model, tok, vocab = M.load_policy(args.model, adapter=folder, id_table_sha=meta["id_table_sha256"])
