@@ -192,12 +192,12 @@ def read_tests(path, limit):
     return rows[:limit] if limit else rows
 
 
-def val_next_examples(sft_data, code_row):
+def val_next_examples(sft_data, code_row, name="val.jsonl"):
     """[(prompt, history rows, next row)] of the validation window's next-track examples (sft_data/val.jsonl, in
     file order, which data.py shuffled): the plays are read back from the prompt's Semantic IDs, the context last.
-    code_row: {codes tuple: catalogue row}."""
-    path = os.path.join(sft_data, "val.jsonl")
-    need_file(path, "SFT validation examples (data.py sft)")
+    code_row: {codes tuple: catalogue row}. name="train.jsonl": the training examples', read the same way."""
+    path = os.path.join(sft_data, name)
+    need_file(path, "SFT examples (data.py sft)")
     levels, out = len(next(iter(code_row))), []
     for n, line in enumerate(open(path, encoding="utf-8"), 1):
         r = json.loads(line) if line.strip() else {}

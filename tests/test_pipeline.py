@@ -293,6 +293,21 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     r = subprocess.run([sys.executable, "benchmarks/pref_frontier.py", "--run", run, "--queries", "6", "--llm",
                         f"{out}:NOPE"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "no row 'NOPE'" in r.stderr and r.stderr.count("\n") == 1
+    # benchmarks/id_ceiling.py on the same queries: the ID-only rankers' rows pair with the adapters' (val_next.py
+    # --pair checks that both files hold the same queries through the baselines' hits)
+    ceil = tmp_path / "ceiling.json"
+    r = subprocess.run([sys.executable, "benchmarks/id_ceiling.py", "--run", run, "--queries", "6", "--epochs", "2",
+                        "--out", str(ceil)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = json.load(open(ceil))
+    assert c["hits"]["content x popularity"] == hits["content x popularity"]
+    assert c["hits"]["genre popularity"] == hits["genre popularity"] and c["hits"]["item kNN"] == hits["item kNN"]
+    for name in ("ID n-gram", "ID factorised"):
+        assert len(c["hits"][name]["hit"]) == 6 and set(c["hits"][name]["hit"]) <= {0.0, 1.0}
+    assert sorted(c["factorised_select_hr"]) == ["1", "2"] and abs(sum(c["ngram_weights"]) - 1) < 1e-9
+    r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--pair", f"{ceil}:ID factorised", f"{out}:SFT"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "ID factorised - " in r.stdout and "hit@10" in r.stdout, r.stderr[-2000:]
 
 
 def test_pair_runs_on_the_same_queries(demo_run, tmp_path):

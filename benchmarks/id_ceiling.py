@@ -1,0 +1,252 @@
+"""How far a ranker that reads only the context's Semantic ID gets on next tracks (validation window).
+
+    python benchmarks/id_ceiling.py --run runs/demo [--queries 1000] [--out runs/demo/id_ceiling.json]
+
+A next-track prompt gives the SFT model the context track's genre word and Semantic ID, nothing else of it; the
+genre is the ID's first code (genre purity 1.0 at level 1, rvq.py's quality sheet). Whatever it learns, it ranks
+from what those codes say, learned from the training examples it is given (RUN/sft_data/train.jsonl's next_track
+examples). Two rankers of that kind, fitted in seconds to the same examples, bound what such a model reaches:
+
+  ID n-gram        counts: sum over l of w_l P(a_1..a_l | c_1..c_l) P(t | a_1..a_l), the answer t's ID prefix a
+                   given the context's prefix c, then popularity within the prefix; l = L is the context track's
+                   own next plays (item memory). The weights w are chosen on other validation examples.
+  ID factorised    softmax over the catalogue of <u(c), v(t)> + log popularity(t), u and v each a sum of one
+                   learned vector per ID prefix (c_1, c_1 c_2, ..., the whole ID), trained by Adam on the training
+                   examples; the epoch chosen on other validation examples. A neural model that reads the codes
+                   and nothing else, trained to convergence.
+
+Beside them, on the same queries: genre popularity, item kNN and content x popularity (evaluate.py's, the
+strongest next-track baseline of the test windows: the context's genre, then popularity times a Gaussian kernel
+over the audio features, which the IDs hold only as codes), each ranker minus content x popularity paired.
+If these stay below content x popularity, so will a model given the same prompt, however long it trains.
+The --out JSON has val_next.py's layout: `val_next.py --pair FILE:"ID factorised" VAL.json:SFT` pairs a row with
+an adapter's, on the same --run, --queries and --seed.
+"""
+import argparse
+import itertools
+import os
+
+import numpy as np
+import torch
+
+import harness  # first: it puts the repository root on sys.path for the imports below
+import baselines as B
+import evaluate as E
+import formats
+import metrics
+import rvq
+import signals
+import val_next
+from common import UserError, need_file, read_json, run_main, write_json
+
+# -----------------------------------------------------------------------------
+RUN: str = "runs/demo"       # a pipeline run folder: its sft_data, rvq and prefs
+QUERIES: int = 1000          # validation next-track queries (val_next.py's draw: its first 200 are its 200)
+SEED: int = 0                # the draw of the queries, the factorised model's initialisation, the bootstrap
+K: int = 10                  # HR@K, NDCG@K
+DIM: int = 32                # width of the factorised model's prefix vectors
+EPOCHS: int = 20             # factorised model: epochs at most (the best on the held-out examples is kept)
+LR: float = 3e-3             # factorised model: Adam's learning rate
+BATCH: int = 256             # factorised model: training examples per step
+SELECT: int = 500            # other validation examples the n-gram weights and the epoch are chosen on
+WEIGHT_GRID: int = 4         # n-gram weights: every (w_1..w_L) of multiples of 1 / WEIGHT_GRID summing to 1
+# -----------------------------------------------------------------------------
+
+
+def train_next_pairs(sft_data, code_row):
+    """[(history rows, next row)] of the training examples' next_track task, as SFT sees them (context last)."""
+    return [(h, r) for _, h, r in E.val_next_examples(sft_data, code_row, name="train.jsonl")]
+
+
+def prefix_keys(codes):
+    """(N, L) codes -> (N, L) int: column l numbers the distinct prefixes c_1..c_(l+1), 0.., in sorted order.
+
+    >>> prefix_keys(np.array([[0, 1], [0, 2], [1, 1]])).tolist()
+    [[0, 0], [0, 1], [1, 2]]
+    """
+    return np.stack([np.unique(codes[:, :l + 1], axis=0, return_inverse=True)[1].reshape(-1)
+                     for l in range(codes.shape[1])], 1)
+
+
+def ngram_tables(keys, popularity, pairs):
+    """Per level l: (transition counts {context prefix key: (P_l,) counts of the answers' prefix keys},
+    (N,) P(t | its prefix) = popularity share of t within its level-l prefix)."""
+    out = []
+    for l in range(keys.shape[1]):
+        n_pre = keys[:, l].max() + 1
+        counts = {}
+        for h, t in pairs:
+            c = keys[h[-1], l]
+            counts.setdefault(c, np.zeros(n_pre))[keys[t, l]] += 1
+        within = popularity / np.bincount(keys[:, l], weights=popularity, minlength=n_pre)[keys[:, l]]
+        out.append((counts, within))
+    return out
+
+
+def ngram_scores(keys, tables, ctx, weights, prior):
+    """(N,) log of sum_l w_l P(a_l | c_l) P(t | a_l) for context row ctx; a level whose context prefix no training
+    example has gives no term (the others' weights renormalised); none at all: log prior, popularity alone."""
+    p, used = np.zeros(len(keys)), 0.0
+    for l, ((counts, within), w) in enumerate(zip(tables, weights)):
+        row = counts.get(keys[ctx, l])
+        if w > 0 and row is not None:
+            p += w * (row / row.sum())[keys[:, l]] * within
+            used += w
+    return np.log(p / used + 1e-300) if used else np.log(prior / prior.sum())
+
+
+def weight_grid(levels, steps=WEIGHT_GRID):
+    """Every (w_1..w_L) of multiples of 1/steps summing to 1: levels 3, steps 4 -> 15 tuples."""
+    return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=levels)
+            if sum(combo) == steps]
+
+
+class IDFactorised(torch.nn.Module):
+    """score(t | c) = <u(c), v(t)> + b_t: u, v sums of one vector per ID prefix (levels 1..L) of c and t.
+
+    keys (N, L) prefix keys (prefix_keys); b starts at log popularity, so that step 0 ranks by popularity.
+    """
+
+    def __init__(self, keys, log_popularity, dim, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("keys", torch.as_tensor(keys, dtype=torch.long))
+        sizes = [int(keys[:, l].max()) + 1 for l in range(keys.shape[1])]
+        # small random vectors: near-popularity ranking at the start, symmetric in the two roles otherwise
+        self.u = torch.nn.ParameterList([torch.nn.Parameter(0.01 * torch.randn(s, dim, generator=g)) for s in sizes])
+        self.v = torch.nn.ParameterList([torch.nn.Parameter(0.01 * torch.randn(s, dim, generator=g)) for s in sizes])
+        self.b = torch.nn.Parameter(torch.as_tensor(log_popularity, dtype=torch.float32))
+
+    def embed(self, tables, rows):
+        return sum(t[self.keys[rows, l]] for l, t in enumerate(tables))      # (B, dim)
+
+    def forward(self, ctx):
+        """ctx (B,) rows -> (B, N) scores of every track."""
+        return self.embed(self.u, ctx) @ self.embed(self.v, torch.arange(len(self.keys))).T + self.b
+
+
+def fit_factorised(keys, popularity, pairs, select_fn, dim=DIM, epochs=EPOCHS, lr=LR, batch=BATCH, seed=SEED):
+    """Train IDFactorised on (history, next) pairs by softmax cross-entropy; returns (model at the best epoch by
+    select_fn(model) -> HR, {epoch: HR})."""
+    torch.manual_seed(seed)
+    m = IDFactorised(keys, np.log(popularity / popularity.sum()), dim, seed)
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    ctx = torch.tensor([h[-1] for h, _ in pairs])
+    nxt = torch.tensor([t for _, t in pairs])
+    g = torch.Generator().manual_seed(seed)
+    history, best, best_state = {}, -1.0, None
+    for epoch in range(1, epochs + 1):
+        for i in torch.randperm(len(pairs), generator=g).split(batch):
+            loss = torch.nn.functional.cross_entropy(m(ctx[i]), nxt[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            history[epoch] = select_fn(m)
+        if history[epoch] > best:
+            best, best_state = history[epoch], {k: v.clone() for k, v in m.state_dict().items()}
+    m.load_state_dict(best_state)
+    return m, history
+
+
+def hits_of(score_fn, queries):
+    """Per query (hit@K, ndcg@K) lists for queries [(history rows, next row)], evaluate.py's rules (the context
+    excluded, ties against the relevant track)."""
+    ranked = [metrics.top_k_pessimistic(score_fn(h[-1]), {t}, K, exclude=[h[-1]]) for h, t in queries]
+    m = metrics.per_query(ranked, [{t} for _, t in queries], ks=(K,))
+    return {"hit": m[f"hit@{K}"].tolist(), "ndcg": m[f"ndcg@{K}"].tolist()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default=RUN, help="run folder whose sft_data, rvq and prefs to use")
+    p.add_argument("--queries", type=int, default=QUERIES,
+                   help="validation next-track queries (val_next.py's draw of the same --seed: its first 200 are "
+                        "val_next.py --queries 200's)")
+    p.add_argument("--select", type=int, default=SELECT,
+                   help="validation examples not among the queries on which the n-gram weights, the factorised "
+                        "model's epoch and content x popularity's kernel width are chosen")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="factorised model: epochs at most; the epoch of the best HR@10 on the --select examples is kept "
+                        "(on the demo's worlds the best came at 6-13 of 20, then it overfits)")
+    p.add_argument("--dim", type=int, default=DIM, help="factorised model: width of the prefix vectors (a track's vector is the sum of its prefixes')")
+    p.add_argument("--seed", type=int, default=SEED, help="draw of the queries, initialisation, bootstrap")
+    p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (val_next.py's layout)")
+    args = p.parse_args(argv)
+    sft_data = os.path.join(args.run, "sft_data")
+    meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
+    need_file(meta["semantic_ids"], "Semantic-ID table")
+    catalog, _ = formats.load_catalog(meta["catalog"])
+    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
+    index = catalog.index()
+    n_items = len(catalog)
+    C = np.full((n_items, meta["levels"]), -1, dtype=np.int64)
+    for t, cs in zip(track_ids, codes):
+        C[index[t]] = cs
+    if (C < 0).any():
+        raise UserError(f"{meta['semantic_ids']}: {(C[:, 0] < 0).sum()} catalogue tracks without a Semantic ID")
+    code_row = {tuple(int(c) for c in C[r]): r for r in range(n_items)}
+    queries, others = val_next.val_queries(sft_data, args.queries, args.seed, code_row, rest=True)
+    queries = [(h, r) for _, h, r in queries]
+    select = [(h, r) for _, h, r in others[:args.select]]
+    if not select:
+        raise UserError(f"{sft_data}/val.jsonl: no validation examples left beside the {len(queries)} queries to "
+                        "choose the rankers' parameters on; lower --queries")
+    pairs = train_next_pairs(sft_data, code_row)
+    popularity, cooc, _ = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
+    prior = popularity + 0.5      # every track a share, so that a log exists (popularity counts training plays)
+    genres = B.genre_masks(catalog.genres)
+    in_genre = [genres[g[0]] for g in catalog.genres]
+    print(f"{len(pairs):,} training next-track examples, {len(queries)} validation queries, {len(select)} other "
+          f"validation examples to choose parameters on")
+
+    hits = {}
+    hits["genre popularity"] = hits_of(lambda c: B.genre_popularity_scores(popularity, in_genre[c]), queries)
+    hits["item kNN"] = hits_of(lambda c: B.item_knn_scores(cooc, popularity, c), queries)
+    feats = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
+    tau, _ = B.select_tau(feats, popularity, [(h[-1], {r}) for h, r in select], lambda c: in_genre[c])
+    cp = val_next.CONTENT_POP
+    hits[cp] = hits_of(lambda c: B.content_popularity_scores(feats, c, popularity, in_genre[c], tau), queries)
+
+    keys = prefix_keys(C)
+    tables = ngram_tables(keys, prior, pairs)
+    grid = {w: np.mean(hits_of(lambda c: ngram_scores(keys, tables, c, w, prior), select)["hit"])
+            for w in weight_grid(meta["levels"])}
+    w_best = max(grid, key=grid.get)      # ties: the first in grid order
+    hits["ID n-gram"] = hits_of(lambda c: ngram_scores(keys, tables, c, w_best, prior), queries)
+
+    def select_hr(m):
+        with torch.no_grad():
+            S = m(torch.tensor([h[-1] for h, _ in select])).numpy()
+        ranked = [metrics.top_k_pessimistic(S[i], {t}, K, exclude=[h[-1]]) for i, (h, t) in enumerate(select)]
+        return float(np.mean([t in r for r, (_, t) in zip(ranked, select)]))
+
+    fact, hist = fit_factorised(keys, prior, pairs, select_hr, dim=args.dim, epochs=args.epochs, seed=args.seed)
+    with torch.no_grad():
+        S = fact(torch.arange(n_items)).numpy()                               # (N, N): every context at once
+    hits["ID factorised"] = hits_of(lambda c: S[c], queries)
+    epoch = max(hist, key=hist.get)
+
+    table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg")}
+             for n, h in hits.items()}
+    print(f"\n{'validation, ' + str(len(queries)) + ' queries':28s} {'HR@10':>22s} {'NDCG@10':>22s}")
+    for n, t in table.items():
+        print(f"{n:28s} " + " ".join(f"{t[m][0]:.3f} [{t[m][1]:.3f}, {t[m][2]:.3f}]" for m in ("hit@10", "ndcg@10")))
+    print(f"  ({cp}: kernel width {tau:g}; ID n-gram: weights {w_best} of levels 1..{meta['levels']}; "
+          f"ID factorised: epoch {epoch} of {args.epochs}, HR@10 on the other examples by epoch "
+          + ", ".join(f"{hist[e]:.3f}" for e in sorted(hist)) + ")")
+    paired = {}
+    print(f"\npaired against {cp} (95% interval)")
+    for n in ("ID n-gram", "ID factorised", "item kNN", "genre popularity"):
+        for m in ("hit", "ndcg"):
+            d = metrics.paired_bootstrap(hits[n][m], hits[cp][m], seed=args.seed)
+            paired[f"{n} - {cp} ({m}@{K})"] = d
+            print(f"  {n} - {cp} {m}@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    if args.out:
+        write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
+                              "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),
+                              "factorised_epoch": epoch, "factorised_select_hr": hist,
+                              "options": vars(args)})
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,72 @@
+"""benchmarks/id_ceiling.py: rankers that read only the context's Semantic ID, by hand on tiny tables."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import id_ceiling as IC  # noqa: E402
+
+# four tracks, two levels: tracks 0 and 1 share their first code, 2 and 3 theirs
+CODES = np.array([[0, 1], [0, 2], [1, 1], [1, 3]])
+POP = np.array([3.0, 1.0, 2.0, 2.0])
+# training (history, next): from track 0 twice to track 2, once to 1; from track 2 once to 3
+PAIRS = [([0], 2), ([0], 2), ([0], 1), ([2], 3)]
+
+
+def test_prefix_keys_number_each_levels_prefixes():
+    assert IC.prefix_keys(CODES).tolist() == [[0, 0], [0, 1], [1, 2], [1, 3]]
+    # the same second code under another first code is another prefix
+    assert IC.prefix_keys(np.array([[5, 7], [6, 7], [5, 7]])).tolist() == [[0, 0], [1, 1], [0, 0]]
+
+
+def test_ngram_scores_by_hand():
+    keys = IC.prefix_keys(CODES)
+    tables = IC.ngram_tables(keys, POP, PAIRS)
+    # level 1 from track 0's prefix (0): answers' first prefixes 1, 1, 0 -> P(0) = 1/3, P(1) = 2/3; within their
+    # prefix by popularity: tracks 0, 1 of prefix 0 hold 3/4, 1/4; tracks 2, 3 of prefix 1 hold 1/2, 1/2
+    level1 = np.array([1 / 3 * 3 / 4, 1 / 3 * 1 / 4, 2 / 3 / 2, 2 / 3 / 2])
+    np.testing.assert_allclose(np.exp(IC.ngram_scores(keys, tables, 0, (1.0, 0.0), POP)), level1)
+    # level 2 = the whole ID: track 0's own next plays, 2 twice and 1 once
+    level2 = np.array([0, 1 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(np.exp(IC.ngram_scores(keys, tables, 0, (0.0, 1.0), POP)), level2, atol=1e-12)
+    np.testing.assert_allclose(np.exp(IC.ngram_scores(keys, tables, 0, (0.5, 0.5), POP)), (level1 + level2) / 2)
+    # track 1 was never a context, but its first prefix (0) was, track 0's: level 2 drops out, its weight
+    # renormalised away
+    np.testing.assert_allclose(np.exp(IC.ngram_scores(keys, tables, 1, (0.5, 0.5), POP)), level1)
+    # track 3 was never a context, and level 1 is weighted 0: no term at all, the popularity share alone
+    np.testing.assert_allclose(np.exp(IC.ngram_scores(keys, tables, 3, (0.0, 1.0), POP)), POP / POP.sum())
+
+
+def test_weight_grid_is_the_simplex_in_steps():
+    g = IC.weight_grid(3, 4)
+    assert len(g) == 15 and all(sum(w) == pytest.approx(1) for w in g) and len(set(g)) == 15
+    assert IC.weight_grid(2, 2) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+
+
+def test_factorised_starts_at_popularity_and_learns_the_transitions():
+    keys = IC.prefix_keys(CODES)
+    m = IC.IDFactorised(keys, np.log(POP / POP.sum()), dim=4, seed=0)
+    with torch.no_grad():
+        s0 = m(torch.arange(4))
+    # small vectors at the start: every context ranks by popularity (the bias), within a hair
+    np.testing.assert_allclose(s0.numpy(), np.tile(np.log(POP / POP.sum()), (4, 1)), atol=1e-2)
+    calls = []
+
+    def select(model):     # HR@1 of track 0's context on its most frequent next play
+        calls.append(1)
+        with torch.no_grad():
+            s = model(torch.tensor([0]))[0].clone()
+        s[0] = -float("inf")
+        return float(s.argmax() == 2)
+
+    m, hist = IC.fit_factorised(keys, POP, PAIRS * 50, select, dim=4, epochs=3, lr=0.05, batch=8, seed=0)
+    assert sorted(hist) == [1, 2, 3] and len(calls) == 3 and max(hist.values()) == 1.0
+    with torch.no_grad():
+        p = torch.softmax(m(torch.tensor([0, 2])), -1).numpy()
+    assert p[0].argmax() == 2 and p[1].argmax() == 3          # each context's own next play comes first
+    # deterministic: the same seed, the same weights
+    m2, _ = IC.fit_factorised(keys, POP, PAIRS * 50, select, dim=4, epochs=3, lr=0.05, batch=8, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
