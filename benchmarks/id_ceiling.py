@@ -19,8 +19,15 @@ Beside them, on the same queries: genre popularity, item kNN and content x popul
 strongest next-track baseline of the test windows: the context's genre, then popularity times a Gaussian kernel
 over the audio features, which the IDs hold only as codes), each ranker minus content x popularity paired.
 If these stay below content x popularity, so will a model given the same prompt, however long it trains.
+
+Preferences too (--pairs, default RUN/prefs/val.jsonl; `data.py prefs --max-val 3000 --out ELSEWHERE` writes more):
+a held-out pair is won by the score that ranks its chosen track above its rejected one. The long-listen rate (the
+strongest preference baseline, evaluate.py's) scores each track by its own training-window plays; ID logistic
+scores it by its codes alone, P(long listen | c_1..c_L) = s(sum_l w_l[c_l] + b), a logistic regression of the same
+plays on one 0/1 column per (level, code) (baselines.audio_logistic_from_plays with codes for features): how much of
+a track's listening quality its ID carries, additively, as a policy's summed log-probs of the ID's tokens would.
 The --out JSON has val_next.py's layout: `val_next.py --pair FILE:"ID factorised" VAL.json:SFT` pairs a row with
-an adapter's, on the same --run, --queries and --seed.
+an adapter's, on the same --run, --queries and --seed (and --pairs, for "ID logistic" against an adapter's accuracy).
 """
 import argparse
 import itertools
@@ -149,6 +156,19 @@ def fit_factorised(keys, popularity, pairs, select_fn, dim=DIM, epochs=EPOCHS, l
     return m, history
 
 
+def code_onehot(codes):
+    """(N, L) codes -> (N, L * K) 0/1 columns, K = the largest code + 1: column l * K + c is 1 where level l is c.
+
+    >>> code_onehot(np.array([[0, 1], [1, 1]])).tolist()
+    [[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]]
+    """
+    n, L = codes.shape
+    K = int(codes.max()) + 1
+    x = np.zeros((n, L * K))
+    x[np.arange(n)[:, None], np.arange(L) * K + codes] = 1.0
+    return x
+
+
 def hits_of(score_fn, queries):
     """Per query (hit@K, ndcg@K) lists for queries [(history rows, next row)], evaluate.py's rules (the context
     excluded, ties against the relevant track)."""
@@ -166,10 +186,15 @@ def main(argv=None):
     p.add_argument("--select", type=int, default=SELECT,
                    help="validation examples not among the queries on which the n-gram weights, the factorised "
                         "model's epoch and content x popularity's kernel width are chosen")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="factorised model: epochs at most; the epoch of the best HR@10 on the --select examples is kept "
-                        "(on the demo's worlds the best came at 6-13 of 20, then it overfits)")
-    p.add_argument("--dim", type=int, default=DIM, help="factorised model: width of the prefix vectors (a track's vector is the sum of its prefixes')")
+    p.add_argument("--epochs", type=int, default=EPOCHS,
+                   help="factorised model: epochs at most; the epoch of the best HR@10 on the --select examples is "
+                        "kept (on the demo's worlds the best came at 6-13 of 20, then it overfits)")
+    p.add_argument("--dim", type=int, default=DIM,
+                   help="factorised model: width of the prefix vectors (a track's vector is the sum of its prefixes')")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries, initialisation, bootstrap")
+    p.add_argument("--pairs", default="",
+                   help="validation preference pairs for the long-listen rate and ID logistic (default "
+                        "RUN/prefs/val.jsonl, the demo's 96; 'none' skips them; more: `data.py prefs --max-val 3000`)")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (val_next.py's layout)")
     args = p.parse_args(argv)
     sft_data = os.path.join(args.run, "sft_data")
@@ -192,7 +217,7 @@ def main(argv=None):
         raise UserError(f"{sft_data}/val.jsonl: no validation examples left beside the {len(queries)} queries to "
                         "choose the rankers' parameters on; lower --queries")
     pairs = train_next_pairs(sft_data, code_row)
-    popularity, cooc, _ = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
+    popularity, cooc, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     prior = popularity + 0.5      # every track a share, so that a log exists (popularity counts training plays)
     genres = B.genre_masks(catalog.genres)
     in_genre = [genres[g[0]] for g in catalog.genres]
@@ -226,11 +251,25 @@ def main(argv=None):
     hits["ID factorised"] = hits_of(lambda c: S[c], queries)
     epoch = max(hist, key=hist.get)
 
-    table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg")}
+    pairs_path = (os.path.join(args.run, "prefs", "val.jsonl") if args.pairs == "" else
+                  None if args.pairs == "none" else args.pairs)
+    if pairs_path:     # per-track scores from the training window's labelled plays, on held-out pairs
+        pair_ch, pair_rj = E.pair_rows(pairs_path, index)
+        hits[val_next.RATE] = {"preference": B.pair_accuracy(B.long_listen_rate(labels["long"], labels["skip"]),
+                                                             pair_ch, pair_rj).tolist()}
+        id_logit = B.audio_logistic_from_plays(code_onehot(C), labels["long"], labels["skip"])
+        hits["ID logistic"] = {"preference": B.pair_accuracy(id_logit, pair_ch, pair_rj).tolist()}
+
+    table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg") if m in h}
              for n, h in hits.items()}
+    for n, h in hits.items():
+        if "preference" in h:
+            table[n]["preference accuracy"] = metrics.bootstrap_ci(h["preference"], seed=args.seed)
     print(f"\n{'validation, ' + str(len(queries)) + ' queries':28s} {'HR@10':>22s} {'NDCG@10':>22s}")
     for n, t in table.items():
-        print(f"{n:28s} " + " ".join(f"{t[m][0]:.3f} [{t[m][1]:.3f}, {t[m][2]:.3f}]" for m in ("hit@10", "ndcg@10")))
+        if "hit@10" in t:
+            print(f"{n:28s} " + " ".join(f"{t[m][0]:.3f} [{t[m][1]:.3f}, {t[m][2]:.3f}]"
+                                         for m in ("hit@10", "ndcg@10")))
     print(f"  ({cp}: kernel width {tau:g}; ID n-gram: weights {w_best} of levels 1..{meta['levels']}; "
           f"ID factorised: epoch {epoch} of {args.epochs}, HR@10 on the other examples by epoch "
           + ", ".join(f"{hist[e]:.3f}" for e in sorted(hist)) + ")")
@@ -241,6 +280,13 @@ def main(argv=None):
             d = metrics.paired_bootstrap(hits[n][m], hits[cp][m], seed=args.seed)
             paired[f"{n} - {cp} ({m}@{K})"] = d
             print(f"  {n} - {cp} {m}@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    if pairs_path:
+        d = metrics.paired_bootstrap(hits["ID logistic"]["preference"], hits[val_next.RATE]["preference"],
+                                     seed=args.seed)
+        paired[f"ID logistic - {val_next.RATE} (preference accuracy)"] = d
+        acc = {n: np.mean(hits[n]["preference"]) for n in (val_next.RATE, "ID logistic")}
+        print(f"\n{len(pair_ch)} preference pairs from {pairs_path}: accuracy {val_next.RATE} "
+              f"{acc[val_next.RATE]:.3f}, ID logistic {acc['ID logistic']:.3f} (- {val_next.RATE}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])")
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
                               "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),

@@ -70,3 +70,18 @@ def test_factorised_starts_at_popularity_and_learns_the_transitions():
     # deterministic: the same seed, the same weights
     m2, _ = IC.fit_factorised(keys, POP, PAIRS * 50, select, dim=4, epochs=3, lr=0.05, batch=8, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_code_onehot_and_the_id_logistic_reads_quality_off_the_codes():
+    import baselines as B
+    x = IC.code_onehot(CODES)
+    # K = 4 (largest code 3): level 0 in columns 0..3, level 1 in 4..7
+    assert x.tolist() == [[1, 0, 0, 0, 0, 1, 0, 0], [1, 0, 0, 0, 0, 0, 1, 0],
+                          [0, 1, 0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0, 0, 1]]
+    # plays where the first code decides: track 0 (code 0) 9 long listens of 10, track 2 (code 1) 1 of 10, tracks 1
+    # and 3 never played; the logistic regression on the codes puts both code-0 tracks above both code-1 tracks
+    long, skip = np.array([9.0, 0.0, 1.0, 0.0]), np.array([1.0, 0.0, 9.0, 0.0])
+    s = B.audio_logistic_from_plays(x, long, skip)
+    assert s[0] > s[2] and s[1] > s[3] and min(s[0], s[1]) > max(s[2], s[3])
+    rate = B.long_listen_rate(long, skip)
+    assert rate[1] == rate[3] == 0.5        # the rate cannot tell the two cold tracks apart; the codes can

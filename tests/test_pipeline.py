@@ -308,6 +308,12 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--pair", f"{ceil}:ID factorised", f"{out}:SFT"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "ID factorised - " in r.stdout and "hit@10" in r.stdout, r.stderr[-2000:]
+    # the preference rows, on the same validation pairs: the rate as val_next.py's, ID logistic beside it
+    assert c["hits"]["long-listen rate"] == hits["long-listen rate"]
+    assert len(c["hits"]["ID logistic"]["preference"]) == len(pairs)
+    r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--pair", f"{ceil}:ID logistic", f"{out}:DPO"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "preference accuracy" in r.stdout, r.stderr[-2000:]
 
 
 def test_pair_runs_on_the_same_queries(demo_run, tmp_path):
