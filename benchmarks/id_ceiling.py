@@ -286,7 +286,8 @@ def main(argv=None):
         paired[f"ID logistic - {val_next.RATE} (preference accuracy)"] = d
         acc = {n: np.mean(hits[n]["preference"]) for n in (val_next.RATE, "ID logistic")}
         print(f"\n{len(pair_ch)} preference pairs from {pairs_path}: accuracy {val_next.RATE} "
-              f"{acc[val_next.RATE]:.3f}, ID logistic {acc['ID logistic']:.3f} (- {val_next.RATE}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])")
+              f"{acc[val_next.RATE]:.3f}, ID logistic {acc['ID logistic']:.3f} "
+              f"(- {val_next.RATE}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])")
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
                               "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),
