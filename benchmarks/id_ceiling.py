@@ -13,7 +13,8 @@ examples). Two rankers of that kind, fitted in seconds to the same examples, bou
   ID factorised    softmax over the catalogue of <u(c), v(t)> + log popularity(t), u and v each a sum of one
                    learned vector per ID prefix (c_1, c_1 c_2, ..., the whole ID), trained by Adam on the training
                    examples; the epoch chosen on other validation examples. A neural model that reads the codes
-                   and nothing else, trained to convergence.
+                   and nothing else, trained to convergence. Where the prompts show earlier plays (data.py sft
+                   --prompt-history), it reads them too: u = sum_j a_j u(p_j), weights a learned.
 
 Beside them, on the same queries: genre popularity, item kNN and content x popularity (evaluate.py's, the
 strongest next-track baseline of the test windows: the context's genre, then popularity times a Gaussian kernel
@@ -56,6 +57,7 @@ EPOCHS: int = 20             # factorised model: epochs at most (the best on the
 LR: float = 3e-3             # factorised model: Adam's learning rate
 BATCH: int = 256             # factorised model: training examples per step
 SELECT: int = 500            # other validation examples the n-gram weights and the epoch are chosen on
+HISTORY: int = 0             # plays the factorised model reads; 0: those the prompts show (sft_data meta)
 WEIGHT_GRID: int = 4         # n-gram weights: every (w_1..w_L) of multiples of 1 / WEIGHT_GRID summing to 1
 # -----------------------------------------------------------------------------
 
@@ -109,12 +111,14 @@ def weight_grid(levels, steps=WEIGHT_GRID):
 
 
 class IDFactorised(torch.nn.Module):
-    """score(t | c) = <u(c), v(t)> + b_t: u, v sums of one vector per ID prefix (levels 1..L) of c and t.
+    """score(t | plays) = <sum_j a_j u(p_j), v(t)> + b_t: u, v sums of one vector per ID prefix (levels 1..L).
 
-    keys (N, L) prefix keys (prefix_keys); b starts at log popularity, so that step 0 ranks by popularity.
+    keys (N, L) prefix keys (prefix_keys); plays p_0 (the context) .. p_(H-1), most recent first, a_0 = 1 and the
+    older plays' weights a_1.. learned (start 0.3: the context counts most). b starts at log popularity, so that
+    step 0 ranks by popularity. history=1 reads the context alone.
     """
 
-    def __init__(self, keys, log_popularity, dim, seed):
+    def __init__(self, keys, log_popularity, dim, seed, history=1):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("keys", torch.as_tensor(keys, dtype=torch.long))
@@ -123,37 +127,55 @@ class IDFactorised(torch.nn.Module):
         self.u = torch.nn.ParameterList([torch.nn.Parameter(0.01 * torch.randn(s, dim, generator=g)) for s in sizes])
         self.v = torch.nn.ParameterList([torch.nn.Parameter(0.01 * torch.randn(s, dim, generator=g)) for s in sizes])
         self.b = torch.nn.Parameter(torch.as_tensor(log_popularity, dtype=torch.float32))
+        self.older = torch.nn.Parameter(torch.full((history - 1,), 0.3))
 
     def embed(self, tables, rows):
-        return sum(t[self.keys[rows, l]] for l, t in enumerate(tables))      # (B, dim)
+        return sum(t[self.keys[rows, l]] for l, t in enumerate(tables))      # (..., dim)
 
-    def forward(self, ctx):
-        """ctx (B,) rows -> (B, N) scores of every track."""
-        return self.embed(self.u, ctx) @ self.embed(self.v, torch.arange(len(self.keys))).T + self.b
+    def forward(self, plays):
+        """plays (B, H) rows, the context in column 0, older plays after it, -1 where a prompt has none ->
+        (B, N) scores of every track."""
+        a = torch.cat([torch.ones(1), self.older])[:plays.shape[1]] * (plays >= 0)       # (B, H)
+        u = (a[..., None] * self.embed(self.u, plays.clamp(min=0))).sum(1)               # (B, dim)
+        return u @ self.embed(self.v, torch.arange(len(self.keys))).T + self.b
 
 
-def fit_factorised(keys, popularity, pairs, select_fn, dim=DIM, epochs=EPOCHS, lr=LR, batch=BATCH, seed=SEED):
+def play_matrix(histories, history):
+    """(B, history) long tensor of each history's last `history` plays, most recent first, -1 padded.
+
+    >>> play_matrix([[4, 5, 6], [7]], 2).tolist()
+    [[6, 5], [7, -1]]
+    """
+    out = torch.full((len(histories), history), -1, dtype=torch.long)
+    for i, h in enumerate(histories):
+        recent = list(reversed(h))[:history]
+        out[i, :len(recent)] = torch.tensor(recent, dtype=torch.long)
+    return out
+
+
+def fit_factorised(keys, popularity, pairs, select_fn, dim=DIM, epochs=EPOCHS, lr=LR, batch=BATCH, seed=SEED,
+                   history=1):
     """Train IDFactorised on (history, next) pairs by softmax cross-entropy; returns (model at the best epoch by
     select_fn(model) -> HR, {epoch: HR})."""
     torch.manual_seed(seed)
-    m = IDFactorised(keys, np.log(popularity / popularity.sum()), dim, seed)
+    m = IDFactorised(keys, np.log(popularity / popularity.sum()), dim, seed, history)
     opt = torch.optim.Adam(m.parameters(), lr=lr)
-    ctx = torch.tensor([h[-1] for h, _ in pairs])
+    plays = play_matrix([h for h, _ in pairs], history)
     nxt = torch.tensor([t for _, t in pairs])
     g = torch.Generator().manual_seed(seed)
-    history, best, best_state = {}, -1.0, None
+    scores, best, best_state = {}, -1.0, None
     for epoch in range(1, epochs + 1):
         for i in torch.randperm(len(pairs), generator=g).split(batch):
-            loss = torch.nn.functional.cross_entropy(m(ctx[i]), nxt[i])
+            loss = torch.nn.functional.cross_entropy(m(plays[i]), nxt[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            history[epoch] = select_fn(m)
-        if history[epoch] > best:
-            best, best_state = history[epoch], {k: v.clone() for k, v in m.state_dict().items()}
+            scores[epoch] = select_fn(m)
+        if scores[epoch] > best:
+            best, best_state = scores[epoch], {k: v.clone() for k, v in m.state_dict().items()}
     m.load_state_dict(best_state)
-    return m, history
+    return m, scores
 
 
 def code_onehot(codes):
@@ -171,8 +193,8 @@ def code_onehot(codes):
 
 def hits_of(score_fn, queries):
     """Per query (hit@K, ndcg@K) lists for queries [(history rows, next row)], evaluate.py's rules (the context
-    excluded, ties against the relevant track)."""
-    ranked = [metrics.top_k_pessimistic(score_fn(h[-1]), {t}, K, exclude=[h[-1]]) for h, t in queries]
+    excluded, ties against the relevant track). score_fn(i, history) -> (N,) scores of query i."""
+    ranked = [metrics.top_k_pessimistic(score_fn(i, h), {t}, K, exclude=[h[-1]]) for i, (h, t) in enumerate(queries)]
     m = metrics.per_query(ranked, [{t} for _, t in queries], ks=(K,))
     return {"hit": m[f"hit@{K}"].tolist(), "ndcg": m[f"ndcg@{K}"].tolist()}
 
@@ -191,6 +213,10 @@ def main(argv=None):
                         "kept (on the demo's worlds the best came at 6-13 of 20, then it overfits)")
     p.add_argument("--dim", type=int, default=DIM,
                    help="factorised model: width of the prefix vectors (a track's vector is the sum of its prefixes')")
+    p.add_argument("--history", type=int, default=HISTORY,
+                   help="plays of each prompt the factorised model reads, the context first (0: as many as the SFT "
+                        "prompts show, sft_data's prompt_history: 1 in the demo, the context alone; the n-gram "
+                        "always reads the context alone)")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries, initialisation, bootstrap")
     p.add_argument("--pairs", default="",
                    help="validation preference pairs for the long-listen rate and ID logistic (default "
@@ -217,6 +243,7 @@ def main(argv=None):
         raise UserError(f"{sft_data}/val.jsonl: no validation examples left beside the {len(queries)} queries to "
                         "choose the rankers' parameters on; lower --queries")
     pairs = train_next_pairs(sft_data, code_row)
+    history = args.history or meta.get("prompt_history", 1)
     popularity, cooc, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     prior = popularity + 0.5      # every track a share, so that a log exists (popularity counts training plays)
     genres = B.genre_masks(catalog.genres)
@@ -225,30 +252,32 @@ def main(argv=None):
           f"validation examples to choose parameters on")
 
     hits = {}
-    hits["genre popularity"] = hits_of(lambda c: B.genre_popularity_scores(popularity, in_genre[c]), queries)
-    hits["item kNN"] = hits_of(lambda c: B.item_knn_scores(cooc, popularity, c), queries)
+    hits["genre popularity"] = hits_of(lambda i, h: B.genre_popularity_scores(popularity, in_genre[h[-1]]), queries)
+    hits["item kNN"] = hits_of(lambda i, h: B.item_knn_scores(cooc, popularity, h[-1]), queries)
     feats = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
     tau, _ = B.select_tau(feats, popularity, [(h[-1], {r}) for h, r in select], lambda c: in_genre[c])
     cp = val_next.CONTENT_POP
-    hits[cp] = hits_of(lambda c: B.content_popularity_scores(feats, c, popularity, in_genre[c], tau), queries)
+    hits[cp] = hits_of(lambda i, h: B.content_popularity_scores(feats, h[-1], popularity, in_genre[h[-1]], tau),
+                       queries)
 
     keys = prefix_keys(C)
     tables = ngram_tables(keys, prior, pairs)
-    grid = {w: np.mean(hits_of(lambda c: ngram_scores(keys, tables, c, w, prior), select)["hit"])
+    grid = {w: np.mean(hits_of(lambda i, h: ngram_scores(keys, tables, h[-1], w, prior), select)["hit"])
             for w in weight_grid(meta["levels"])}
     w_best = max(grid, key=grid.get)      # ties: the first in grid order
-    hits["ID n-gram"] = hits_of(lambda c: ngram_scores(keys, tables, c, w_best, prior), queries)
+    hits["ID n-gram"] = hits_of(lambda i, h: ngram_scores(keys, tables, h[-1], w_best, prior), queries)
 
     def select_hr(m):
         with torch.no_grad():
-            S = m(torch.tensor([h[-1] for h, _ in select])).numpy()
+            S = m(play_matrix([h for h, _ in select], history)).numpy()
         ranked = [metrics.top_k_pessimistic(S[i], {t}, K, exclude=[h[-1]]) for i, (h, t) in enumerate(select)]
         return float(np.mean([t in r for r, (_, t) in zip(ranked, select)]))
 
-    fact, hist = fit_factorised(keys, prior, pairs, select_hr, dim=args.dim, epochs=args.epochs, seed=args.seed)
+    fact, hist = fit_factorised(keys, prior, pairs, select_hr, dim=args.dim, epochs=args.epochs, seed=args.seed,
+                                history=history)
     with torch.no_grad():
-        S = fact(torch.arange(n_items)).numpy()                               # (N, N): every context at once
-    hits["ID factorised"] = hits_of(lambda c: S[c], queries)
+        S = fact(play_matrix([h for h, _ in queries], history)).numpy()           # (Q, N)
+    hits["ID factorised"] = hits_of(lambda i, h: S[i], queries)
     epoch = max(hist, key=hist.get)
 
     pairs_path = (os.path.join(args.run, "prefs", "val.jsonl") if args.pairs == "" else
@@ -271,7 +300,7 @@ def main(argv=None):
             print(f"{n:28s} " + " ".join(f"{t[m][0]:.3f} [{t[m][1]:.3f}, {t[m][2]:.3f}]"
                                          for m in ("hit@10", "ndcg@10")))
     print(f"  ({cp}: kernel width {tau:g}; ID n-gram: weights {w_best} of levels 1..{meta['levels']}; "
-          f"ID factorised: epoch {epoch} of {args.epochs}, HR@10 on the other examples by epoch "
+          f"ID factorised: {history} play(s), epoch {epoch} of {args.epochs}, HR@10 on the other examples by epoch "
           + ", ".join(f"{hist[e]:.3f}" for e in sorted(hist)) + ")")
     paired = {}
     print(f"\npaired against {cp} (95% interval)")
@@ -291,7 +320,7 @@ def main(argv=None):
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
                               "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),
-                              "factorised_epoch": epoch, "factorised_select_hr": hist,
+                              "factorised_epoch": epoch, "factorised_select_hr": hist, "factorised_history": history,
                               "options": vars(args)})
 
 

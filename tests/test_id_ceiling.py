@@ -50,7 +50,7 @@ def test_factorised_starts_at_popularity_and_learns_the_transitions():
     keys = IC.prefix_keys(CODES)
     m = IC.IDFactorised(keys, np.log(POP / POP.sum()), dim=4, seed=0)
     with torch.no_grad():
-        s0 = m(torch.arange(4))
+        s0 = m(torch.arange(4)[:, None])
     # small vectors at the start: every context ranks by popularity (the bias), within a hair
     np.testing.assert_allclose(s0.numpy(), np.tile(np.log(POP / POP.sum()), (4, 1)), atol=1e-2)
     calls = []
@@ -58,14 +58,14 @@ def test_factorised_starts_at_popularity_and_learns_the_transitions():
     def select(model):     # HR@1 of track 0's context on its most frequent next play
         calls.append(1)
         with torch.no_grad():
-            s = model(torch.tensor([0]))[0].clone()
+            s = model(torch.tensor([[0]]))[0].clone()
         s[0] = -float("inf")
         return float(s.argmax() == 2)
 
     m, hist = IC.fit_factorised(keys, POP, PAIRS * 50, select, dim=4, epochs=3, lr=0.05, batch=8, seed=0)
     assert sorted(hist) == [1, 2, 3] and len(calls) == 3 and max(hist.values()) == 1.0
     with torch.no_grad():
-        p = torch.softmax(m(torch.tensor([0, 2])), -1).numpy()
+        p = torch.softmax(m(torch.tensor([[0], [2]])), -1).numpy()
     assert p[0].argmax() == 2 and p[1].argmax() == 3          # each context's own next play comes first
     # deterministic: the same seed, the same weights
     m2, _ = IC.fit_factorised(keys, POP, PAIRS * 50, select, dim=4, epochs=3, lr=0.05, batch=8, seed=0)
@@ -85,3 +85,22 @@ def test_code_onehot_and_the_id_logistic_reads_quality_off_the_codes():
     assert s[0] > s[2] and s[1] > s[3] and min(s[0], s[1]) > max(s[2], s[3])
     rate = B.long_listen_rate(long, skip)
     assert rate[1] == rate[3] == 0.5        # the rate cannot tell the two cold tracks apart; the codes can
+
+
+def test_play_matrix_and_a_history_the_model_reads():
+    assert IC.play_matrix([[4, 5, 6], [7]], 2).tolist() == [[6, 5], [7, -1]]
+    assert IC.play_matrix([[4, 5, 6]], 1).tolist() == [[6]]
+    keys = IC.prefix_keys(CODES)
+    # the context is always track 0; the play before it decides: after 1 then 0 comes 2, after 3 then 0 comes 3
+    pairs = [([1, 0], 2), ([3, 0], 3)] * 60
+    m, _ = IC.fit_factorised(keys, POP, pairs, lambda model: 0.0, dim=4, epochs=4, lr=0.05, batch=8, seed=0,
+                             history=2)
+    with torch.no_grad():
+        s = m(IC.play_matrix([[1, 0], [3, 0], [0]], 2))
+    assert s[0].argmax() == 2 and s[1].argmax() == 3
+    # a prompt without the older play reads the context alone: its column padded with -1 counts nothing
+    with torch.no_grad():
+        alone = m(IC.play_matrix([[0]], 1))
+    torch.testing.assert_close(s[2:], alone)
+    # history 1 has no weights for older plays: the model of the context alone
+    assert IC.IDFactorised(keys, np.log(POP / POP.sum()), 4, 0).older.numel() == 0
