@@ -5,7 +5,7 @@
 A next-track prompt gives the SFT model the context track's genre word and Semantic ID, nothing else of it; the
 genre is the ID's first code (genre purity 1.0 at level 1, rvq.py's quality sheet). Whatever it learns, it ranks
 from what those codes say, learned from the training examples it is given (RUN/sft_data/train.jsonl's next_track
-examples). Two rankers of that kind, fitted in seconds to the same examples, bound what such a model reaches:
+examples). Two rankers of that kind, fitted in seconds to the same examples, show how far reading the codes goes:
 
   ID n-gram        counts: sum over l of w_l P(a_1..a_l | c_1..c_l) P(t | a_1..a_l), the answer t's ID prefix a
                    given the context's prefix c, then popularity within the prefix; l = L is the context track's
@@ -19,7 +19,8 @@ examples). Two rankers of that kind, fitted in seconds to the same examples, bou
 Beside them, on the same queries: genre popularity, item kNN and content x popularity (evaluate.py's, the
 strongest next-track baseline of the test windows: the context's genre, then popularity times a Gaussian kernel
 over the audio features, which the IDs hold only as codes), each ranker minus content x popularity paired.
-If these stay below content x popularity, so will a model given the same prompt, however long it trains.
+If both stay below content x popularity, a model given the same prompt has to read its codes better than
+both to pass it, however long it trains (they are two rankers, not a proof).
 
 Preferences too (--pairs, default RUN/prefs/val.jsonl; `data.py prefs --max-val 3000 --out ELSEWHERE` writes more):
 a held-out pair is won by the score that ranks its chosen track above its rejected one. The long-listen rate (the
