@@ -32,6 +32,7 @@ The --out JSON has val_next.py's layout: `val_next.py --pair FILE:"ID factorised
 an adapter's, on the same --run, --queries and --seed (and --pairs, for "ID logistic" against an adapter's accuracy).
 """
 import argparse
+import collections
 import itertools
 import os
 
@@ -59,6 +60,7 @@ LR: float = 3e-3             # factorised model: Adam's learning rate
 BATCH: int = 256             # factorised model: training examples per step
 SELECT: int = 500            # other validation examples the n-gram weights and the epoch are chosen on
 HISTORY: int = 0             # plays the factorised model reads; 0: those the prompts show (sft_data meta)
+COUNT_EDGES = (5, 10, 20)    # queries split by how often their context was a training context: 0-4, 5-9, 10-19, 20+
 WEIGHT_GRID: int = 4         # n-gram weights: every (w_1..w_L) of multiples of 1 / WEIGHT_GRID summing to 1
 # -----------------------------------------------------------------------------
 
@@ -192,6 +194,35 @@ def code_onehot(codes):
     return x
 
 
+def count_bucket(counts, edges=COUNT_EDGES):
+    """Bucket names of counts split at edges (each edge starts a bucket): edges (5, 10) -> "0-4", "5-9", "10+".
+
+    >>> count_bucket([0, 4, 5, 12, 30], (5, 10, 20))
+    ['0-4', '0-4', '5-9', '10-19', '20+']
+    """
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip((0,) + tuple(edges), edges)] + [f"{edges[-1]}+"]
+    return [names[int(np.searchsorted(edges, c, side="right"))] for c in counts]
+
+
+def llm_hits(spec, hits):
+    """The row ROW of an earlier `val_next.py --out` FILE ("FILE:ROW"): its per-query hits (and per-pair preference
+    hits), once the baselines' hits there, which depend on the queries alone, match these (the same --run,
+    --queries, --seed, and --pairs for a preference row)."""
+    path, sep, row = spec.rpartition(":")
+    if not sep:
+        raise UserError(f"--llm takes FILE:ROW, got {spec!r}")
+    got = read_json(path, "val_next.py --out JSON")
+    if row not in got.get("hits", {}):
+        raise UserError(f"{path}: no row {row!r} (rows: {', '.join(got.get('hits', {}))})")
+    same = all(got["hits"].get(n) == hits[n] for n in ("genre popularity", "item kNN"))
+    if "preference" in got["hits"][row] and val_next.RATE in hits:
+        same = same and got["hits"].get(val_next.RATE) == hits[val_next.RATE]
+    if not same:
+        raise UserError(f"{path} was not made on these validation queries (and pairs): run val_next.py with the same "
+                        "--run, --queries, --seed (and --pairs)")
+    return {m: v for m, v in got["hits"][row].items() if m in ("hit", "ndcg", "preference")}
+
+
 def hits_of(score_fn, queries):
     """Per query (hit@K, ndcg@K) lists for queries [(history rows, next row)], evaluate.py's rules (the context
     excluded, ties against the relevant track). score_fn(i, history) -> (N,) scores of query i."""
@@ -222,6 +253,9 @@ def main(argv=None):
     p.add_argument("--pairs", default="",
                    help="validation preference pairs for the long-listen rate and ID logistic (default "
                         "RUN/prefs/val.jsonl, the demo's 96; 'none' skips them; more: `data.py prefs --max-val 3000`)")
+    p.add_argument("--llm", action="append", default=[], metavar="FILE:ROW",
+                   help="an adapter's row of an earlier val_next.py --out on the same queries (and pairs), shown "
+                        "beside the rankers, paired with content x popularity and split by context counts (repeat)")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (val_next.py's layout)")
     args = p.parse_args(argv)
     sft_data = os.path.join(args.run, "sft_data")
@@ -290,6 +324,10 @@ def main(argv=None):
         id_logit = B.audio_logistic_from_plays(code_onehot(C), labels["long"], labels["skip"])
         hits["ID logistic"] = {"preference": B.pair_accuracy(id_logit, pair_ch, pair_rj).tolist()}
 
+    llms = [spec.rpartition(":")[2] for spec in args.llm]
+    for spec, name in zip(args.llm, llms):
+        hits[name] = llm_hits(spec, hits)
+
     table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg") if m in h}
              for n, h in hits.items()}
     for n, h in hits.items():
@@ -305,11 +343,26 @@ def main(argv=None):
           + ", ".join(f"{hist[e]:.3f}" for e in sorted(hist)) + ")")
     paired = {}
     print(f"\npaired against {cp} (95% interval)")
-    for n in ("ID n-gram", "ID factorised", "item kNN", "genre popularity"):
+    for n in ("ID n-gram", "ID factorised", "item kNN", "genre popularity", *llms):
         for m in ("hit", "ndcg"):
             d = metrics.paired_bootstrap(hits[n][m], hits[cp][m], seed=args.seed)
             paired[f"{n} - {cp} ({m}@{K})"] = d
             print(f"  {n} - {cp} {m}@{K}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    # where the ID rankers lose: by how many training examples had the query's context as theirs (what the
+    # codes of a rarely played track can say is little; the audio kernel needs no plays)
+    seen = collections.Counter(h[-1] for h, _ in pairs)
+    buckets = count_bucket([seen[h[-1]] for h, _ in queries])
+    by_count = {}
+    print(f"\nby how often the context was a training example's (HR@{K}; ID factorised - {cp}, paired)")
+    for b in dict.fromkeys(count_bucket(range(COUNT_EDGES[-1] + 1))):
+        m = [i for i, x in enumerate(buckets) if x == b]
+        if not m:
+            continue
+        h = {n: [hits[n]["hit"][i] for i in m] for n in ("ID n-gram", "ID factorised", *llms, cp)}
+        d = metrics.paired_bootstrap(h["ID factorised"], h[cp], seed=args.seed)
+        by_count[b] = {"queries": len(m), **{n: float(np.mean(v)) for n, v in h.items()}, "paired": d}
+        print(f"  {b:>6s} times: {len(m):4d} queries, " + ", ".join(f"{n} {np.mean(v):.3f}" for n, v in h.items())
+              + f"; {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if pairs_path:
         d = metrics.paired_bootstrap(hits["ID logistic"]["preference"], hits[val_next.RATE]["preference"],
                                      seed=args.seed)
@@ -322,6 +375,7 @@ def main(argv=None):
         write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
                               "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),
                               "factorised_epoch": epoch, "factorised_select_hr": hist, "factorised_history": history,
+                              "by_context_count": by_count,
                               "options": vars(args)})
 
 

@@ -297,9 +297,15 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     # --pair checks that both files hold the same queries through the baselines' hits)
     ceil = tmp_path / "ceiling.json"
     r = subprocess.run([sys.executable, "benchmarks/id_ceiling.py", "--run", run, "--queries", "6", "--epochs", "2",
-                        "--out", str(ceil)], cwd=ROOT, capture_output=True, text=True)
+                        "--llm", f"{out}:SFT", "--out", str(ceil)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     c = json.load(open(ceil))
+    # the adapter's row is val_next.py's, beside the rankers; the queries split by their context's training count
+    assert c["hits"]["SFT"]["hit"] == hits["SFT"]["hit"] and "SFT - content x popularity hit@10" in r.stdout
+    assert sum(b["queries"] for b in c["by_context_count"].values()) == 6
+    r = subprocess.run([sys.executable, "benchmarks/id_ceiling.py", "--run", run, "--queries", "5", "--epochs", "1",
+                        "--llm", f"{out}:SFT"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "not made on these validation queries" in r.stderr and r.stderr.count("\n") == 1
     assert c["hits"]["content x popularity"] == hits["content x popularity"]
     assert c["hits"]["genre popularity"] == hits["genre popularity"] and c["hits"]["item kNN"] == hits["item kNN"]
     for name in ("ID n-gram", "ID factorised"):
