@@ -42,7 +42,6 @@ import torch
 import harness  # first: it puts the repository root on sys.path for the imports below
 import baselines as B
 import evaluate as E
-import formats
 import metrics
 import rvq
 import signals
@@ -261,16 +260,10 @@ def main(argv=None):
     sft_data = os.path.join(args.run, "sft_data")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
     need_file(meta["semantic_ids"], "Semantic-ID table")
-    catalog, _ = formats.load_catalog(meta["catalog"])
-    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
-    index = catalog.index()
+    catalog, index, C, code_row = val_next.catalogue_codes(meta)
     n_items = len(catalog)
-    C = np.full((n_items, meta["levels"]), -1, dtype=np.int64)
-    for t, cs in zip(track_ids, codes):
-        C[index[t]] = cs
     if (C < 0).any():
         raise UserError(f"{meta['semantic_ids']}: {(C[:, 0] < 0).sum()} catalogue tracks without a Semantic ID")
-    code_row = {tuple(int(c) for c in C[r]): r for r in range(n_items)}
     queries, others = val_next.val_queries(sft_data, args.queries, args.seed, code_row, rest=True)
     queries = [(h, r) for _, h, r in queries]
     select = [(h, r) for _, h, r in others[:args.select]]
@@ -305,8 +298,7 @@ def main(argv=None):
     def select_hr(m):
         with torch.no_grad():
             S = m(play_matrix([h for h, _ in select], history)).numpy()
-        ranked = [metrics.top_k_pessimistic(S[i], {t}, K, exclude=[h[-1]]) for i, (h, t) in enumerate(select)]
-        return float(np.mean([t in r for r, (_, t) in zip(ranked, select)]))
+        return float(np.mean(hits_of(lambda i, h: S[i], select)["hit"]))
 
     fact, hist = fit_factorised(keys, prior, pairs, select_hr, dim=args.dim, epochs=args.epochs, seed=args.seed,
                                 history=history)

@@ -122,6 +122,19 @@ PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference a
           ("precision", " (attributes)", f"attribute P@{K}"), ("hallucinated", " (hallucinated@1)", "hallucinated@1"))
 
 
+def catalogue_codes(meta):
+    """The catalogue of an SFT data folder's meta.json and its Semantic IDs: (catalog, {track id: row}, C (N, L) int
+    codes with -1 for a track without an ID, {codes tuple: row} of the tracks with one)."""
+    catalog, _ = formats.load_catalog(meta["catalog"])
+    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
+    index = catalog.index()
+    C = np.full((len(catalog), meta["levels"]), -1, dtype=np.int64)
+    for t, cs in zip(track_ids, codes):
+        C[index[t]] = cs
+    code_row = {tuple(int(c) for c in C[r]): r for r in range(len(catalog)) if C[r, 0] >= 0}
+    return catalog, index, C, code_row
+
+
 def genre_rows_of(catalog, rows):
     """{primary genre: [rows]} of the given catalogue rows, each list in ascending row order."""
     out = {}
@@ -231,13 +244,7 @@ def main(argv=None):
         raise UserError("--adapter takes NAME=FOLDER")
     sft_data = os.path.join(args.run, "sft_data")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
-    catalog, _ = formats.load_catalog(meta["catalog"])
-    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
-    index = catalog.index()
-    C = np.full((len(catalog), meta["levels"]), -1, dtype=np.int64)
-    for t, cs in zip(track_ids, codes):
-        C[index[t]] = cs
-    code_row = {tuple(int(c) for c in C[r]): r for r in range(len(catalog)) if C[r, 0] >= 0}
+    catalog, index, C, code_row = catalogue_codes(meta)
     n_items = len(catalog)
     queries, others = val_queries(sft_data, args.queries, args.seed, code_row, rest=True)
     popularity, cooc, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
