@@ -53,6 +53,7 @@ MICRO_BATCH_SIZE: int = 8      # pairs per forward (each forward holds 2x as man
 LR: float = 5e-5               # peak LR of LoRA; 2e-4 already swung answer log-probs by 5-10 nats in 20 steps
 ID_LR: float = 5e-4            # peak LR of the Semantic-ID rows, where per-track preferences live; 2e-3 and
                                # above pushed every answer's log-prob down (-10 -> -22: likelihood displacement)
+ID_BIAS_LR: float = 0.0        # peak LR of the head's per-code ID bias (model.IDHead.id_bias); 0: not trained
 WARMUP_STEPS: int = 10
 GRAD_CLIP: float = 1.0
 EVAL_EVERY: int = 40           # steps between held-out evaluations (and checkpoints); each costs ~10 s
@@ -460,10 +461,12 @@ def train(args):
             for k in range(1, slot_mask.shape[1])], dim=1))
     ref_val = (ref["val/chosen"].to(device), ref["val/rejected"].to(device))
 
+    # a rate of 0 freezes its tensors: no gradient, no backward pass through the model for them
     for n, p in model.named_parameters():
-        p.requires_grad_(".lora_" in n)
+        p.requires_grad_(".lora_" in n and args.lr > 0)
     for p in M.id_parameters(model):
-        p.requires_grad_(True)
+        p.requires_grad_(args.id_lr > 0)
+    model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
     trainable, total = lora.count_parameters(model)
     if ddp.is_main():
         n_prompts = len({tuple(p) for p, _, _ in train_pairs})   # what --pairs-per-prompt groups by
@@ -471,7 +474,7 @@ def train(args):
               f"{n_prompts:,} distinct prompts ({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} "
               f"held-out pairs; "
               f"beta {args.beta}, loss {args.loss_type}")
-    opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0)
+    opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0, id_bias_lr=args.id_bias_lr)
     step, best, history = 0, None, []
     log_path = os.path.join(args.out, "log.jsonl")
     run_fp = sft.run_fingerprint(args, [os.path.join(args.pairs, n) for n in ("train.jsonl", "val.jsonl")]
@@ -604,6 +607,10 @@ def parse_args(argv=None):
     p.add_argument("--id-lr", type=float, default=ID_LR,
                    help="peak learning rate of the Semantic-ID rows, where per-track preferences live (default "
                         "%(default)s: 2e-3 and above pushed every answer's log-prob down, likelihood displacement)")
+    p.add_argument("--id-bias-lr", type=float, default=ID_BIAS_LR,
+                   help="peak learning rate of the output head's bias over the Semantic-ID tokens, one number per "
+                        "(level, code) added in every context: where a per-track preference the codes hold can be "
+                        "learned from a pair or two a track (default %(default)s: off, the bias stays 0)")
     p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
                    help=f"steps of linear learning-rate warm-up, then cosine decay to {sft.MIN_LR_RATIO:g} x the "
                         "peak rates, as sft.py (default %(default)s)")

@@ -249,17 +249,27 @@ class IDEmbedding(nn.Module):
 
 
 class IDHead(nn.Module):
-    """The output head over V + n_new tokens; reads the embedding's tensors when tied."""
+    """The output head over V + n_new tokens; reads the embedding's tensors when tied.
+
+    id_bias (n_new,) is added to the ID tokens' logits: one number per (level, code), the same in every context.
+    It starts, and in SFT stays, at 0 (then the head is exactly the tied Llama head); dpo.py --id-bias-lr trains
+    it. A per-code bias is the form of a per-track preference score that the codes hold (a logistic regression of
+    long listens on the codes' one-hot columns ranks held-out pairs as the long-listen rate does), and it moves no
+    input embedding: the tied ID rows also feed every prompt that shows an ID.
+    """
 
     def __init__(self, weight, new_rows):
         super().__init__()
         self.weight = weight          # (V, H): the embedding's own Parameter when tied
         self.new_rows = new_rows      # (n_new, H): the same Parameter as IDEmbedding.new_rows when tied
+        self.id_bias = nn.Parameter(torch.zeros(new_rows.shape[0]), requires_grad=False)   # (n_new,)
 
     def forward(self, h):  # (..., H) -> (..., V + n_new)
         # weights in h's dtype: a no-op in fp32, and under autocast F.linear casts both to bf16 anyway; so
         # head_logits gets an fp32 head even from bf16 weights
-        return torch.cat([F.linear(h, self.weight.to(h.dtype)), F.linear(h, self.new_rows.to(h.dtype))], dim=-1)
+        # + the bias after the matmul, not inside it: x + 0.0 == x, so an untrained bias leaves every logit's bits
+        new = F.linear(h, self.new_rows.to(h.dtype)) + self.id_bias.to(h.dtype)
+        return torch.cat([F.linear(h, self.weight.to(h.dtype)), new], dim=-1)
 
 
 def head_logits(model, hidden):
@@ -384,10 +394,12 @@ def set_id_rows(model, rows):
 
 
 def id_rows_state(model):
-    """Trainable new-token rows, cloned for saving."""
+    """Trainable new-token rows (and the head's ID bias where it is not 0), cloned for saving."""
     out = {"embed_tokens.new_rows": model.model.embed_tokens.new_rows.detach().float().cpu().clone()}
     if model.lm_head.new_rows is not model.model.embed_tokens.new_rows:
         out["lm_head.new_rows"] = model.lm_head.new_rows.detach().float().cpu().clone()
+    if model.lm_head.id_bias.any():   # only where trained: an SFT adapter's file stays what it was before the bias
+        out["lm_head.id_bias"] = model.lm_head.id_bias.detach().float().cpu().clone()
     return out
 
 
@@ -440,6 +452,8 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
             model.model.embed_tokens.new_rows.copy_(state["embed_tokens.new_rows"])
             if "lm_head.new_rows" in state:
                 model.lm_head.new_rows.copy_(state["lm_head.new_rows"])
+            if "lm_head.id_bias" in state:
+                model.lm_head.id_bias.copy_(state["lm_head.id_bias"])
         model.to(device)
     return model, tokenizer, vocab
 
@@ -557,7 +571,8 @@ def pad_id_of(tokenizer):
 
 
 def ids_indistinguishable(model, vocab):
-    """True when, at every level, all the new ID rows are identical in the input embedding and in the output head.
+    """True when, at every level, all the new ID rows are identical in the input embedding and in the output head,
+    and so are the head's ID biases.
 
     Then every catalogue ID gets the same score for every prompt, provably: at level l every prefix feeds the same
     input vectors at the same positions (rows equal within each level), so it reaches the same hidden state, and
@@ -570,7 +585,8 @@ def ids_indistinguishable(model, vocab):
         r = rows.detach().view(vocab.levels, vocab.codebook_size, -1)                # (L, K, H)
         if not torch.equal(r, r[:, :1].expand_as(r)):
             return False
-    return True
+    b = model.lm_head.id_bias.detach().view(vocab.levels, vocab.codebook_size)
+    return torch.equal(b, b[:, :1].expand_as(b))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -45,6 +45,7 @@ MICRO_BATCH_SIZE: int = 16     # examples per forward at most (min with --batch-
 LR: float = 1e-3               # peak learning rate of the LoRA matrices (few steps: higher than the usual 2e-4)
 ID_LR: float = 1e-2            # peak LR of the new ID rows: they start identical (the mean embedding) and must
                                # move to the scale of real embeddings (~0.14 per coordinate) within a few hundred steps
+ID_BIAS_LR: float = 0.0        # peak LR of the head's per-code ID bias (model.IDHead.id_bias); 0: not trained
 WEIGHT_DECAY: float = 0.0      # AdamW decay (LoRA rarely benefits; the new rows must move freely)
 WARMUP_STEPS: int = 20         # linear warm-up, then cosine decay to MIN_LR_RATIO * LR
 MIN_LR_RATIO: float = 0.1
@@ -537,14 +538,19 @@ def build_policy(args, meta, device, id_init="mean"):
     return model, tokenizer, vocab
 
 
-def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY):
-    """AdamW over the LoRA matrices and the new ID rows, each group with its own peak rate."""
-    id_params = {id(p) for p in M.id_parameters(model)}
+def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY, id_bias_lr=0.0):
+    """AdamW over the LoRA matrices and the new ID rows, each group with its own peak rate (and the head's per-code
+    ID bias, a group of its own, where id_bias_lr > 0: dpo.py trains it)."""
+    bias = model.lm_head.id_bias
+    id_params = {id(p) for p in M.id_parameters(model)} | {id(bias)}
     groups = [
         {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in id_params], "lr": lr},
         # optimizer state exists only for these rows, never for the full embedding
-        {"params": M.id_parameters(model), "lr": id_lr},
+        {"params": [p for p in M.id_parameters(model) if p.requires_grad], "lr": id_lr},
     ]
+    if id_bias_lr > 0:   # one number per code moves at a rate no (L*K, H) row could take
+        groups.append({"params": [bias], "lr": id_bias_lr})
+    groups = [g for g in groups if g["params"]]   # dpo.py freezes what a rate of 0 would never move
     for g in groups:
         g["initial_lr"] = g["lr"]
     return torch.optim.AdamW(groups, weight_decay=weight_decay, betas=(0.9, 0.999))
@@ -666,7 +672,8 @@ def train(args):
     else:
         schedule = batch_schedule([len(p) + len(a) for p, a in train_pairs], args.steps, args.batch_size,
                                   args.seed)
-    opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay)
+    model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
+    opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay, args.id_bias_lr)
     step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
     inputs = ("train.jsonl", "val.jsonl", "meta.json") + ((formats.ATTRIBUTE_ANSWERS,) if soft is not None else ()) \
         + (("listening_stats.npz",) if args.answer_targets == "colisten" else ())
@@ -810,6 +817,10 @@ def parse_args(argv=None):
                    help="peak learning rate of the new Semantic-ID embedding rows (default %(default)s): they start "
                         "identical (the mean embedding) and must reach the scale of real embeddings within a few "
                         "hundred steps")
+    p.add_argument("--id-bias-lr", type=float, default=ID_BIAS_LR,
+                   help="peak learning rate of the output head's bias over the Semantic-ID tokens, one number per "
+                        "(level, code) in every context: how often each code is answered, learned apart from the "
+                        "rows (default %(default)s: off, the bias stays 0)")
     p.add_argument("--id-init", choices=ID_INITS, default=ID_INIT,
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "

@@ -327,3 +327,39 @@ def test_ask_notes_a_request_in_words_it_was_not_trained_on():
     assert ask.unknown_words_note("Play Artist 1 - Song 1", cat) is None   # a track by name: grounding
     assert ask.unknown_words_note("Song 0", cat) is None
     assert ask.unknown_words_note("", cat).startswith("note: ")           # an empty request: noted, no crash
+
+
+# ----------------------------------------------------------------------------- the head's per-code ID bias
+
+def test_id_bias_moves_the_id_logits_alone_and_by_exactly_itself(tiny_smol):
+    model, _, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    ids = torch.tensor([[5, 9, vocab.token_id(0, 1), vocab.token_id(1, 2)]])
+    V = M.base_vocab_size(model)
+    with torch.no_grad():
+        before = model(ids).logits
+        model.lm_head.id_bias.copy_(torch.arange(12, dtype=torch.float32) / 4)
+        after = model(ids).logits
+    assert torch.equal(after[..., :V], before[..., :V])                          # the text tokens: untouched
+    assert torch.equal(after[..., V:], before[..., V:] + torch.arange(12) / 4)   # each ID token: + its bias
+    assert not M.ids_indistinguishable(model, vocab)   # equal rows, unequal biases: the IDs no longer tie
+    with torch.no_grad():
+        model.lm_head.id_bias.copy_(torch.tensor([1.0, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0, 0]))
+    assert M.ids_indistinguishable(model, vocab)       # one bias per level shifts every ID by the same amount
+
+
+def test_id_bias_is_saved_only_where_trained(tiny_smol, tmp_path):
+    from safetensors.torch import load_file
+
+    import lora
+    model, _, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    lora.inject_lora(model, r=2)
+    M.save_policy(model, vocab, str(tmp_path / "zero"), tiny_smol, "sha")
+    # an untrained bias is not written: an SFT adapter's file is what it was before the bias existed
+    assert set(load_file(str(tmp_path / "zero" / M.ID_TOKENS_FILE))) == {"embed_tokens.new_rows"}
+    bias = torch.linspace(-1, 1, 12)
+    with torch.no_grad():
+        model.lm_head.id_bias.copy_(bias)
+    M.save_policy(model, vocab, str(tmp_path / "bias"), tiny_smol, "sha")
+    loaded, _, _ = M.load_policy(tiny_smol, adapter=str(tmp_path / "bias"))
+    assert torch.equal(loaded.lm_head.id_bias, bias)
+    assert not M.load_policy(tiny_smol, adapter=str(tmp_path / "zero"))[0].lm_head.id_bias.any()

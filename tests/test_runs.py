@@ -225,3 +225,26 @@ def test_dpo_pairs_per_prompt_trains_whole_prompts(tiny_smol, tmp_path, monkeypa
     assert evaluate.pairs_dpo_drew(str(out), 12).tolist() == drawn
     assert evaluate.pairs_dpo_drew(str(out), 13).tolist() == list(range(13))       # another file: every pair
     assert evaluate.pairs_dpo_drew(str(tmp_path / "nowhere"), 3).tolist() == [0, 1, 2]
+
+
+def test_dpo_trains_the_id_bias_alone_and_it_ranks_chosen_codes_above_rejected(tiny_smol, tmp_path):
+    """dpo.py --lr 0 --id-lr 0 --id-bias-lr: LoRA and the ID rows stay the SFT adapter's, only the head's 12 biases
+    move. write_pairs' chosen answers are (g, 1, 3) and its rejected ones (g + 1, 2, 0): pure DPO on the bias alone
+    is a logistic regression on the codes, so codes 1 and 3 end above 2 and 0 at levels 2 and 3."""
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
+    dpo.main(argv + ["--out", str(tmp_path / "bias"), "--lr", "0", "--id-lr", "0", "--id-bias-lr", "0.1",
+                     "--rpo-alpha", "0"])
+    sft_t, got = adapter_tensors(tmp_path / "sft" / "adapter"), adapter_tensors(tmp_path / "bias" / "adapter")
+    assert set(got) == set(sft_t) | {"lm_head.id_bias"}
+    assert all(torch.equal(got[k], sft_t[k]) for k in sft_t)
+    b = got["lm_head.id_bias"].view(3, 4)
+    assert b[1, 1] > 0 > b[1, 2] and b[2, 3] > 0 > b[2, 0]
+
+
+def test_sft_trains_the_id_bias_where_asked(tiny_smol, tmp_path):
+    """sft.py --id-bias-lr: the head's per-code bias is trained and saved; write_sft_data's answers start with
+    codes 0-2, never 3, so the NLL pushes level 1's code 3 down at every step and it ends the lowest."""
+    data = write_sft_data(tmp_path / "data")
+    run_tiny_sft(data, str(tmp_path / "bias"), tiny_smol, ["--id-bias-lr", "0.1"])
+    b = adapter_tensors(tmp_path / "bias" / "adapter")["lm_head.id_bias"].view(3, 4)
+    assert b[0, 3] < 0 and b[0, 3] == b[0].min()
