@@ -28,6 +28,8 @@ strongest preference baseline, evaluate.py's) scores each track by its own train
 scores it by its codes alone, P(long listen | c_1..c_L) = s(sum_l w_l[c_l] + b), a logistic regression of the same
 plays on one 0/1 column per (level, code) (baselines.audio_logistic_from_plays with codes for features): how much of
 a track's listening quality its ID carries, additively, as a policy's summed log-probs of the ID's tokens would.
+"ID logistic (DPO's pairs)" is the same regression fitted on DPO's data alone (the training pairs its steps drew, a
+chosen answer as a long listen, a rejected one as a skip): what those pairs teach a score of this form.
 The --out JSON has val_next.py's layout: `val_next.py --pair FILE:"ID factorised" VAL.json:SFT` pairs a row with
 an adapter's, on the same --run, --queries and --seed (and --pairs, for "ID logistic" against an adapter's accuracy).
 """
@@ -62,6 +64,9 @@ HISTORY: int = 0             # plays the factorised model reads; 0: those the pr
 COUNT_EDGES = (5, 10, 20)    # queries split by how often their context was a training context: 0-4, 5-9, 10-19, 20+
 WEIGHT_GRID: int = 4         # n-gram weights: every (w_1..w_L) of multiples of 1 / WEIGHT_GRID summing to 1
 # -----------------------------------------------------------------------------
+
+
+DPO_PAIRS = "ID logistic (DPO's pairs)"   # ID logistic fitted on the training pairs dpo.py drew, nothing else
 
 
 def train_next_pairs(sft_data, code_row):
@@ -315,6 +320,13 @@ def main(argv=None):
                                                              pair_ch, pair_rj).tolist()}
         id_logit = B.audio_logistic_from_plays(code_onehot(C), labels["long"], labels["skip"])
         hits["ID logistic"] = {"preference": B.pair_accuracy(id_logit, pair_ch, pair_rj).tolist()}
+        # the same regression on DPO's own data alone: the training pairs its steps drew (all of train.jsonl where
+        # RUN/dpo/summary.json does not say), a chosen answer counted as a long listen, a rejected one as a skip
+        tr_ch, tr_rj = E.pair_rows(os.path.join(args.run, "prefs", "train.jsonl"), index)
+        drew = E.pairs_dpo_drew(os.path.join(args.run, "dpo"), len(tr_ch))
+        id_logit_dpo = B.audio_logistic_from_plays(code_onehot(C), np.bincount(tr_ch[drew], minlength=len(C)),
+                                                   np.bincount(tr_rj[drew], minlength=len(C)))
+        hits[DPO_PAIRS] = {"preference": B.pair_accuracy(id_logit_dpo, pair_ch, pair_rj).tolist()}
 
     llms = [spec.rpartition(":")[2] for spec in args.llm]
     for spec, name in zip(args.llm, llms):
@@ -356,13 +368,13 @@ def main(argv=None):
         print(f"  {b:>6s} times: {len(m):4d} queries, " + ", ".join(f"{n} {np.mean(v):.3f}" for n, v in h.items())
               + f"; {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if pairs_path:
-        d = metrics.paired_bootstrap(hits["ID logistic"]["preference"], hits[val_next.RATE]["preference"],
-                                     seed=args.seed)
-        paired[f"ID logistic - {val_next.RATE} (preference accuracy)"] = d
-        acc = {n: np.mean(hits[n]["preference"]) for n in (val_next.RATE, "ID logistic")}
         print(f"\n{len(pair_ch)} preference pairs from {pairs_path}: accuracy {val_next.RATE} "
-              f"{acc[val_next.RATE]:.3f}, ID logistic {acc['ID logistic']:.3f} "
-              f"(- {val_next.RATE}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])")
+              f"{np.mean(hits[val_next.RATE]['preference']):.3f}")
+        for name in ("ID logistic", DPO_PAIRS):
+            d = metrics.paired_bootstrap(hits[name]["preference"], hits[val_next.RATE]["preference"], seed=args.seed)
+            paired[f"{name} - {val_next.RATE} (preference accuracy)"] = d
+            print(f"  {name:28s} {np.mean(hits[name]['preference']):.3f} "
+                  f"(- {val_next.RATE}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])")
     if args.out:
         write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
                               "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),

@@ -171,12 +171,14 @@ def top_overlap(a, b, k=K):
     return len(set(a[:k]) & set(b[:k])) / k
 
 
-def paired_from_files(a, b, seed=SEED):
+def paired_from_files(a, b, seed=SEED, skipped=None):
     """Paired HR@10 / NDCG@10 difference of row A minus row B read from two --out JSONs, each "FILE:ROW".
 
     For rows of different runs (other Semantic IDs cannot share one call: an adapter needs its own ID table). The
     two files must hold the same queries: the same count, and the same hits for the rows that read no Semantic ID
     (genre popularity, item kNN), which depend on the queries alone. Returns {"hit@10": (mean, lo, hi), ...}.
+    Attribute P@10 and hallucinated@1 are paired only where both files ranked the same requests (count and
+    phrasings) and decoded as many prompts; otherwise `skipped` (a list) gets a line saying why.
     """
     rows = []
     for spec in (a, b):
@@ -197,9 +199,23 @@ def paired_from_files(a, b, seed=SEED):
     if both and da["hits"].get(RATE) != db["hits"].get(RATE):   # the rate's per-pair hits depend on the pairs alone
         raise UserError(f"{pa} and {pb} were not made on the same preference pairs (--pairs)")
     name = {"hallucinated": "hallucinated@1", "preference": "preference accuracy"}
-    return {name.get(m, f"{m}@{K}"): metrics.paired_bootstrap(da["hits"][na][m], db["hits"][nb][m], seed=seed)
-            for m in ("hit", "ndcg", "precision", "hallucinated", "preference")
-            if m in da["hits"][na] and m in db["hits"][nb]}
+    out = {}
+    for m in ("hit", "ndcg", "precision", "hallucinated", "preference"):
+        if m not in da["hits"][na] or m not in db["hits"][nb]:
+            continue
+        ma, mb = da["hits"][na][m], db["hits"][nb][m]
+        if m == "precision":   # files written before the phrasings were recorded used the training ones
+            ka, kb = ((d.get("attribute_queries"), d.get("attribute_phrasings", "train")) for d in (da, db))
+            if ka != kb or len(ma) != len(mb):
+                if skipped is not None:
+                    skipped.append(f"attribute P@{K} not paired: other requests ({ka[0]} {ka[1]} vs {kb[0]} {kb[1]})")
+                continue
+        if m == "hallucinated" and len(ma) != len(mb):
+            if skipped is not None:
+                skipped.append(f"hallucinated@1 not paired: {len(ma)} vs {len(mb)} prompts decoded")
+            continue
+        out[name.get(m, f"{m}@{K}")] = metrics.paired_bootstrap(ma, mb, seed=seed)
+    return out
 
 
 def main(argv=None):
@@ -236,8 +252,11 @@ def main(argv=None):
                         "e.g. an adapter of another run, whose other Semantic IDs cannot share one call")
     args = p.parse_args(argv)
     if args.pair:
-        for m, d in paired_from_files(*args.pair, seed=args.seed).items():
+        skipped = []
+        for m, d in paired_from_files(*args.pair, seed=args.seed, skipped=skipped).items():
             print(f"{args.pair[0]} - {args.pair[1]} {m}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+        for line in skipped:
+            print(line)
         return
     adapters = [a.split("=", 1) for a in args.adapter]
     if any(len(a) != 2 for a in adapters):
@@ -356,6 +375,12 @@ def main(argv=None):
             hits[name]["preference"] = E.preference_accuracy(model, fmt, pairs_path, on).tolist()
             print(f"{'':24s} validation preference accuracy {np.mean(hits[name]['preference']):.3f} "
                   f"({len(pair_ch)} pairs)")
+            bias = model.lm_head.id_bias.detach().view(vocab.levels, vocab.codebook_size).numpy()
+            if bias.any():   # dpo.py --id-bias-lr: the bias's own per-track score, sum_l b_l[c_l], as a row of its own
+                score = np.where(C[:, 0] >= 0, bias[np.arange(vocab.levels), np.maximum(C, 0)].sum(1), 0.0)
+                hits[f"{name} ID bias"] = {"preference": B.pair_accuracy(score, pair_ch, pair_rj).tolist()}
+                print(f"{'':24s} its ID bias alone as a track's score: preference accuracy "
+                      f"{np.mean(hits[name + ' ID bias']['preference']):.3f} (row '{name} ID bias')")
         summary_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "summary.json")
         d = read_json(summary_path, "summary") if os.path.exists(summary_path) else {}
         if "eval/logp_accuracy" in d:
@@ -383,7 +408,8 @@ def main(argv=None):
                     paired[f"{name} - {ref}{suffix}"] = d
                     print(f"  {name} - {ref} {label}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     if args.out:
-        write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr_queries), "table": table,
+        write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr_queries),
+                              "attribute_phrasings": args.attribute_phrasings, "table": table,
                               "paired": paired, "hits": hits, "content_popularity_tau": tau,
                               "preference_accuracy": pref_acc})
 

@@ -317,6 +317,7 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     # the preference rows, on the same validation pairs: the rate as val_next.py's, ID logistic beside it
     assert c["hits"]["long-listen rate"] == hits["long-listen rate"]
     assert len(c["hits"]["ID logistic"]["preference"]) == len(pairs)
+    assert len(c["hits"]["ID logistic (DPO's pairs)"]["preference"]) == len(pairs)   # fitted on DPO's drawn pairs
     r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--pair", f"{ceil}:ID logistic", f"{out}:DPO"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "preference accuracy" in r.stdout, r.stderr[-2000:]

@@ -39,6 +39,22 @@ def test_pair_rows_of_two_files_on_the_same_queries(tmp_path):
     assert d["hit@10"][0] == pytest.approx(0.5) and d["ndcg@10"][0] == pytest.approx((0.5 + 1 + 1) / 4)
     assert d["hallucinated@1"][0] == pytest.approx(-2 / 3)   # per prompt, paired: (0 - 1 + 0 - 1 + 1 - 1) / 3
     assert "precision@10" not in d                           # a metric only one side has is not paired
+    a["hits"]["SFT_genre"]["precision"], b["hits"]["SFT"]["precision"] = [1, 0.5], [0.5, 0.5]
+    a["attribute_queries"] = b["attribute_queries"] = 2
+    json.dump(a, open(tmp_path / "a.json", "w"))
+    json.dump(b, open(tmp_path / "b.json", "w"))
+    d = paired_from_files(f"{tmp_path}/a.json:SFT_genre", f"{tmp_path}/b.json:SFT")
+    assert d["precision@10"][0] == pytest.approx(0.25)      # the same 2 requests (train phrasings when unrecorded)
+    for other in ({"attribute_queries": 3}, {"attribute_phrasings": "heldout"}):   # other requests: left out
+        json.dump({**b, **other}, open(tmp_path / "b.json", "w"))
+        skipped = []
+        d = paired_from_files(f"{tmp_path}/a.json:SFT_genre", f"{tmp_path}/b.json:SFT", skipped=skipped)
+        assert "precision@10" not in d and "hit@10" in d and skipped[0].startswith("attribute P@10 not paired")
+    b["hits"]["SFT"]["hallucinated"] = [1, 1]   # other prompts decoded: left out, not a shape error
+    json.dump(b, open(tmp_path / "b.json", "w"))
+    skipped = []
+    d = paired_from_files(f"{tmp_path}/a.json:SFT_genre", f"{tmp_path}/b.json:SFT", skipped=skipped)
+    assert "hallucinated@1" not in d and skipped == ["hallucinated@1 not paired: 3 vs 2 prompts decoded"]
     b["hits"]["item kNN"]["hit"] = [0, 1, 0, 0]   # other queries: refused
     json.dump(b, open(tmp_path / "b.json", "w"))
     with pytest.raises(UserError, match="same validation queries"):
