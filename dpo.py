@@ -404,6 +404,12 @@ def train(args):
     device = ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes
     if args.batch_size % ddp.world_size():
         raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
+    rates = {"--lr": args.lr, "--id-lr": args.id_lr, "--id-bias-lr": args.id_bias_lr}
+    for flag, rate in rates.items():
+        if rate < 0:
+            raise UserError(f"{flag} {rate:g}: a learning rate is at least 0 (0 freezes what it moves)")
+    if not any(rates.values()):
+        raise UserError("--lr, --id-lr and --id-bias-lr are all 0: nothing would be trained")
     adapter_dir = args.sft
     sft_vocab = os.path.join(adapter_dir, M.ID_VOCAB_FILE)
     need_file(sft_vocab, "SFT adapter (id_vocab.json)")

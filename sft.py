@@ -631,6 +631,9 @@ def train(args):
     device = ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes
     if args.batch_size % ddp.world_size():
         raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
+    for flag, rate in (("--lr", args.lr), ("--id-lr", args.id_lr), ("--id-bias-lr", args.id_bias_lr)):
+        if rate < 0:
+            raise UserError(f"{flag} {rate:g}: a learning rate is at least 0")
     meta = read_json(os.path.join(args.data, "meta.json"), "SFT data meta.json")
     train_ex = read_jsonl(os.path.join(args.data, "train.jsonl"))
     val_ex = read_jsonl(os.path.join(args.data, "val.jsonl"))

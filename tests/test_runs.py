@@ -248,3 +248,14 @@ def test_sft_trains_the_id_bias_where_asked(tiny_smol, tmp_path):
     run_tiny_sft(data, str(tmp_path / "bias"), tiny_smol, ["--id-bias-lr", "0.1"])
     b = adapter_tensors(tmp_path / "bias" / "adapter")["lm_head.id_bias"].view(3, 4)
     assert b[0, 3] < 0 and b[0, 3] == b[0].min()
+
+
+def test_dpo_refuses_rates_that_train_nothing_or_are_negative(tmp_path):
+    from common import UserError
+    argv = ["--pairs", str(tmp_path), "--sft", str(tmp_path), "--out", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="all 0: nothing would be trained"):
+        dpo.main(argv + ["--lr", "0", "--id-lr", "0"])   # the bias is off by default
+    with pytest.raises(UserError, match="--id-bias-lr -0.1: a learning rate is at least 0"):
+        dpo.main(argv + ["--id-bias-lr", "-0.1"])
+    with pytest.raises(UserError, match="--id-bias-lr -0.1: a learning rate is at least 0"):
+        sft.main(["--data", str(tmp_path), "--out", str(tmp_path / "sft"), "--id-bias-lr", "-0.1"])
