@@ -252,10 +252,11 @@ class IDHead(nn.Module):
     """The output head over V + n_new tokens; reads the embedding's tensors when tied.
 
     id_bias (n_new,) is added to the ID tokens' logits: one number per (level, code), the same in every context.
-    It starts, and in SFT stays, at 0 (then the head is exactly the tied Llama head); dpo.py --id-bias-lr trains
-    it. A per-code bias is the form of a per-track preference score that the codes hold (a logistic regression of
-    long listens on the codes' one-hot columns ranks held-out pairs as the long-listen rate does), and it moves no
-    input embedding: the tied ID rows also feed every prompt that shows an ID.
+    It starts at 0 (then the head is exactly the tied Llama head) and stays there unless `--id-bias-lr` of dpo.py
+    or sft.py trains it (off by default). A per-code bias is the form of a per-track preference score that the codes
+    hold (a logistic regression of long listens on the codes' one-hot columns ranks held-out pairs within 0.013 of
+    the long-listen rate, benchmarks/id_ceiling.py), and it moves no input embedding: the tied ID rows also feed
+    every prompt that shows an ID.
     """
 
     def __init__(self, weight, new_rows):
