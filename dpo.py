@@ -405,9 +405,7 @@ def train(args):
     if args.batch_size % ddp.world_size():
         raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
     rates = {"--lr": args.lr, "--id-lr": args.id_lr, "--id-bias-lr": args.id_bias_lr}
-    for flag, rate in rates.items():
-        if rate < 0:
-            raise UserError(f"{flag} {rate:g}: a learning rate is at least 0 (0 freezes what it moves)")
+    sft.check_rates(rates)
     if not any(rates.values()):
         raise UserError("--lr, --id-lr and --id-bias-lr are all 0: nothing would be trained")
     adapter_dir = args.sft

@@ -538,6 +538,13 @@ def build_policy(args, meta, device, id_init="mean"):
     return model, tokenizer, vocab
 
 
+def check_rates(rates):
+    """{option: learning rate}: one line naming the first negative one (0 is allowed: it freezes what it moves)."""
+    for flag, rate in rates.items():
+        if rate < 0:
+            raise UserError(f"{flag} {rate:g}: a learning rate is at least 0")
+
+
 def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY, id_bias_lr=0.0):
     """AdamW over the LoRA matrices and the new ID rows, each group with its own peak rate (and the head's per-code
     ID bias, a group of its own, where id_bias_lr > 0: dpo.py trains it)."""
@@ -631,9 +638,7 @@ def train(args):
     device = ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes
     if args.batch_size % ddp.world_size():
         raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
-    for flag, rate in (("--lr", args.lr), ("--id-lr", args.id_lr), ("--id-bias-lr", args.id_bias_lr)):
-        if rate < 0:
-            raise UserError(f"{flag} {rate:g}: a learning rate is at least 0")
+    check_rates({"--lr": args.lr, "--id-lr": args.id_lr, "--id-bias-lr": args.id_bias_lr})
     meta = read_json(os.path.join(args.data, "meta.json"), "SFT data meta.json")
     train_ex = read_jsonl(os.path.join(args.data, "train.jsonl"))
     val_ex = read_jsonl(os.path.join(args.data, "val.jsonl"))

@@ -318,13 +318,14 @@ def main(argv=None):
         pair_ch, pair_rj = E.pair_rows(pairs_path, index)
         hits[val_next.RATE] = {"preference": B.pair_accuracy(B.long_listen_rate(labels["long"], labels["skip"]),
                                                              pair_ch, pair_rj).tolist()}
-        id_logit = B.audio_logistic_from_plays(code_onehot(C), labels["long"], labels["skip"])
+        X = code_onehot(C)
+        id_logit = B.audio_logistic_from_plays(X, labels["long"], labels["skip"])
         hits["ID logistic"] = {"preference": B.pair_accuracy(id_logit, pair_ch, pair_rj).tolist()}
         # the same regression on DPO's own data alone: the training pairs its steps drew (all of train.jsonl where
         # RUN/dpo/summary.json does not say), a chosen answer counted as a long listen, a rejected one as a skip
         tr_ch, tr_rj = E.pair_rows(os.path.join(args.run, "prefs", "train.jsonl"), index)
         drew = E.pairs_dpo_drew(os.path.join(args.run, "dpo"), len(tr_ch))
-        id_logit_dpo = B.audio_logistic_from_plays(code_onehot(C), np.bincount(tr_ch[drew], minlength=len(C)),
+        id_logit_dpo = B.audio_logistic_from_plays(X, np.bincount(tr_ch[drew], minlength=len(C)),
                                                    np.bincount(tr_rj[drew], minlength=len(C)))
         hits[DPO_PAIRS] = {"preference": B.pair_accuracy(id_logit_dpo, pair_ch, pair_rj).tolist()}
 

@@ -199,6 +199,7 @@ def paired_from_files(a, b, seed=SEED, skipped=None):
     if both and da["hits"].get(RATE) != db["hits"].get(RATE):   # the rate's per-pair hits depend on the pairs alone
         raise UserError(f"{pa} and {pb} were not made on the same preference pairs (--pairs)")
     name = {"hallucinated": "hallucinated@1", "preference": "preference accuracy"}
+    skipped = [] if skipped is None else skipped
     out = {}
     for m in ("hit", "ndcg", "precision", "hallucinated", "preference"):
         if m not in da["hits"][na] or m not in db["hits"][nb]:
@@ -207,12 +208,10 @@ def paired_from_files(a, b, seed=SEED, skipped=None):
         if m == "precision":   # files written before the phrasings were recorded used the training ones
             ka, kb = ((d.get("attribute_queries"), d.get("attribute_phrasings", "train")) for d in (da, db))
             if ka != kb or len(ma) != len(mb):
-                if skipped is not None:
-                    skipped.append(f"attribute P@{K} not paired: other requests ({ka[0]} {ka[1]} vs {kb[0]} {kb[1]})")
+                skipped.append(f"attribute P@{K} not paired: other requests ({ka[0]} {ka[1]} vs {kb[0]} {kb[1]})")
                 continue
         if m == "hallucinated" and len(ma) != len(mb):
-            if skipped is not None:
-                skipped.append(f"hallucinated@1 not paired: {len(ma)} vs {len(mb)} prompts decoded")
+            skipped.append(f"hallucinated@1 not paired: {len(ma)} vs {len(mb)} prompts decoded")
             continue
         out[name.get(m, f"{m}@{K}")] = metrics.paired_bootstrap(ma, mb, seed=seed)
     return out
