@@ -1,4 +1,4 @@
-"""How far a ranker that reads only the context's Semantic ID gets on next tracks (validation window).
+"""How far rankers that read only Semantic IDs get on next tracks, preferences and requests (validation window).
 
     python benchmarks/id_ceiling.py --run runs/demo [--queries 1000] [--out runs/demo/id_ceiling.json]
 
@@ -30,12 +30,20 @@ plays on one 0/1 column per (level, code) (baselines.audio_logistic_from_plays w
 a track's listening quality its ID carries, additively, as a policy's summed log-probs of the ID's tokens would.
 "ID logistic (DPO's pairs)" is the same regression fitted on DPO's data alone (the training pairs its steps drew, a
 chosen answer as a long listen, a rejected one as a skip): what those pairs teach a score of this form.
+Attribute requests too (--attribute-queries, val_next.py's draw of validation requests, every track with the
+requested attributes relevant): MiniLM, the strongest attribute baseline (evaluate.py's: it reads each track's
+description, the genre and attribute phrases that hold for it), and two rankers that read a track's Semantic ID and
+the request's attributes and nothing else (IDRequests: a product over the requested attributes of a learned score
+of the ID's prefixes), fitted to what SFT is given: the training attribute examples, one answer each ("ID requests
+(examples)"), or the same requests with every track that answers them ("ID requests (answer sets)"). How far the IDs
+take a model that learns requests from those examples, beside the words MiniLM reads.
 The --out JSON has val_next.py's layout: `val_next.py --pair FILE:"ID factorised" VAL.json:SFT` pairs a row with
 an adapter's, on the same --run, --queries and --seed (and --pairs, for "ID logistic" against an adapter's accuracy).
 """
 import argparse
 import collections
 import itertools
+import json
 import os
 
 import numpy as np
@@ -47,6 +55,7 @@ import evaluate as E
 import metrics
 import rvq
 import signals
+import tasks
 import val_next
 from common import UserError, need_file, read_json, run_main, write_json
 
@@ -63,6 +72,12 @@ SELECT: int = 500            # other validation examples the n-gram weights and 
 HISTORY: int = 0             # plays the factorised model reads; 0: those the prompts show (sft_data meta)
 COUNT_EDGES = (5, 10, 20)    # queries split by how often their context was a training context: 0-4, 5-9, 10-19, 20+
 WEIGHT_GRID: int = 4         # n-gram weights: every (w_1..w_L) of multiples of 1 / WEIGHT_GRID summing to 1
+ATTRIBUTE_QUERIES: int = 120  # validation attribute requests: val_next.py's draw of the same --seed and phrasings
+                              # (120, as the test set of the README's run); 0: no attribute rows
+ATTRIBUTE_PHRASINGS: str = "train"   # val_next.py's --attribute-phrasings: the draw pairs with its rows
+REQUEST_EPOCHS: int = 60      # request rankers: epochs at most (the best P@10 on the other requests is kept)
+REQUEST_LR: float = 1e-2      # request rankers: Adam's rate (2,000 examples: few steps an epoch, a higher rate)
+REQUEST_BATCH: int = 64       # request rankers: requests per step
 # -----------------------------------------------------------------------------
 
 
@@ -198,6 +213,99 @@ def code_onehot(codes):
     return x
 
 
+def request_units(attrs):
+    """A request's reading units, one per requested attribute: [["genre", "rock"], ["energy", "low"]] ->
+    ['genre=rock', 'energy=low'] (a tempo: 'bpm=125'). An idealised reader of the request's words: it never
+    mistakes a phrasing ("chill" and "low energy" are one unit)."""
+    return [f"{a}={v}" for a, v in attrs]
+
+
+def unit_matrix(requests, vocab):
+    """(B, A) long tensor of the requests' unit numbers ({unit: number}), -1 padded; a unit that no training request
+    had is left out too (-1): the ranker learned nothing of it.
+
+    >>> unit_matrix([["genre=rock", "energy=low"], ["genre=jazz"], ["bpm=125"]], {"genre=rock": 0, "energy=low": 1,
+    ...             "genre=jazz": 2}).tolist()
+    [[0, 1], [2, -1], [-1, -1]]
+    """
+    out = torch.full((len(requests), max(1, max(len(r) for r in requests))), -1, dtype=torch.long)
+    for i, units in enumerate(requests):
+        known = [vocab[u] for u in units if u in vocab]
+        out[i, :len(known)] = torch.tensor(known, dtype=torch.long)
+    return out
+
+
+class IDRequests(torch.nn.Module):
+    """score(t | request) = sum over the request's units a of <q_a, v(t)> + b_t.
+
+    v(t) a sum of one vector per ID prefix of t (as IDFactorised's), q_a one vector per unit (request_units). In a
+    softmax over the catalogue the units multiply, p(t | rock, chill) ~ exp(<q_rock, v(t)>) exp(<q_chill, v(t)>)
+    exp(b_t): a product of experts, so a track ranks high only where every requested attribute suits it, as a
+    relevant track must. b starts at 0: a request's answer is drawn uniformly among the tracks that suit it, not by
+    popularity (tasks.request_examples). units (B, A) from unit_matrix -> (B, N) scores of every track.
+    """
+
+    def __init__(self, keys, n_units, dim, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("keys", torch.as_tensor(keys, dtype=torch.long))
+        sizes = [int(keys[:, l].max()) + 1 for l in range(keys.shape[1])]
+        self.q = torch.nn.Parameter(0.01 * torch.randn(n_units, dim, generator=g))
+        self.v = torch.nn.ParameterList([torch.nn.Parameter(0.01 * torch.randn(s, dim, generator=g)) for s in sizes])
+        self.b = torch.nn.Parameter(torch.zeros(len(keys)))
+
+    def forward(self, units):
+        u = (self.q[units.clamp(min=0)] * (units >= 0)[..., None]).sum(1)                     # (B, dim)
+        v = sum(t[self.keys[:, l]] for l, t in enumerate(self.v))                             # (N, dim)
+        return u @ v.T + self.b
+
+
+def fit_requests(keys, n_units, units, targets, select_fn, dim=DIM, epochs=REQUEST_EPOCHS, lr=REQUEST_LR,
+                 batch=REQUEST_BATCH, seed=SEED):
+    """Train IDRequests by cross-entropy against target distributions over the catalogue: units (B, A), targets
+    (B, N) rows summing to 1 (one-hot: a training example's one answer; uniform over a set: every track that answers
+    the request). Returns (model at the best epoch by select_fn(model), {epoch: select_fn's value})."""
+    torch.manual_seed(seed)
+    m = IDRequests(keys, n_units, dim, seed)
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    scores, best, best_state = {}, -1.0, None
+    for epoch in range(1, epochs + 1):
+        for i in torch.randperm(len(units), generator=g).split(batch):
+            loss = -(targets[i] * torch.log_softmax(m(units[i]), -1)).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            scores[epoch] = select_fn(m)
+        if scores[epoch] > best:
+            best, best_state = scores[epoch], {k: v.clone() for k, v in m.state_dict().items()}
+    m.load_state_dict(best_state)
+    return m, scores
+
+
+def attribute_examples(sft_data, name, index):
+    """[(attributes, answer row)] of an SFT examples file's attribute requests (data.py sft writes both)."""
+    path = os.path.join(sft_data, name)
+    need_file(path, "SFT examples (data.py sft)")
+    out = []
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+        r = json.loads(line) if line.strip() else {}
+        if r.get("task") == "attributes":
+            if "attributes" not in r or r.get("track_id") not in index:
+                raise UserError(f"{path}, line {n}: an attribute request without its attributes or a catalogue "
+                                "track_id: rebuild the SFT data")
+            out.append((r["attributes"], index[r["track_id"]]))
+    return out
+
+
+def precision_of(score_fn, queries):
+    """Per request precision@K for queries [(relevant rows set, ...)], evaluate.py's rule (ties against the
+    relevant tracks). score_fn(i) -> (N,) scores of request i."""
+    ranked = [metrics.top_k_pessimistic(score_fn(i), q[0], K) for i, q in enumerate(queries)]
+    return metrics.per_query(ranked, [q[0] for q in queries], ks=(K,))[f"precision@{K}"].tolist()
+
+
 def count_bucket(counts, edges=COUNT_EDGES):
     """Bucket names of counts split at edges (each edge starts a bucket): edges (5, 10) -> "0-4", "5-9", "10+".
 
@@ -208,23 +316,28 @@ def count_bucket(counts, edges=COUNT_EDGES):
     return [names[int(np.searchsorted(edges, c, side="right"))] for c in counts]
 
 
-def llm_hits(spec, hits):
+def llm_hits(spec, hits, attribute_draw=(0, ATTRIBUTE_PHRASINGS)):
     """The row ROW of an earlier `val_next.py --out` FILE ("FILE:ROW"): its per-query hits (and per-pair preference
-    hits), once the baselines' hits there, which depend on the queries alone, match these (the same --run,
-    --queries, --seed, and --pairs for a preference row)."""
+    hits, and per-request attribute precision where that file drew the same number of requests in the same
+    phrasings, attribute_draw), once the baselines' hits there, which depend on the queries alone, match these (the
+    same --run, --queries, --seed, and --pairs for a preference row)."""
     path, sep, row = spec.rpartition(":")
     if not sep:
         raise UserError(f"--llm takes FILE:ROW, got {spec!r}")
     got = read_json(path, "val_next.py --out JSON")
     if row not in got.get("hits", {}):
         raise UserError(f"{path}: no row {row!r} (rows: {', '.join(got.get('hits', {}))})")
-    same = all(got["hits"].get(n) == hits[n] for n in ("genre popularity", "item kNN"))
+    same = all({m: got["hits"].get(n, {}).get(m) for m in ("hit", "ndcg")} == {m: hits[n][m] for m in ("hit", "ndcg")}
+               for n in ("genre popularity", "item kNN"))
     if "preference" in got["hits"][row] and val_next.RATE in hits:
         same = same and got["hits"].get(val_next.RATE) == hits[val_next.RATE]
     if not same:
         raise UserError(f"{path} was not made on these validation queries (and pairs): run val_next.py with the same "
                         "--run, --queries, --seed (and --pairs)")
-    return {m: v for m, v in got["hits"][row].items() if m in ("hit", "ndcg", "preference")}
+    keep = ("hit", "ndcg", "preference")
+    if attribute_draw[0] and (got.get("attribute_queries"), got.get("attribute_phrasings", "train")) == attribute_draw:
+        keep += ("precision",)
+    return {m: v for m, v in got["hits"][row].items() if m in keep}
 
 
 def hits_of(score_fn, queries):
@@ -233,6 +346,59 @@ def hits_of(score_fn, queries):
     ranked = [metrics.top_k_pessimistic(score_fn(i, h), {t}, K, exclude=[h[-1]]) for i, (h, t) in enumerate(queries)]
     m = metrics.per_query(ranked, [{t} for _, t in queries], ks=(K,))
     return {"hit": m[f"hit@{K}"].tolist(), "ndcg": m[f"ndcg@{K}"].tolist()}
+
+
+def attribute_rows(args, sft_data, catalog, index, code_row, popularity, genres, keys):
+    """P@K of the attribute rows on val_next.py's draw of validation requests: genre popularity (the genre the
+    request names), MiniLM (the words of each track's description, evaluate.py's), and two request rankers that read
+    the Semantic IDs and the request's attributes alone (IDRequests), fitted to what SFT is given: "ID requests
+    (examples)" to the training attribute examples, one answer each (sft_data/train.jsonl); "ID requests (answer
+    sets)" to the same requests with every track that answers them (attribute_answers.jsonl's sets, which sft.py
+    --answer-targets group reads). Returns {"queries", "precision": {row: per-request P@K}, "epochs"}."""
+    row_codes = {r: c for c, r in code_row.items()}
+    masks = tasks.attribute_masks(catalog)
+
+    def relevant(attrs):
+        return set(tasks.relevant_rows(catalog, masks, [tuple(a) for a in attrs], row_codes))
+    drawn = val_next.attribute_queries(catalog, row_codes, args.attribute_queries, args.seed,
+                                       val_next.PHRASINGS[args.attribute_phrasings], with_attributes=True)
+    queries = [(rel, [list(a) for a in attrs], prompt) for attrs, prompt, rel in drawn]
+    train = attribute_examples(sft_data, "train.jsonl", index)
+    select = [(relevant(a), a) for a, _ in attribute_examples(sft_data, "val.jsonl", index)]
+    if not train or not select:
+        raise UserError(f"{sft_data}: no attribute examples in train.jsonl or val.jsonl (data.py sft "
+                        "--attribute-examples 0?); pass --attribute-queries 0")
+    vocab = {u: i for i, u in enumerate(sorted({u for a, _ in train for u in request_units(a)}))}
+    precision = {"genre popularity": precision_of(lambda i: B.genre_popularity_scores(
+        popularity, genres.get(B.genre_in_request(queries[i][2], genres), np.zeros(len(catalog), bool))), queries)}
+    if not args.no_minilm:
+        enc = B.MiniLM()
+        items = enc.embed([tasks.describe_track(catalog, i) for i in range(len(catalog))], desc="MiniLM tracks")
+        sims = enc.embed([q[2] for q in queries], desc="MiniLM requests") @ items.T         # (Q, N) cosine
+        precision["MiniLM"] = precision_of(lambda i: sims[i], queries)
+
+    def targets_of(rows_lists):
+        t = torch.zeros(len(rows_lists), len(catalog))
+        for i, rows in enumerate(rows_lists):
+            t[i, list(rows)] = 1.0 / len(rows)
+        return t
+
+    def select_p(m):
+        with torch.no_grad():
+            S = m(unit_matrix([request_units(a) for _, a in select], vocab)).numpy()
+        return float(np.mean(precision_of(lambda i: S[i], select)))
+
+    sets = {tuple(map(tuple, a)): a for a, _ in train}
+    fits = {"ID requests (examples)": ([a for a, _ in train], [[r] for _, r in train]),
+            "ID requests (answer sets)": (list(sets.values()), [relevant(a) for a in sets.values()])}
+    epochs = {}
+    for name, (reqs, rows) in fits.items():
+        m, epochs[name] = fit_requests(keys, len(vocab), unit_matrix([request_units(a) for a in reqs], vocab),
+                                       targets_of(rows), select_p, epochs=args.request_epochs, seed=args.seed)
+        with torch.no_grad():
+            S = m(unit_matrix([request_units(q[1]) for q in queries], vocab)).numpy()
+        precision[name] = precision_of(lambda i: S[i], queries)
+    return {"queries": queries, "precision": precision, "epochs": epochs}
 
 
 def main(argv=None):
@@ -257,6 +423,16 @@ def main(argv=None):
     p.add_argument("--pairs", default="",
                    help="validation preference pairs for the long-listen rate and ID logistic (default "
                         "RUN/prefs/val.jsonl, the demo's 96; 'none' skips them; more: `data.py prefs --max-val 3000`)")
+    p.add_argument("--attribute-queries", type=int, default=ATTRIBUTE_QUERIES,
+                   help="validation attribute requests (val_next.py's draw of the same --seed and phrasings, so its "
+                        "adapters' P@10 pair with these rows); 0: none")
+    p.add_argument("--attribute-phrasings", choices=tuple(val_next.PHRASINGS), default=ATTRIBUTE_PHRASINGS,
+                   help="how they are phrased, as val_next.py's option (the request rankers read the attributes, "
+                        "not the words; MiniLM reads the words)")
+    p.add_argument("--request-epochs", type=int, default=REQUEST_EPOCHS,
+                   help="request rankers: epochs at most; the epoch of the best P@10 on the validation window's "
+                        "attribute examples (sft_data/val.jsonl, not the requests ranked here) is kept")
+    p.add_argument("--no-minilm", action="store_true", help="leave out the MiniLM row of the attribute requests")
     p.add_argument("--llm", action="append", default=[], metavar="FILE:ROW",
                    help="an adapter's row of an earlier val_next.py --out on the same queries (and pairs), shown "
                         "beside the rankers, paired with content x popularity and split by context counts (repeat)")
@@ -329,12 +505,18 @@ def main(argv=None):
                                                    np.bincount(tr_rj[drew], minlength=len(C)))
         hits[DPO_PAIRS] = {"preference": B.pair_accuracy(id_logit_dpo, pair_ch, pair_rj).tolist()}
 
+    attr = {}
+    if args.attribute_queries:
+        attr = attribute_rows(args, sft_data, catalog, index, code_row, popularity, genres, keys)
+        for name, precision in attr["precision"].items():
+            hits.setdefault(name, {})["precision"] = precision
+
     llms = [spec.rpartition(":")[2] for spec in args.llm]
     for spec, name in zip(args.llm, llms):
-        hits[name] = llm_hits(spec, hits)
+        hits[name] = llm_hits(spec, hits, (len(attr.get("queries", [])), args.attribute_phrasings))
 
-    table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg") if m in h}
-             for n, h in hits.items()}
+    table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision")
+                 if m in h} for n, h in hits.items()}
     for n, h in hits.items():
         if "preference" in h:
             table[n]["preference accuracy"] = metrics.bootstrap_ci(h["preference"], seed=args.seed)
@@ -376,8 +558,24 @@ def main(argv=None):
             paired[f"{name} - {val_next.RATE} (preference accuracy)"] = d
             print(f"  {name:28s} {np.mean(hits[name]['preference']):.3f} "
                   f"(- {val_next.RATE}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])")
+    if attr:
+        best = "MiniLM" if "MiniLM" in hits else "genre popularity"
+        print(f"\n{len(attr['queries'])} validation attribute requests ({args.attribute_phrasings} phrasings): "
+              f"P@{K}, and minus {best}, paired")
+        for n, h in hits.items():
+            if "precision" in h:
+                d = metrics.paired_bootstrap(h["precision"], hits[best]["precision"], seed=args.seed)
+                diff = ""
+                if n != best:
+                    paired[f"{n} - {best} (precision@{K})"] = d
+                    diff = f"  ({d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}])"
+                print(f"  {n:28s} {np.mean(h['precision']):.3f}{diff}")
+        kept = [f"{n} epoch {max(e, key=e.get)} of {args.request_epochs}" for n, e in attr["epochs"].items()]
+        print("  (request rankers: " + "; ".join(kept) + ")")
     if args.out:
-        write_json(args.out, {"queries": len(queries), "attribute_queries": 0, "table": table, "paired": paired,
+        write_json(args.out, {"queries": len(queries), "attribute_queries": len(attr.get("queries", [])),
+                              "attribute_phrasings": args.attribute_phrasings,
+                              "request_epochs": attr.get("epochs", {}), "table": table, "paired": paired,
                               "hits": hits, "content_popularity_tau": tau, "ngram_weights": list(w_best),
                               "factorised_epoch": epoch, "factorised_select_hr": hist, "factorised_history": history,
                               "by_context_count": by_count,

@@ -102,17 +102,17 @@ def score_vector(scored, code_row, n_items):
     return v
 
 
-def attribute_queries(catalog, row_codes, n, seed, templates=tasks.TRAIN_REQUEST_TEMPLATES):
+def attribute_queries(catalog, row_codes, n, seed, templates=tasks.TRAIN_REQUEST_TEMPLATES, with_attributes=False):
     """[(prompt, relevant rows)]: n attribute requests phrased by `templates` (the training phrasings by default),
-    one per attribute set."""
+    one per attribute set; with_attributes: [(attributes, prompt, relevant rows)], the same draw."""
     masks = tasks.attribute_masks(catalog)
     rng = np.random.default_rng([seed, 1])   # a draw of its own: the next-track queries' stays as it was
     out, seen = [], set()
     for attrs, prompt, _ in tasks.request_examples(catalog, row_codes, masks, 20 * n, templates, rng):
         if tuple(attrs) not in seen and len(out) < n:
             seen.add(tuple(attrs))
-            out.append((prompt, set(tasks.relevant_rows(catalog, masks, attrs, row_codes))))
-    return out
+            out.append((attrs, prompt, set(tasks.relevant_rows(catalog, masks, attrs, row_codes))))
+    return out if with_attributes else [q[1:] for q in out]
 
 
 RATE = "long-listen rate"       # the preference baseline beside the adapters (evaluate.py's strongest)

@@ -110,3 +110,48 @@ def test_count_buckets_split_at_their_edges():
     assert IC.count_bucket([0, 4, 5, 9, 10, 19, 20, 500]) == ["0-4", "0-4", "5-9", "5-9", "10-19", "10-19", "20+",
                                                               "20+"]
     assert IC.count_bucket([0, 1, 2, 3], (1, 3)) == ["0-0", "1-2", "1-2", "3+"]
+
+
+def test_unit_matrix_numbers_known_units_and_pads():
+    assert IC.request_units([["genre", "rock"], ["energy", "low"], ["bpm", 125]]) == [
+        "genre=rock", "energy=low", "bpm=125"]
+    vocab = {"genre=rock": 0, "energy=low": 1, "genre=jazz": 2}
+    got = IC.unit_matrix([["genre=rock", "energy=low"], ["genre=jazz"], ["bpm=125"]], vocab)
+    assert got.tolist() == [[0, 1], [2, -1], [-1, -1]]     # a unit no training request had counts nothing
+
+
+def test_request_ranker_multiplies_its_attributes():
+    """Trained on single-attribute requests only, it ranks the track that has both attributes first when asked for
+    both: the units' scores add, their softmax factors multiply (a product of experts)."""
+    keys = IC.prefix_keys(CODES)
+    vocab = {"genre=a": 0, "mood=b": 1}
+    # genre a: tracks 0 and 1 (first code 0); mood b: tracks 1 and 3; both: track 1 alone
+    reqs = [["genre=a"], ["mood=b"]] * 40
+    targets = torch.tensor([[0.5, 0.5, 0, 0], [0, 0.5, 0, 0.5]] * 40)
+    m0 = IC.IDRequests(keys, 2, dim=4, seed=0)
+    with torch.no_grad():
+        s0 = m0(IC.unit_matrix([[]], vocab))
+    assert torch.equal(s0, torch.zeros(1, 4))              # no units: the bias alone, 0 at the start
+    m, hist = IC.fit_requests(keys, 2, IC.unit_matrix(reqs, vocab), targets, lambda model: 0.0, dim=4, epochs=20,
+                              lr=0.05, batch=16, seed=0)
+    with torch.no_grad():
+        p = torch.softmax(m(IC.unit_matrix([["genre=a"], ["mood=b"], ["genre=a", "mood=b"]], vocab)), -1).numpy()
+    assert set(np.argsort(-p[0])[:2]) == {0, 1} and set(np.argsort(-p[1])[:2]) == {1, 3}
+    # never asked for both, yet it puts the one track with both first, surer of it than of either attribute alone
+    assert p[2].argmax() == 1 and p[2][1] > max(p[0][1], p[1][1])
+    assert sorted(hist) == list(range(1, 21))
+
+
+def test_precision_of_and_attribute_examples(tmp_path):
+    # two requests: relevant {0, 1} and {3}; scores rank 1, 0, 2, 3 and 3, 2, 1, 0; K = 10 > 4 tracks: every track
+    # listed, so precision@10 is |relevant| / 10
+    q = [({0, 1}, None), ({3}, None)]
+    S = [np.array([2.0, 3.0, 1.0, 0.0]), np.array([0.0, 1.0, 2.0, 3.0])]
+    assert IC.precision_of(lambda i: S[i], q) == [pytest.approx(0.2), pytest.approx(0.1)]
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "x", "answer": "<a_0>", "task": "attributes", "attributes": [["genre", "rock"]], '
+                    '"track_id": "t1"}\n{"prompt": "y", "answer": "<a_0>", "task": "next_track", "track_id": "t0"}\n')
+    assert IC.attribute_examples(str(tmp_path), "train.jsonl", {"t0": 0, "t1": 1}) == [([["genre", "rock"]], 1)]
+    from common import UserError
+    with pytest.raises(UserError, match="line 1: an attribute request without"):
+        IC.attribute_examples(str(tmp_path), "train.jsonl", {"t0": 0})

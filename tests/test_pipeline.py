@@ -297,9 +297,17 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     # --pair checks that both files hold the same queries through the baselines' hits)
     ceil = tmp_path / "ceiling.json"
     r = subprocess.run([sys.executable, "benchmarks/id_ceiling.py", "--run", run, "--queries", "6", "--epochs", "2",
-                        "--llm", f"{out}:SFT", "--out", str(ceil)], cwd=ROOT, capture_output=True, text=True)
+                        "--attribute-queries", "3", "--request-epochs", "2", "--llm", f"{out}:SFT", "--out", str(ceil)],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     c = json.load(open(ceil))
+    # the attribute requests are val_next.py's 3 (the same draw): the adapter's P@10 carried over, beside MiniLM and
+    # the two request rankers that read the IDs and the requested attributes
+    assert c["hits"]["SFT"]["precision"] == hits["SFT"]["precision"] and c["attribute_queries"] == 3
+    for name in ("genre popularity", "MiniLM", "ID requests (examples)", "ID requests (answer sets)"):
+        assert len(c["hits"][name]["precision"]) == 3 and all(0 <= x <= 1 for x in c["hits"][name]["precision"])
+    assert "ID requests (examples) - MiniLM (precision@10)" in c["paired"] and sorted(
+        c["request_epochs"]["ID requests (examples)"]) == ["1", "2"]
     # the adapter's row is val_next.py's, beside the rankers; the queries split by their context's training count
     assert c["hits"]["SFT"]["hit"] == hits["SFT"]["hit"] and "SFT - content x popularity hit@10" in r.stdout
     assert sum(b["queries"] for b in c["by_context_count"].values()) == 6
