@@ -61,6 +61,8 @@ ANSWER_TARGETS = ("example", "group", "colisten")
 ANSWER_TARGET: str = "example"  # what an answer's ID tokens are trained toward: the example's own answer (one-hot),
                                # the answers of every example asked the same thing (group_targets), or for next
                                # tracks also the context's co-listened tracks (colistened_answers)
+INIT_ADAPTER: str = ""         # start LoRA and the ID rows from a trained adapter instead of fresh (a second stage
+                               # on other examples, e.g. one task family after the mix); "": LoRA B = 0, rows at init
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
 SEED: int = 0
 DEVICE: str = "auto"           # cpu, cuda or auto
@@ -523,6 +525,8 @@ def build_policy(args, meta, device, id_init="mean"):
     (description_rows; needs meta's catalog and semantic_ids); "codebook": at the mean embedding plus its RVQ
     codebook vector, rotated into the embedding space (model.id_rows_from_codebooks; needs meta's rvq).
     """
+    if getattr(args, "init_adapter", ""):
+        return policy_from_adapter(args, meta, device, id_init)
     model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"],
                                             codebook_size=meta["codebook_size"], device=device)
     if id_init == "descriptions":
@@ -535,6 +539,32 @@ def build_policy(args, meta, device, id_init="mean"):
     for p in M.id_parameters(model):
         p.requires_grad_(True)
     model.to(device)
+    return model, tokenizer, vocab
+
+
+def policy_from_adapter(args, meta, device, id_init="mean"):
+    """build_policy's model started from a trained adapter (--init-adapter): its LoRA matrices, ID rows and ID bias,
+    all trainable again. The adapter must be of this ID table and base model (load_policy checks) and of the LoRA
+    shape asked for (--lora-r, --lora-alpha, --lora-targets, --use-rslora), so that the adapter this run writes says
+    what it is; --lora-dropout may differ (it is not a weight)."""
+    if id_init != "mean":
+        raise UserError(f"--id-init {id_init} and --init-adapter: the ID rows start at the adapter's; pass one")
+    config = lora.read_adapter_config(args.init_adapter)
+    asked = {"r": args.lora_r, "lora_alpha": args.lora_alpha, "target_modules": sorted(args.lora_targets),
+             "use_rslora": args.use_rslora}
+    got = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": sorted(config["target_modules"]),
+           "use_rslora": config.get("use_rslora", False)}
+    if asked != got:
+        diff = ", ".join(f"{k} {got[k]} (asked {asked[k]})" for k in asked if asked[k] != got[k])
+        raise UserError(f"--init-adapter {args.init_adapter}: trained with LoRA {diff}; pass its options")
+    model, tokenizer, vocab = M.load_policy(args.model, adapter=args.init_adapter,
+                                            id_table_sha=meta.get("id_table_sha256"), device=device,
+                                            dropout=args.lora_dropout)
+    if (vocab.levels, vocab.codebook_size) != (meta["levels"], meta["codebook_size"]):
+        raise UserError(f"--init-adapter {args.init_adapter}: IDs of {vocab.levels} x {vocab.codebook_size} codes, "
+                        f"the examples' {meta['levels']} x {meta['codebook_size']}")
+    for p in M.id_parameters(model):
+        p.requires_grad_(True)
     return model, tokenizer, vocab
 
 
@@ -685,7 +715,9 @@ def train(args):
     step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
     inputs = ("train.jsonl", "val.jsonl", "meta.json") + ((formats.ATTRIBUTE_ANSWERS,) if soft is not None else ()) \
         + (("listening_stats.npz",) if args.answer_targets == "colisten" else ())
-    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in inputs])
+    starts = [os.path.join(args.init_adapter, n) for n in (lora.ADAPTER_WEIGHTS, M.ID_TOKENS_FILE)] \
+        if args.init_adapter else []   # a checkpoint resumes only the run that started from these very weights
+    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in inputs] + starts)
     if args.resume and resumable(ckpt_path, fingerprint):
         step, best, history = load_checkpoint(ckpt_path, model, opt, device)
     log_path = os.path.join(args.out, "log.jsonl")
@@ -837,6 +869,10 @@ def parse_args(argv=None):
                         "embedding plus the code's RVQ codebook vector, rotated into the embedding space: codes near "
                         "in the quantiser's space start near in the model's; ranked next tracks no better on seed 0's "
                         "validation window: EXPERIMENTS.md, 'What the world allows'; default %(default)s)")
+    p.add_argument("--init-adapter", default=INIT_ADAPTER,
+                   help="start from this trained adapter's LoRA and ID rows instead of fresh ones (a second stage on "
+                        "other examples: a curriculum across task families); its LoRA options must be the ones "
+                        "passed")
     p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
                    help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
                         "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "

@@ -250,6 +250,27 @@ def test_sft_trains_the_id_bias_where_asked(tiny_smol, tmp_path):
     assert b[0, 3] < 0 and b[0, 3] == b[0].min()
 
 
+def test_sft_starts_from_an_adapter(tiny_smol, tmp_path):
+    """sft.py --init-adapter: the run starts at the adapter's LoRA and ID rows (at rate 0 it writes them back bit for
+    bit) and trains on from them (its first loss below a fresh run's); other LoRA options, or another ID init, are
+    refused in one line."""
+    data = write_sft_data(tmp_path / "data")
+    run_tiny_sft(data, str(tmp_path / "first"), tiny_smol)
+    start = str(tmp_path / "first" / "adapter")
+    run_tiny_sft(data, str(tmp_path / "frozen"), tiny_smol, ["--init-adapter", start, "--lr", "0", "--id-lr", "0"])
+    a, b = adapter_tensors(start), adapter_tensors(tmp_path / "frozen" / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run_tiny_sft(data, str(tmp_path / "second"), tiny_smol, ["--init-adapter", start])
+    first, second = ([json.loads(l) for l in open(tmp_path / name / "log.jsonl")] for name in ("first", "second"))
+    assert second[0]["loss"] < first[0]["loss"]
+    c = adapter_tensors(tmp_path / "second" / "adapter")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(M.UserError, match=r"trained with LoRA r 4 \(asked 8\); pass its options"):
+        run_tiny_sft(data, str(tmp_path / "r8"), tiny_smol, ["--init-adapter", start, "--lora-r", "8"])
+    with pytest.raises(M.UserError, match="--id-init codebook and --init-adapter"):
+        run_tiny_sft(data, str(tmp_path / "cb"), tiny_smol, ["--init-adapter", start, "--id-init", "codebook"])
+
+
 def test_dpo_refuses_rates_that_train_nothing_or_are_negative(tmp_path):
     from common import UserError
     argv = ["--pairs", str(tmp_path), "--sft", str(tmp_path), "--out", str(tmp_path / "out")]
