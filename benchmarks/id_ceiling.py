@@ -327,8 +327,7 @@ def llm_hits(spec, hits, attribute_draw=(0, ATTRIBUTE_PHRASINGS)):
     got = read_json(path, "val_next.py --out JSON")
     if row not in got.get("hits", {}):
         raise UserError(f"{path}: no row {row!r} (rows: {', '.join(got.get('hits', {}))})")
-    same = all({m: got["hits"].get(n, {}).get(m) for m in ("hit", "ndcg")} == {m: hits[n][m] for m in ("hit", "ndcg")}
-               for n in ("genre popularity", "item kNN"))
+    same = val_next.same_queries(got["hits"], hits)
     if "preference" in got["hits"][row] and val_next.RATE in hits:
         same = same and got["hits"].get(val_next.RATE) == hits[val_next.RATE]
     if not same:

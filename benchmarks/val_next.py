@@ -171,6 +171,14 @@ def top_overlap(a, b, k=K):
     return len(set(a[:k]) & set(b[:k])) / k
 
 
+def same_queries(hits_a, hits_b):
+    """True if two files' hits of the rows that read no Semantic ID (genre popularity, item kNN), which depend on
+    the queries alone, agree on the next-track queries (their attribute P@10, where a file has it, is left aside:
+    it depends on the requests)."""
+    return all({m: hits_a.get(r, {}).get(m) for m in ("hit", "ndcg")} ==
+               {m: hits_b.get(r, {}).get(m) for m in ("hit", "ndcg")} for r in ("genre popularity", "item kNN"))
+
+
 def paired_from_files(a, b, seed=SEED, skipped=None):
     """Paired HR@10 / NDCG@10 difference of row A minus row B read from two --out JSONs, each "FILE:ROW".
 
@@ -190,9 +198,7 @@ def paired_from_files(a, b, seed=SEED, skipped=None):
             raise UserError(f"{path}: no row {name!r} (rows: {', '.join(d['hits'])})")
         rows.append((path, d, name))
     (pa, da, na), (pb, db, nb) = rows
-    same = da["queries"] == db["queries"] and all(da["hits"][r] == db["hits"][r] for r in
-                                                  ("genre popularity", "item kNN"))
-    if not same:
+    if da["queries"] != db["queries"] or not same_queries(da["hits"], db["hits"]):
         raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
                         "--queries and --seed)")
     both = "preference" in da["hits"][na] and "preference" in db["hits"][nb]
