@@ -181,14 +181,21 @@ def fit_factorised(keys, popularity, pairs, select_fn, dim=DIM, epochs=EPOCHS, l
     select_fn(model) -> HR, {epoch: HR})."""
     torch.manual_seed(seed)
     m = IDFactorised(keys, np.log(popularity / popularity.sum()), dim, seed, history)
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
     plays = play_matrix([h for h, _ in pairs], history)
     nxt = torch.tensor([t for _, t in pairs])
+    return fit_best_epoch(m, len(pairs), lambda i: torch.nn.functional.cross_entropy(m(plays[i]), nxt[i]),
+                          select_fn, epochs, lr, batch, seed)
+
+
+def fit_best_epoch(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
+    """Adam on loss_fn(batch indices) over n examples, reshuffled every epoch (seeded); returns (m at the epoch of
+    the best select_fn(m), {epoch: select_fn's value}): the epoch is chosen on held-out examples, not these."""
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     scores, best, best_state = {}, -1.0, None
     for epoch in range(1, epochs + 1):
-        for i in torch.randperm(len(pairs), generator=g).split(batch):
-            loss = torch.nn.functional.cross_entropy(m(plays[i]), nxt[i])
+        for i in torch.randperm(n, generator=g).split(batch):
+            loss = loss_fn(i)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -267,21 +274,8 @@ def fit_requests(keys, n_units, units, targets, select_fn, dim=DIM, epochs=REQUE
     the request). Returns (model at the best epoch by select_fn(model), {epoch: select_fn's value})."""
     torch.manual_seed(seed)
     m = IDRequests(keys, n_units, dim, seed)
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    scores, best, best_state = {}, -1.0, None
-    for epoch in range(1, epochs + 1):
-        for i in torch.randperm(len(units), generator=g).split(batch):
-            loss = -(targets[i] * torch.log_softmax(m(units[i]), -1)).sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            scores[epoch] = select_fn(m)
-        if scores[epoch] > best:
-            best, best_state = scores[epoch], {k: v.clone() for k, v in m.state_dict().items()}
-    m.load_state_dict(best_state)
-    return m, scores
+    return fit_best_epoch(m, len(units), lambda i: -(targets[i] * torch.log_softmax(m(units[i]), -1)).sum(-1).mean(),
+                          select_fn, epochs, lr, batch, seed)
 
 
 def attribute_examples(sft_data, name, index):
