@@ -518,15 +518,15 @@ def description_rows(model, tokenizer, meta):
                                        meta["codebook_size"])
 
 
-def build_policy(args, meta, device, id_init="mean"):
+def build_policy(args, meta, device, id_init="mean", init_adapter=""):
     """Base model + ID tokens + LoRA; only LoRA and the new rows are trainable.
 
     id_init "mean": every ID row starts at the mean embedding; "descriptions": at the words of its tracks
     (description_rows; needs meta's catalog and semantic_ids); "codebook": at the mean embedding plus its RVQ
     codebook vector, rotated into the embedding space (model.id_rows_from_codebooks; needs meta's rvq).
     """
-    if getattr(args, "init_adapter", ""):
-        return policy_from_adapter(args, meta, device, id_init)
+    if init_adapter:
+        return policy_from_adapter(args, meta, device, init_adapter, id_init)
     model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"],
                                             codebook_size=meta["codebook_size"], device=device)
     if id_init == "descriptions":
@@ -542,27 +542,24 @@ def build_policy(args, meta, device, id_init="mean"):
     return model, tokenizer, vocab
 
 
-def policy_from_adapter(args, meta, device, id_init="mean"):
+def policy_from_adapter(args, meta, device, init_adapter, id_init="mean"):
     """build_policy's model started from a trained adapter (--init-adapter): its LoRA matrices, ID rows and ID bias,
-    all trainable again. The adapter must be of this ID table and base model (load_policy checks) and of the LoRA
-    shape asked for (--lora-r, --lora-alpha, --lora-targets, --use-rslora), so that the adapter this run writes says
-    what it is; --lora-dropout may differ (it is not a weight)."""
+    trained again (the bias where --id-bias-lr asks). The adapter must be of this ID table and base model
+    (load_policy checks) and of the LoRA shape asked for (--lora-r, --lora-alpha, --lora-targets, --use-rslora), so
+    that the adapter this run writes says what it is; --lora-dropout may differ (it is not a weight)."""
     if id_init != "mean":
         raise UserError(f"--id-init {id_init} and --init-adapter: the ID rows start at the adapter's; pass one")
-    config = lora.read_adapter_config(args.init_adapter)
+    config = lora.read_adapter_config(init_adapter)
     asked = {"r": args.lora_r, "lora_alpha": args.lora_alpha, "target_modules": sorted(args.lora_targets),
              "use_rslora": args.use_rslora}
     got = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": sorted(config["target_modules"]),
            "use_rslora": config.get("use_rslora", False)}
     if asked != got:
         diff = ", ".join(f"{k} {got[k]} (asked {asked[k]})" for k in asked if asked[k] != got[k])
-        raise UserError(f"--init-adapter {args.init_adapter}: trained with LoRA {diff}; pass its options")
-    model, tokenizer, vocab = M.load_policy(args.model, adapter=args.init_adapter,
-                                            id_table_sha=meta.get("id_table_sha256"), device=device,
-                                            dropout=args.lora_dropout)
-    if (vocab.levels, vocab.codebook_size) != (meta["levels"], meta["codebook_size"]):
-        raise UserError(f"--init-adapter {args.init_adapter}: IDs of {vocab.levels} x {vocab.codebook_size} codes, "
-                        f"the examples' {meta['levels']} x {meta['codebook_size']}")
+        raise UserError(f"--init-adapter {init_adapter}: trained with LoRA {diff}; pass its options")
+    # the examples' ID table (load_policy refuses an adapter of another one, so levels and codes match too)
+    model, tokenizer, vocab = M.load_policy(args.model, adapter=init_adapter, id_table_sha=meta["id_table_sha256"],
+                                            device=device, dropout=args.lora_dropout)
     for p in M.id_parameters(model):
         p.requires_grad_(True)
     return model, tokenizer, vocab
@@ -677,7 +674,7 @@ def train(args):
     if os.path.exists(ckpt_path) and not args.resume:
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or remove {args.out}")
     seed_everything(args.seed + ddp.rank())   # rank 0 draws what one process draws; the others their own masks
-    model, tokenizer, vocab = build_policy(args, meta, device, id_init=args.id_init)
+    model, tokenizer, vocab = build_policy(args, meta, device, id_init=args.id_init, init_adapter=args.init_adapter)
     ddp.broadcast_([p for p in model.parameters() if p.requires_grad])   # one start: rank 0's LoRA init
     fmt = M.PromptFormat(tokenizer, vocab)
     pad_id = M.pad_id_of(tokenizer)
