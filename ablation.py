@@ -34,7 +34,9 @@ from metrics import paired_bootstrap, same_query_values
 EARLIER_DPO = {"TRAIN_PAIRS": "640", "DPO_BATCH": "8", "DPO_PAIRS_PER_PROMPT": "1", "DPO_SELECT": "accuracy",
                "DPO_BETA": "0.1"}
 GROUPED_DPO = {"TRAIN_PAIRS": "0", "DPO_BATCH": "4", "DPO_PAIRS_PER_PROMPT": "8", "DPO_SELECT": "last"}
-EXAMPLE = {"SFT_TARGETS": "example"}   # every row before `colisten`: SFT toward each example's own answer
+# every row before `colisten`: SFT toward each example's own answer; every row before today's demo: 2,000 attribute
+# requests and the prompt's IDs at sft.py's weight 1 (their defaults until 2026-12-05), pinned so each reruns as it ran
+EXAMPLE = {"SFT_TARGETS": "example", "ATTRIBUTE_EXAMPLES": "2000", "PROMPT_ID_WEIGHT": "1"}
 WHOLE = {"LAYERS": "30", "SFT_STEPS": "240", **EARLIER_DPO, **EXAMPLE}
 EARLIER_SFT = {**WHOLE, "SFT_ARGS": "--lora-dropout 0.05 --prompt-id-weight 0"}
 NAMES = {**EARLIER_SFT, "CONTEXT_TEXT": "name", "SFT_STEPS": "120"}
@@ -84,15 +86,20 @@ ROWS = {
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
 ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", **variables}, base)
         for name, (what, variables, base) in ROWS.items()}
-# The demo's options of 2026-12-04 spelt out, and one change at a time against them: the rows that say what each part
-# of today's demo buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo`.
+# Today's demo's options spelt out, and one change at a time against them: the rows that say what each part of it
+# buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo`.
 DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", "HISTORY": "1",
-        "CONTEXT_TEXT": "genre", "SFT_TARGETS": "example", "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.1",
-        "DPO_ARGS": "", "PREFS_ARGS": "", "HALLUCINATION_PROMPTS": "0"}
+        "CONTEXT_TEXT": "genre", "ATTRIBUTE_EXAMPLES": "32000", "SFT_TARGETS": "group", "PROMPT_ID_WEIGHT": "0.25",
+        "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.1", "DPO_ARGS": "", "PREFS_ARGS": "",
+        "HALLUCINATION_PROMPTS": "0"}
 ROWS.update({
-    "demo": ("the demo's options of 2026-12-04 (make demo): IDs from audio, genre, co-listening and listening "
-             "quality; 15 layers, SFT 480 steps; grouped DPO + NLL, beta 0.1; 320 test prompts decoded freely",
+    "demo": ("the demo's options since 2026-12-05 (make demo): IDs from audio, genre, co-listening and listening "
+             "quality; 15 layers, SFT 480 steps, 32,000 of the examples attribute requests toward their answer sets, "
+             "the prompt's IDs at weight 0.25; grouped DPO + NLL, beta 0.1; 320 test prompts decoded freely",
              DEMO, None),
+    "demo-1204": ("demo, but the attribute requests of the demo of 2026-12-04 (make demo DEMO_OF=2026-12-04): 2,000 "
+                  "of them, each toward its one answer, the prompt's IDs at weight 1",
+                  {**DEMO, "ATTRIBUTE_EXAMPLES": "2000", "SFT_TARGETS": "example", "PROMPT_ID_WEIGHT": "1"}, None),
     "demo-audio": ("demo, but Semantic IDs from the seed's 10 audio features only",
                    {**DEMO, "SIGNALS": "audio", "EVAL_ARGS": "--ranking beam"}, None),
     "demo-genre": ("demo, but IDs from audio and genre only", {**DEMO, "SIGNALS": "audio,genre"}, None),

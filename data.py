@@ -258,8 +258,10 @@ def parse_args(argv=None):
     s.add_argument("--out", required=True,
                    help="output folder (train.jsonl, val.jsonl, test sets, listening statistics, meta.json)")
     s.add_argument("--attribute-examples", type=int, default=2000,
-                   help="attribute requests for training (default %(default)s: a tenth of the demo's examples; "
-                        "twice as many did not raise attribute precision on validation, EXPERIMENTS.md)")
+                   help="attribute requests for training (default %(default)s, the demo's until 2026-12-05; the demo "
+                        "passes 32000 and trains each toward its answer set, sft.py --answer-targets group: one "
+                        "answer each, 2,000 or 16,000 of them, ranked as genre popularity does; EXPERIMENTS.md, "
+                        "'Attribute requests trained toward their answer sets')")
     s.add_argument("--grounding-examples", type=int, default=1000,
                    help="name -> ID examples (tracks sampled), so a track named in words maps to its ID "
                         "(default %(default)s)")

@@ -846,7 +846,8 @@ def parse_args(argv=None):
                         f"{formats.ATTRIBUTE_ANSWERS}). The same expected loss with less noise per step; "
                         "'colisten': 'group', and a next-track answer also toward every track listened within three "
                         "plays of the context track in the training window, by count (listening_stats.npz, what "
-                        "item kNN ranks by) (EXPERIMENTS.md, 'Group targets'; default %(default)s)")
+                        "item kNN ranks by) (EXPERIMENTS.md, 'Group targets'; default %(default)s; the demo passes "
+                        "'group', which with 32,000 attribute requests raised their precision@10 by 0.13-0.22 on the test windows)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")
@@ -873,7 +874,9 @@ def parse_args(argv=None):
     p.add_argument("--prompt-id-weight", type=float, default=PROMPT_ID_WEIGHT,
                    help="weight of the NLL of the Semantic-ID tokens in the prompt (the context tracks), beside the "
                         "answer's: free supervision of which IDs exist and which a genre's listeners play, since the "
-                        "forward scores those positions anyway; 0 trains on the answers only (default %(default)s)")
+                        "forward scores those positions anyway; 0 trains on the answers only (default %(default)s; "
+                        "the demo passes 0.25: with the attribute requests as most of the examples, weight 1 crowds "
+                        "their answer sets out, and 0 lets hallucinated@1 rise to 4.5%%)")
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
                    help="AdamW weight decay (default %(default)s: LoRA rarely benefits, and the new ID rows must "
                         "move freely)")

@@ -122,7 +122,8 @@ def test_demo_row_is_make_demo():
     for name, (_, variables, base) in ablation.ROWS.items():
         if name.startswith("demo-") and name != "demo-seed":
             changed = {k for k in demo if variables[k] != demo[k]} | (set(variables) - set(demo))
-            assert changed and changed <= {"SIGNALS", "HISTORY", "EVAL_ARGS", "DPO_ARGS", "PREFS_ARGS"}, name
+            assert changed and changed <= {"SIGNALS", "HISTORY", "EVAL_ARGS", "DPO_ARGS", "PREFS_ARGS",
+                                           "ATTRIBUTE_EXAMPLES", "SFT_TARGETS", "PROMPT_ID_WEIGHT"}, name
             assert base in (None, "demo")
 
 

@@ -267,7 +267,8 @@ def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer
 
 
 def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
-    """The demo trains the 15-layer cut for 480 steps on IDs with the quality block, and DPO on steps of 4 prompts
+    """The demo trains the 15-layer cut for 480 steps on IDs with the quality block, 32,000 attribute requests toward
+    their answer sets, and DPO on steps of 4 prompts
     x up to 8 pairs drawn from every training pair, to its final weights; SEED_CONFIG=1 the whole model for 240,
     with the seed's audio-only IDs, answer-only SFT loss, and pure DPO on 80 steps of 8 of 640 pairs (the
     commands `make -n` prints)."""
@@ -276,9 +277,16 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return {w: next(l for l in r.stdout.splitlines() if f" {w} " in l)
-                for w in ("rvq.py", "sft.py", "dpo.py", "prefs", "evaluate.py")}
+                for w in ("rvq.py", "sft", "sft.py", "dpo.py", "prefs", "evaluate.py")}
     demo = commands()
     assert "--model models/smollm2-135m-l15 --steps 480 " in demo["sft.py"] and "--rpo-alpha" not in demo["dpo.py"]
+    # attribute requests as most of the examples, toward their answer sets, the prompt's IDs at a quarter weight
+    assert "--attribute-examples 32000 " in demo["sft"] and "--answer-targets group" in demo["sft.py"]
+    assert "--prompt-id-weight 0.25" in demo["sft.py"]
+    before = commands("DEMO_OF=2026-12-04")                    # the demo those options replaced
+    assert "--attribute-examples 2000 " in before["sft"] and "--answer-targets" not in before["sft.py"]
+    assert "--prompt-id-weight" not in before["sft.py"] and before["dpo.py"] == demo["dpo.py"]
+    assert "--attribute-examples 2000 " in commands("SEED_CONFIG=1")["sft"]
     assert "--signals audio,genre,collab,quality " in demo["rvq.py"] and "--max-train 0 " in demo["prefs"]
     assert ("--batch-size 4 " in demo["dpo.py"] and "--pairs-per-prompt 8 --micro-batch-size 32 --select last"
             in demo["dpo.py"]) and "--beta" not in demo["dpo.py"]
