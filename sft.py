@@ -847,7 +847,8 @@ def parse_args(argv=None):
                         "'colisten': 'group', and a next-track answer also toward every track listened within three "
                         "plays of the context track in the training window, by count (listening_stats.npz, what "
                         "item kNN ranks by) (EXPERIMENTS.md, 'Group targets'; default %(default)s; the demo passes "
-                        "'group', which with 32,000 attribute requests raised their precision@10 by 0.13-0.22 on the test windows)")
+                        "'group', which with 32,000 attribute requests raised their precision@10 by 0.13-0.22 on "
+                        "the test windows)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")
