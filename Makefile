@@ -96,9 +96,9 @@ CONTEXT_TEXT ?= genre
 LEVELS ?= 3
 CODEBOOK ?= 32
 # attribute requests among the SFT examples ("upbeat rock"): 32,000 of the ~50,000, each trained toward its whole
-# answer set (SFT_TARGETS=group): SFT's precision@10 +0.22 and +0.13 on the test windows of seeds 0 and 1, its
-# next-track HR@10 level (-0.005, 0.000), DPO's down by up to 0.045 (EXPERIMENTS.md, "Attribute requests trained
-# toward their answer sets").
+# answer set (SFT_TARGETS=group): SFT's precision@10 +0.22, +0.13 and +0.17 on the test windows of seeds 0, 1 and 2,
+# its next-track HR@10 within the noise (-0.005 to -0.030), DPO's down by up to 0.055 (EXPERIMENTS.md, "Attribute
+# requests trained toward their answer sets").
 # 2,000, each toward one answer, until 2026-12-05 (DEMO_OF=2026-12-04): SFT then ranked them as genre popularity does
 ATTRIBUTE_EXAMPLES ?= 32000
 GROUNDING_EXAMPLES ?= 1000
