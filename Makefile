@@ -60,11 +60,16 @@ SFT_TARGETS := example
 SEED_DPO_ARGS := --rpo-alpha 0
 EARLIER_DPO := 1
 endif
-# DEMO_OF=2026-12-04: the demo's options of that day (the ablation's `demo-1204` row), for the figures measured with
-# it: 2,000 attribute requests, SFT toward each example's own answer, the prompt's IDs at weight 1.
+# DEMO_OF=2026-12-05: the demo's options before SFT replay in DPO (the ablation's `demo-1205` row): DPO at beta 0.1,
+# no replay. DEMO_OF=2026-12-04: that, and that day's attribute requests (the ablation's `demo-1204` row): 2,000 of
+# them, SFT toward each example's own answer, the prompt's IDs at weight 1.
 # DEMO_OF=2026-12-01: the demo of that day (the ablation's `layers15` row): that, with IDs without the quality
 # block and the earlier DPO (below). Options on the command line still win.
 DEMO_OF ?=
+ifneq ($(filter 2026-12-01 2026-12-04 2026-12-05,$(DEMO_OF)),)
+DPO_BETA := 0.1
+SFT_REPLAY := 0
+endif
 ifneq ($(filter 2026-12-01 2026-12-04,$(DEMO_OF)),)
 ATTRIBUTE_EXAMPLES := 2000
 SFT_TARGETS := example
@@ -74,12 +79,14 @@ ifeq ($(DEMO_OF),2026-12-01)
 SIGNALS := audio,genre,collab
 EARLIER_DPO := 1
 HALLUCINATION_PROMPTS := 40
-else ifneq ($(filter-out 2026-12-04,$(DEMO_OF)),)
-$(error DEMO_OF=$(DEMO_OF): the earlier demos kept are DEMO_OF=2026-12-04 and DEMO_OF=2026-12-01)
+else ifneq ($(filter-out 2026-12-04 2026-12-05,$(DEMO_OF)),)
+$(error DEMO_OF=$(DEMO_OF): the earlier demos kept are DEMO_OF=2026-12-05, 2026-12-04 and 2026-12-01)
 endif
 # the DPO of the demo before 2026-12-02 (SEED_CONFIG=1 and DEMO_OF=2026-12-01): 80 steps of 8 of 640 training
-# pairs, the weights of the best accuracy on the validation pairs
+# pairs, the weights of the best accuracy on the validation pairs, beta 0.1, no replay
 ifeq ($(EARLIER_DPO),1)
+DPO_BETA := 0.1
+SFT_REPLAY := 0
 TRAIN_PAIRS := 640
 DPO_BATCH := 8
 DPO_PAIRS_PER_PROMPT := 1
@@ -130,9 +137,15 @@ DPO_MICRO_BATCH ?= 32
 # the DPO weights kept: last (the final ones) or accuracy (the step of the best accuracy on the VAL_PAIRS validation
 # pairs, which at 96 pairs chose by chance: EXPERIMENTS.md, "96 validation pairs choose DPO's checkpoint by chance")
 DPO_SELECT ?= last
-# DPO's beta: at 0.1 the preference term's gradient starts at a fifth of the NLL term's beside it; 0.5 gains
-# preference accuracy on three worlds but ranks seed 2's test next tracks below SFT (EXPERIMENTS.md, "DPO's beta 0.5")
-DPO_BETA ?= 0.1
+# DPO's beta: at 0.1 the preference term's gradient starts at a fifth of the NLL term's beside it; 0.5 alone gained
+# preference accuracy on three worlds but ranked seed 2's test next tracks below SFT (EXPERIMENTS.md, "DPO's beta
+# 0.5"); with SFT_REPLAY beside it, 0.5 since 2026-12-05 (DEMO_OF=2026-12-05: 0.1, no replay)
+DPO_BETA ?= 0.5
+# SFT examples replayed each DPO step with SFT's own loss (dpo.py --sft-replay; 0: off): DPO's pairs are all
+# next-track answers, and alone they cost attribute requests 0.02-0.05 precision@10; with 8 a step and beta 0.5,
+# against the demo's DPO before (beta 0.1, no replay), validation preference accuracy +0.013 to +0.022 and attribute
+# precision@10 +0.008 to +0.014 on three worlds, next-track HR@10 -0.010 to +0.005 (EXPERIMENTS.md, "SFT replay in DPO")
+SFT_REPLAY ?= 8
 DPO_ARGS ?=
 # training pairs kept (0: all of them, which the grouped steps need to find a context's pairs together); the
 # reference log-probs are computed once for each pair a step draws
@@ -221,7 +234,8 @@ DPO_CMD = $(LAUNCH) dpo.py --pairs $(RUN)/prefs --sft $(RUN)/sft/adapter --out $
 	  --steps $(DPO_STEPS) --batch-size $(DPO_BATCH) --device $(DEVICE) --seed $(SEED) --resume $(SEED_DPO_ARGS) \
 	  $(if $(filter-out 1,$(DPO_PAIRS_PER_PROMPT)),--pairs-per-prompt $(DPO_PAIRS_PER_PROMPT) \
 	  --micro-batch-size $(DPO_MICRO_BATCH)) $(if $(filter-out accuracy,$(DPO_SELECT)),--select $(DPO_SELECT)) \
-	  $(if $(filter-out 0.1,$(DPO_BETA)),--beta $(DPO_BETA)) $(DPO_ARGS)
+	  $(if $(filter-out 0.1,$(DPO_BETA)),--beta $(DPO_BETA)) \
+	  $(if $(filter-out 0,$(SFT_REPLAY)),--sft-replay $(SFT_REPLAY) --sft-data $(RUN)/sft_data) $(DPO_ARGS)
 SASREC_CMD = $(PY) sasrec.py --sft-data $(RUN)/sft_data --out $(RUN)/sasrec --seed $(SEED) $(SASREC_ARGS)
 EVAL_CMD = $(LAUNCH) evaluate.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) \
 	  --hallucination-prompts $(HALLUCINATION_PROMPTS) $(EVAL_ARGS)

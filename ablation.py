@@ -84,22 +84,26 @@ ROWS = {
 }
 # every row so far decoded 40 test prompts without constraints, the demo's number until 2026-12-03 (evaluate.py
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
-ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", **variables}, base)
+# and none replayed SFT examples in DPO (SFT_REPLAY, the demo's since its second change of 2026-12-05)
+ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", **variables}, base)
         for name, (what, variables, base) in ROWS.items()}
 # Today's demo's options spelt out, and one change at a time against them: the rows that say what each part of it
 # buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo`.
 DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", "HISTORY": "1",
         "CONTEXT_TEXT": "genre", "ATTRIBUTE_EXAMPLES": "32000", "SFT_TARGETS": "group", "PROMPT_ID_WEIGHT": "0.25",
-        "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.1", "DPO_ARGS": "", "PREFS_ARGS": "",
+        "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.5", "SFT_REPLAY": "8", "DPO_ARGS": "", "PREFS_ARGS": "",
         "HALLUCINATION_PROMPTS": "0"}
 ROWS.update({
     "demo": ("the demo's options since 2026-12-05 (make demo): IDs from audio, genre, co-listening and listening "
              "quality; 15 layers, SFT 480 steps, 32,000 of the examples attribute requests toward their answer sets, "
-             "the prompt's IDs at weight 0.25; grouped DPO + NLL, beta 0.1; 320 test prompts decoded freely",
-             DEMO, None),
-    "demo-1204": ("demo, but the attribute requests of the demo of 2026-12-04 (make demo DEMO_OF=2026-12-04): 2,000 "
-                  "of them, each toward its one answer, the prompt's IDs at weight 1",
-                  {**DEMO, "ATTRIBUTE_EXAMPLES": "2000", "SFT_TARGETS": "example", "PROMPT_ID_WEIGHT": "1"}, None),
+             "the prompt's IDs at weight 0.25; grouped DPO + NLL, beta 0.5, 8 SFT examples replayed a step; 320 test "
+             "prompts decoded freely", DEMO, None),
+    "demo-1205": ("demo's SFT, DPO as the demo ran it before SFT replay (make demo DEMO_OF=2026-12-05): beta 0.1, no "
+                  "replay", {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0"}, "demo"),
+    "demo-1204": ("demo-1205, but the attribute requests of the demo of 2026-12-04 (make demo DEMO_OF=2026-12-04): "
+                  "2,000 of them, each toward its one answer, the prompt's IDs at weight 1",
+                  {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0", "ATTRIBUTE_EXAMPLES": "2000", "SFT_TARGETS": "example",
+                   "PROMPT_ID_WEIGHT": "1"}, None),
     "demo-audio": ("demo, but Semantic IDs from the seed's 10 audio features only",
                    {**DEMO, "SIGNALS": "audio", "EVAL_ARGS": "--ranking beam"}, None),
     "demo-genre": ("demo, but IDs from audio and genre only", {**DEMO, "SIGNALS": "audio,genre"}, None),
@@ -107,10 +111,11 @@ ROWS.update({
                     {**DEMO, "SIGNALS": "audio,genre,collab"}, None),
     "demo-history": ("demo, and 4 earlier plays of the session in every next-track prompt (longer prompts, the "
                      "same steps)", {**DEMO, "HISTORY": "5"}, None),
-    "demo-dpo": ("demo's SFT, pure DPO (no NLL term: the seed's loss)", {**DEMO, "DPO_ARGS": "--rpo-alpha 0"}, "demo"),
-    "demo-sdpo": ("demo's SFT, S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
-                  {**DEMO, "PREFS_ARGS": "--rejected-per-context 3", "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"},
-                  "demo"),
+    "demo-dpo": ("demo-1205, but pure DPO (no NLL term: the seed's loss)",
+                 {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0", "DPO_ARGS": "--rpo-alpha 0"}, "demo"),
+    "demo-sdpo": ("demo-1205, but S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
+                  {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0", "PREFS_ARGS": "--rejected-per-context 3",
+                   "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "demo"),
     "demo-seed": ("the seed notebook's configuration today (make demo SEED_CONFIG=1): audio IDs, the whole model, 240 "
                   "SFT steps, prompts that name the track, loss on the answers only, pure DPO as the demo of "
                   "2026-12-01 ran it",

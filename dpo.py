@@ -34,8 +34,8 @@ import formats
 import lora
 import model as M
 import sft
-from common import UserError, atomic_dir, atomic_path, need_file, run_main, save_config, seed_everything, \
-    write_json
+from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
+    seed_everything, write_json
 
 # -----------------------------------------------------------------------------
 MODEL: str = M.DEFAULT_MODEL
@@ -68,6 +68,11 @@ SELECT: str = "accuracy"
 # pure DPO pushed the chosen answers' likelihood down with the rejected ones and cost next-track HR@10 (-0.075 and
 # -0.095 against SFT on seeds 0 and 1, README: the ablation table); with the term DPO keeps SFT's ranking
 RPO_ALPHA: float = 1.0
+# SFT examples replayed each DPO step (--sft-replay), trained with the SFT run's own loss next to the preference
+# loss (PPO-ptx, Ouyang et al. 2022, mixes pre-training gradients into RL the same way): DPO's pairs are next-track
+# answers only, and without replay its steps cost attribute requests 0.03-0.05 precision@10; 0: off
+SFT_REPLAY: int = 0
+SFT_REPLAY_WEIGHT: float = 1.0
 LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sdpo")
 # -----------------------------------------------------------------------------
 
@@ -304,6 +309,28 @@ def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
     return chosen[back], rejected[back]
 
 
+def replay_examples(sft_data, sft_adapter, fmt, vocab):
+    """The SFT run's training examples and the loss options it trained them with, for --sft-replay.
+
+    Returns (pairs [(prompt_ids, answer_ids)], soft targets per pair or None, prompt_id_weight): the answer targets
+    (`example`, or `group`: toward every answer of what was asked) and the weight of the prompt's Semantic IDs are
+    read from the SFT run's config.json beside its adapter, so replay trains the loss SFT minimised, not another one.
+    """
+    path = os.path.join(sft_data, "train.jsonl")
+    examples = sft.read_jsonl(path)
+    pairs = sft.tokenize_examples(examples, fmt, path)
+    cfg_path = os.path.join(os.path.dirname(os.path.normpath(sft_adapter)), "config.json")
+    cfg = read_json(cfg_path, "the SFT run's config.json (sft.py writes it beside adapter/)")
+    targets, weight = cfg.get("answer_targets", "example"), cfg.get("prompt_id_weight", 0.0)
+    soft = None
+    if targets != "example":
+        answers = sft.read_request_answers(os.path.join(sft_data, formats.ATTRIBUTE_ANSWERS), fmt)
+        meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
+        near = sft.colistened_answers(sft_data, meta, vocab) if targets == "colisten" else None
+        soft = sft.group_targets(examples, pairs, vocab, answers, near)
+    return pairs, soft, weight
+
+
 def base_weights_sha256(folder):
     """One hash over the base model's weight files (*.safetensors, *.bin), in name order."""
     names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")))
@@ -471,6 +498,14 @@ def train(args):
     for p in M.id_parameters(model):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
+    if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
+        r_pairs, r_soft, r_weight = replay_examples(args.sft_data, adapter_dir, fmt, vocab)
+        r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
+                                        args.seed)
+        if ddp.is_main():
+            print(f"SFT replay: {args.sft_replay} of {len(r_pairs):,} SFT examples a step at weight "
+                  f"{args.sft_replay_weight} ({'group' if r_soft else 'example'} targets, the prompt's IDs at "
+                  f"{r_weight})")
     trainable, total = lora.count_parameters(model)
     if ddp.is_main():
         n_prompts = len({tuple(p) for p, _, _ in train_pairs})   # what --pairs-per-prompt groups by
@@ -482,7 +517,8 @@ def train(args):
     step, best, history = 0, None, []
     log_path = os.path.join(args.out, "log.jsonl")
     run_fp = sft.run_fingerprint(args, [os.path.join(args.pairs, n) for n in ("train.jsonl", "val.jsonl")]
-                                 + [os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)])
+                                 + [os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)]
+                                 + ([os.path.join(args.sft_data, "train.jsonl")] if args.sft_replay else []))
     if args.resume and sft.resumable(ckpt_path, run_fp):
         step, best, history = sft.load_checkpoint(ckpt_path, model, opt, device)
     else:
@@ -522,6 +558,15 @@ def train(args):
                                       rejected_mask=slot_mask[mb] if args.loss_type == "sdpo" else None)
             (losses.sum() / len(idx)).backward()
             parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach() if pr.dim() == 1 else pr[:, 0].detach()))
+        if args.sft_replay:   # + weight x the SFT loss of this step's replayed examples, one micro-batch
+            batch = [r_pairs[i] for i in r_schedule[step]]
+            n_tok = sum(len(a) for _, a in batch)       # of the whole batch: every rank divides by it
+            soft = ddp.shard([r_soft[i] for i in r_schedule[step]]) if r_soft else None
+            with M.autocast(device):
+                loss = sft.sft_loss(model, ddp.shard(batch), pad_id, n_tok, device, shared_prefix=len(fmt.prefix),
+                                    vocab=vocab, prompt_id_weight=r_weight, soft=soft)
+            (args.sft_replay_weight * loss).backward()
+            rec["sft_loss"] = ddp.sum_all([loss.item()])[0]
         ddp.sum_grads(params)     # the shares' gradients add up to the whole batch's
         rec.update(preference_metrics(*[ddp.cat_all(torch.cat(x)) for x in zip(*parts)]))   # every rank's pairs
         # clip, then one optimizer step at this step's learning rate (linear warm-up, then cosine decay)
@@ -592,6 +637,15 @@ def parse_args(argv=None):
                         "the held-out loss, or last (the final weights); default %(default)s")
     p.add_argument("--rpo-alpha", type=float, default=RPO_ALPHA,
                    help="weight of the NLL term on the chosen answer, inside the loss (RPO); 0: pure DPO, as the seed")
+    p.add_argument("--sft-replay", type=int, default=SFT_REPLAY,
+                   help="SFT examples (of --sft-data) replayed each step with the SFT run's own loss, added at "
+                        "--sft-replay-weight: DPO's pairs are next-track answers only, and without it DPO loses "
+                        "some of what SFT learned for attribute requests; 0: off (default %(default)s)")
+    p.add_argument("--sft-replay-weight", type=float, default=SFT_REPLAY_WEIGHT,
+                   help="weight of the replayed examples' SFT loss (per answer token) beside the preference loss "
+                        "(default %(default)s)")
+    p.add_argument("--sft-data", default="",
+                   help="the SFT data folder the adapter was trained on (data.py sft), for --sft-replay")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="pairs per optimizer step, or prompts per step with --pairs-per-prompt above 1; under "
@@ -639,6 +693,10 @@ def parse_args(argv=None):
         p.error("--pairs-per-prompt must be at least 1")
     if args.pairs_per_prompt == 1 and args.batch_size % args.micro_batch_size:
         p.error("--batch-size must be a multiple of --micro-batch-size")
+    if args.sft_replay < 0:
+        p.error("--sft-replay must be 0 or more")
+    if args.sft_replay and not args.sft_data:
+        p.error("--sft-replay needs --sft-data, the SFT data folder the adapter was trained on")
     if not 0 <= args.label_smoothing < 0.5:
         p.error("--label-smoothing must be in [0, 0.5)")
     if args.label_smoothing and args.loss_type not in ("cdpo", "robust"):

@@ -123,7 +123,8 @@ def test_demo_row_is_make_demo():
         if name.startswith("demo-") and name != "demo-seed":
             changed = {k for k in demo if variables[k] != demo[k]} | (set(variables) - set(demo))
             assert changed and changed <= {"SIGNALS", "HISTORY", "EVAL_ARGS", "DPO_ARGS", "PREFS_ARGS",
-                                           "ATTRIBUTE_EXAMPLES", "SFT_TARGETS", "PROMPT_ID_WEIGHT"}, name
+                                           "ATTRIBUTE_EXAMPLES", "SFT_TARGETS", "PROMPT_ID_WEIGHT", "DPO_BETA",
+                                           "SFT_REPLAY"}, name
             assert base in (None, "demo")
 
 
@@ -161,6 +162,12 @@ def test_default_rows_and_other_worlds(tmp_path, capsys):
     rows of two seeds never stand in one table."""
     assert ablation.TODAY[0] == "demo" and all(n.startswith("demo-") for n in ablation.TODAY[1:])
     assert {"demo-audio", "demo-dpo", "demo-seed"} <= set(ablation.TODAY) and "audio" not in ablation.TODAY
+    # the demo replays SFT examples in DPO at beta 0.5; demo-1205 (its DPO before) and every row of the history not
+    demo, dec5 = ablation.ROWS["demo"][1], ablation.ROWS["demo-1205"][1]
+    assert (demo["SFT_REPLAY"], demo["DPO_BETA"], dec5["SFT_REPLAY"], dec5["DPO_BETA"]) == ("8", "0.5", "0", "0.1")
+    assert {k: v for k, v in dec5.items() if k not in ("SFT_REPLAY", "DPO_BETA")} == \
+        {k: v for k, v in demo.items() if k not in ("SFT_REPLAY", "DPO_BETA")} and ablation.ROWS["demo-1205"][2] == "demo"
+    assert all(ablation.ROWS[n][1]["SFT_REPLAY"] == "0" for n in ablation.ROWS if n not in ablation.TODAY)
     fake_results(tmp_path / "demo", 0.33)
     os.makedirs(tmp_path / "demo" / "world")
     json.dump({"seed": 1}, open(tmp_path / "demo" / "world" / "world_config.json", "w"))

@@ -283,25 +283,32 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     # attribute requests as most of the examples, toward their answer sets, the prompt's IDs at a quarter weight
     assert "--attribute-examples 32000 " in demo["sft"] and "--answer-targets group" in demo["sft.py"]
     assert "--prompt-id-weight 0.25" in demo["sft.py"]
+    # DPO at beta 0.5 with 8 SFT examples replayed a step; DEMO_OF=2026-12-05 the same SFT, DPO at 0.1 without them
+    assert "--beta 0.5 --sft-replay 8 --sft-data " + str(tmp_path / "run" / "sft_data") in demo["dpo.py"]
+    dec5 = commands("DEMO_OF=2026-12-05")
+    assert all(dec5[w] == demo[w] for w in ("rvq.py", "sft", "sft.py", "prefs", "evaluate.py"))
+    assert "--beta" not in dec5["dpo.py"] and "--sft-replay" not in dec5["dpo.py"]
     before = commands("DEMO_OF=2026-12-04")                    # the demo those options replaced
     assert "--attribute-examples 2000 " in before["sft"] and "--answer-targets" not in before["sft.py"]
-    assert "--prompt-id-weight" not in before["sft.py"] and before["dpo.py"] == demo["dpo.py"]
+    assert "--prompt-id-weight" not in before["sft.py"] and before["dpo.py"] == dec5["dpo.py"]
     assert "--attribute-examples 2000 " in commands("SEED_CONFIG=1")["sft"]
     assert "--signals audio,genre,collab,quality " in demo["rvq.py"] and "--max-train 0 " in demo["prefs"]
     assert ("--batch-size 4 " in demo["dpo.py"] and "--pairs-per-prompt 8 --micro-batch-size 32 --select last"
-            in demo["dpo.py"]) and "--beta" not in demo["dpo.py"]
-    assert "--beta 0.5" in commands("DPO_BETA=0.5")["dpo.py"]       # the ablation's `beta` row
+            in demo["dpo.py"])
+    assert "--beta" not in commands("DPO_BETA=0.1")["dpo.py"]       # the ablation's `grouped` row
     assert "--hallucination-prompts 0 " in demo["evaluate.py"] + " "   # every test prompt
     seed = commands("SEED_CONFIG=1")
     assert "--model models/smollm2-135m --steps 240 " in seed["sft.py"] and "--prompt-id-weight 0" in seed["sft.py"]
     assert "--signals audio " in seed["rvq.py"] and "--rpo-alpha 0" in seed["dpo.py"]
     assert "--max-train 640 " in seed["prefs"] and "--batch-size 8 " in seed["dpo.py"]
     assert "--pairs-per-prompt" not in seed["dpo.py"] and "--select" not in seed["dpo.py"]
+    assert "--sft-replay" not in seed["dpo.py"]
     before = commands("DEMO_OF=2026-12-01", "LAYERS=30")       # the README's `make demo` lines of earlier figures
     assert "--signals audio,genre,collab " in before["rvq.py"] and "--max-train 640 " in before["prefs"]
     assert "--model models/smollm2-135m --steps 480 " in before["sft.py"] and "--rpo-alpha" not in before["dpo.py"]
     assert "--batch-size 8 " in before["dpo.py"] and "--pairs-per-prompt" not in before["dpo.py"]
     assert "--select" not in before["dpo.py"] and "--beta" not in before["dpo.py"] + seed["dpo.py"]
+    assert "--sft-replay" not in before["dpo.py"]
     assert "--hallucination-prompts 40 " in before["evaluate.py"] + " "   # as that demo decoded
     assert "--signals audio,genre,collab,quality " in commands("DEMO_OF=2026-12-01", "SIGNALS=audio,genre,collab,"
                                                                "quality")["rvq.py"]

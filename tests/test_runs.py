@@ -280,3 +280,40 @@ def test_dpo_refuses_rates_that_train_nothing_or_are_negative(tmp_path):
         dpo.main(argv + ["--id-bias-lr", "-0.1"])
     with pytest.raises(UserError, match="--id-bias-lr -0.1: a learning rate is at least 0"):
         sft.main(["--data", str(tmp_path), "--out", str(tmp_path / "sft"), "--id-bias-lr", "-0.1"])
+
+
+def test_dpo_sft_replay_adds_the_sft_runs_own_loss(tiny_smol, tmp_path, monkeypatch):
+    """dpo.py --sft-replay: each step adds weight x the SFT loss of replayed SFT examples, with the SFT run's own
+    options (its config.json's prompt-ID weight); at weight 0 the run trains exactly as without replay, and at step 1,
+    where the policy is the SFT model, the logged replay loss is sft.sft_loss of that step's batch under the SFT
+    adapter."""
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=2)
+    data = str(tmp_path / "sft_data")
+    dpo.main(argv + ["--out", str(tmp_path / "plain")])
+    dpo.main(argv + ["--out", str(tmp_path / "w0"), "--sft-replay", "4", "--sft-replay-weight", "0",
+                     "--sft-data", data])
+    a, b = adapter_tensors(tmp_path / "plain" / "adapter"), adapter_tensors(tmp_path / "w0" / "adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    cfg_path = tmp_path / "sft" / "config.json"      # as if SFT had trained the prompt's IDs at weight 0.5
+    cfg = json.load(open(cfg_path))
+    cfg["prompt_id_weight"] = 0.5
+    json.dump(cfg, open(cfg_path, "w"))
+    calls = []
+    real = sft.sft_loss
+    monkeypatch.setattr(sft, "sft_loss", lambda *a, **k: calls.append(k["prompt_id_weight"]) or real(*a, **k))
+    dpo.main(argv + ["--out", str(tmp_path / "replay"), "--sft-replay", "4", "--sft-data", data])
+    assert calls == [0.5, 0.5]
+    c = adapter_tensors(tmp_path / "replay" / "adapter")
+    assert any(not torch.allclose(a[k], c[k]) for k in a)
+    log = [json.loads(l) for l in open(tmp_path / "replay" / "log.jsonl")]
+    model, tok, vocab = M.load_policy(tiny_smol, adapter=str(tmp_path / "sft" / "adapter"), dropout=0.0)
+    fmt = M.PromptFormat(tok, vocab)
+    pairs, soft, w = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt, vocab)
+    assert soft is None and w == 0.5 and len(pairs) == 24
+    first = sft.batch_schedule([len(p) + len(q) for p, q in pairs], 2, 4, 0)[0]
+    batch = [pairs[i] for i in first]
+    with torch.no_grad():
+        want = real(model, batch, M.pad_id_of(tok), sum(len(q) for _, q in batch), "cpu", vocab=vocab,
+                    prompt_id_weight=0.5).item()
+    assert log[1]["sft_loss"] == pytest.approx(want, rel=1e-4)
