@@ -144,7 +144,8 @@ DPO_BETA ?= 0.5
 # SFT examples replayed each DPO step with SFT's own loss (dpo.py --sft-replay; 0: off): DPO's pairs are all
 # next-track answers, and alone they cost attribute requests 0.02-0.05 precision@10; with 8 a step and beta 0.5,
 # against the demo's DPO before (beta 0.1, no replay), validation preference accuracy +0.013 to +0.022 and attribute
-# precision@10 +0.008 to +0.014 on three worlds, next-track HR@10 -0.010 to +0.005 (EXPERIMENTS.md, "SFT replay in DPO")
+# precision@10 +0.008 to +0.015 on three worlds, HR@10 -0.010 to +0.005; on the test windows +0.007 to +0.023
+# precision@10, -0.001 to +0.016 accuracy, HR@10 +0.000 to +0.010 (EXPERIMENTS.md, "SFT replay in DPO")
 SFT_REPLAY ?= 8
 DPO_ARGS ?=
 # training pairs kept (0: all of them, which the grouped steps need to find a context's pairs together); the
