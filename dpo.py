@@ -309,7 +309,7 @@ def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
     return chosen[back], rejected[back]
 
 
-def replay_examples(sft_data, sft_adapter, fmt, vocab):
+def replay_examples(sft_data, sft_adapter, fmt):
     """The SFT run's training examples and the loss options it trained them with, for --sft-replay.
 
     Returns (pairs [(prompt_ids, answer_ids)], soft targets per pair or None, prompt_id_weight): the answer targets
@@ -319,16 +319,15 @@ def replay_examples(sft_data, sft_adapter, fmt, vocab):
     path = os.path.join(sft_data, "train.jsonl")
     examples = sft.read_jsonl(path)
     pairs = sft.tokenize_examples(examples, fmt, path)
-    cfg_path = os.path.join(os.path.dirname(os.path.normpath(sft_adapter)), "config.json")
-    cfg = read_json(cfg_path, "the SFT run's config.json (sft.py writes it beside adapter/)")
-    targets, weight = cfg.get("answer_targets", "example"), cfg.get("prompt_id_weight", 0.0)
-    soft = None
-    if targets != "example":
-        answers = sft.read_request_answers(os.path.join(sft_data, formats.ATTRIBUTE_ANSWERS), fmt)
-        meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
-        near = sft.colistened_answers(sft_data, meta, vocab) if targets == "colisten" else None
-        soft = sft.group_targets(examples, pairs, vocab, answers, near)
-    return pairs, soft, weight
+    cfg = read_json(sft_run_config(sft_adapter), "the SFT run's config.json (sft.py writes it beside adapter/)")
+    meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
+    soft = sft.answer_targets(cfg.get("answer_targets", "example"), sft_data, meta, examples, pairs, fmt)
+    return pairs, soft, cfg.get("prompt_id_weight", 0.0)
+
+
+def sft_run_config(sft_adapter):
+    """The SFT run's config.json, beside its adapter/ folder."""
+    return os.path.join(os.path.dirname(os.path.normpath(sft_adapter)), "config.json")
 
 
 def base_weights_sha256(folder):
@@ -499,7 +498,7 @@ def train(args):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
     if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
-        r_pairs, r_soft, r_weight = replay_examples(args.sft_data, adapter_dir, fmt, vocab)
+        r_pairs, r_soft, r_weight = replay_examples(args.sft_data, adapter_dir, fmt)
         r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
                                         args.seed)
         if ddp.is_main():
@@ -518,7 +517,8 @@ def train(args):
     log_path = os.path.join(args.out, "log.jsonl")
     run_fp = sft.run_fingerprint(args, [os.path.join(args.pairs, n) for n in ("train.jsonl", "val.jsonl")]
                                  + [os.path.join(adapter_dir, lora.ADAPTER_WEIGHTS)]
-                                 + ([os.path.join(args.sft_data, "train.jsonl")] if args.sft_replay else []))
+                                 + ([os.path.join(args.sft_data, "train.jsonl"), sft_run_config(adapter_dir)]
+                                    if args.sft_replay else []))
     if args.resume and sft.resumable(ckpt_path, run_fp):
         step, best, history = sft.load_checkpoint(ckpt_path, model, opt, device)
     else:

@@ -239,6 +239,16 @@ def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
     return out
 
 
+def answer_targets(kind, sft_data, meta, examples, pairs, fmt):
+    """The soft targets --answer-targets `kind` trains toward, one per example (group_targets), or None for
+    `example` (each answer one-hot). Reads sft_data's attribute_answers.jsonl, and listening_stats.npz for colisten."""
+    if kind == "example":
+        return None
+    request_answers = read_request_answers(os.path.join(sft_data, formats.ATTRIBUTE_ANSWERS), fmt)
+    near = colistened_answers(sft_data, meta, fmt.vocab) if kind == "colisten" else None
+    return group_targets(examples, pairs, fmt.vocab, request_answers, near)
+
+
 def attributes_key(attrs):
     return tuple(tuple(a) for a in attrs) if attrs else None
 
@@ -689,11 +699,8 @@ def train(args):
               + (f" x {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
         save_config(args.out, args, meta=meta, trainable_parameters=trainable)
 
-    soft = None
-    if args.answer_targets != "example":   # each answer token trained toward its group's answers (group_targets)
-        request_answers = read_request_answers(os.path.join(args.data, formats.ATTRIBUTE_ANSWERS), fmt)
-        near = colistened_answers(args.data, meta, vocab) if args.answer_targets == "colisten" else None
-        soft = group_targets(train_ex, train_pairs, vocab, request_answers, near)
+    soft = answer_targets(args.answer_targets, args.data, meta, train_ex, train_pairs, fmt)
+    if soft is not None:   # each answer token trained toward its group's answers (group_targets)
         if ddp.is_main():
             print(f"group targets: {sum(x is not None for x in soft):,} of {len(soft):,} examples trained toward the "
                   "answers of every example asked the same thing")

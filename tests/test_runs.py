@@ -309,7 +309,7 @@ def test_dpo_sft_replay_adds_the_sft_runs_own_loss(tiny_smol, tmp_path, monkeypa
     log = [json.loads(l) for l in open(tmp_path / "replay" / "log.jsonl")]
     model, tok, vocab = M.load_policy(tiny_smol, adapter=str(tmp_path / "sft" / "adapter"), dropout=0.0)
     fmt = M.PromptFormat(tok, vocab)
-    pairs, soft, w = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt, vocab)
+    pairs, soft, w = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt)
     assert soft is None and w == 0.5 and len(pairs) == 24
     first = sft.batch_schedule([len(p) + len(q) for p, q in pairs], 2, 4, 0)[0]
     batch = [pairs[i] for i in first]
