@@ -156,6 +156,19 @@ def sdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
     return losses, chosen_r.detach(), rejected_r[:, 0].detach()
 
 
+def implicit_reward_hits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps):
+    """Per pair: 1 if DPO's implicit reward ranks the chosen answer above the rejected one, 1/2 on a tie, else 0.
+
+    r(x, y) = beta log pi(y|x) / ref(y|x) (Rafailov et al. 2023, Eq. 5): the reward model DPO fits, which is not
+    the policy's own log-prob (that also carries ref's ranking of the answers). beta > 0 scales both rewards, so it
+    drops out. All four (N,) summed log-probs; returns (N,) float. Example: policy (-5, -6), reference (-4, -8):
+    the policy prefers the chosen answer, but its reward is -1 against +2, so the pair is lost (0.0).
+    """
+    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
 def preference_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps,
                        prefix=""):
     """The usual DPO log names (TRL / the reference trainer), as plain floats."""

@@ -176,11 +176,15 @@ def hallucination_prompts(next_prompts, attribute_prompts, n):
     return list(next_prompts[:n_next]) + list(attribute_prompts[:n_attr])
 
 
+def pair_logps(model, fmt, path, args):
+    """Summed log-probs of the chosen and of the rejected answer of every pair in path: two (N,) fp32 tensors."""
+    return dpo.score_pairs(model, dpo.read_pairs(path, fmt), M.pad_id_of(fmt.tokenizer), args.device,
+                           args.score_batch_size, desc="preference pairs")
+
+
 def preference_accuracy(model, fmt, path, args):
     """Per pair: 1 if the model's summed log-prob ranks the chosen answer above the rejected one (a tie: 1/2)."""
-    pairs = dpo.read_pairs(path, fmt)
-    c, r = dpo.score_pairs(model, pairs, M.pad_id_of(fmt.tokenizer), args.device, args.score_batch_size,
-                           desc="preference pairs")
+    c, r = pair_logps(model, fmt, path, args)
     return ((c > r).float() + 0.5 * (c == r).float()).numpy()
 
 

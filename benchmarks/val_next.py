@@ -29,7 +29,10 @@ two adapters pair on the same prompts.
 And preferences (--pairs, default RUN/prefs/val.jsonl): each adapter's accuracy on validation preference pairs
 (chosen above rejected by summed log-prob, evaluate.py's rule) beside the long-listen rate's on the same pairs. The
 demo keeps 96 validation pairs; `data.py prefs --max-val 3000 --out ELSEWHERE` writes every pair of the window
-(its val.jsonl; the pairs are the same tracks whatever the Semantic IDs, so two runs' rows pair).
+(its val.jsonl; the pairs are the same tracks whatever the Semantic IDs, so two runs' rows pair). With
+--reward-reference NAME (the SFT adapter a DPO adapter started from), every other adapter also gets a row
+"OTHER reward": the same pairs ranked by DPO's implicit reward log pi(y|x) - log ref(y|x) instead of log pi(y|x)
+(dpo.implicit_reward_hits; what dpo.py logs as rewards/accuracies).
 And whether a model reads the context track's ID or only its genre (--swap-context): each adapter ranks every query
 again with the context's ID swapped for another track of its primary genre (the genre word stays), and prints HR@10
 with the true and with the swapped ID (paired; both lists without either prompt's track) and the share of its top 10
@@ -45,6 +48,7 @@ import torch
 
 import harness  # first: it puts the repository root on sys.path for the imports below
 import baselines as B
+import dpo
 import evaluate as E
 import metrics
 import formats
@@ -250,6 +254,9 @@ def main(argv=None):
     p.add_argument("--pairs", default=PAIRS,
                    help="validation preference pairs each adapter ranks beside the long-listen rate (default "
                         "RUN/prefs/val.jsonl; 'none' skips them; more pairs: `data.py prefs --max-val 3000`)")
+    p.add_argument("--reward-reference", default=None, metavar="NAME",
+                   help="the --adapter whose log-probs are DPO's reference (its SFT adapter): each other adapter "
+                        "also ranks the pairs by its implicit reward against it, a row 'OTHER reward' (default: none)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts per exact-ranking batch")
     p.add_argument("--out", default=None, help="JSON of the per-query hits and the table (optional)")
     p.add_argument("--pair", nargs=2, metavar="FILE:ROW", default=None,
@@ -266,6 +273,10 @@ def main(argv=None):
     adapters = [a.split("=", 1) for a in args.adapter]
     if any(len(a) != 2 for a in adapters):
         raise UserError("--adapter takes NAME=FOLDER")
+    if args.reward_reference and args.reward_reference not in [a[0] for a in adapters]:
+        raise UserError(f"--reward-reference {args.reward_reference}: no --adapter of that name")
+    if args.reward_reference and args.pairs == "none":
+        raise UserError("--reward-reference needs preference pairs (--pairs)")
     sft_data = os.path.join(args.run, "sft_data")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
     catalog, index, C, code_row = catalogue_codes(meta)
@@ -273,7 +284,7 @@ def main(argv=None):
     queries, others = val_queries(sft_data, args.queries, args.seed, code_row, rest=True)
     popularity, cooc, labels = E.load_listening(sft_data, os.path.join(args.run, "prefs"), n_items)
     genres = B.genre_masks(catalog.genres)
-    hits, pref_acc = {}, {}
+    hits, pref_acc, pair_logps = {}, {}, {}
 
     def record(name, score_fn):
         ranked = [metrics.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
@@ -377,7 +388,8 @@ def main(argv=None):
         if pairs_path:
             on = argparse.Namespace(device=str(next(model.parameters()).device),
                                     score_batch_size=E.SCORE_BATCH_SIZE)   # evaluate.py's scoring batches
-            hits[name]["preference"] = E.preference_accuracy(model, fmt, pairs_path, on).tolist()
+            c, r = pair_logps[name] = E.pair_logps(model, fmt, pairs_path, on)
+            hits[name]["preference"] = ((c > r).float() + 0.5 * (c == r).float()).tolist()   # evaluate.py's rule
             print(f"{'':24s} validation preference accuracy {np.mean(hits[name]['preference']):.3f} "
                   f"({len(pair_ch)} pairs)")
             bias = model.lm_head.id_bias.detach().view(vocab.levels, vocab.codebook_size).numpy()
@@ -394,6 +406,12 @@ def main(argv=None):
             pref_acc[name] = (d["eval/logp_accuracy"], d.get("held_out_pairs"))
             print(f"{'':24s} validation preference accuracy {pref_acc[name][0]:.3f} "
                   f"({pref_acc[name][1]} pairs, dpo.py's checkpoint choice)")
+    if args.reward_reference:   # DPO's own reward model: each adapter's log-probs against its reference's
+        ref_c, ref_r = pair_logps[args.reward_reference]
+        for name, (c, r) in [(n, v) for n, v in pair_logps.items() if n != args.reward_reference]:
+            hits[f"{name} reward"] = {"preference": dpo.implicit_reward_hits(c, r, ref_c, ref_r).tolist()}
+            print(f"{name + ' reward':24s} validation preference accuracy of its implicit reward against "
+                  f"{args.reward_reference} {np.mean(hits[name + ' reward']['preference']):.3f}")
     table = {n: {f"{m}@{K}": metrics.bootstrap_ci(h[m], seed=args.seed) for m in ("hit", "ndcg", "precision") if m in h}
              for n, h in hits.items()}
     for n, h in hits.items():

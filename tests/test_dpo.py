@@ -58,6 +58,17 @@ def test_rpo_term_lives_in_the_loss():
         dpo.dpo_loss(PC, PR, RC, RR, rpo_alpha=1.0)
 
 
+def test_implicit_reward_hits_by_hand():
+    # pair 1: the docstring's: policy -5 > -6, but the reward -5 - -4 = -1 < -6 - -8 = +2: lost; pair 2: the reward
+    # margin (-1 - -2) - (-3 - -3) = +1: won, though the policy's own log-probs would say the same; pair 3: a tie
+    pc, pr = torch.tensor([-5.0, -1.0, -2.0]), torch.tensor([-6.0, -3.0, -2.0])
+    rc, rr = torch.tensor([-4.0, -2.0, -1.0]), torch.tensor([-8.0, -3.0, -1.0])
+    assert dpo.implicit_reward_hits(pc, pr, rc, rr).tolist() == [0.0, 1.0, 0.5]
+    # it is dpo_loss's reward comparison, whatever beta: chosen_rewards > rejected_rewards where the hit is 1
+    _, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta=0.3)
+    assert (cr > rj).float().tolist() == [0.0, 1.0, 0.0]
+
+
 def test_label_smoothing_only_where_it_applies():
     for t in ("sigmoid", "ipo", "hinge"):
         with pytest.raises(ValueError, match="label_smoothing"):

@@ -240,7 +240,8 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     out = tmp_path / "val.json"
     r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--run", run, "--model", tiny_smol, "--queries", "6",
                         "--attribute-queries", "3", "--hallucination-prompts", "2", "--swap-context", "--adapter",
-                        f"SFT={run}/sft/adapter", "--adapter", f"DPO={run}/dpo/adapter", "--out", str(out)],
+                        f"SFT={run}/sft/adapter", "--adapter", f"DPO={run}/dpo/adapter", "--reward-reference", "SFT",
+                        "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     hits = json.load(open(out))["hits"]
@@ -259,6 +260,12 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
         assert len(hits[name]["hit_swapped"]) == 6 and set(hits[name]["hit_swapped"]) <= {0.0, 1.0}
         assert len(hits[name]["hit_unswapped"]) == 6 and set(hits[name]["hit_unswapped"]) <= {0.0, 1.0}
         assert len(hits[name]["top_kept"]) == 6 and all(0 <= x <= 1 for x in hits[name]["top_kept"])
+    # --reward-reference SFT: DPO's implicit reward against SFT's log-probs, on the same pairs; none for SFT itself
+    assert len(hits["DPO reward"]["preference"]) == len(pairs) and "SFT reward" not in hits
+    assert set(hits["DPO reward"]["preference"]) <= {0.0, 0.5, 1.0} and "DPO reward" in r.stdout
+    r2 = subprocess.run([sys.executable, "benchmarks/val_next.py", "--run", run, "--model", tiny_smol, "--adapter",
+                         f"DPO={run}/dpo/adapter", "--reward-reference", "SFT"], cwd=ROOT, capture_output=True, text=True)
+    assert r2.returncode == 2 and "--reward-reference SFT: no --adapter of that name" in r2.stderr
     assert "context swapped within its genre" in r.stdout
     assert "SFT - DPO preference accuracy" not in r.stdout and "DPO - SFT preference accuracy" in r.stdout
     # content x popularity, its width fitted on validation plays other than the 6 queries, ranks as evaluate.py's
