@@ -156,6 +156,11 @@ def sdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
     return losses, chosen_r.detach(), rejected_r[:, 0].detach()
 
 
+def pair_hits(chosen_scores, rejected_scores):
+    """Per pair: 1 if the chosen answer's score is above the rejected one's, 1/2 on a tie, else 0. (N,) -> (N,)."""
+    return (chosen_scores > rejected_scores).float() + 0.5 * (chosen_scores == rejected_scores).float()
+
+
 def implicit_reward_hits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                          reference_rejected_logps):
     """Per pair: 1 if DPO's implicit reward ranks the chosen answer above the rejected one, 1/2 on a tie, else 0.
@@ -165,8 +170,7 @@ def implicit_reward_hits(policy_chosen_logps, policy_rejected_logps, reference_c
     drops out. All four (N,) summed log-probs; returns (N,) float. Example: policy (-5, -6), reference (-4, -8):
     the policy prefers the chosen answer, but its reward is -1 against +2, so the pair is lost (0.0).
     """
-    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
-    return (margin > 0).float() + 0.5 * (margin == 0).float()
+    return pair_hits(policy_chosen_logps - reference_chosen_logps, policy_rejected_logps - reference_rejected_logps)
 
 
 def preference_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps,

@@ -184,8 +184,7 @@ def pair_logps(model, fmt, path, args):
 
 def preference_accuracy(model, fmt, path, args):
     """Per pair: 1 if the model's summed log-prob ranks the chosen answer above the rejected one (a tie: 1/2)."""
-    c, r = pair_logps(model, fmt, path, args)
-    return ((c > r).float() + 0.5 * (c == r).float()).numpy()
+    return dpo.pair_hits(*pair_logps(model, fmt, path, args)).numpy()
 
 
 # ============================================================================= driver

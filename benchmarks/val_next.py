@@ -389,7 +389,7 @@ def main(argv=None):
             on = argparse.Namespace(device=str(next(model.parameters()).device),
                                     score_batch_size=E.SCORE_BATCH_SIZE)   # evaluate.py's scoring batches
             c, r = pair_logps[name] = E.pair_logps(model, fmt, pairs_path, on)
-            hits[name]["preference"] = ((c > r).float() + 0.5 * (c == r).float()).tolist()   # evaluate.py's rule
+            hits[name]["preference"] = dpo.pair_hits(c, r).tolist()   # evaluate.py's rule
             print(f"{'':24s} validation preference accuracy {np.mean(hits[name]['preference']):.3f} "
                   f"({len(pair_ch)} pairs)")
             bias = model.lm_head.id_bias.detach().view(vocab.levels, vocab.codebook_size).numpy()

@@ -64,6 +64,7 @@ def test_implicit_reward_hits_by_hand():
     pc, pr = torch.tensor([-5.0, -1.0, -2.0]), torch.tensor([-6.0, -3.0, -2.0])
     rc, rr = torch.tensor([-4.0, -2.0, -1.0]), torch.tensor([-8.0, -3.0, -1.0])
     assert dpo.implicit_reward_hits(pc, pr, rc, rr).tolist() == [0.0, 1.0, 0.5]
+    assert dpo.pair_hits(pc, pr).tolist() == [1.0, 1.0, 0.5]   # the policy's own log-probs: pair 1 won
     # it is dpo_loss's reward comparison, whatever beta: chosen_rewards > rejected_rewards where the hit is 1
     _, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta=0.3)
     assert (cr > rj).float().tolist() == [0.0, 1.0, 0.0]
