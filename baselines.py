@@ -7,7 +7,9 @@ the same way (the prompt's track excluded, ties broken against the relevant item
 
   next track   random, popularity, genre popularity, content kNN, genre content kNN, content x popularity (a
                popularity prior times a kernel around the context's audio features, its width chosen on the
-               validation window), item kNN (co-listening), SASRec (sasrec.py), MiniLM text similarity
+               validation window), content x co-listening (the same, times a power of the track's co-listens
+               with the context, the power chosen there too), item kNN (co-listening), SASRec (sasrec.py),
+               MiniLM text similarity
   attributes   random, popularity, genre popularity (the genre named in the request), MiniLM
   preferences  per-track scores: play count, long-listen rate, audio logistic regression; each fitted on all
                training-window labelled plays and on exactly the DPO training pairs (equal data)
@@ -29,6 +31,9 @@ LOGISTIC_STEPS: int = 50       # Newton iterations (10 features: converges in < 
 # kernel widths content x popularity tries on validation queries, in squared distance of the standardised audio
 # features (11 columns: two random tracks lie about 22 apart); from 0.5 (about content kNN) to 16 (about popularity)
 CONTENT_TAUS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# powers of (1 + co-listens with the context) content x co-listening tries beside each width; 0 first, so that where
+# co-listening adds nothing on validation it ranks as content x popularity
+COLISTEN_LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 # -----------------------------------------------------------------------------
 
 
@@ -78,29 +83,69 @@ def content_popularity_scores(x, item, popularity, in_genre, tau):
     return genre_first(np.log1p(popularity) + content_knn_scores(x, item) / tau, in_genre)
 
 
+def best_on_validation(score_fn, grid, queries, k=10):
+    """The parameter of `grid` whose ranking has the best HR@k on validation queries: (param, {param: HR@k}).
+
+    score_fn(param, context row) -> (N,) scores; queries: [(context row, set of relevant rows)]. Ranked as
+    evaluate.py ranks the test queries (context excluded, ties pessimistic); ties go to the first of `grid`.
+    """
+    if not queries:
+        raise UserError("no validation next-track queries to choose a baseline's parameter on")
+    hr = {}
+    for param in grid:
+        hits = [hit_at_k(top_k_pessimistic(score_fn(param, c), rel, k, exclude=[c]), rel, k) for c, rel in queries]
+        hr[param] = float(np.mean(hits))
+    return max(grid, key=lambda p: hr[p]), hr
+
+
 def select_tau(x, popularity, queries, in_genre_of, taus=CONTENT_TAUS, k=10):
     """The kernel width of content_popularity_scores with the best HR@k on validation queries: (tau, {tau: HR@k}).
 
     queries: [(context row, set of relevant rows)]; in_genre_of(row) -> (N,) bool, the context's genre. Ties go to
-    the first width in `taus`. Ranked as evaluate.py ranks the test queries (context excluded, ties pessimistic).
+    the first width in `taus` (best_on_validation).
     """
-    if not queries:
-        raise UserError("no validation next-track queries to choose the kernel width of content x popularity on")
-    hr = {}
-    for tau in taus:
-        hits = [hit_at_k(top_k_pessimistic(content_popularity_scores(x, c, popularity, in_genre_of(c), tau), rel, k,
-                                           exclude=[c]), rel, k) for c, rel in queries]
-        hr[tau] = float(np.mean(hits))
-    return max(taus, key=lambda t: hr[t]), hr
+    return best_on_validation(lambda tau, c: content_popularity_scores(x, c, popularity, in_genre_of(c), tau),
+                              taus, queries, k)
+
+
+def colisten_counts(cooc, item, n_items):
+    """(N,) training-window co-listens of each track with `item` (cooc: {i: {j: count}}, item kNN's counts)."""
+    row = np.zeros(n_items)
+    for j, c in cooc.get(item, {}).items():
+        row[j] = c
+    return row
+
+
+def content_colisten_scores(x, item, popularity, colisten, in_genre, tau, lam):
+    """content x popularity times (1 + co-listens with the context)^lam: the context's genre first, each group by
+    log(1 + plays_j) - ||x_j - x_ctx||^2 / tau + lam log(1 + n_j): (N,).
+
+    The two next-track signals the model is given, in one score: how a track sounds next to the context (the audio
+    features its Semantic ID is built from) and how often the two were played together in the training window
+    (co-listening, which the ID's collab block and the next-play examples carry). lam = 0 is content x popularity;
+    a track never co-listened with the context keeps its content x popularity score. colisten: (N,) n_j, the
+    context's row of co-listening counts (colisten_counts). Example: x [[0], [1], [2]], plays [0, 9, 99], context 0,
+    one genre, tau 4, track 1 co-listened 9 times with it: at lam 0 track 1 scores log 10 - 1/4 = 2.05 against
+    track 2's log 100 - 1 = 3.61; at lam 1 it gains log 10 = 2.30 and ranks first (4.35).
+    """
+    return genre_first(np.log1p(popularity) + content_knn_scores(x, item) / tau + lam * np.log1p(colisten), in_genre)
+
+
+def select_tau_lambda(x, popularity, cooc, queries, in_genre_of, taus=CONTENT_TAUS, lams=COLISTEN_LAMBDAS, k=10):
+    """(tau, lam) of content_colisten_scores with the best HR@k on validation queries: ((tau, lam), {(tau, lam): HR@k}).
+
+    Every width with every power (taus outer, lams inner; ties go to the first, so lam 0 wins a tie with co-listening).
+    """
+    n = len(popularity)
+    return best_on_validation(
+        lambda p, c: content_colisten_scores(x, c, popularity, colisten_counts(cooc, c, n), in_genre_of(c), *p),
+        [(t, lam) for t in taus for lam in lams], queries, k)
 
 
 def item_knn_scores(cooc, popularity, item):
     """Co-listening counts with the prompt's track (training logs); popularity only breaks ties: (N,)."""
-    row = cooc.get(item, {})
-    s = popularity / (popularity.max() + 1.0)    # < 1: never outweighs one co-listen
-    for j, c in row.items():
-        s[j] += c
-    return s
+    # popularity / (max + 1) < 1: never outweighs one co-listen
+    return popularity / (popularity.max() + 1.0) + colisten_counts(cooc, item, len(popularity))
 
 
 def genre_masks(genres):

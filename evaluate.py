@@ -59,7 +59,7 @@ HALLUCINATION_PROMPTS: int = 0  # test prompts decoded without constraints, per 
                                 # 200 + 120); 40, the demo's until 2026-12-03, cannot tell 5% from 0%: one
                                 # hallucinated answer is 2.5%
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
-VAL_NEXT: int = 500            # validation next-track examples that choose content x popularity's kernel width
+VAL_NEXT: int = 500            # validation next-track examples that choose the content baselines' width and power
 MAX_ATTRIBUTES: int = 0        # cap on attribute test queries (0: all)
 BATCH_SIZE: int = 8            # prompts per beam-search batch (x 21 beams: on 2 cores 16 ran slower, more padding)
 SCORE_BATCH_SIZE: int = 16     # preference pairs per scoring forward
@@ -334,6 +334,11 @@ def evaluate(args):
     tau, val_hr = B.select_tau(feats, popularity, val_q, lambda c: genres[catalog.genres[c][0]])
     scored("content x popularity", "next_track",
            lambda i: B.content_popularity_scores(feats, nxt[i][0], popularity, ctx_genre(i), tau))
+    # both next-track signals the model is given, audio and co-listening; its width and power chosen as above
+    (tau_co, lam), val_hr_co = B.select_tau_lambda(feats, popularity, cooc, val_q,
+                                                   lambda c: genres[catalog.genres[c][0]])
+    scored("content x co-listening", "next_track", lambda i: B.content_colisten_scores(
+        feats, nxt[i][0], popularity, B.colisten_counts(cooc, nxt[i][0], n_items), ctx_genre(i), tau_co, lam))
     scored("item kNN", "next_track", lambda i: B.item_knn_scores(cooc, popularity, nxt[i][0]))
     sasrec_dir = args.sasrec or os.path.join(args.run, "sasrec")
     if os.path.exists(os.path.join(sasrec_dir, "model.safetensors")):
@@ -400,7 +405,9 @@ def evaluate(args):
                "hallucination_prompts": len(h_prompts),
                "preference_accuracy": {},
                "content_popularity": {"tau": tau, "validation_queries": len(val_q),
-                                      "validation_hit@10": {str(t): v for t, v in val_hr.items()}}}
+                                      "validation_hit@10": {str(t): v for t, v in val_hr.items()}},
+               "content_colisten": {"tau": tau_co, "lambda": lam, "validation_queries": len(val_q),
+                                    "validation_hit@10": {f"{t:g},{m:g}": v for (t, m), v in val_hr_co.items()}}}
     for label, pp in hall_pp.items():   # pooled shares with intervals over the prompts
         results["hallucination_ci"][label] = {
             f"hallucinated@{k}": dict(zip(("mean", "lo", "hi"), bootstrap_ratio_ci(
@@ -423,7 +430,8 @@ def evaluate(args):
         results["strongest_baseline"][test] = {"name": best, "metric": metric}
         comparisons = [("SFT", best), ("DPO", best), ("DPO", "SFT")]
         if test == "next_track":
-            comparisons += [("SFT", n) for n in ("genre popularity", "item kNN", "SASRec") if n != best]
+            comparisons += [("SFT", n) for n in ("genre popularity", "item kNN", "SASRec", "content x popularity")
+                            if n != best]
         for a, b in comparisons:
             if a in pq and b in pq:
                 for m in (metric,) + extra:
@@ -485,6 +493,11 @@ def render_report(results, run):
         lines += [f"content x popularity: the context's genre first, then log(1 + plays) - squared audio-feature "
                   f"distance / {cp['tau']:g}, the kernel width of the best HR@10 on {cp['validation_queries']} "
                   "validation next-track examples (results.json: content_popularity).", ""]
+    cc = results.get("content_colisten")
+    if cc:
+        lines += [f"content x co-listening: the same, plus {cc['lambda']:g} log(1 + co-listens with the context), "
+                  f"width {cc['tau']:g}: the (width, power) of the best HR@10 on the same "
+                  f"{cc['validation_queries']} validation examples (results.json: content_colisten).", ""]
     titles = {"next_track": "Next track (held-out later plays)",
               "attributes": "Requests by attributes (held-out phrasings)"}
     for test, systems in results["ranking"].items():
@@ -651,7 +664,8 @@ def parse_args(argv=None):
                    help="cap on next-track test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--val-next", type=int, default=VAL_NEXT,
                    help="validation next-track examples (the first of sft_data/val.jsonl) on which content x "
-                        "popularity's kernel width is chosen (default %(default)s)")
+                        "popularity's kernel width, and content x co-listening's width and power, are chosen "
+                        "(default %(default)s)")
     p.add_argument("--max-attributes", type=int, default=MAX_ATTRIBUTES,
                    help="cap on attribute test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,

@@ -14,6 +14,8 @@ catalogue, the context track excluded, ties broken against the relevant item (ev
                                what the Semantic IDs' prefixes alone say, no model (a proxy to compare ID options)
   content x popularity         evaluate.py's: the context's genre, then log(1 + plays) - audio distance^2 / tau,
                                tau chosen on other validation next plays than these queries
+  content x co-listening       evaluate.py's: the same + lam log(1 + co-listens with the context), (tau, lam)
+                               chosen on those plays
   each --adapter NAME=FOLDER   an SFT or DPO adapter on --model, ranked exactly (ranking.exact_top_k); for a DPO
                                adapter also its validation preference accuracy (FOLDER/../summary.json), so the
                                DPO options can be weighed on both without the test set
@@ -121,6 +123,7 @@ def attribute_queries(catalog, row_codes, n, seed, templates=tasks.TRAIN_REQUEST
 
 RATE = "long-listen rate"       # the preference baseline beside the adapters (evaluate.py's strongest)
 CONTENT_POP = "content x popularity"   # the next-track baseline of the same name in evaluate.py
+CONTENT_CO = "content x co-listening"  # and the one that adds the context's co-listens to it
 # what is paired against the first adapter: (per-query key, suffix of the --out key, printed name)
 PAIRED = (("hit", "", f"HR@{K}"), ("preference", " (preferences)", "preference accuracy"),
           ("precision", " (attributes)", f"attribute P@{K}"), ("hallucinated", " (hallucinated@1)", "hallucinated@1"))
@@ -320,6 +323,12 @@ def main(argv=None):
         feats, queries[i][1][-1], popularity, in_genre[queries[i][1][-1]], tau))
     print(f"  ({CONTENT_POP}: kernel width {tau:g}, chosen on {min(len(others), E.VAL_NEXT)} other validation "
           "next plays)")
+    (tau_co, lam), _ = B.select_tau_lambda(feats, popularity, cooc, [(h[-1], {r}) for _, h, r in others[:E.VAL_NEXT]],
+                                           lambda c: in_genre[c])
+    record(CONTENT_CO, lambda i: B.content_colisten_scores(
+        feats, queries[i][1][-1], popularity, B.colisten_counts(cooc, queries[i][1][-1], n_items),
+        in_genre[queries[i][1][-1]], tau_co, lam))
+    print(f"  ({CONTENT_CO}: width {tau_co:g}, co-listening power {lam:g}, chosen on the same plays)")
     trie = ranking.IDTrie(list(code_row), meta["levels"])
     attr_queries = attribute_queries(catalog, {r: c for c, r in code_row.items()}, args.attribute_queries,
                                      args.seed, PHRASINGS[args.attribute_phrasings]) if args.attribute_queries else []

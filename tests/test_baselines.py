@@ -121,6 +121,45 @@ def test_content_popularity_worked_example():
         top_k_pessimistic(B.genre_content_knn_scores(xs, 1, masks["rock"]), set(), 5, exclude=[1])
 
 
+def test_content_colisten_worked_example():
+    x, plays, one_genre = np.array([[0.0], [1.0], [2.0]]), np.array([0.0, 9.0, 99.0]), np.ones(3, bool)
+    cooc = {0: {1: 9.0}, 1: {0: 9.0}}
+    n01 = B.colisten_counts(cooc, 0, 3)
+    assert n01.tolist() == [0.0, 9.0, 0.0] and B.colisten_counts(cooc, 2, 3).tolist() == [0.0, 0.0, 0.0]
+    # lam 0 is content x popularity: track 1 log 10 - 1/4 = 2.05, track 2 log 100 - 4/4 = 3.61
+    s0 = B.content_colisten_scores(x, 0, plays, n01, one_genre, 4.0, 0.0)
+    assert np.allclose(s0, B.content_popularity_scores(x, 0, plays, one_genre, 4.0))
+    assert top_k_pessimistic(s0, set(), 2, exclude=[0]) == [2, 1]
+    # lam 1: track 1 gains log(1 + 9) = 2.30 and passes track 2 (4.35 against 3.61)
+    s1 = B.content_colisten_scores(x, 0, plays, n01, one_genre, 4.0, 1.0)
+    assert s1[1] - s1[2] == pytest.approx(math.log(10) - 0.25 + math.log(10) - (math.log(100) - 1.0))
+    assert top_k_pessimistic(s1, set(), 2, exclude=[0]) == [1, 2]
+    # the genre still comes first: co-listens never lift a track of another genre above the context's genre
+    rock = np.array([True, False, True])
+    assert top_k_pessimistic(B.content_colisten_scores(x, 0, plays, n01, rock, 4.0, 4.0), set(), 2,
+                             exclude=[0]) == [2, 1]
+    # item kNN reads the same counts: co-listens first, popularity / (max + 1) breaking ties
+    assert B.item_knn_scores(cooc, plays, 0).tolist() == pytest.approx([0.0, 9.0 + 9.0 / 100, 99.0 / 100])
+
+
+def test_select_tau_lambda_takes_co_listening_only_where_it_helps():
+    x, plays, one_genre = np.array([[0.0], [1.0], [2.0]]), np.array([0.0, 9.0, 99.0]), np.ones(3, bool)
+    cooc = {0: {1: 9.0}}
+    # next play 1 after 0: at width 4 only co-listening puts it first; at width 1 distance alone does
+    (tau, lam), hr = B.select_tau_lambda(x, plays, cooc, [(0, {1})], lambda c: one_genre, taus=(4.0,),
+                                         lams=(0.0, 1.0), k=1)
+    assert hr == {(4.0, 0.0): 0.0, (4.0, 1.0): 1.0} and (tau, lam) == (4.0, 1.0)
+    (tau, lam), hr = B.select_tau_lambda(x, plays, cooc, [(0, {1})], lambda c: one_genre, taus=(1.0, 4.0),
+                                         lams=(0.0, 1.0), k=1)
+    assert (tau, lam) == (1.0, 0.0) and hr[(1.0, 1.0)] == 1.0    # ties go to the first: lam 0 before lam 1
+    # next play 2, popular and never co-listened: co-listening can only hurt, lam 0 is kept
+    (tau, lam), _ = B.select_tau_lambda(x, plays, cooc, [(0, {2})], lambda c: one_genre, taus=(4.0,),
+                                        lams=(0.0, 1.0), k=1)
+    assert (tau, lam) == (4.0, 0.0)
+    with pytest.raises(B.UserError, match="no validation"):
+        B.select_tau_lambda(x, plays, cooc, [], lambda c: one_genre)
+
+
 def test_select_tau_takes_the_best_validation_width():
     # context 0; the next play is track 2, far but popular: only a wide kernel ranks it in the top 1
     x, plays, one_genre = np.array([[0.0], [1.0], [2.0]]), np.array([0.0, 9.0, 99.0]), np.ones(3, bool)

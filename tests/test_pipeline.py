@@ -142,10 +142,15 @@ def test_results_cover_every_system_and_metric(demo_run):
     res = json.load(open(os.path.join(run, "eval/results.json")))
     nxt = res["ranking"]["next_track"]
     assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN",
-                        "content x popularity", "item kNN", "SASRec", "MiniLM", "LLM base", "SFT", "DPO"}
+                        "content x popularity", "content x co-listening", "item kNN", "SASRec", "MiniLM",
+                        "LLM base", "SFT", "DPO"}
     cp = res["content_popularity"]      # its kernel width, chosen on validation next plays
     assert cp["validation_queries"] > 0 and str(cp["tau"]) in cp["validation_hit@10"]
     assert cp["validation_hit@10"][str(cp["tau"])] == max(cp["validation_hit@10"].values())
+    cc = res["content_colisten"]        # its width and power, chosen on the same plays
+    assert cc["validation_hit@10"][f"{cc['tau']:g},{cc['lambda']:g}"] == max(cc["validation_hit@10"].values())
+    # lam 0 is content x popularity itself: the grid's best is at least the width's best
+    assert max(cc["validation_hit@10"].values()) >= max(cp["validation_hit@10"].values())
     assert set(res["ranking"]["attributes"]) >= {"random", "popularity", "genre popularity", "MiniLM", "LLM base",
                                                  "SFT", "DPO"}
     assert res["ranking_method"] == "exact"                                      # a small catalogue: exact top K
@@ -286,6 +291,14 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
         feats, h[-1], popularity, genres[cat.genres[h[-1]][0]], tau), {r}, 10, exclude=[h[-1]]), {r}, 10))
         for _, h, r in queries]
     assert hits["content x popularity"]["hit"] == cp_hits
+    # and content x co-listening, its width and power chosen on the same other plays
+    _, cooc, _ = E.load_listening(os.path.join(run, "sft_data"), os.path.join(run, "prefs"), len(popularity))
+    tau_co, lam = B.select_tau_lambda(feats, popularity, cooc, [(h[-1], {r}) for _, h, r in others[:E.VAL_NEXT]],
+                                      lambda c: genres[cat.genres[c][0]])[0]
+    cc_hits = [float(hit_at_k(top_k_pessimistic(B.content_colisten_scores(
+        feats, h[-1], popularity, B.colisten_counts(cooc, h[-1], len(popularity)), genres[cat.genres[h[-1]][0]],
+        tau_co, lam), {r}, 10, exclude=[h[-1]]), {r}, 10)) for _, h, r in queries]
+    assert hits["content x co-listening"]["hit"] == cc_hits
     # benchmarks/pref_frontier.py on the same queries and pairs, the SFT row placed beside the counts' scores
     front = tmp_path / "frontier.json"
     r = subprocess.run([sys.executable, "benchmarks/pref_frontier.py", "--run", run, "--queries", "6", "--llm",
