@@ -546,10 +546,11 @@ def console_table(results):
         out.append(f"\n{test} ({results['queries'][test]} queries, LLMs ranked {results.get('ranking_method')})")
         cols = ["hit@1", "hit@10", "ndcg@10", "hit@20"] if test == "next_track" else \
             ["precision@1", "precision@10", "ndcg@10", "hit@10"]
-        out.append(f"{'system':<18}" + "".join(f"{c:>20}" for c in cols))
+        w = max(18, max(len(n) for n in systems) + 1)   # the longest name ("content x co-listening") in line
+        out.append(f"{'system':<{w}}" + "".join(f"{c:>20}" for c in cols))
         for n, s in systems.items():
-            out.append(f"{n:<18}" + "".join(f"{s[c]['mean']:>8.3f} [{s[c]['lo']:.2f},{s[c]['hi']:.2f}]"
-                                            for c in cols))
+            out.append(f"{n:<{w}}" + "".join(f"{s[c]['mean']:>8.3f} [{s[c]['lo']:.2f},{s[c]['hi']:.2f}]"
+                                             for c in cols))
     out.append("\npreference accuracy (held-out pairs)")
     for n, s in results["preference_accuracy"].items():
         out.append(f"{n:<26}{fmt_ci(s)}")
