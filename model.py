@@ -301,15 +301,23 @@ def base_vocab_size(model):
     return emb.num_base if isinstance(emb, IDEmbedding) else emb.weight.shape[0]
 
 
-def add_id_tokens(model, levels, codebook_size):
-    """Give the model L * K new tokens; returns their IDVocab. Keeps the head tied if it was."""
+def add_id_tokens(model, levels, codebook_size, untie=False):
+    """Give the model L * K new tokens; returns their IDVocab. Keeps the head tied if it was.
+
+    untie=True gives a tied model's head ID rows of their own (the same start), the base vocabulary staying tied:
+    tied, one row per code is both what a prompt's ID reads as and what the head scores the code by, and the
+    head's gradient (every answer position, through the softmax over all codes) shapes it far more than a prompt's
+    use does; untied, the prompt's rows are free to say which track a context is (sft.py --untie-id-rows).
+    """
     emb = model.get_input_embeddings()
     if isinstance(emb, IDEmbedding):
         raise RuntimeError("ID tokens already added")
     tied = model.lm_head.weight is emb.weight
     n_new = levels * codebook_size
     new_emb = IDEmbedding(emb, n_new)
-    if tied:
+    if tied and untie:
+        head = IDHead(new_emb.weight, nn.Parameter(new_emb.new_rows.detach().clone()))
+    elif tied:
         head = IDHead(new_emb.weight, new_emb.new_rows)   # same Parameters: the tie holds by construction
     else:
         w = model.lm_head.weight
@@ -425,11 +433,12 @@ def save_policy(model, vocab, folder, base_path, id_table_sha):
 
 
 def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_table_sha=None,
-                device="cpu", dropout=None):
+                device="cpu", dropout=None, untie=False):
     """Base model + ID tokens (+ a saved adapter). Checks that the adapter fits before any work.
 
-    Without `adapter`, ID tokens are added fresh (levels and codebook_size needed) and no
-    LoRA is injected: that is the zero-shot base model, or the start of SFT.
+    Without `adapter`, ID tokens are added fresh (levels and codebook_size needed; untie: add_id_tokens') and no
+    LoRA is injected: that is the zero-shot base model, or the start of SFT. An adapter whose head has ID rows of
+    its own (lm_head.new_rows in its file) is loaded untied.
     """
     if adapter is not None:
         meta_path = os.path.join(adapter, ID_VOCAB_FILE)
@@ -444,15 +453,15 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
         if model_fingerprint(read_config(base_path)) != meta["base_fingerprint"]:   # before loading any weights
             raise UserError(f"{adapter}: adapter was trained on another base model "
                             f"({meta['base_model']}), not {base_path}")
+    state = load_file(os.path.join(adapter, ID_TOKENS_FILE)) if adapter is not None else {}
     model, tokenizer = load_base(base_path, device)
-    vocab = add_id_tokens(model, levels, codebook_size)
+    vocab = add_id_tokens(model, levels, codebook_size, untie=untie or "lm_head.new_rows" in state)
     if adapter is not None:
         lora.load_adapter(model, adapter, dropout=dropout)
-        state = load_file(os.path.join(adapter, ID_TOKENS_FILE))
         with torch.no_grad():
             model.model.embed_tokens.new_rows.copy_(state["embed_tokens.new_rows"])
-            if "lm_head.new_rows" in state:
-                model.lm_head.new_rows.copy_(state["lm_head.new_rows"])
+            # untied here but tied in the file (untie asked of a tied adapter): the head's rows start as the file's
+            model.lm_head.new_rows.copy_(state.get("lm_head.new_rows", state["embed_tokens.new_rows"]))
             if "lm_head.id_bias" in state:
                 model.lm_head.id_bias.copy_(state["lm_head.id_bias"])
         model.to(device)

@@ -54,6 +54,7 @@ EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
 ID_INITS = ("mean", "descriptions", "codebook")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
+UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): measured, EXPERIMENTS.md
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
                                # examples a second, no better ranking at the demo's budget: EXPERIMENTS.md)
@@ -537,8 +538,8 @@ def build_policy(args, meta, device, id_init="mean", init_adapter=""):
     """
     if init_adapter:
         return policy_from_adapter(args, meta, device, init_adapter, id_init)
-    model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"],
-                                            codebook_size=meta["codebook_size"], device=device)
+    model, tokenizer, vocab = M.load_policy(args.model, levels=meta["levels"], codebook_size=meta["codebook_size"],
+                                            device=device, untie=args.untie_id_rows)
     if id_init == "descriptions":
         M.set_id_rows(model, description_rows(model, tokenizer, meta))
     elif id_init == "codebook":
@@ -569,7 +570,7 @@ def policy_from_adapter(args, meta, device, init_adapter, id_init="mean"):
         raise UserError(f"--init-adapter {init_adapter}: trained with LoRA {diff}; pass its options")
     # the examples' ID table (load_policy refuses an adapter of another one, so levels and codes match too)
     model, tokenizer, vocab = M.load_policy(args.model, adapter=init_adapter, id_table_sha=meta["id_table_sha256"],
-                                            device=device, dropout=args.lora_dropout)
+                                            device=device, dropout=args.lora_dropout, untie=args.untie_id_rows)
     for p in M.id_parameters(model):
         p.requires_grad_(True)
     return model, tokenizer, vocab
@@ -867,6 +868,9 @@ def parse_args(argv=None):
                    help="peak learning rate of the output head's bias over the Semantic-ID tokens, one number per "
                         "(level, code) in every context: how often each code is answered, learned apart from the "
                         "rows (default %(default)s: off, the bias stays 0)")
+    p.add_argument("--untie-id-rows", action="store_true", default=UNTIE_ID_ROWS,
+                   help="give the head's ID rows their own parameters, apart from the rows a prompt's ID reads as "
+                        "(tied, the head's gradient shapes both); the adapter then carries both")
     p.add_argument("--id-init", choices=ID_INITS, default=ID_INIT,
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "

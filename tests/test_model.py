@@ -378,3 +378,43 @@ def test_id_bias_is_saved_only_where_trained(tiny_smol, tmp_path):
     loaded, _, _ = M.load_policy(tiny_smol, adapter=str(tmp_path / "bias"))
     assert torch.equal(loaded.lm_head.id_bias, bias)
     assert not M.load_policy(tiny_smol, adapter=str(tmp_path / "zero"))[0].lm_head.id_bias.any()
+
+
+def test_untied_id_rows_train_apart_and_round_trip(tiny_smol, tmp_path):
+    """sft.py --untie-id-rows: the head's ID rows are a Parameter of their own, starting where the prompt's start;
+    the adapter carries both and loads untied; a tied adapter asked to untie starts the head's rows at its rows."""
+    import lora
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--untie-id-rows"])
+    model, _, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu")
+    emb, head = model.get_input_embeddings(), model.lm_head
+    assert head.new_rows is not emb.new_rows and torch.equal(head.new_rows, emb.new_rows)
+    assert head.weight is emb.weight                                  # the base vocabulary stays tied
+    assert {id(p) for p in M.id_parameters(model)} == {id(emb.new_rows), id(head.new_rows)}
+    assert all(p.requires_grad for p in M.id_parameters(model))
+    # a loss on an answer code moves both rows of that code: the head's through the softmax, the prompt's only
+    # where the prompt shows it
+    ids = torch.tensor([[5, vocab.token_id(0, 1), vocab.token_id(1, 2)]])
+    model(ids).logits[0, -1, vocab.token_id(2, 3)].backward()
+    assert head.new_rows.grad[vocab.token_id(2, 3) - vocab.offset].abs().sum() > 0
+    assert emb.new_rows.grad[vocab.token_id(2, 3) - vocab.offset].abs().sum() == 0    # not in the prompt
+    assert emb.new_rows.grad[vocab.token_id(0, 1) - vocab.offset].abs().sum() > 0     # in the prompt
+    with torch.no_grad():
+        emb.new_rows.normal_(generator=torch.Generator().manual_seed(0))
+        head.new_rows.normal_(generator=torch.Generator().manual_seed(1))
+    M.save_policy(model, vocab, str(tmp_path / "untied"), tiny_smol, "sha")
+    loaded, _, _ = M.load_policy(tiny_smol, adapter=str(tmp_path / "untied"))
+    assert torch.equal(loaded.get_input_embeddings().new_rows, emb.new_rows)
+    assert torch.equal(loaded.lm_head.new_rows, head.new_rows)
+    assert loaded.lm_head.new_rows is not loaded.get_input_embeddings().new_rows
+    # a tied adapter, untied on loading (sft.py --init-adapter ... --untie-id-rows): both start at its rows
+    tied, _, tv = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    lora.inject_lora(tied, r=2)
+    with torch.no_grad():
+        tied.get_input_embeddings().new_rows.normal_(generator=torch.Generator().manual_seed(2))
+    M.save_policy(tied, tv, str(tmp_path / "tied"), tiny_smol, "sha")
+    again, _, _ = M.load_policy(tiny_smol, adapter=str(tmp_path / "tied"), untie=True)
+    assert again.lm_head.new_rows is not again.get_input_embeddings().new_rows
+    assert torch.equal(again.lm_head.new_rows, tied.get_input_embeddings().new_rows)
+    assert torch.equal(again.get_input_embeddings().new_rows, tied.get_input_embeddings().new_rows)
+    plain = M.load_policy(tiny_smol, adapter=str(tmp_path / "tied"))[0]      # not asked: it stays tied
+    assert plain.lm_head.new_rows is plain.get_input_embeddings().new_rows
