@@ -54,7 +54,8 @@ EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
 ID_INITS = ("mean", "descriptions", "codebook")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
-UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): measured, EXPERIMENTS.md
+UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): attribute requests
+                               # +0.02-0.06 on validation, hallucinated@1 up to 10% (EXPERIMENTS.md): not the default
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
                                # examples a second, no better ranking at the demo's budget: EXPERIMENTS.md)
