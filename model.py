@@ -2,7 +2,7 @@
 
 - load a local Hugging Face Llama folder (or convert the embedded SmolLM2 GGUF once);
 - Semantic-ID tokens: one new token per (level, code), e.g. `<a_12><b_200><c_7>`, whose
-  embedding rows are the only trained part of the vocabulary (the head stays tied);
+  embedding rows are the only trained part of the vocabulary (the head stays tied, unless untied: add_id_tokens);
 - the prompt format (the model's chat template, else plain `User:` / `Assistant:`);
 - batches of token lists (right- and left-padded); the answer log-probs that the losses use are sft.py's.
 
