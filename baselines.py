@@ -136,9 +136,9 @@ def select_tau_lambda(x, popularity, cooc, queries, in_genre_of, taus=CONTENT_TA
 
     Every width with every power (taus outer, lams inner; ties go to the first, so lam 0 wins a tie with co-listening).
     """
-    n = len(popularity)
+    rows = {c: colisten_counts(cooc, c, len(popularity)) for c, _ in queries}   # once per context, not per (tau, lam)
     return best_on_validation(
-        lambda p, c: content_colisten_scores(x, c, popularity, colisten_counts(cooc, c, n), in_genre_of(c), *p),
+        lambda p, c: content_colisten_scores(x, c, popularity, rows[c], in_genre_of(c), *p),
         [(t, lam) for t in taus for lam in lams], queries, k)
 
 

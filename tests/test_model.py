@@ -391,8 +391,8 @@ def test_untied_id_rows_train_apart_and_round_trip(tiny_smol, tmp_path):
     assert head.weight is emb.weight                                  # the base vocabulary stays tied
     assert {id(p) for p in M.id_parameters(model)} == {id(emb.new_rows), id(head.new_rows)}
     assert all(p.requires_grad for p in M.id_parameters(model))
-    # a loss on an answer code moves both rows of that code: the head's through the softmax, the prompt's only
-    # where the prompt shows it
+    # a loss on an answer code reaches the head's row of that code (through the softmax) but not the prompt's row
+    # of it, which only a prompt that shows the code reaches
     ids = torch.tensor([[5, vocab.token_id(0, 1), vocab.token_id(1, 2)]])
     model(ids).logits[0, -1, vocab.token_id(2, 3)].backward()
     assert head.new_rows.grad[vocab.token_id(2, 3) - vocab.offset].abs().sum() > 0
