@@ -132,13 +132,34 @@ def id_codes(toks, vocab, end_id):
     return tuple(vocab.level_code(t)[1] for t in toks[:L])
 
 
+def exit_level(codes, trie):
+    """Where a generated ID leaves the catalogue: the 1-based level of its first code that no track has after the
+    codes before it; 0 for a catalogue ID, None for a malformed answer (codes None). Example: tracks (0, 1) and
+    (0, 3): (0, 3) -> 0, (0, 2) -> 2, (1, 1) -> 1. It says what a model has not learnt: level L alone, the
+    last codes of real prefixes; level 1 or 2, prefixes no track has."""
+    if codes is None:
+        return None
+    for level in range(len(codes)):
+        if codes[level] not in trie.allowed(codes[:level]).tolist():
+            return level + 1
+    return 0
+
+
+def exit_counts(levels, n_levels):
+    """{"malformed": n, "level 1": n, ...}: how many top-1 answers leave the catalogue where (exit_level's values;
+    catalogue IDs not counted)."""
+    return {"malformed": sum(x is None for x in levels),
+            **{f"level {l}": sum(x == l for x in levels) for l in range(1, n_levels + 1)}}
+
+
 def hallucination(model, fmt, prompts, trie, args, desc):
     """Shares of unconstrained top-K outputs that are malformed, or well-formed but match no track.
 
     Returns (shares, per_prompt): shares {"malformed@k", "invalid@k", "hallucinated@k"} pooled over every output of
     every prompt, and per_prompt {"hallucinated@k": (P,) counts, "outputs@k": (P,) counts} for the intervals
     (metrics.bootstrap_ratio_ci: 40 prompts tell 5% from 0% only roughly), and "top1": (P,) texts of the best beams,
-    so that the report can show what a hallucinated answer looks like. A beam stops at the end token
+    so that the report can show what a hallucinated answer looks like, and "exit_level@1": (P,) where each top-1
+    answer leaves the catalogue (exit_level). A beam stops at the end token
     (beam_search's end_id): one that ends before its L ID tokens is malformed, scored by what it generated, not by
     tokens it would have gone on to score after its end.
     """
@@ -150,7 +171,8 @@ def hallucination(model, fmt, prompts, trie, args, desc):
                                            batch_size=args.batch_size, device=args.device))
     res = [r for batch in ddp.gather(batches) for r in batch]   # every rank's batches, in order
     codes = [[id_codes(toks, fmt.vocab, fmt.end_id) for toks, _ in r] for r in res]   # (P, beams), None: malformed
-    shares, per_prompt = {}, {"top1": [fmt.decode(r[0][0]) if r else "" for r in res]}
+    shares, per_prompt = {}, {"top1": [fmt.decode(r[0][0]) if r else "" for r in res],
+                               "exit_level@1": [exit_level(cs[0], trie) if cs else None for cs in codes]}
     for k in (1, 5, 10):
         malformed = [sum(c is None for c in cs[:k]) for cs in codes]
         invalid = [sum(c is not None and c not in trie.valid for c in cs[:k]) for cs in codes]
@@ -402,7 +424,7 @@ def evaluate(args):
     results = {"queries": {k: len(v) for k, v in tests.items()}, "catalogue_size": n_items,
                "ranking_method": args.ranking, "ranking": {}, "paired": {}, "strongest_baseline": {},
                "hallucination": hall, "hallucination_ci": {}, "hallucination_examples": {},
-               "hallucination_prompts": len(h_prompts),
+               "hallucination_exits": {}, "hallucination_prompts": len(h_prompts),
                "preference_accuracy": {},
                "content_popularity": {"tau": tau, "validation_queries": len(val_q),
                                       "validation_hit@10": {str(t): v for t, v in val_hr.items()}},
@@ -414,6 +436,7 @@ def evaluate(args):
                 pp[f"hallucinated@{k}"], pp[f"outputs@{k}"], args.n_boot))) for k in (1, 5, 10)}
         results["hallucination_examples"][label] = [                # what the report shows of them
             {"prompt": p, "top1": t} for p, t, bad in zip(h_prompts, pp["top1"], pp["hallucinated@1"]) if bad]
+        results["hallucination_exits"][label] = exit_counts(pp["exit_level@1"], meta["levels"])
     # one output a prompt at @1: the per-prompt 0/1 values pair DPO with SFT on the same prompts
     d = paired_bootstrap(hall_pp["DPO"]["hallucinated@1"], hall_pp["SFT"]["hallucinated@1"], args.n_boot)
     results["paired"]["hallucination: DPO - SFT (hallucinated@1)"] = dict(zip(("mean", "lo", "hi"), d))
@@ -528,6 +551,11 @@ def render_report(results, run):
               "|---|" + "---|" * len(next(iter(results["hallucination"].values())))]
     lines += [f"| {n} | " + " | ".join(fmt_ci(ci[n][m]) if m in ci.get(n, {}) else f"{v:.3f}" for m, v in h.items())
               + " |" for n, h in results["hallucination"].items()]
+    exits = {n: e for n, e in results.get("hallucination_exits", {}).items() if n != "LLM base" and any(e.values())}
+    if exits:   # what a model has not learnt of the catalogue: which codes of a real prefix exist, or the prefixes
+        lines += ["", "Where the top-1 answers that are no track leave the catalogue (level l: the first l - 1 codes "
+                  "are some track's, the l-th follows them in none): "
+                  + "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in e.items()) for n, e in exits.items()) + "."]
     shown = {n: ex for n, ex in results.get("hallucination_examples", {}).items() if n != "LLM base" and ex}
     if shown:   # the base model never answers with an ID: its 100% says all there is
         lines += ["", "Top-1 answers that are no track (the request, then what the model wrote; at most 10 a model):",

@@ -392,8 +392,10 @@ def main(argv=None):
                                     device=str(next(model.parameters()).device))   # evaluate.py's beam
             _, per_prompt = E.hallucination(model, fmt, h_prompts, trie, on, f"{name} unconstrained")
             hits[name]["hallucinated"] = [float(n) for n in per_prompt["hallucinated@1"]]   # 1.0: best beam no track
+            exits = E.exit_counts(per_prompt["exit_level@1"], meta["levels"])
             print(f"{'':24s} hallucinated@1 (unconstrained, {len(h_prompts)} prompts) "
-                  f"{np.mean(hits[name]['hallucinated']):.3f}")
+                  f"{np.mean(hits[name]['hallucinated']):.3f} (off the catalogue at: "
+                  + ", ".join(f"{k} {v}" for k, v in exits.items()) + ")")
         if pairs_path:
             on = argparse.Namespace(device=str(next(model.parameters()).device),
                                     score_batch_size=E.SCORE_BATCH_SIZE)   # evaluate.py's scoring batches

@@ -210,6 +210,15 @@ def test_hallucination_counts_by_hand(noisy, monkeypatch):
     assert out == {"malformed@1": 0.5, "invalid@1": 0.0, "hallucinated@1": 0.5,
                    "malformed@5": 3 / 6, "invalid@5": 1 / 6, "hallucinated@5": 4 / 6,
                    "malformed@10": 3 / 6, "invalid@10": 1 / 6, "hallucinated@10": 4 / 6}
+    assert per_prompt["exit_level@1"] == [0, None]                  # a track; malformed
+    assert E.exit_counts(per_prompt["exit_level@1"], 3) == {"malformed": 1, "level 1": 0, "level 2": 0, "level 3": 0}
+
+
+def test_exit_level_worked_example():
+    """The docstring's: tracks (0, 1) and (0, 3)."""
+    trie = ranking.IDTrie([(0, 1), (0, 3)], 2)
+    assert [E.exit_level(c, trie) for c in [(0, 3), (0, 2), (1, 1), (1, 3), None]] == [0, 2, 1, 1, None]
+    assert E.exit_counts([0, 2, 1, 1, None, 2], 2) == {"malformed": 1, "level 1": 2, "level 2": 2}
 
 
 # ----------------------------------------------------------------------------- truncation (model.py truncate)
