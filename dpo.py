@@ -33,6 +33,7 @@ import ddp
 import formats
 import lora
 import model as M
+import ranking
 import sft
 from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
     seed_everything, write_json
@@ -329,9 +330,10 @@ def score_pairs(model, pairs, pad_id, device, batch_size, desc="scoring"):
 def replay_examples(sft_data, sft_adapter, fmt):
     """The SFT run's training examples and the loss options it trained them with, for --sft-replay.
 
-    Returns (pairs [(prompt_ids, answer_ids)], soft targets per pair or None, prompt_id_weight): the answer targets
-    (`example`, or `group`: toward every answer of what was asked) and the weight of the prompt's Semantic IDs are
-    read from the SFT run's config.json beside its adapter, so replay trains the loss SFT minimised, not another one.
+    Returns (pairs [(prompt_ids, answer_ids)], soft targets per pair or None, prompt_id_weight, valid_id_weight,
+    children): the answer targets (`example`, or `group`: toward every answer of what was asked), the weight of the
+    prompt's Semantic IDs and that of the validity term (with the catalogue's ID trie it needs, or None) are read
+    from the SFT run's config.json beside its adapter, so replay trains the loss SFT minimised, not another one.
     """
     path = os.path.join(sft_data, "train.jsonl")
     examples = sft.read_jsonl(path)
@@ -339,7 +341,10 @@ def replay_examples(sft_data, sft_adapter, fmt):
     cfg = read_json(sft_run_config(sft_adapter), "the SFT run's config.json (sft.py writes it beside adapter/)")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
     soft = sft.answer_targets(cfg.get("answer_targets", "example"), sft_data, meta, examples, pairs, fmt)
-    return pairs, soft, cfg.get("prompt_id_weight", 0.0)
+    valid_weight = cfg.get("valid_id_weight", 0.0)
+    children = ranking.IDTrie(formats.load_semantic_ids(meta["semantic_ids"])[1].tolist(),
+                              fmt.vocab.levels).children if valid_weight else None
+    return pairs, soft, cfg.get("prompt_id_weight", 0.0), valid_weight, children
 
 
 def sft_run_config(sft_adapter):
@@ -515,13 +520,13 @@ def train(args):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
     if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
-        r_pairs, r_soft, r_weight = replay_examples(args.sft_data, adapter_dir, fmt)
+        r_pairs, r_soft, r_weight, r_valid, r_children = replay_examples(args.sft_data, adapter_dir, fmt)
         r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
                                         args.seed)
         if ddp.is_main():
             print(f"SFT replay: {args.sft_replay} of {len(r_pairs):,} SFT examples a step at weight "
                   f"{args.sft_replay_weight} ({'group' if r_soft else 'example'} targets, the prompt's IDs at "
-                  f"{r_weight})")
+                  f"{r_weight}" + (f", the validity term at {r_valid}" if r_valid else "") + ")")
     trainable, total = lora.count_parameters(model)
     if ddp.is_main():
         n_prompts = len({tuple(p) for p, _, _ in train_pairs})   # what --pairs-per-prompt groups by
@@ -581,7 +586,8 @@ def train(args):
             soft = ddp.shard([r_soft[i] for i in r_schedule[step]]) if r_soft else None
             with M.autocast(device):
                 loss = sft.sft_loss(model, ddp.shard(batch), pad_id, n_tok, device, shared_prefix=len(fmt.prefix),
-                                    vocab=vocab, prompt_id_weight=r_weight, soft=soft)
+                                    vocab=vocab, prompt_id_weight=r_weight, soft=soft, valid_id_weight=r_valid,
+                                    children=r_children)
             (args.sft_replay_weight * loss).backward()
             rec["sft_loss"] = ddp.sum_all([loss.item()])[0]
         ddp.sum_grads(params)     # the shares' gradients add up to the whole batch's

@@ -31,6 +31,7 @@ import ddp
 import formats
 import lora
 import model as M
+import ranking
 import rvq
 import tasks
 from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
@@ -57,6 +58,9 @@ ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descri
 UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): attribute requests
                                # +0.02-0.06 on validation, hallucinated@1 up to 10% (EXPERIMENTS.md): not the default
 PROMPT_ID_WEIGHT: float = 1.0  # weight of the NLL of the prompt's own Semantic-ID tokens (0: answers only)
+VALID_ID_WEIGHT: float = 0.0   # weight of -log p(some catalogue code) at each answer ID token (valid_id_logps): teaches
+                               # which codes exist under a prefix without reordering them; fewer hallucinated answers,
+                               # at the attribute precision untying bought (EXPERIMENTS.md): not the default, 0: off
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
                                # examples a second, no better ranking at the demo's budget: EXPERIMENTS.md)
 ANSWER_TARGETS = ("example", "group", "colisten")
@@ -327,6 +331,53 @@ def expected_logps(logps, target_ids, target_probs):
     return (logps.gather(1, target_ids) * target_probs).sum(1)
 
 
+def valid_id_logps(logps, valid_ids, valid_mask):
+    """log sum_{v in valid} p(v): the log-probability that the token at each position is one the catalogue allows.
+
+    logps (Q, V') fp32 log-softmax rows at Q answer ID tokens; valid_ids (Q, S) the token ids of the codes the ID trie
+    allows after each position's fed prefix (ranking.IDTrie.children), valid_mask (Q, S) False on padding. Every row
+    holds at least the answer's own token, so every value is finite and <= that token's log-prob. Its gradient on
+    a logit is p_v - [v valid] p_v / P_valid: every invalid token is pushed down by its probability, every valid one
+    up in proportion to its own, so the valid codes keep their ratios (their order, the ranking) while the mass off
+    the trie, which is what an unconstrained decoder hallucinates from, goes to them.
+    Worked example: one row log [0.5, 0.3, 0.2], valid ids [0, 2] -> log 0.7.
+    """
+    return torch.logsumexp(logps.gather(1, valid_ids).masked_fill(~valid_mask, float("-inf")), dim=1)
+
+
+def validity_table(targets, kinds, row, vocab, children):
+    """The positions of the answers' ID tokens and the codes allowed there, for valid_id_logps.
+
+    targets, kinds, row (M,): each supervised token, its kind (1 answer, PROMPT_ID) and row, in the order
+    answer_logits gathers them (a row's answer tokens consecutive: its L IDs, then the end token); children:
+    ranking.IDTrie.children, {code prefix (tuple): allowed codes (tensor)}. Returns where (Q,) indices into M, ids
+    and mask (Q, S): at the l-th ID of an answer, the level-l tokens of the codes allowed after its first l codes.
+    Example (L 2, K 4, tracks (0, 1), (0, 3), (2, 0)): an answer (0, 3) -> at its first token the tokens of codes
+    [0, 2] of level 0, at its second those of [1, 3] of level 1; the end token none.
+    """
+    L, K = vocab.levels, vocab.codebook_size
+    where, allowed, first = [], [], {}
+    for m, (k, r) in enumerate(zip(kinds.tolist(), row.tolist())):
+        if k == 1:
+            first.setdefault(r, m)
+    toks = targets.tolist()
+    for r, m0 in first.items():
+        codes = tuple(vocab.level_code(t)[1] for t in toks[m0:m0 + L])
+        for l in range(L):
+            kids = children.get(codes[:l])
+            if kids is None:
+                raise UserError(f"an answer's Semantic ID {codes} is not in the catalogue's ID table")
+            where.append(m0 + l)
+            allowed.append(vocab.offset + l * K + kids)
+    S = max(len(a) for a in allowed)
+    ids = torch.zeros(len(allowed), S, dtype=torch.long)
+    mask = torch.zeros(len(allowed), S, dtype=torch.bool)
+    for q, a in enumerate(allowed):
+        ids[q, :len(a)], mask[q, :len(a)] = a, True
+    dev = targets.device
+    return torch.tensor(where, dtype=torch.long, device=dev), ids.to(dev), mask.to(dev)
+
+
 def target_table(targets, kinds, row, soft):
     """The (M, S) target ids and probabilities of the M supervised tokens for expected_logps: one-hot (the token
     itself) everywhere, except the answer's first tokens of the rows with soft targets.
@@ -393,14 +444,19 @@ def answer_logps_shared_prefix(model, input_ids, attention_mask, loss_mask, shar
     """answer_logps, faster when the first `shared_prefix` = P tokens are the same in every row (the chat
     template's opening) and unsupervised: they run once, as a batch of one, and the rows continue from that KV
     cache, which carries the gradient back to it. The same values (tests/test_sft.py)."""
+    logits, targets, row = answer_logits_shared_prefix(model, input_ids, attention_mask, loss_mask, shared_prefix)
+    return token_logps(logits, targets, table), row
+
+
+def answer_logits_shared_prefix(model, input_ids, attention_mask, loss_mask, shared_prefix):
+    """answer_logits, the shared prefix run once (answer_logps_shared_prefix)."""
     P, B = shared_prefix, input_ids.shape[0]
     cache = model.model(input_ids=input_ids[:1, :P], use_cache=True).cache
     cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=input_ids.device))   # one prefix, B rows
     pos = torch.arange(P, input_ids.shape[1], device=input_ids.device).expand(B, -1)
     hidden = model.model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=pos,
                          cache=cache, use_cache=True).last_hidden_state                      # (B, T-P, H)
-    logits, targets, row = logits_at_answers(model, hidden, input_ids[:, P:], loss_mask[:, P:])
-    return token_logps(logits, targets, table), row
+    return logits_at_answers(model, hidden, input_ids[:, P:], loss_mask[:, P:])
 
 
 def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device, shared_prefix=0):
@@ -466,7 +522,8 @@ def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_
     return nll / n_tokens
 
 
-def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0, soft=None):
+def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0, soft=None,
+             valid_id_weight=0.0, children=None):
     """weighted_nll of `pairs`: the answer tokens' NLL, plus prompt_id_weight x that of the prompts' Semantic-ID
     tokens (`vocab` says which they are), divided by `n_tokens`, the answer-token count of the whole accumulated
     batch, so micro-batching does not change the gradient.
@@ -475,19 +532,26 @@ def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None
     batch instead of once per example (answer_logps_shared_prefix), 0 runs the plain answer_logps.
     soft: per pair, None or the soft targets of its answer's ID tokens (group_targets); the loss then takes those
     tokens' cross-entropy with them instead of their NLL (expected_logps).
+    valid_id_weight > 0 (with `vocab` and `children`, ranking.IDTrie.children): minus that weight times the sum of
+    valid_id_logps at the answers' ID tokens is added, over the same divisor.
     """
     ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id, vocab if prompt_id_weight else None))
     shifted = loss_mask[:, 1:]   # the targets, their kinds and rows, in the order the log-probs are gathered
     kinds = shifted[shifted.bool()]
-    table = None
-    if soft is not None and any(x is not None for x in soft):
-        row = torch.arange(len(pairs), device=ids.device)[:, None].expand_as(shifted)[shifted.bool()]
-        table = target_table(ids[:, 1:][shifted.bool()], kinds, row, soft)
+    targets = ids[:, 1:][shifted.bool()]
+    row = torch.arange(len(pairs), device=ids.device)[:, None].expand_as(shifted)[shifted.bool()]
+    table = target_table(targets, kinds, row, soft) if soft is not None and any(x is not None for x in soft) \
+        else None
     if shared_prefix:
-        logps, _ = answer_logps_shared_prefix(model, ids, attn, loss_mask, shared_prefix, table)
+        logits, _, _ = answer_logits_shared_prefix(model, ids, attn, loss_mask, shared_prefix)
     else:
-        logps, _ = answer_logps(model, ids, attn, loss_mask, table)
-    return weighted_nll(logps, kinds, prompt_id_weight, n_tokens)
+        logits, _, _ = answer_logits(model, ids, attn, loss_mask)
+    loss = weighted_nll(token_logps(logits, targets, table), kinds, prompt_id_weight, n_tokens)
+    if valid_id_weight:
+        where, valid_ids, valid_mask = validity_table(targets, kinds, row, vocab, children)
+        valid = valid_id_logps(torch.log_softmax(logits[where], -1), valid_ids, valid_mask)
+        loss = loss - valid_id_weight * valid.sum() / n_tokens
+    return loss
 
 
 @torch.no_grad()
@@ -707,6 +771,14 @@ def train(args):
             print(f"group targets: {sum(x is not None for x in soft):,} of {len(soft):,} examples trained toward the "
                   "answers of every example asked the same thing")
     grouped = args.answers_per_prompt > 1
+    if args.valid_id_weight < 0:
+        raise UserError(f"--valid-id-weight {args.valid_id_weight:g}: a weight is at least 0")
+    if args.valid_id_weight and grouped:
+        raise UserError("--valid-id-weight and --answers-per-prompt > 1: the grouped loss has no validity term; "
+                        "pass one of them")
+    children = None
+    if args.valid_id_weight:   # which codes may follow each prefix: the catalogue's IDs, as the ranking's trie
+        children = ranking.IDTrie(formats.load_semantic_ids(meta["semantic_ids"])[1].tolist(), vocab.levels).children
     if grouped:   # a step: --batch-size prompts, each with up to --answers-per-prompt answers (grouped_loss)
         groups = prompt_groups(train_ex, train_pairs, vocab)
         schedule = chunk_schedule(groups, args.steps, args.batch_size, args.answers_per_prompt, args.seed)
@@ -757,7 +829,8 @@ def train(args):
                     loss = sft_loss(model, mine[s:s + args.micro_batch_size], pad_id, n_tok, device,
                                     shared_prefix=len(fmt.prefix), vocab=vocab,
                                     prompt_id_weight=args.prompt_id_weight,
-                                    soft=mine_soft and mine_soft[s:s + args.micro_batch_size])
+                                    soft=mine_soft and mine_soft[s:s + args.micro_batch_size],
+                                    valid_id_weight=args.valid_id_weight, children=children)
             loss.backward()
             loss_sum += loss.item()
         ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's
@@ -890,6 +963,11 @@ def parse_args(argv=None):
                         "forward scores those positions anyway; 0 trains on the answers only (default %(default)s; "
                         "the demo passes 0.25: with the attribute requests as most of the examples, weight 1 crowds "
                         "their answer sets out, and 0 lets hallucinated@1 rise to 4.5%%)")
+    p.add_argument("--valid-id-weight", type=float, default=VALID_ID_WEIGHT,
+                   help="weight of -log p(a code the catalogue allows after the fed prefix) at each answer ID token, "
+                        "beside the answer's own loss: what an unconstrained decoder needs to know to emit only real "
+                        "tracks, taught without reordering the allowed codes (valid_id_logps; default %(default)s: "
+                        "off)")
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
                    help="AdamW weight decay (default %(default)s: LoRA rarely benefits, and the new ID rows must "
                         "move freely)")

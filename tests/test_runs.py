@@ -309,11 +309,25 @@ def test_dpo_sft_replay_adds_the_sft_runs_own_loss(tiny_smol, tmp_path, monkeypa
     log = [json.loads(l) for l in open(tmp_path / "replay" / "log.jsonl")]
     model, tok, vocab = M.load_policy(tiny_smol, adapter=str(tmp_path / "sft" / "adapter"), dropout=0.0)
     fmt = M.PromptFormat(tok, vocab)
-    pairs, soft, w = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt)
-    assert soft is None and w == 0.5 and len(pairs) == 24
+    pairs, soft, w, valid, children = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt)
+    assert soft is None and w == 0.5 and len(pairs) == 24 and valid == 0.0 and children is None
     first = sft.batch_schedule([len(p) + len(q) for p, q in pairs], 2, 4, 0)[0]
     batch = [pairs[i] for i in first]
     with torch.no_grad():
         want = real(model, batch, M.pad_id_of(tok), sum(len(q) for _, q in batch), "cpu", vocab=vocab,
                     prompt_id_weight=0.5).item()
     assert log[1]["sft_loss"] == pytest.approx(want, rel=1e-4)
+
+    # an SFT run with the validity term: replay adds it too, over the catalogue's IDs (meta's semantic_ids)
+    table = tmp_path / "semantic_ids.tsv"
+    ids = sorted({vocab.parse(json.loads(l)["answer"]) for l in open(os.path.join(data, "train.jsonl"))})
+    table.write_text("track_id\tcode_0\tcode_1\tcode_2\n" + "".join(
+        f"t{i}\t{a}\t{b}\t{c}\n" for i, (a, b, c) in enumerate(ids)))
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    json.dump({**meta, "semantic_ids": str(table)}, open(os.path.join(data, "meta.json"), "w"))
+    json.dump({**cfg, "valid_id_weight": 0.3}, open(cfg_path, "w"))
+    calls.clear()
+    monkeypatch.setattr(sft, "sft_loss", lambda *a, **k: calls.append((k["valid_id_weight"], len(k["children"][()])))
+                        or real(*a, **k))
+    dpo.main(argv + ["--out", str(tmp_path / "replay_valid"), "--sft-replay", "4", "--sft-data", data])
+    assert calls == [(0.3, len({i[0] for i in ids}))] * 2             # the trie's first level: the codes in use

@@ -500,3 +500,86 @@ def test_sft_trains_toward_group_targets(tmp_path, tiny_smol):
     # any distribution over ID tokens has the cross-entropy of one of them: the same loss; then they part
     assert logs["group"][0]["loss"] == pytest.approx(logs["example"][0]["loss"], rel=1e-4)
     assert logs["group"][-1]["loss"] != pytest.approx(logs["example"][-1]["loss"], rel=1e-3)
+
+
+def test_valid_id_logps_worked_example_and_gradient():
+    """log of the valid tokens' total probability; its gradient scales the valid tokens up in proportion (their
+    ratios kept) and pushes each invalid one down by its probability."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).requires_grad_(True)
+    got = sft.valid_id_logps(torch.log_softmax(logits, -1), torch.tensor([[0, 2]]), torch.tensor([[True, True]]))
+    assert got.item() == pytest.approx(np.log(0.7))
+    (-got.sum()).backward()
+    # d(-log P_valid)/d logit_v = p_v - [v valid] p_v / P_valid
+    assert torch.allclose(logits.grad, torch.tensor([[0.5 - 0.5 / 0.7, 0.3, 0.2 - 0.2 / 0.7]]))
+    padded = sft.valid_id_logps(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), torch.tensor([[1, 0]]),
+                                torch.tensor([[True, False]]))
+    assert padded.item() == pytest.approx(np.log(0.3))             # padding adds nothing
+
+
+def test_validity_table_by_hand():
+    """The docstring's example, after a row's prompt IDs (PROMPT_ID) and beside a second row."""
+    vocab = M.IDVocab(2, 4, 10)                                   # level 0: tokens 10-13, level 1: 14-17
+    children = ranking.IDTrie([(0, 1), (0, 3), (2, 0)], 2).children
+    P = sft.PROMPT_ID
+    targets = torch.tensor([12, 14, 10, 17, 99, 12, 14, 99])     # row 0: prompt <a_2><b_0>, answer (0, 3), end
+    kinds = torch.tensor([P, P, 1, 1, 1, 1, 1, 1])               # row 1: answer (2, 0), end
+    row = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
+    where, ids, mask = sft.validity_table(targets, kinds, row, vocab, children)
+    assert where.tolist() == [2, 3, 5, 6]                         # the answers' ID tokens, never the ends
+    got = [ids[q][mask[q]].tolist() for q in range(4)]
+    assert got == [[10, 12], [15, 17], [10, 12], [14]]           # codes {0, 2}; after 0: {1, 3}; after 2: {0}
+    with pytest.raises(sft.UserError, match="not in the catalogue"):
+        sft.validity_table(torch.tensor([11, 14, 99]), torch.tensor([1, 1, 1]), torch.tensor([0, 0, 0]), vocab,
+                           children)                              # (1, 0): no track
+
+
+def test_sft_loss_validity_term_equals_a_full_forward(tiny_smol):
+    """sft_loss with --valid-id-weight = the plain loss - w sum over the answers' ID tokens of log sum_{allowed} p,
+    summed by hand from one full forward; the shared opening changes nothing."""
+    model, fmt, vocab, pairs = two_prompts_policy(tiny_smol)     # answers (1, 2, 0) and (2, 0, 1)
+    catalogue = [(1, 2, 0), (1, 2, 3), (1, 0, 0), (2, 0, 1), (3, 3, 3)]
+    children = ranking.IDTrie(catalogue, 3).children
+    ids, attn, _ = sft.collate(pairs, 2)
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+    t = vocab.token_id
+    allowed = [[[t(0, 1), t(0, 2), t(0, 3)], [t(1, 0), t(1, 2)], [t(2, 0), t(2, 3)]],   # (1, 2, 0)
+               [[t(0, 1), t(0, 2), t(0, 3)], [t(1, 0)], [t(2, 1)]]]                      # (2, 0, 1)
+    valid = sum(torch.logsumexp(full[i, len(p) + j - 1, allowed[i][j]], 0) for i, (p, _) in enumerate(pairs)
+                for j in range(3))
+    with torch.no_grad():
+        plain = sft.sft_loss(model, pairs, 2, 8, "cpu")
+        for shared in (0, len(fmt.prefix)):
+            got = sft.sft_loss(model, pairs, 2, 8, "cpu", shared_prefix=shared, vocab=vocab, valid_id_weight=0.5,
+                               children=children)
+            assert got.item() == pytest.approx((plain - 0.5 * valid / 8).item(), abs=1e-5)
+
+
+def test_sft_trains_with_the_validity_term(tmp_path, tiny_smol):
+    """sft.py --valid-id-weight end to end: it reads the catalogue's IDs from meta's semantic_ids, trains, and its
+    first loss differs from the plain run's by the term; bad combinations are one line."""
+    import json
+    data = write_sft_data(tmp_path / "data")
+    ids = set()   # the catalogue: the tracks the examples answer, so some codes are not allowed
+    for f in ("train.jsonl", "val.jsonl"):
+        for l in open(os.path.join(data, f)):
+            ids.add(M.IDVocab(3, 4, 0).parse(json.loads(l)["answer"]))
+    table = os.path.join(data, "semantic_ids.tsv")
+    with open(table, "w") as f:
+        f.write("track_id\tcode_0\tcode_1\tcode_2\n")
+        f.writelines(f"t{i}\t{a}\t{b}\t{c}\n" for i, (a, b, c) in enumerate(sorted(ids)))
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    meta["semantic_ids"] = table
+    json.dump(meta, open(os.path.join(data, "meta.json"), "w"))
+    run_tiny_sft(data, str(tmp_path / "plain"), tiny_smol)
+    run_tiny_sft(data, str(tmp_path / "valid"), tiny_smol, ["--valid-id-weight", "1"])
+    logs = {n: [json.loads(l) for l in open(tmp_path / n / "log.jsonl")] for n in ("plain", "valid")}
+    assert [x["step"] for x in logs["valid"]] == list(range(1, 7)) and all(np.isfinite(x["loss"]) for x in logs["valid"])
+    # the same first batch: the term adds -log p(an allowed code) > 0 at every answer ID token (the base vocabulary
+    # holds mass too), so the first loss is larger
+    assert logs["valid"][0]["loss"] > logs["plain"][0]["loss"]
+    with pytest.raises(sft.UserError, match="at least 0"):
+        run_tiny_sft(data, str(tmp_path / "neg"), tiny_smol, ["--valid-id-weight", "-1"])
+    with pytest.raises(sft.UserError, match="answers-per-prompt"):
+        run_tiny_sft(data, str(tmp_path / "grouped"), tiny_smol, ["--valid-id-weight", "1",
+                                                                  "--answers-per-prompt", "2"])
