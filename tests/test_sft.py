@@ -574,7 +574,8 @@ def test_sft_trains_with_the_validity_term(tmp_path, tiny_smol):
     run_tiny_sft(data, str(tmp_path / "plain"), tiny_smol)
     run_tiny_sft(data, str(tmp_path / "valid"), tiny_smol, ["--valid-id-weight", "1"])
     logs = {n: [json.loads(l) for l in open(tmp_path / n / "log.jsonl")] for n in ("plain", "valid")}
-    assert [x["step"] for x in logs["valid"]] == list(range(1, 7)) and all(np.isfinite(x["loss"]) for x in logs["valid"])
+    assert [x["step"] for x in logs["valid"]] == list(range(1, 7))
+    assert all(np.isfinite(x["loss"]) for x in logs["valid"])
     # the same first batch: the term adds -log p(an allowed code) > 0 at every answer ID token (the base vocabulary
     # holds mass too), so the first loss is larger
     assert logs["valid"][0]["loss"] > logs["plain"][0]["loss"]
