@@ -33,7 +33,6 @@ import ddp
 import formats
 import lora
 import model as M
-import ranking
 import sft
 from common import UserError, atomic_dir, atomic_path, need_file, read_json, run_main, save_config, \
     seed_everything, write_json
@@ -331,7 +330,7 @@ def replay_examples(sft_data, sft_adapter, fmt):
     """The SFT run's training examples and the loss options it trained them with, for --sft-replay.
 
     Returns (pairs [(prompt_ids, answer_ids)], soft targets per pair or None, prompt_id_weight, valid_id_weight,
-    children): the answer targets (`example`, or `group`: toward every answer of what was asked), the weight of the
+    trie): the answer targets (`example`, or `group`: toward every answer of what was asked), the weight of the
     prompt's Semantic IDs and that of the validity term (with the catalogue's ID trie it needs, or None) are read
     from the SFT run's config.json beside its adapter, so replay trains the loss SFT minimised, not another one.
     """
@@ -342,9 +341,8 @@ def replay_examples(sft_data, sft_adapter, fmt):
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
     soft = sft.answer_targets(cfg.get("answer_targets", "example"), sft_data, meta, examples, pairs, fmt)
     valid_weight = cfg.get("valid_id_weight", 0.0)
-    children = ranking.IDTrie(formats.load_semantic_ids(meta["semantic_ids"])[1].tolist(),
-                              fmt.vocab.levels).children if valid_weight else None
-    return pairs, soft, cfg.get("prompt_id_weight", 0.0), valid_weight, children
+    trie = sft.catalogue_trie(meta) if valid_weight else None
+    return pairs, soft, cfg.get("prompt_id_weight", 0.0), valid_weight, trie
 
 
 def sft_run_config(sft_adapter):
@@ -520,7 +518,7 @@ def train(args):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
     if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
-        r_pairs, r_soft, r_weight, r_valid, r_children = replay_examples(args.sft_data, adapter_dir, fmt)
+        r_pairs, r_soft, r_weight, r_valid, r_trie = replay_examples(args.sft_data, adapter_dir, fmt)
         r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
                                         args.seed)
         if ddp.is_main():
@@ -587,7 +585,7 @@ def train(args):
             with M.autocast(device):
                 loss = sft.sft_loss(model, ddp.shard(batch), pad_id, n_tok, device, shared_prefix=len(fmt.prefix),
                                     vocab=vocab, prompt_id_weight=r_weight, soft=soft, valid_id_weight=r_valid,
-                                    children=r_children)
+                                    trie=r_trie)
             (args.sft_replay_weight * loss).backward()
             rec["sft_loss"] = ddp.sum_all([loss.item()])[0]
         ddp.sum_grads(params)     # the shares' gradients add up to the whole batch's

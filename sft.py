@@ -335,7 +335,7 @@ def valid_id_logps(logps, valid_ids, valid_mask):
     """log sum_{v in valid} p(v): the log-probability that the token at each position is one the catalogue allows.
 
     logps (Q, V') fp32 log-softmax rows at Q answer ID tokens; valid_ids (Q, S) the token ids of the codes the ID trie
-    allows after each position's fed prefix (ranking.IDTrie.children), valid_mask (Q, S) False on padding. Every row
+    allows after each position's fed prefix (ranking.IDTrie.allowed), valid_mask (Q, S) False on padding. Every row
     holds at least the answer's own token, so every value is finite and <= that token's log-prob. Its gradient on
     a logit is p_v - [v valid] p_v / P_valid: every invalid token is pushed down by its probability, every valid one
     up in proportion to its own, so the valid codes keep their ratios (their order, the ranking) while the mass off
@@ -345,12 +345,12 @@ def valid_id_logps(logps, valid_ids, valid_mask):
     return torch.logsumexp(logps.gather(1, valid_ids).masked_fill(~valid_mask, float("-inf")), dim=1)
 
 
-def validity_table(targets, kinds, row, vocab, children):
+def validity_table(targets, kinds, row, vocab, trie):
     """The positions of the answers' ID tokens and the codes allowed there, for valid_id_logps.
 
     targets, kinds, row (M,): each supervised token, its kind (1 answer, PROMPT_ID) and row, in the order
-    answer_logits gathers them (a row's answer tokens consecutive: its L IDs, then the end token); children:
-    ranking.IDTrie.children, {code prefix (tuple): allowed codes (tensor)}. Returns where (Q,) indices into M, ids
+    answer_logits gathers them (a row's answer tokens consecutive: its L IDs, then the end token); trie: the
+    catalogue's ranking.IDTrie (catalogue_trie). Returns where (Q,) indices into M, ids
     and mask (Q, S): at the l-th ID of an answer, the level-l tokens of the codes allowed after its first l codes.
     Example (L 2, K 4, tracks (0, 1), (0, 3), (2, 0)): an answer (0, 3) -> at its first token the tokens of codes
     [0, 2] of level 0, at its second those of [1, 3] of level 1; the end token none.
@@ -364,8 +364,8 @@ def validity_table(targets, kinds, row, vocab, children):
     for r, m0 in first.items():
         codes = tuple(vocab.level_code(t)[1] for t in toks[m0:m0 + L])
         for l in range(L):
-            kids = children.get(codes[:l])
-            if kids is None:
+            kids = trie.allowed(codes[:l])
+            if not len(kids):
                 raise UserError(f"an answer's Semantic ID {codes} is not in the catalogue's ID table")
             where.append(m0 + l)
             allowed.append(vocab.offset + l * K + kids)
@@ -376,6 +376,11 @@ def validity_table(targets, kinds, row, vocab, children):
         ids[q, :len(a)], mask[q, :len(a)] = a, True
     dev = targets.device
     return torch.tensor(where, dtype=torch.long, device=dev), ids.to(dev), mask.to(dev)
+
+
+def catalogue_trie(meta):
+    """The ranking's ID trie of the catalogue's Semantic IDs (meta's semantic_ids table), for the validity term."""
+    return ranking.IDTrie(formats.load_semantic_ids(meta["semantic_ids"])[1].tolist(), meta["levels"])
 
 
 def target_table(targets, kinds, row, soft):
@@ -523,7 +528,7 @@ def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_
 
 
 def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None, prompt_id_weight=0.0, soft=None,
-             valid_id_weight=0.0, children=None):
+             valid_id_weight=0.0, trie=None):
     """weighted_nll of `pairs`: the answer tokens' NLL, plus prompt_id_weight x that of the prompts' Semantic-ID
     tokens (`vocab` says which they are), divided by `n_tokens`, the answer-token count of the whole accumulated
     batch, so micro-batching does not change the gradient.
@@ -532,7 +537,7 @@ def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None
     batch instead of once per example (answer_logps_shared_prefix), 0 runs the plain answer_logps.
     soft: per pair, None or the soft targets of its answer's ID tokens (group_targets); the loss then takes those
     tokens' cross-entropy with them instead of their NLL (expected_logps).
-    valid_id_weight > 0 (with `vocab` and `children`, ranking.IDTrie.children): minus that weight times the sum of
+    valid_id_weight > 0 (with `vocab` and `trie`, the catalogue's ranking.IDTrie): minus that weight times the sum of
     valid_id_logps at the answers' ID tokens is added, over the same divisor.
     """
     ids, attn, loss_mask = (t.to(device) for t in collate(pairs, pad_id, vocab if prompt_id_weight else None))
@@ -548,7 +553,7 @@ def sft_loss(model, pairs, pad_id, n_tokens, device, shared_prefix=0, vocab=None
         logits, _, _ = answer_logits(model, ids, attn, loss_mask)
     loss = weighted_nll(token_logps(logits, targets, table), kinds, prompt_id_weight, n_tokens)
     if valid_id_weight:
-        where, valid_ids, valid_mask = validity_table(targets, kinds, row, vocab, children)
+        where, valid_ids, valid_mask = validity_table(targets, kinds, row, vocab, trie)
         valid = valid_id_logps(torch.log_softmax(logits[where], -1), valid_ids, valid_mask)
         loss = loss - valid_id_weight * valid.sum() / n_tokens
     return loss
@@ -776,9 +781,7 @@ def train(args):
     if args.valid_id_weight and grouped:
         raise UserError("--valid-id-weight and --answers-per-prompt > 1: the grouped loss has no validity term; "
                         "pass one of them")
-    children = None
-    if args.valid_id_weight:   # which codes may follow each prefix: the catalogue's IDs, as the ranking's trie
-        children = ranking.IDTrie(formats.load_semantic_ids(meta["semantic_ids"])[1].tolist(), vocab.levels).children
+    trie = catalogue_trie(meta) if args.valid_id_weight else None   # which codes may follow each prefix
     if grouped:   # a step: --batch-size prompts, each with up to --answers-per-prompt answers (grouped_loss)
         groups = prompt_groups(train_ex, train_pairs, vocab)
         schedule = chunk_schedule(groups, args.steps, args.batch_size, args.answers_per_prompt, args.seed)
@@ -830,7 +833,7 @@ def train(args):
                                     shared_prefix=len(fmt.prefix), vocab=vocab,
                                     prompt_id_weight=args.prompt_id_weight,
                                     soft=mine_soft and mine_soft[s:s + args.micro_batch_size],
-                                    valid_id_weight=args.valid_id_weight, children=children)
+                                    valid_id_weight=args.valid_id_weight, trie=trie)
             loss.backward()
             loss_sum += loss.item()
         ddp.sum_grads(params)                   # the shares' gradients add up to the whole batch's

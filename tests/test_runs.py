@@ -309,8 +309,8 @@ def test_dpo_sft_replay_adds_the_sft_runs_own_loss(tiny_smol, tmp_path, monkeypa
     log = [json.loads(l) for l in open(tmp_path / "replay" / "log.jsonl")]
     model, tok, vocab = M.load_policy(tiny_smol, adapter=str(tmp_path / "sft" / "adapter"), dropout=0.0)
     fmt = M.PromptFormat(tok, vocab)
-    pairs, soft, w, valid, children = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt)
-    assert soft is None and w == 0.5 and len(pairs) == 24 and valid == 0.0 and children is None
+    pairs, soft, w, valid, trie = dpo.replay_examples(data, str(tmp_path / "sft" / "adapter"), fmt)
+    assert soft is None and w == 0.5 and len(pairs) == 24 and valid == 0.0 and trie is None
     first = sft.batch_schedule([len(p) + len(q) for p, q in pairs], 2, 4, 0)[0]
     batch = [pairs[i] for i in first]
     with torch.no_grad():
@@ -327,7 +327,9 @@ def test_dpo_sft_replay_adds_the_sft_runs_own_loss(tiny_smol, tmp_path, monkeypa
     json.dump({**meta, "semantic_ids": str(table)}, open(os.path.join(data, "meta.json"), "w"))
     json.dump({**cfg, "valid_id_weight": 0.3}, open(cfg_path, "w"))
     calls.clear()
-    monkeypatch.setattr(sft, "sft_loss", lambda *a, **k: calls.append((k["valid_id_weight"], len(k["children"][()])))
-                        or real(*a, **k))
+    def spy(*a, **k):
+        calls.append((k["valid_id_weight"], len(k["trie"].allowed(()))))
+        return real(*a, **k)
+    monkeypatch.setattr(sft, "sft_loss", spy)
     dpo.main(argv + ["--out", str(tmp_path / "replay_valid"), "--sft-replay", "4", "--sft-data", data])
     assert calls == [(0.3, len({i[0] for i in ids}))] * 2             # the trie's first level: the codes in use

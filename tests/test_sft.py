@@ -519,18 +519,18 @@ def test_valid_id_logps_worked_example_and_gradient():
 def test_validity_table_by_hand():
     """The docstring's example, after a row's prompt IDs (PROMPT_ID) and beside a second row."""
     vocab = M.IDVocab(2, 4, 10)                                   # level 0: tokens 10-13, level 1: 14-17
-    children = ranking.IDTrie([(0, 1), (0, 3), (2, 0)], 2).children
+    trie = ranking.IDTrie([(0, 1), (0, 3), (2, 0)], 2)
     P = sft.PROMPT_ID
     targets = torch.tensor([12, 14, 10, 17, 99, 12, 14, 99])     # row 0: prompt <a_2><b_0>, answer (0, 3), end
     kinds = torch.tensor([P, P, 1, 1, 1, 1, 1, 1])               # row 1: answer (2, 0), end
     row = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
-    where, ids, mask = sft.validity_table(targets, kinds, row, vocab, children)
+    where, ids, mask = sft.validity_table(targets, kinds, row, vocab, trie)
     assert where.tolist() == [2, 3, 5, 6]                         # the answers' ID tokens, never the ends
     got = [ids[q][mask[q]].tolist() for q in range(4)]
     assert got == [[10, 12], [15, 17], [10, 12], [14]]           # codes {0, 2}; after 0: {1, 3}; after 2: {0}
     with pytest.raises(sft.UserError, match="not in the catalogue"):
         sft.validity_table(torch.tensor([11, 14, 99]), torch.tensor([1, 1, 1]), torch.tensor([0, 0, 0]), vocab,
-                           children)                              # (1, 0): no track
+                           trie)                                  # (1, 0): no track
 
 
 def test_sft_loss_validity_term_equals_a_full_forward(tiny_smol):
@@ -538,7 +538,7 @@ def test_sft_loss_validity_term_equals_a_full_forward(tiny_smol):
     summed by hand from one full forward; the shared opening changes nothing."""
     model, fmt, vocab, pairs = two_prompts_policy(tiny_smol)     # answers (1, 2, 0) and (2, 0, 1)
     catalogue = [(1, 2, 0), (1, 2, 3), (1, 0, 0), (2, 0, 1), (3, 3, 3)]
-    children = ranking.IDTrie(catalogue, 3).children
+    trie = ranking.IDTrie(catalogue, 3)
     ids, attn, _ = sft.collate(pairs, 2)
     with torch.no_grad():
         full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
@@ -551,7 +551,7 @@ def test_sft_loss_validity_term_equals_a_full_forward(tiny_smol):
         plain = sft.sft_loss(model, pairs, 2, 8, "cpu")
         for shared in (0, len(fmt.prefix)):
             got = sft.sft_loss(model, pairs, 2, 8, "cpu", shared_prefix=shared, vocab=vocab, valid_id_weight=0.5,
-                               children=children)
+                               trie=trie)
             assert got.item() == pytest.approx((plain - 0.5 * valid / 8).item(), abs=1e-5)
 
 
