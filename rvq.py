@@ -55,6 +55,7 @@ WEIGHTS: str = ""           # total variance of each block, comma-separated in S
 # code holds one genre at 0.98 and the first two codes agree with their tracks' attribute phrases at 0.94 instead of
 # 0.90 without the block (the quality sheet's attribute_purity_per_level)
 BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25, "attrs": 0.5}
+LAST_LEVEL_SIGNALS: str = ""  # blocks only the last level quantises (fit_rvq's last_only); "": every level reads all
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
@@ -157,17 +158,29 @@ def kmeans(x, k, seed=SEED, max_iter=MAX_ITER, tol=TOL):
 
 # ----------------------------------------------------------------------------- residual quantisation
 
-def fit_rvq(x, levels=LEVELS, k=CODEBOOK_SIZE, seed=SEED, max_iter=MAX_ITER, tol=TOL):
+def fit_rvq(x, levels=LEVELS, k=CODEBOOK_SIZE, seed=SEED, max_iter=MAX_ITER, tol=TOL, last_only=None):
     """Residual quantiser (TIGER, Rajput et al. 2023, Sec. 3.1: r_0 = x, c_l = argmin_k ||r_l - e^l_k||,
     r_{l+1} = r_l - e^l_{c_l}), each level's codebook fitted by k-means on the whole catalogue's residuals.
 
-    x: (N,D) float. Returns codebooks (L,K,D) of x's dtype.
+    x: (N,D) float. last_only: (D,) bool, columns that only the last level reads (None: none), or None.
+    Returns codebooks (L,K,D) of x's dtype.
+
+    A column in last_only is zeroed in the residual every level but the last fits, so those levels' centroids
+    are 0 there: it adds the same ||r_d||^2 to a row's distance to every code of such a level, which leaves
+    encode's argmin, and so the codes, to the other columns, and it reaches the last level whole. Why: a
+    signal that should not split the prefixes (the long-listen rate, whose one column would otherwise take part
+    of the second code from the audio that attribute requests name) can still be held by the last code.
+    Example: x = [[0, 5], [0, -5], [10, 5], [10, -5]], levels 2, K 2, column 1 last-only: level 1 splits on
+    column 0 (centroids (0, 0), (10, 0)); the residuals are (0, +-5), and level 2 splits them: (0, 5), (0, -5).
     """
     x = torch.as_tensor(x)
+    keep = torch.ones(x.shape[1], dtype=x.dtype) if last_only is None else \
+        (~torch.as_tensor(last_only, dtype=torch.bool)).to(x.dtype)
     residual = x.clone()
     books = []
     for level in tqdm(range(levels), desc="rvq levels", disable=None):
-        centroids, assign = kmeans(residual, k, seed=seed + level, max_iter=max_iter, tol=tol)
+        seen = residual if level == levels - 1 else residual * keep   # (N,D): the columns this level reads
+        centroids, assign = kmeans(seen, k, seed=seed + level, max_iter=max_iter, tol=tol)
         books.append(centroids)
         residual = residual - centroids[assign]
     return torch.stack(books)
@@ -398,6 +411,9 @@ def format_report(rep):
     if "rate_explained_per_level" in rep:
         lines.append("long-listen rate (logit) explained by the ID prefixes (levels 1..L): "
                      + ", ".join(f"{v:.3f}" for v in rep["rate_explained_per_level"]))
+    if "rate_explained_per_code" in rep:
+        lines.append("long-listen rate (logit) explained by each level's code alone: "
+                     + ", ".join(f"{v:.3f}" for v in rep["rate_explained_per_code"]))
     return "\n".join(lines)
 
 
@@ -493,6 +509,12 @@ def train(args):
     weights = [float(w) for w in args.weights.split(",")] if args.weights else [BLOCK_WEIGHTS[b] for b in signals]
     if len(weights) != len(signals) or min(weights) <= 0:
         raise UserError(f"--weights {args.weights!r}: one positive number per signal ({', '.join(signals)})")
+    last_only = [b.strip() for b in args.last_level_signals.split(",") if b.strip()]
+    if [b for b in last_only if b not in signals]:
+        raise UserError(f"--last-level-signals {args.last_level_signals!r}: expected blocks of --signals "
+                        f"({', '.join(signals)})")
+    if last_only and args.levels < 2:
+        raise UserError("--last-level-signals needs --levels 2 or more (the levels before the last leave them out)")
     for b in ("collab", "quality"):
         if b in signals and not args.logs:
             raise UserError(f"--signals {b} needs --logs (the listening log; only its training window is read)")
@@ -531,7 +553,10 @@ def train(args):
     params["scales"] = [1.0] if len(signals) == 1 else [block_scale(blocks[b]) for b in signals]
     x = torch.from_numpy(signal_matrix(blocks, params))  # (N,D) float64
     # float32 halves the distance work; the residual chain and the report stay in float64
-    books = fit_rvq(x.float(), args.levels, args.codebook_size, args.seed, args.max_iter, args.tol).double()
+    # (D,) bool: the columns of the blocks only the last level reads
+    late = np.concatenate([np.full(blocks[b].shape[1], b in last_only) for b in signals])
+    books = fit_rvq(x.float(), args.levels, args.codebook_size, args.seed, args.max_iter, args.tol,
+                    last_only=late if last_only else None).double()
     codes = encode(x, books)
     codes_unique, _ = resolve_collisions(x, codes, books)
     rep = quality_report(x, codes, codes_unique, books, primary, seed=args.seed)
@@ -541,6 +566,11 @@ def train(args):
     if quality is not None:
         rep["signals"]["quality_warm_tracks"] = int(quality[1].sum())
         rep["rate_explained_per_level"] = prefix_rate_explained(codes_unique, quality[0][:, 0], quality[1])
+        # each level's code alone, whatever the codes before it: what one weight per code (a preference DPO learns
+        # on one code and carries to every track holding it) can take of the rate; high at the last level where
+        # --last-level-signals quality puts it
+        rep["rate_explained_per_code"] = [prefix_rate_explained(codes_unique[:, [l]], quality[0][:, 0], quality[1])[0]
+                                          for l in range(args.levels)]
     rep["genre_purity"]["per_level"] = prefix_genre_purity(codes_unique, primary)
     rep["attribute_purity_per_level"] = prefix_attribute_purity(codes_unique, attribute_flags(catalog.features))
     if cooc is not None:
@@ -594,6 +624,9 @@ def main(argv=None):
                    help="total variance of each signal block, in --signals order (default "
                         f"{', '.join(f'{b} {w:g}' for b, w in BLOCK_WEIGHTS.items())}: quality and attrs at the "
                         "weight of the others would split genres)")
+    t.add_argument("--last-level-signals", default=LAST_LEVEL_SIGNALS,
+                   help="blocks of --signals that only the last level quantises, comma-separated (e.g. quality: "
+                        "the earlier codes, which name the genre and the sound, are not split by it)")
     t.add_argument("--logs", default=None,
                    help="listening log: its training window feeds the collab and quality blocks and the quality "
                         "sheet")

@@ -110,6 +110,32 @@ def test_fit_is_deterministic_bit_identical():
     assert torch.equal(rvq.resolve_collisions(x, codes, a)[0], rvq.resolve_collisions(x, codes, a)[0])
 
 
+def test_last_only_columns_worked_example():
+    """fit_rvq's docstring example: column 1 is read by the last level alone, so level 1 splits on column 0 and
+    level 2 on column 1, though column 1's spread (+-5) would otherwise rival column 0's (0 vs 10)."""
+    x = torch.tensor([[0.0, 5.0], [0.0, -5.0], [10.0, 5.0], [10.0, -5.0]], dtype=torch.float64)
+    books = rvq.fit_rvq(x, levels=2, k=2, seed=0, last_only=[False, True])
+    assert torch.equal(sort_rows(books[0]), torch.tensor([[0.0, 0.0], [10.0, 0.0]], dtype=torch.float64))
+    assert torch.equal(sort_rows(books[1]), torch.tensor([[0.0, -5.0], [0.0, 5.0]], dtype=torch.float64))
+    codes = rvq.encode(x, books)
+    assert codes[0, 0] == codes[1, 0] != codes[2, 0] == codes[3, 0]     # level 1: the column-0 halves
+    assert codes[0, 1] == codes[2, 1] != codes[1, 1] == codes[3, 1]     # level 2: the sign of column 1
+    assert torch.equal(rvq.decode(codes, books), x)
+
+
+def test_last_only_levels_are_those_of_the_input_without_the_columns():
+    """The levels before the last, fitted with some columns last-only, are the quantiser of the input without
+    those columns (zeros there), and encode gives the same codes at those levels; the last level reads them."""
+    x = torch.randn(600, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    late = torch.tensor([False, False, False, False, True, True])
+    books = rvq.fit_rvq(x, levels=3, k=8, seed=2, last_only=late)
+    alone = rvq.fit_rvq(x[:, :4], levels=2, k=8, seed=2)
+    assert torch.equal(books[:2, :, 4:], torch.zeros(2, 8, 2, dtype=torch.float64))
+    assert torch.allclose(books[:2, :, :4], alone)
+    assert torch.equal(rvq.encode(x, books)[:, :2], rvq.encode(x[:, :4], alone))
+    assert books[2, :, 4:].abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- unique IDs
 
 def test_resolve_collisions_duplicated_rows():
@@ -428,6 +454,25 @@ def test_train_with_the_quality_signal(tmp_path):
     assert new.shape == (300, 3) and (new[:, 0].numpy() == ids[:, 0]).mean() > 0.9
     with pytest.raises(UserError, match="--signals quality needs --logs"):
         rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out), "--signals", "audio,quality"])
+    # the quality block read by the last level alone: the first two codes are those of the IDs without it
+    late, without = tmp_path / "late", tmp_path / "without"
+    rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(late), "--codebook-size", "8",
+              "--signals", "audio,genre,collab,quality", "--last-level-signals", "quality"] + logs)
+    rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(without), "--codebook-size", "8",
+              "--signals", "audio,genre,collab"] + logs)
+    model = rvq.load_rvq(late)
+    assert torch.equal(model["codebooks"][:2, :, -1], torch.zeros(2, 8, dtype=model["codebooks"].dtype))
+    assert model["codebooks"][2, :, -1].abs().sum() > 0
+    by_code = [json.loads((d / rvq.REPORT_FILE).read_text())["rate_explained_per_code"] for d in (out, late)]
+    assert by_code[1][2] > by_code[0][2] and by_code[1][2] > 0.5   # the last code alone holds the rate
+    assert read_json(late / rvq.CONFIG_FILE)["last_level_signals"] == "quality"
+    # (unique IDs may still differ there: a track whose (c_2, c_3) bucket is full moves up a level)
+    assert torch.allclose(model["codebooks"][:2, :, :-1], rvq.load_rvq(without)["codebooks"][:2], atol=1e-5)
+    for bad, match in ((["--signals", "audio,genre", "--last-level-signals", "quality"], "expected blocks of"),
+                       (["--signals", "audio,quality", "--levels", "1", "--codebook-size", "300",
+                         "--last-level-signals", "quality"], "--levels 2 or more")):
+        with pytest.raises(UserError, match=match):
+            rvq.main(["train", "--catalog", str(w / "catalog.csv"), "--out", str(out)] + bad + logs)
 
 
 def test_attribute_flags_by_hand():
