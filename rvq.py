@@ -569,8 +569,9 @@ def train(args):
         # each level's code alone, whatever the codes before it: what one weight per code (a preference DPO learns
         # on one code and carries to every track holding it) can take of the rate; high at the last level where
         # --last-level-signals quality puts it
-        rep["rate_explained_per_code"] = [prefix_rate_explained(codes_unique[:, [l]], quality[0][:, 0], quality[1])[0]
-                                          for l in range(args.levels)]
+        logit, warm = quality[0][:, 0], quality[1]
+        rep["rate_explained_per_code"] = [prefix_rate_explained(codes_unique[:, [level]], logit, warm)[0]
+                                          for level in range(args.levels)]
     rep["genre_purity"]["per_level"] = prefix_genre_purity(codes_unique, primary)
     rep["attribute_purity_per_level"] = prefix_attribute_purity(codes_unique, attribute_flags(catalog.features))
     if cooc is not None:
