@@ -566,9 +566,9 @@ def train(args):
     if quality is not None:
         rep["signals"]["quality_warm_tracks"] = int(quality[1].sum())
         rep["rate_explained_per_level"] = prefix_rate_explained(codes_unique, quality[0][:, 0], quality[1])
-        # each level's code alone, whatever the codes before it: what one weight per code (a preference DPO learns
-        # on one code and carries to every track holding it) can take of the rate; high at the last level where
-        # --last-level-signals quality puts it
+        # each level's code alone, whatever the codes before it: what a score with one weight per code can take of
+        # the rate (high at the last level where --last-level-signals quality puts it). A policy's log-prob of a code
+        # is normalised over the codes its prefix allows, so there such a weight only orders tracks of one prefix
         logit, warm = quality[0][:, 0], quality[1]
         rep["rate_explained_per_code"] = [prefix_rate_explained(codes_unique[:, [level]], logit, warm)[0]
                                           for level in range(args.levels)]
