@@ -56,8 +56,8 @@ WEIGHTS: str = ""           # total variance of each block, comma-separated in S
 # 0.90 without the block (the quality sheet's attribute_purity_per_level)
 BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25, "attrs": 0.5}
 # blocks only the last level quantises (fit_rvq's last_only); "": every level reads all. "quality" ranked attribute
-# requests +0.02 to +0.05 better on three worlds and next tracks 0.025-0.055 worse on their test windows
-# (EXPERIMENTS.md, "The long-listen rate in the last code alone"): not the demo's yet
+# requests +0.02 to +0.05 better on three worlds, DPO's next tracks and preferences as before, SFT's next tracks up
+# to 0.03 worse (EXPERIMENTS.md, "The long-listen rate in the last code alone"): not the demo's yet
 LAST_LEVEL_SIGNALS: str = ""
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 
@@ -631,7 +631,7 @@ def main(argv=None):
     t.add_argument("--last-level-signals", default=LAST_LEVEL_SIGNALS,
                    help="blocks of --signals that only the last level quantises, comma-separated (e.g. quality: "
                         "the earlier codes, which name the genre and the sound, are not split by it; attribute "
-                        "requests ranked better, next tracks worse: EXPERIMENTS.md)")
+                        "requests ranked better on three worlds: EXPERIMENTS.md)")
     t.add_argument("--logs", default=None,
                    help="listening log: its training window feeds the collab and quality blocks and the quality "
                         "sheet")
