@@ -165,7 +165,7 @@ def fit_rvq(x, levels=LEVELS, k=CODEBOOK_SIZE, seed=SEED, max_iter=MAX_ITER, tol
     """Residual quantiser (TIGER, Rajput et al. 2023, Sec. 3.1: r_0 = x, c_l = argmin_k ||r_l - e^l_k||,
     r_{l+1} = r_l - e^l_{c_l}), each level's codebook fitted by k-means on the whole catalogue's residuals.
 
-    x: (N,D) float. last_only: (D,) bool, columns that only the last level reads (None: none), or None.
+    x: (N,D) float. last_only: (D,) bool, the columns that only the last level reads, or None (every level reads all).
     Returns codebooks (L,K,D) of x's dtype.
 
     A column in last_only is zeroed in the residual every level but the last fits, so those levels' centroids

@@ -466,7 +466,7 @@ def test_train_with_the_quality_signal(tmp_path):
     by_code = [json.loads((d / rvq.REPORT_FILE).read_text())["rate_explained_per_code"] for d in (out, late)]
     assert by_code[1][2] > by_code[0][2] and by_code[1][2] > 0.5   # the last code alone holds the rate
     assert read_json(late / rvq.CONFIG_FILE)["last_level_signals"] == "quality"
-    # (unique IDs may still differ there: a track whose (c_2, c_3) bucket is full moves up a level)
+    # the codebooks, not the unique IDs: resolve_collisions moves a track whose (c_2, c_3) bucket is full up a level
     assert torch.allclose(model["codebooks"][:2, :, :-1], rvq.load_rvq(without)["codebooks"][:2], atol=1e-5)
     for bad, match in ((["--signals", "audio,genre", "--last-level-signals", "quality"], "expected blocks of"),
                        (["--signals", "audio,quality", "--levels", "1", "--codebook-size", "300",
