@@ -177,12 +177,11 @@ def fit_rvq(x, levels=LEVELS, k=CODEBOOK_SIZE, seed=SEED, max_iter=MAX_ITER, tol
     column 0 (centroids (0, 0), (10, 0)); the residuals are (0, +-5), and level 2 splits them: (0, 5), (0, -5).
     """
     x = torch.as_tensor(x)
-    keep = torch.ones(x.shape[1], dtype=x.dtype) if last_only is None else \
-        (~torch.as_tensor(last_only, dtype=torch.bool)).to(x.dtype)
+    keep = None if last_only is None else (~torch.as_tensor(last_only, dtype=torch.bool)).to(x.dtype)   # (D,)
     residual = x.clone()
     books = []
     for level in tqdm(range(levels), desc="rvq levels", disable=None):
-        seen = residual if level == levels - 1 else residual * keep   # (N,D): the columns this level reads
+        seen = residual if keep is None or level == levels - 1 else residual * keep   # (N,D): what this level reads
         centroids, assign = kmeans(seen, k, seed=seed + level, max_iter=max_iter, tol=tol)
         books.append(centroids)
         residual = residual - centroids[assign]
