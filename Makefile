@@ -60,12 +60,16 @@ SFT_TARGETS := example
 SEED_DPO_ARGS := --rpo-alpha 0
 EARLIER_DPO := 1
 endif
-# DEMO_OF=2026-12-05: the demo's options before SFT replay in DPO (the ablation's `demo-1205` row): DPO at beta 0.1,
-# no replay. DEMO_OF=2026-12-04: that, and that day's attribute requests (the ablation's `demo-1204` row): 2,000 of
-# them, SFT toward each example's own answer, the prompt's IDs at weight 1.
-# DEMO_OF=2026-12-01: the demo of that day (the ablation's `layers15` row): that, with IDs without the quality
-# block and the earlier DPO (below). Options on the command line still win.
+# DEMO_OF=2026-12-06: the demo's options before the long-listen rate went to the last code alone (the ablation's
+# `demo-1206` row): every code reads every block of the IDs. DEMO_OF=2026-12-05: that, and DPO as it ran before SFT
+# replay (the ablation's `demo-1205` row): beta 0.1, no replay. DEMO_OF=2026-12-04: that, and that day's attribute
+# requests (the ablation's `demo-1204` row): 2,000 of them, SFT toward each example's own answer, the prompt's IDs
+# at weight 1. DEMO_OF=2026-12-01: the demo of that day (the ablation's `layers15` row): that, with IDs without the
+# quality block and the earlier DPO (below). Options on the command line still win.
 DEMO_OF ?=
+ifneq ($(filter 2026-12-01 2026-12-04 2026-12-05 2026-12-06,$(DEMO_OF)),)
+LAST_LEVEL_SIGNALS :=
+endif
 ifneq ($(filter 2026-12-01 2026-12-04 2026-12-05,$(DEMO_OF)),)
 DPO_BETA := 0.1
 SFT_REPLAY := 0
@@ -79,8 +83,8 @@ ifeq ($(DEMO_OF),2026-12-01)
 SIGNALS := audio,genre,collab
 EARLIER_DPO := 1
 HALLUCINATION_PROMPTS := 40
-else ifneq ($(filter-out 2026-12-04 2026-12-05,$(DEMO_OF)),)
-$(error DEMO_OF=$(DEMO_OF): the earlier demos kept are DEMO_OF=2026-12-05, 2026-12-04 and 2026-12-01)
+else ifneq ($(filter-out 2026-12-04 2026-12-05 2026-12-06,$(DEMO_OF)),)
+$(error DEMO_OF=$(DEMO_OF): the earlier demos kept are DEMO_OF=2026-12-06, 2026-12-05, 2026-12-04 and 2026-12-01)
 endif
 # the DPO of the demo before 2026-12-02 (SEED_CONFIG=1 and DEMO_OF=2026-12-01): 80 steps of 8 of 640 training
 # pairs, the weights of the best accuracy on the validation pairs, beta 0.1, no replay
@@ -92,11 +96,15 @@ DPO_BATCH := 8
 DPO_PAIRS_PER_PROMPT := 1
 DPO_SELECT := accuracy
 endif
-# blocks of SIGNALS that only the last code quantises (rvq.py --last-level-signals): LAST_LEVEL_SIGNALS=quality keeps the
-# long-listen rate out of the first two codes, which then name genre, sound and co-listening alone; attribute
-# requests +0.02 to +0.05 on three worlds, DPO's next tracks and preferences as before (EXPERIMENTS.md, "The
-# long-listen rate in the last code alone"). Empty: every level reads every block (the demo's, for now)
-LAST_LEVEL_SIGNALS ?=
+# blocks of SIGNALS that only the last code quantises (rvq.py --last-level-signals): quality keeps the long-listen
+# rate out of the first two codes, which then name genre, sound and co-listening alone; attribute requests +0.02 to
+# +0.05 on three worlds, DPO's next tracks and preferences as before (EXPERIMENTS.md, "The long-listen rate in the
+# last code alone"): the demo's since 2026-12-06. Empty: every code reads every block (DEMO_OF=2026-12-06)
+LAST_LEVEL_SIGNALS ?= quality
+# a block the IDs do not read is nobody's to hold back: with SIGNALS=audio (SEED_CONFIG=1) or without quality, none
+# (a value given on the command line still stands, and rvq.py names the mismatch)
+comma := ,
+LAST_LEVEL_SIGNALS := $(filter $(subst $(comma), ,$(SIGNALS)),$(LAST_LEVEL_SIGNALS))
 RVQ_ARGS ?=
 # plays a next-track prompt shows: the context track and up to HISTORY - 1 plays before it
 HISTORY ?= 1
