@@ -7,8 +7,9 @@
 
 Each row is `make demo` with a few variables changed (the Makefile is the one list of the pipeline's commands),
 in its own run folder under --out, from the same world (same seed); a row whose run already finished is not
-run again, and a finished row of another world (another seed) is refused. A DPO row copies the SFT stage of the
-row it builds on and retrains DPO only. The table (--out / ablation.md, and ablation.json) has, per row:
+run again (unless its options have changed since, as its stages' stamps say: then `make` reruns the stages whose
+command lines differ), and a finished row of another world (another seed) is refused. A DPO row copies the SFT
+stage of the row it builds on and retrains DPO only. The table (--out / ablation.md, and ablation.json) has, per row:
 next-track HR@10 and NDCG@10, attribute precision@10 and held-out preference accuracy for SFT and DPO, each with
 its 95% bootstrap interval, and the wall time of the row.
 """
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import UserError, atomic_open, run_main, write_json
@@ -84,36 +86,43 @@ ROWS = {
 }
 # every row so far decoded 40 test prompts without constraints, the demo's number until 2026-12-03 (evaluate.py
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
-# and none replayed SFT examples in DPO (SFT_REPLAY, the demo's since its second change of 2026-12-05)
-ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", **variables}, base)
+# and none replayed SFT examples in DPO (SFT_REPLAY, the demo's since its second change of 2026-12-05), and in each
+# IDs every code read every block (LAST_LEVEL_SIGNALS, the demo's since 2026-12-06)
+ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", "LAST_LEVEL_SIGNALS": "", **variables}, base)
         for name, (what, variables, base) in ROWS.items()}
 # Today's demo's options spelt out, and one change at a time against them: the rows that say what each part of it
 # buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo`.
-DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAYERS": "15", "SFT_STEPS": "480", "HISTORY": "1",
-        "CONTEXT_TEXT": "genre", "ATTRIBUTE_EXAMPLES": "32000", "SFT_TARGETS": "group", "PROMPT_ID_WEIGHT": "0.25",
-        "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.5", "SFT_REPLAY": "8", "DPO_ARGS": "", "PREFS_ARGS": "",
-        "HALLUCINATION_PROMPTS": "0"}
+DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAST_LEVEL_SIGNALS": "quality", "LAYERS": "15", "SFT_STEPS": "480",
+        "HISTORY": "1", "CONTEXT_TEXT": "genre", "ATTRIBUTE_EXAMPLES": "32000", "SFT_TARGETS": "group",
+        "PROMPT_ID_WEIGHT": "0.25", "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.5", "SFT_REPLAY": "8", "DPO_ARGS": "",
+        "PREFS_ARGS": "", "HALLUCINATION_PROMPTS": "0"}
 ROWS.update({
-    "demo": ("the demo's options since 2026-12-05 (make demo): IDs from audio, genre, co-listening and listening "
-             "quality; 15 layers, SFT 480 steps, 32,000 of the examples attribute requests toward their answer sets, "
-             "the prompt's IDs at weight 0.25; grouped DPO + NLL, beta 0.5, 8 SFT examples replayed a step; 320 test "
-             "prompts decoded freely", DEMO, None),
-    "demo-1205": ("demo's SFT, DPO as the demo ran it before SFT replay (make demo DEMO_OF=2026-12-05): beta 0.1, no "
-                  "replay", {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0"}, "demo"),
+    "demo": ("the demo's options since 2026-12-06 (make demo): IDs from audio, genre, co-listening and listening "
+             "quality, the long-listen rate in the last code alone; 15 layers, SFT 480 steps, 32,000 of the "
+             "examples attribute requests toward their answer sets, the prompt's IDs at weight 0.25; grouped DPO + "
+             "NLL, beta 0.5, 8 SFT examples replayed a step; 320 test prompts decoded freely", DEMO, None),
+    "demo-1206": ("demo, but every code reads the long-listen rate (make demo DEMO_OF=2026-12-06): the demo from "
+                  "2026-12-05 to 2026-12-06", {**DEMO, "LAST_LEVEL_SIGNALS": ""}, None),
+    "demo-1205": ("demo-1206's SFT, DPO as the demo ran it before SFT replay (make demo DEMO_OF=2026-12-05): beta 0.1, "
+                  "no replay", {**DEMO, "LAST_LEVEL_SIGNALS": "", "DPO_BETA": "0.1", "SFT_REPLAY": "0"}, "demo-1206"),
     "demo-1204": ("demo-1205, but the attribute requests of the demo of 2026-12-04 (make demo DEMO_OF=2026-12-04): "
                   "2,000 of them, each toward its one answer, the prompt's IDs at weight 1",
-                  {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0", "ATTRIBUTE_EXAMPLES": "2000", "SFT_TARGETS": "example",
-                   "PROMPT_ID_WEIGHT": "1"}, None),
+                  {**DEMO, "LAST_LEVEL_SIGNALS": "", "DPO_BETA": "0.1", "SFT_REPLAY": "0", "ATTRIBUTE_EXAMPLES": "2000",
+                   "SFT_TARGETS": "example", "PROMPT_ID_WEIGHT": "1"}, None),
+    # (without the quality block there is no rate to keep for the last code)
     "demo-audio": ("demo, but Semantic IDs from the seed's 10 audio features only",
-                   {**DEMO, "SIGNALS": "audio", "EVAL_ARGS": "--ranking beam"}, None),
-    "demo-genre": ("demo, but IDs from audio and genre only", {**DEMO, "SIGNALS": "audio,genre"}, None),
+                   {**DEMO, "SIGNALS": "audio", "LAST_LEVEL_SIGNALS": "", "EVAL_ARGS": "--ranking beam"}, None),
+    "demo-genre": ("demo, but IDs from audio and genre only",
+                   {**DEMO, "SIGNALS": "audio,genre", "LAST_LEVEL_SIGNALS": ""}, None),
     "demo-collab": ("demo, but IDs from audio, genre and co-listening (no quality block)",
-                    {**DEMO, "SIGNALS": "audio,genre,collab"}, None),
+                    {**DEMO, "SIGNALS": "audio,genre,collab", "LAST_LEVEL_SIGNALS": ""}, None),
     "demo-history": ("demo, and 4 earlier plays of the session in every next-track prompt (longer prompts, the "
                      "same steps)", {**DEMO, "HISTORY": "5"}, None),
-    "demo-dpo": ("demo-1205, but pure DPO (no NLL term: the seed's loss)",
+    "demo-dpo": ("demo's SFT, DPO as demo-1205 ran it (beta 0.1, no replay) but pure DPO (no NLL term: the seed's "
+                 "loss)",
                  {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0", "DPO_ARGS": "--rpo-alpha 0"}, "demo"),
-    "demo-sdpo": ("demo-1205, but S-DPO without the NLL term: each chosen answer against up to 3 skipped ones",
+    "demo-sdpo": ("demo's SFT, DPO as demo-1205 ran it (beta 0.1, no replay) but S-DPO without the NLL term: each "
+                  "chosen answer against up to 3 skipped ones",
                   {**DEMO, "DPO_BETA": "0.1", "SFT_REPLAY": "0", "PREFS_ARGS": "--rejected-per-context 3",
                    "DPO_ARGS": "--loss-type sdpo --rpo-alpha 0"}, "demo"),
     "demo-seed": ("the seed notebook's configuration today (make demo SEED_CONFIG=1): audio IDs, the whole model, 240 "
@@ -143,13 +152,40 @@ def check_world_seed(run, seed):
                             f"{world_seed}, or another --out for another world)")
 
 
+def make_command(name, run, seed, extra):
+    """The row's `make demo` command line, run in the folder `run`."""
+    variables = {**ROWS[name][1], **extra}
+    return (["make", "-C", HERE, "demo", f"RUN={os.path.abspath(run)}", f"SEED={seed}", f"PY={PYTHON}",
+             "VENV_STAMP="] + [f"{k}={v}" for k, v in variables.items()])
+
+
+def changed_stages(name, run, seed, extra):
+    """The stages of a finished row whose command lines differ from the row's today (a default or the row changed
+    since it ran), read from the stamps `make` keeps in run/.stamps; [] for a run without stamps (made elsewhere)."""
+    stamps = os.path.join(run, ".stamps")
+    if not os.path.isdir(stamps):
+        return []
+    with tempfile.TemporaryDirectory() as tmp:   # `make -n` writes the stamps it expects, and runs nothing
+        subprocess.run(make_command(name, tmp, seed, extra) + ["-n"], stdout=subprocess.DEVNULL, check=True)
+        changed = []
+        for stage in sorted(os.listdir(os.path.join(tmp, ".stamps"))):
+            ran = os.path.join(stamps, stage)
+            if not os.path.exists(ran) or open(ran).read() != open(os.path.join(tmp, ".stamps", stage)).read():
+                changed.append(stage)
+    return changed
+
+
 def run_row(name, out, seed, extra):
-    """`make` the row's eval/report.md in out/name; returns wall seconds (0 if it was already there)."""
-    _, variables, base = ROWS[name]
+    """`make` the row's eval/report.md in out/name; returns wall seconds (None if it was already there)."""
+    base = ROWS[name][2]
     run = os.path.join(out, name)
     report = os.path.join(run, "eval", "report.md")
     if os.path.exists(report):
-        return None
+        changed = changed_stages(name, run, seed, extra)
+        if not changed:
+            return None
+        print(f"[{name}] ran with other options than the row has now ({', '.join(changed)}): running it again",
+              flush=True)
     if base is not None:   # retrain DPO only: the base row's world, IDs, data and SFT, then DPO and evaluation
         src = os.path.join(out, base)
         if not os.path.exists(os.path.join(src, "sft", "summary.json")):
@@ -157,8 +193,7 @@ def run_row(name, out, seed, extra):
         if os.path.exists(run):
             shutil.rmtree(run)
         shutil.copytree(src, run, symlinks=True, ignore=shutil.ignore_patterns("dpo", "eval", ".stamps"))
-    cmd = ["make", "-C", HERE, "demo", f"RUN={os.path.abspath(run)}", f"SEED={seed}",
-           f"PY={PYTHON}", "VENV_STAMP="] + [f"{k}={v}" for k, v in {**variables, **extra}.items()]
+    cmd = make_command(name, run, seed, extra)
     if base is not None:
         # The copied stages are this row's own (a DPO row changes no option before the pairs): `make -n` writes
         # the row's stamps, then the copied outputs are dated after them, so make reruns from the pairs on only
@@ -282,6 +317,10 @@ def main(argv=None):
     for name in names:   # before any row runs: finished rows of another world would mix into this one's table
         if os.path.exists(os.path.join(args.out, name, "eval", "report.md")):
             check_world_seed(os.path.join(args.out, name), args.seed)
+            changed = args.table_only and changed_stages(name, os.path.join(args.out, name), args.seed, extra)
+            if changed:   # its figures are not the row's any more
+                raise UserError(f"{os.path.join(args.out, name)}: ran with other options than row {name} has now "
+                                f"(stages {', '.join(changed)}); run it again without --table-only")
     times_path = os.path.join(args.out, "seconds.json")
     seconds = json.load(open(times_path)) if os.path.exists(times_path) else {}
     if not args.table_only:

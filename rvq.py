@@ -57,7 +57,8 @@ WEIGHTS: str = ""           # total variance of each block, comma-separated in S
 BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25, "attrs": 0.5}
 # blocks only the last level quantises (fit_rvq's last_only); "": every level reads all. "quality" ranked attribute
 # requests +0.02 to +0.05 better on three worlds, DPO's next tracks and preferences as before, SFT's next tracks up
-# to 0.03 worse (EXPERIMENTS.md, "The long-listen rate in the last code alone"): not the demo's yet
+# to 0.03 worse (EXPERIMENTS.md, "The long-listen rate in the last code alone"): the demo's since 2026-12-06 (the
+# Makefile's LAST_LEVEL_SIGNALS); "" here, as SIGNALS is the seed's audio alone
 LAST_LEVEL_SIGNALS: str = ""
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
 

@@ -276,9 +276,9 @@ def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer
 
 
 def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
-    """The demo trains the 15-layer cut for 480 steps on IDs with the quality block, 32,000 attribute requests toward
-    their answer sets, and DPO on steps of 4 prompts
-    x up to 8 pairs drawn from every training pair, to its final weights; SEED_CONFIG=1 the whole model for 240,
+    """The demo trains the 15-layer cut for 480 steps on IDs with the quality block (in the last code alone), 32,000
+    attribute requests toward their answer sets, and DPO on steps of 4 prompts x up to 8 pairs drawn from every
+    training pair, to its final weights; SEED_CONFIG=1 the whole model for 240,
     with the seed's audio-only IDs, answer-only SFT loss, and pure DPO on 80 steps of 8 of 640 pairs (the
     commands `make -n` prints)."""
     def commands(*extra):
@@ -292,10 +292,19 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     # attribute requests as most of the examples, toward their answer sets, the prompt's IDs at a quarter weight
     assert "--attribute-examples 32000 " in demo["sft"] and "--answer-targets group" in demo["sft.py"]
     assert "--prompt-id-weight 0.25" in demo["sft.py"]
+    # the long-listen rate in the last code alone; DEMO_OF=2026-12-06 every code reads it, nothing else changed
+    assert demo["rvq.py"].split()[-2:] == ["--last-level-signals", "quality"]
+    dec6 = commands("DEMO_OF=2026-12-06")
+    assert dec6["rvq.py"].split() == demo["rvq.py"].split()[:-2]
+    assert all(dec6[w] == demo[w] for w in ("sft", "sft.py", "dpo.py", "prefs", "evaluate.py"))
+    # IDs without the quality block keep nothing for the last code, unless asked (and rvq.py then says why not)
+    assert "--last-level-signals" not in commands("SIGNALS=audio,genre,collab")["rvq.py"]
+    assert "--last-level-signals" in commands("SIGNALS=audio", "LAST_LEVEL_SIGNALS=quality")["rvq.py"]
     # DPO at beta 0.5 with 8 SFT examples replayed a step; DEMO_OF=2026-12-05 the same SFT, DPO at 0.1 without them
     assert "--beta 0.5 --sft-replay 8 --sft-data " + str(tmp_path / "run" / "sft_data") in demo["dpo.py"]
     dec5 = commands("DEMO_OF=2026-12-05")
-    assert all(dec5[w] == demo[w] for w in ("rvq.py", "sft", "sft.py", "prefs", "evaluate.py"))
+    assert dec5["rvq.py"] == dec6["rvq.py"]
+    assert all(dec5[w] == demo[w] for w in ("sft", "sft.py", "prefs", "evaluate.py"))
     assert "--beta" not in dec5["dpo.py"] and "--sft-replay" not in dec5["dpo.py"]
     before = commands("DEMO_OF=2026-12-04")                    # the demo those options replaced
     assert "--attribute-examples 2000 " in before["sft"] and "--answer-targets" not in before["sft.py"]
@@ -309,6 +318,7 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     seed = commands("SEED_CONFIG=1")
     assert "--model models/smollm2-135m --steps 240 " in seed["sft.py"] and "--prompt-id-weight 0" in seed["sft.py"]
     assert "--signals audio " in seed["rvq.py"] and "--rpo-alpha 0" in seed["dpo.py"]
+    assert "--last-level-signals" not in seed["rvq.py"]
     assert "--max-train 640 " in seed["prefs"] and "--batch-size 8 " in seed["dpo.py"]
     assert "--pairs-per-prompt" not in seed["dpo.py"] and "--select" not in seed["dpo.py"]
     assert "--sft-replay" not in seed["dpo.py"]
