@@ -16,6 +16,7 @@ its 95% bootstrap interval, and the wall time of the row.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,15 @@ def make_command(name, run, seed, extra):
              "VENV_STAMP="] + [f"{k}={v}" for k, v in variables.items()])
 
 
+def stamp_options(path):
+    """A stamp's command line without its interpreter (`.venv/bin/python` in `make demo`, an absolute path here):
+    which Python ran a stage is not an option of the row, so a `make demo` run copied in as a row still counts."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return re.sub(r"\S*python[0-9.]*(?=\s)", "python", f.read())
+
+
 def changed_stages(name, run, seed, extra):
     """The stages of a finished row whose command lines differ from the row's today (a default or the row changed
     since it ran), read from the stamps `make` keeps in run/.stamps; [] for a run without stamps (made elsewhere)."""
@@ -167,12 +177,9 @@ def changed_stages(name, run, seed, extra):
         return []
     with tempfile.TemporaryDirectory() as tmp:   # `make -n` writes the stamps it expects, and runs nothing
         subprocess.run(make_command(name, tmp, seed, extra) + ["-n"], stdout=subprocess.DEVNULL, check=True)
-        changed = []
-        for stage in sorted(os.listdir(os.path.join(tmp, ".stamps"))):
-            ran = os.path.join(stamps, stage)
-            if not os.path.exists(ran) or open(ran).read() != open(os.path.join(tmp, ".stamps", stage)).read():
-                changed.append(stage)
-    return changed
+        expected = os.path.join(tmp, ".stamps")
+        return [stage for stage in sorted(os.listdir(expected))
+                if stamp_options(os.path.join(stamps, stage)) != stamp_options(os.path.join(expected, stage))]
 
 
 def run_row(name, out, seed, extra):

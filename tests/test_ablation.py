@@ -142,6 +142,10 @@ def test_a_finished_row_is_checked_against_its_options_today(tmp_path):
     assert ablation.changed_stages("demo", str(run), 0, {}) == []          # the stamps of today's demo
     assert ablation.changed_stages("demo", str(run), 1, {}) != []          # another world: every stage
     assert ablation.changed_stages("demo-1206", str(run), 0, {}) == ["rvq"]   # the IDs; make reruns what follows
+    sft = run / ".stamps" / "sft"                                           # `make demo`'s interpreter: the same
+    sft.write_text(sft.read_text().replace(ablation.PYTHON, ".venv/bin/python", 1))
+    assert sft.read_text().startswith(".venv/bin/python sft.py ")
+    assert ablation.changed_stages("demo", str(run), 0, {}) == []
     with pytest.raises(UserError, match=r"ran with other options than row demo-1206 has now \(stages rvq\)"):
         ablation.main(["--out", str(tmp_path), "--rows", "demo-1206", "--table-only"])
     os.rename(run, tmp_path / "demo")
