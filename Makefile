@@ -181,7 +181,7 @@ ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-met
 .DELETE_ON_ERROR:
 
 help:
-	@echo "make demo    # set up and run the whole pipeline on the embedded default (20-31 min on 2 cores)"
+	@echo "make demo    # set up and run the whole pipeline on the embedded default (13-17 min on 2 cores; EXPERIMENTS.md: timings)"
 	@echo "make test    # run the tests"
 	@echo "make bench   # the benchmarks (see BENCHMARKS.md)"
 	@echo "make ablation  # the configurations side by side (README: the ablation table)"
