@@ -98,8 +98,8 @@ DPO_SELECT := accuracy
 endif
 # blocks of SIGNALS that only the last code quantises (rvq.py --last-level-signals): quality keeps the long-listen
 # rate out of the first two codes, which then name genre, sound and co-listening alone; attribute requests +0.02 to
-# +0.05 on three worlds, DPO's next tracks and preferences as before (EXPERIMENTS.md, "The long-listen rate in the
-# last code alone"): the demo's since 2026-12-06. Empty: every code reads every block (DEMO_OF=2026-12-06)
+# +0.05 on three worlds, DPO's preferences as before, next tracks 0.000-0.055 HR@10 lower on test (README, "What the
+# 2026-12-06 change bought"): the demo's since 2026-12-06. Empty: every code reads every block (DEMO_OF=2026-12-06)
 LAST_LEVEL_SIGNALS ?= quality
 # a block the IDs do not read is nobody's to hold back: with SIGNALS=audio (SEED_CONFIG=1) or without quality, none
 # (a value given on the command line still stands, and rvq.py names the mismatch)

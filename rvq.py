@@ -56,8 +56,8 @@ WEIGHTS: str = ""           # total variance of each block, comma-separated in S
 # 0.90 without the block (the quality sheet's attribute_purity_per_level)
 BLOCK_WEIGHTS = {"audio": 1.0, "genre": 1.0, "collab": 1.0, "quality": 0.25, "attrs": 0.5}
 # blocks only the last level quantises (fit_rvq's last_only); "": every level reads all. "quality" ranked attribute
-# requests +0.02 to +0.05 better on three worlds, DPO's next tracks and preferences as before, SFT's next tracks up
-# to 0.03 worse (EXPERIMENTS.md, "The long-listen rate in the last code alone"): the demo's since 2026-12-06 (the
+# requests +0.02 to +0.05 better on three worlds, DPO's preferences as before, next tracks 0.000-0.055 HR@10 worse on
+# the test windows (EXPERIMENTS.md, "The long-listen rate in the last code alone"): the demo's since 2026-12-06 (the
 # Makefile's LAST_LEVEL_SIGNALS); "" here, as SIGNALS is the seed's audio alone
 LAST_LEVEL_SIGNALS: str = ""
 KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality sheet's prefix-sharing share
