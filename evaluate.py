@@ -59,7 +59,10 @@ HALLUCINATION_PROMPTS: int = 0  # test prompts decoded without constraints, per 
                                 # 200 + 120); 40, the demo's until 2026-12-03, cannot tell 5% from 0%: one
                                 # hallucinated answer is 2.5%
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
-VAL_NEXT: int = 500            # validation next-track examples that choose the content baselines' width and power
+VAL_NEXT: int = 0              # validation next-track examples that choose the content baselines' width and power
+                               # (0: every one, the same set whatever else data.py shuffled among them; the first
+                               # 500 of the file, the default until 2026-12-06, changed with the number of attribute
+                               # requests, and with them the choice)
 MAX_ATTRIBUTES: int = 0        # cap on attribute test queries (0: all)
 BATCH_SIZE: int = 8            # prompts per beam-search batch (x 21 beams: on 2 cores 16 ran slower, more padding)
 SCORE_BATCH_SIZE: int = 16     # preference pairs per scoring forward
@@ -352,7 +355,7 @@ def evaluate(args):
     scored("content kNN", "next_track", lambda i: B.content_knn_scores(feats, nxt[i][0]))
     scored("genre content kNN", "next_track", lambda i: B.genre_content_knn_scores(feats, nxt[i][0], ctx_genre(i)))
     # its one parameter, the kernel width, from the validation window's next plays, never the test's
-    val_q = [(h[-1], {r}) for _, h, r in val_next_examples(sft_data, id_to_row)[:args.val_next]]
+    val_q = [(h[-1], {r}) for _, h, r in val_next_examples(sft_data, id_to_row)[:args.val_next or None]]
     tau, val_hr = B.select_tau(feats, popularity, val_q, lambda c: genres[catalog.genres[c][0]])
     scored("content x popularity", "next_track",
            lambda i: B.content_popularity_scores(feats, nxt[i][0], popularity, ctx_genre(i), tau))
@@ -693,8 +696,9 @@ def parse_args(argv=None):
                    help="cap on next-track test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--val-next", type=int, default=VAL_NEXT,
                    help="validation next-track examples (the first of sft_data/val.jsonl) on which content x "
-                        "popularity's kernel width, and content x co-listening's width and power, are chosen "
-                        "(default %(default)s)")
+                        "popularity's kernel width, and content x co-listening's width and power, are chosen (0: "
+                        "every one, a set that does not depend on the other tasks' examples data.py shuffled among "
+                        "them; default %(default)s)")
     p.add_argument("--max-attributes", type=int, default=MAX_ATTRIBUTES,
                    help="cap on attribute test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
@@ -713,6 +717,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.beam_width < max(KS) + 1:
         p.error(f"--beam-width must be at least {max(KS) + 1} (the largest K, plus the prompt's own track)")
+    if args.val_next < 0:
+        p.error("--val-next must be 0 (every validation next-track example) or a positive count")
     return args
 
 

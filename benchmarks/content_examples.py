@@ -164,10 +164,11 @@ def main(argv=None):
     if args.check:
         return check(args, catalog, row_codes, x, meta)
     tau = None
-    if args.mode == "kernel":   # evaluate.py's choice of the width, on the validation window's next plays
+    if args.mode == "kernel":   # content x popularity's choice of the width, on the validation window's next plays
         code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}
         genres = B.genre_masks(catalog.genres)
-        val_q = [(h[-1], {r}) for _, h, r in E.val_next_examples(args.sft_data, code_row)[:E.VAL_NEXT]]
+        # the first 500, as evaluate.py chose until 2026-12-06, so that EXPERIMENTS.md's figures reproduce
+        val_q = [(h[-1], {r}) for _, h, r in E.val_next_examples(args.sft_data, code_row)[:500]]
         tau, _ = B.select_tau(x, popularity, val_q, lambda c: genres[catalog.genres[c][0]])
     added = content_examples(catalog, row_codes, x, popularity, args.examples, args.mode, tau, args.neighbours,
                              meta.get("context_text", "genre"), args.seed)

@@ -144,8 +144,14 @@ def test_results_cover_every_system_and_metric(demo_run):
     assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN",
                         "content x popularity", "content x co-listening", "item kNN", "SASRec", "MiniLM",
                         "LLM base", "SFT", "DPO"}
-    cp = res["content_popularity"]      # its kernel width, chosen on validation next plays
-    assert cp["validation_queries"] > 0 and str(cp["tau"]) in cp["validation_hit@10"]
+    cp = res["content_popularity"]      # its kernel width, chosen on validation next plays: every one of them, a
+    # set that does not change with the other tasks' examples data.py shuffled among them
+    cat, _ = formats.load_catalog(os.path.join(run, "world/catalog.csv"))
+    row_codes = formats.row_codes_of(cat, *formats.load_semantic_ids(os.path.join(run, "rvq/semantic_ids.tsv")))
+    code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}
+    n_val = len(E.val_next_examples(os.path.join(run, "sft_data"), code_row))
+    assert n_val > 0 and cp["validation_queries"] == n_val == res["content_colisten"]["validation_queries"]
+    assert str(cp["tau"]) in cp["validation_hit@10"]
     assert cp["validation_hit@10"][str(cp["tau"])] == max(cp["validation_hit@10"].values())
     cc = res["content_colisten"]        # its width and power, chosen on the same plays
     assert cc["validation_hit@10"][f"{cc['tau']:g},{cc['lambda']:g}"] == max(cc["validation_hit@10"].values())
@@ -285,7 +291,7 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     popularity = np.load(os.path.join(run, "sft_data", "listening_stats.npz"))["popularity"].astype(np.float64)
     genres = B.genre_masks(cat.genres)
     tau = val["content_popularity_tau"]
-    assert tau == B.select_tau(feats, popularity, [(h[-1], {r}) for _, h, r in others[:E.VAL_NEXT]],
+    assert tau == B.select_tau(feats, popularity, [(h[-1], {r}) for _, h, r in others[:val_next.BASELINE_CHOICE]],
                                lambda c: genres[cat.genres[c][0]])[0]
     cp_hits = [float(hit_at_k(top_k_pessimistic(B.content_popularity_scores(
         feats, h[-1], popularity, genres[cat.genres[h[-1]][0]], tau), {r}, 10, exclude=[h[-1]]), {r}, 10))
@@ -293,8 +299,8 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     assert hits["content x popularity"]["hit"] == cp_hits
     # and content x co-listening, its width and power chosen on the same other plays
     _, cooc, _ = E.load_listening(os.path.join(run, "sft_data"), os.path.join(run, "prefs"), len(popularity))
-    tau_co, lam = B.select_tau_lambda(feats, popularity, cooc, [(h[-1], {r}) for _, h, r in others[:E.VAL_NEXT]],
-                                      lambda c: genres[cat.genres[c][0]])[0]
+    choice = [(h[-1], {r}) for _, h, r in others[:val_next.BASELINE_CHOICE]]
+    tau_co, lam = B.select_tau_lambda(feats, popularity, cooc, choice, lambda c: genres[cat.genres[c][0]])[0]
     cc_hits = [float(hit_at_k(top_k_pessimistic(B.content_colisten_scores(
         feats, h[-1], popularity, B.colisten_counts(cooc, h[-1], len(popularity)), genres[cat.genres[h[-1]][0]],
         tau_co, lam), {r}, 10, exclude=[h[-1]]), {r}, 10)) for _, h, r in queries]
