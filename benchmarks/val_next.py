@@ -317,9 +317,9 @@ def main(argv=None):
         sas_scores = sasrec.score(sasrec.load(sas_dir), [q[1] for q in queries], n_items)
         record("SASRec", lambda i: sas_scores[i])
     record("ID prefix popularity", lambda i: prefix_popularity_scores(C, popularity, queries[i][1][-1]))
-    # the strongest next-track baselines of the test windows; their width and power chosen as evaluate.py chooses
-    # them, on validation examples, but on those not drawn as queries here, so that they are not fitted to what
-    # they are scored on (BASELINE_CHOICE: how many)
+    # the strongest next-track baselines of the test windows; their width and power chosen by evaluate.py's rule
+    # (the best HR@10 on validation next plays), on plays not drawn as queries here, so that they are not fitted to
+    # what they are scored on (BASELINE_CHOICE: how many, and why not every one)
     feats = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
     in_genre = [genres[g[0]] for g in catalog.genres]
     choice = [(h[-1], {r}) for _, h, r in others[:BASELINE_CHOICE]]
