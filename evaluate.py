@@ -241,6 +241,13 @@ def val_next_examples(sft_data, code_row, name="val.jsonl"):
     return out
 
 
+def baseline_choice_queries(sft_data, code_row, n=VAL_NEXT):
+    """[(context row, {next row})] on which the content baselines choose their width and power: the validation
+    window's next plays (val_next_examples), every one for n = 0, else the first n in file order. Every one is a set
+    that does not change with the other tasks' examples data.py shuffled among them; the first n is not."""
+    return [(h[-1], {r}) for _, h, r in val_next_examples(sft_data, code_row)[:n or None]]
+
+
 def summarise(per_q, n_boot):
     return {m: dict(zip(("mean", "lo", "hi"), bootstrap_ci(v, n_boot))) for m, v in per_q.items()}
 
@@ -355,7 +362,7 @@ def evaluate(args):
     scored("content kNN", "next_track", lambda i: B.content_knn_scores(feats, nxt[i][0]))
     scored("genre content kNN", "next_track", lambda i: B.genre_content_knn_scores(feats, nxt[i][0], ctx_genre(i)))
     # its one parameter, the kernel width, from the validation window's next plays, never the test's
-    val_q = [(h[-1], {r}) for _, h, r in val_next_examples(sft_data, id_to_row)[:args.val_next or None]]
+    val_q = baseline_choice_queries(sft_data, id_to_row, args.val_next)
     tau, val_hr = B.select_tau(feats, popularity, val_q, lambda c: genres[catalog.genres[c][0]])
     scored("content x popularity", "next_track",
            lambda i: B.content_popularity_scores(feats, nxt[i][0], popularity, ctx_genre(i), tau))

@@ -40,7 +40,7 @@ import rvq
 import signals
 import tasks
 from common import UserError, atomic_open, jsonl, need_file, read_json, run_main
-from val_next import genre_rows_of
+from val_next import BASELINE_CHOICE, genre_rows_of
 
 # -----------------------------------------------------------------------------
 EXAMPLES: int = 8000     # added examples: 4 per track of a 2,000-track world, some 40% of the demo's training set
@@ -168,7 +168,7 @@ def main(argv=None):
         code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}
         genres = B.genre_masks(catalog.genres)
         # the first 500, as evaluate.py chose until 2026-12-06, so that EXPERIMENTS.md's figures reproduce
-        val_q = [(h[-1], {r}) for _, h, r in E.val_next_examples(args.sft_data, code_row)[:500]]
+        val_q = E.baseline_choice_queries(args.sft_data, code_row, BASELINE_CHOICE)
         tau, _ = B.select_tau(x, popularity, val_q, lambda c: genres[catalog.genres[c][0]])
     added = content_examples(catalog, row_codes, x, popularity, args.examples, args.mode, tau, args.neighbours,
                              meta.get("context_text", "genre"), args.seed)

@@ -1,5 +1,6 @@
 """Metrics on worked values, constrained decoding, baselines on a tiny world with a known answer."""
 import itertools
+import json
 import math
 import os
 
@@ -172,3 +173,23 @@ def test_hallucination_prompts_split_half_and_half_then_fill():
     assert E.hallucination_prompts(nxt[:3], attr, 10) == nxt[:3] + attr[:7]   # next-track runs out: attributes fill
     assert E.hallucination_prompts(nxt, [], 6) == nxt[:6]
     assert E.hallucination_prompts(nxt, attr, 0) == nxt + attr == E.hallucination_prompts(nxt, attr, -1)  # 0: all
+
+
+def test_baseline_choice_is_every_validation_next_play_whatever_the_shuffle(tmp_path):
+    # 600 next plays among 900 attribute requests, in two shuffles: the default choice set is the same in both (the
+    # first 500 next plays of each file, the default until 2026-12-06, were not)
+    code_row = {(i, i, i): i for i in range(700)}
+    nxt = [{"task": "next_track", "prompt": f"after <a_{i}><b_{i}><c_{i}> play", "answer": f"<a_{i + 1}><b_{i + 1}>"
+            f"<c_{i + 1}>"} for i in range(600)]
+    attrs = [{"task": "attributes", "prompt": "some rock", "answer": "<a_0><b_0><c_0>"}] * 900
+    sets = []
+    for seed in (0, 1):
+        rows = [(nxt + attrs)[i] for i in np.random.default_rng(seed).permutation(1500)]
+        d = tmp_path / str(seed)
+        d.mkdir()
+        (d / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        got = E.baseline_choice_queries(str(d), code_row)
+        assert len(got) == 600
+        sets.append(sorted((c, min(rel)) for c, rel in got))
+        assert len(E.baseline_choice_queries(str(d), code_row, 500)) == 500
+    assert sets[0] == sets[1] == [(i, i + 1) for i in range(600)]

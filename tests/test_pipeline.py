@@ -144,11 +144,8 @@ def test_results_cover_every_system_and_metric(demo_run):
     assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN",
                         "content x popularity", "content x co-listening", "item kNN", "SASRec", "MiniLM",
                         "LLM base", "SFT", "DPO"}
-    cp = res["content_popularity"]      # its kernel width, chosen on validation next plays: every one of them, a
-    # set that does not change with the other tasks' examples data.py shuffled among them
-    cat, _ = formats.load_catalog(os.path.join(run, "world/catalog.csv"))
-    row_codes = formats.row_codes_of(cat, *formats.load_semantic_ids(os.path.join(run, "rvq/semantic_ids.tsv")))
-    code_row = {tuple(int(c) for c in cs): r for r, cs in row_codes.items()}
+    cp = res["content_popularity"]      # its kernel width, chosen on validation next plays: every one of them
+    code_row = val_next.catalogue_codes(json.load(open(os.path.join(run, "sft_data/meta.json"))))[3]
     n_val = len(E.val_next_examples(os.path.join(run, "sft_data"), code_row))
     assert n_val > 0 and cp["validation_queries"] == n_val == res["content_colisten"]["validation_queries"]
     assert str(cp["tau"]) in cp["validation_hit@10"]
