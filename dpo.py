@@ -73,6 +73,9 @@ RPO_ALPHA: float = 1.0
 # answers only, and without replay its steps cost attribute requests 0.03-0.05 precision@10; 0: off
 SFT_REPLAY: int = 0
 SFT_REPLAY_WEIGHT: float = 1.0
+# weight of the validity term on every answer of a pair (validity_loss: -log p(each ID token is a code the catalogue
+# has after its prefix)); 0: off. For pure DPO, whose lowered rejected answers leak mass off the catalogue
+VALID_ID_WEIGHT: float = 0.0
 LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sdpo")
 # -----------------------------------------------------------------------------
 
@@ -154,6 +157,26 @@ def sdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
             raise ValueError("rpo_alpha needs chosen_lengths (tokens of each chosen answer)")
         losses = losses + rpo_alpha * (-policy_chosen_logps / chosen_lengths)
     return losses, chosen_r.detach(), rejected_r[:, 0].detach()
+
+
+def validity_loss(chosen_valid_logps, rejected_valid_logps, rejected_mask=None):
+    """Per pair: -log of the probability that the pair's answers keep to IDs the catalogue has, (B,) >= 0.
+
+    chosen_valid_logps (B,), rejected_valid_logps (B,) or (B, K): per answer, the sum over its L ID tokens of
+    log sum_{v allowed after y_<l} pi(v | x, y_<l) (answers_logps with a trie; sft.valid_id_logps); rejected_mask
+    (B, K) as in sdpo_loss, False where a slot holds no rejected answer. Returns -(chosen's + every rejected one's).
+    Why: pure DPO lowers the rejected answers' log-probs and says nothing of where that mass goes; at the last
+    code much of it goes to codes no track has under the answer's prefix, which an unconstrained decoder then
+    answers (the seed's pure DPO: 9-12% of top-1 answers off the catalogue). This term puts the mass back on the
+    codes that exist and asks nothing of their order: its gradient keeps the allowed codes' ratios, so it does not
+    pull toward any answer (the NLL term does) nor undo the preference the DPO term taught.
+    Example: chosen log 0.9, rejected log 0.5: -(log 0.9 + log 0.5) = 0.1054 + 0.6931 = 0.7985.
+    """
+    if rejected_valid_logps.dim() == 1:
+        rejected_valid_logps = rejected_valid_logps[:, None]
+    if rejected_mask is None:
+        rejected_mask = torch.ones_like(rejected_valid_logps, dtype=torch.bool)
+    return -(chosen_valid_logps + (rejected_valid_logps * rejected_mask).sum(dim=1))
 
 
 def pair_hits(chosen_scores, rejected_scores):
@@ -253,16 +276,19 @@ def sequence_logps(model, input_ids, attention_mask, loss_mask):
     return torch.zeros(input_ids.shape[0], device=logps.device).index_add(0, row, logps)
 
 
-def concatenated_logps(model, pairs, pad_id, device, shared_prompt=True):
+def concatenated_logps(model, pairs, pad_id, device, shared_prompt=True, vocab=None, trie=None):
     """(policy_chosen_logps (B,), policy_rejected_logps (B,)): summed answer log-probs of each pair's answers.
 
     shared_prompt False is the plain path: the stacked sequences of concatenated_batch in one forward. True, the
     default, gives the same numbers faster: each distinct prompt, about 90% of a pair's tokens, runs once for every
     answer of every pair that shares it, and an answer given twice to one prompt (a track chosen in two pairs of
     one context) runs once (answers_logps; tests/test_dpo.py checks the two against each other, values and
-    gradients).
+    gradients). With vocab and trie (shared path only), also the answers' validity log-probs:
+    (policy_chosen_logps, policy_rejected_logps, chosen_valid_logps, rejected_valid_logps), as answers_logps.
     """
     if not shared_prompt:
+        if trie is not None:
+            raise ValueError("the validity log-probs come from the shared-prompt path (shared_prompt=True)")
         ids, attn, loss_mask = (t.to(device) for t in concatenated_batch(pairs, pad_id))
         return sequence_logps(model, ids, attn, loss_mask).split(len(pairs))
     prompt_index, answer_index = {}, {}
@@ -274,35 +300,51 @@ def concatenated_logps(model, pairs, pad_id, device, shared_prompt=True):
     chosen = [slot(p, c) for p, c, _ in pairs]
     rejected = [slot(p, r) for p, _, r in pairs]
     prompts = [list(p) for p in prompt_index]
-    logps = answers_logps(model, prompts, [list(a) for _, a in answer_index], [p for p, _ in answer_index],
-                          pad_id, device)
-    return logps[torch.tensor(chosen, device=logps.device)], logps[torch.tensor(rejected, device=logps.device)]
+    out = answers_logps(model, prompts, [list(a) for _, a in answer_index], [p for p, _ in answer_index],
+                        pad_id, device, vocab, trie)
+    c, r = torch.tensor(chosen, device=device), torch.tensor(rejected, device=device)
+    if trie is None:
+        return out[c], out[r]
+    logps, valid = out
+    return logps[c], logps[r], valid[c], valid[r]
 
 
-def answer_set_logps(model, prompts, answer_sets, pad_id, device):
+def answer_set_logps(model, prompts, answer_sets, pad_id, device, vocab=None, trie=None):
     """Summed log-probs (S, B) of S answers to each of B prompts (answer_sets: S lists of B answers).
 
     answers_logps with the S x B answers set by set, answer n continuing prompt n mod B. S-DPO's forward: the
-    chosen answer and K rejected ones of each prompt (S = 1 + K).
+    chosen answer and K rejected ones of each prompt (S = 1 + K). With vocab and trie, (log-probs, validity
+    log-probs), both (S, B), as answers_logps.
     """
     B, S = len(prompts), len(answer_sets)
     answers = [a for answer_set in answer_sets for a in answer_set]
-    return answers_logps(model, prompts, answers, list(range(B)) * S, pad_id, device).view(S, B)
+    out = answers_logps(model, prompts, answers, list(range(B)) * S, pad_id, device, vocab, trie)
+    return tuple(x.view(S, B) for x in out) if trie is not None else out.view(S, B)
 
 
-def answers_logps(model, prompts, answers, prompt_of, pad_id, device):
+def answers_logps(model, prompts, answers, prompt_of, pad_id, device, vocab=None, trie=None):
     """Summed log-probs (N,) of N answers, answer n continuing prompt prompt_of[n] (prompts: B token lists).
 
     The answers share their prompts, ~90% of a pair's tokens: sft.prompt_answer_hidden runs the B prompts once
     and the N answers on their KV cache (a prompt with several answers is repeated, and the gradient of every
     answer flows back into the one prompt computation).
+    With vocab and trie (the catalogue's ID trie, sft.catalogue_trie), it returns (log-probs, validity log-probs):
+    the second (N,) is, per answer, sum over its L ID tokens of log sum_{v allowed after y_<l} pi(v | x, y_<l)
+    (sft.valid_id_logps), from the same log-softmax rows, for validity_loss.
     """
     *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
     mask = a_mask.bool()
     logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
-    logps = torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).squeeze(1)
+    lsm, targets = torch.log_softmax(logits, -1), a_ids[mask]
+    logps = lsm.gather(1, targets[:, None]).squeeze(1)
     row = torch.arange(len(answers), device=device)[:, None].expand_as(mask)[mask]
-    return torch.zeros(len(answers), device=device).index_add(0, row, logps)       # summed, not averaged
+    summed = torch.zeros(len(answers), device=device).index_add(0, row, logps)      # summed, not averaged
+    if trie is None:
+        return summed
+    # every token here is an answer's (kind 1): its L IDs, then the end token, which has no validity row
+    where, ids, valid_mask = sft.validity_table(targets, torch.ones_like(targets), row, vocab, trie)
+    valid = sft.valid_id_logps(lsm[where], ids, valid_mask)
+    return summed, torch.zeros(len(answers), device=device).index_add(0, row[where], valid)
 
 
 @torch.no_grad()
@@ -454,6 +496,8 @@ def train(args):
     sft.check_rates(rates)
     if not any(rates.values()):
         raise UserError("--lr, --id-lr and --id-bias-lr are all 0: nothing would be trained")
+    if args.valid_id_weight < 0:
+        raise UserError(f"--valid-id-weight {args.valid_id_weight:g}: a weight is at least 0")
     adapter_dir = args.sft
     sft_vocab = os.path.join(adapter_dir, M.ID_VOCAB_FILE)
     need_file(sft_vocab, "SFT adapter (id_vocab.json)")
@@ -469,6 +513,7 @@ def train(args):
                                             id_table_sha=meta["id_table_sha256"], device=device, dropout=0.0)
     fmt = M.PromptFormat(tokenizer, vocab)
     pad_id = M.pad_id_of(tokenizer)
+    trie = sft.catalogue_trie(meta) if args.valid_id_weight else None   # which codes exist, for validity_loss
     train_pairs = read_pairs(os.path.join(args.pairs, "train.jsonl"), fmt)
     val_all = read_pairs(os.path.join(args.pairs, "val.jsonl"), fmt)
     val_idx = np.sort(np.random.default_rng(args.seed).permutation(len(val_all))[:args.eval_pairs])
@@ -531,7 +576,8 @@ def train(args):
         print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs with "
               f"{n_prompts:,} distinct prompts ({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} "
               f"held-out pairs; "
-              f"beta {args.beta}, loss {args.loss_type}")
+              f"beta {args.beta}, loss {args.loss_type}"
+              + (f", the validity term at {args.valid_id_weight:g}" if trie is not None else ""))
     opt = sft.make_optimizer(model, args.lr, args.id_lr, weight_decay=0.0, id_bias_lr=args.id_bias_lr)
     step, best, history = 0, None, []
     log_path = os.path.join(args.out, "log.jsonl")
@@ -560,22 +606,34 @@ def train(args):
         rec = {"step": step + 1}
         # forward (policy log-probs of both answers; the reference's were computed once, before training),
         # the preference loss, backward: micro-batch by micro-batch, the gradients accumulate over the batch
-        parts = []
+        parts, v_parts = [], []
         for s in range(0, len(mine), args.micro_batch_size):
             mb = mine[s:s + args.micro_batch_size]
             if args.loss_type == "sdpo":   # chosen and K rejected answers on one prompt computation
                 with M.autocast(device):
-                    logps = answer_set_logps(model, [train_pairs[i][0] for i in mb], [[train_pairs[i][1] for i in mb]]
-                                             + [[slots[i][k] for i in mb] for k in range(slot_mask.shape[1])],
-                                             pad_id, device)
+                    out = answer_set_logps(model, [train_pairs[i][0] for i in mb], [[train_pairs[i][1] for i in mb]]
+                                           + [[slots[i][k] for i in mb] for k in range(slot_mask.shape[1])],
+                                           pad_id, device, vocab, trie)
+                logps, valid = out if trie is not None else (out, None)
                 pc, pr = logps[0], logps[1:].T                                     # (B,), (B, K)
+                if trie is not None:
+                    vc, vr = valid[0], valid[1:].T
             else:
                 with M.autocast(device):
-                    pc, pr = concatenated_logps(model, [train_pairs[i] for i in mb], pad_id, device)
+                    out = concatenated_logps(model, [train_pairs[i] for i in mb], pad_id, device,
+                                             vocab=vocab, trie=trie)
+                pc, pr = out[:2]
+                if trie is not None:
+                    vc, vr = out[2:]
             n_tok = torch.tensor([len(train_pairs[i][1]) for i in mb], device=pc.device)
+            r_mask = slot_mask[mb] if args.loss_type == "sdpo" else None
             losses, cr, rr = dpo_loss(pc.float(), pr.float(), ref_train[0][mb], ref_train[1][mb],
                                       args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, n_tok,
-                                      rejected_mask=slot_mask[mb] if args.loss_type == "sdpo" else None)
+                                      rejected_mask=r_mask)
+            if trie is not None:   # + weight x the validity term: the rejected answers' mass kept on the catalogue
+                v_loss = validity_loss(vc.float(), vr.float(), r_mask)
+                v_parts.append(v_loss.detach())
+                losses = losses + args.valid_id_weight * v_loss
             (losses.sum() / len(idx)).backward()
             parts.append((losses.detach(), cr, rr, pc.detach(), pr.detach() if pr.dim() == 1 else pr[:, 0].detach()))
         if args.sft_replay:   # + weight x the SFT loss of this step's replayed examples, one micro-batch
@@ -589,6 +647,8 @@ def train(args):
             (args.sft_replay_weight * loss).backward()
             rec["sft_loss"] = ddp.sum_all([loss.item()])[0]
         ddp.sum_grads(params)     # the shares' gradients add up to the whole batch's
+        if v_parts:   # per pair, of the loss logged below (which includes it at --valid-id-weight)
+            rec["valid_loss"] = ddp.cat_all(torch.cat(v_parts)).mean().item()
         rec.update(preference_metrics(*[ddp.cat_all(torch.cat(x)) for x in zip(*parts)]))   # every rank's pairs
         # clip, then one optimizer step at this step's learning rate (linear warm-up, then cosine decay)
         rec["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
@@ -667,6 +727,10 @@ def parse_args(argv=None):
                         "(default %(default)s)")
     p.add_argument("--sft-data", default="",
                    help="the SFT data folder the adapter was trained on (data.py sft), for --sft-replay")
+    p.add_argument("--valid-id-weight", type=float, default=VALID_ID_WEIGHT,
+                   help="weight of the validity term on every answer of a pair: -log p(each ID token is a code the "
+                        "catalogue has after its prefix), no pull toward any answer; for pure DPO (--rpo-alpha 0), "
+                        "whose lowered rejected answers leak mass off the catalogue; 0: off (default %(default)s)")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="pairs per optimizer step, or prompts per step with --pairs-per-prompt above 1; under "

@@ -380,6 +380,9 @@ def validity_table(targets, kinds, row, vocab, trie):
 
 def catalogue_trie(meta):
     """The ranking's ID trie of the catalogue's Semantic IDs (meta's semantic_ids table), for the validity term."""
+    if "semantic_ids" not in meta:
+        raise UserError("the data's meta.json names no semantic_ids table (data.py writes it): the validity term "
+                        "needs the catalogue's Semantic IDs")
     return ranking.IDTrie(formats.load_semantic_ids(meta["semantic_ids"])[1].tolist(), meta["levels"])
 
 

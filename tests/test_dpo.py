@@ -7,6 +7,7 @@ import torch
 import dpo
 import lora
 import model as M
+import ranking
 
 PC, PR, RC, RR = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
 # Delta = (-1 - -3) - (-2 - -2) = 2; with beta = 0.5, beta * Delta = 1
@@ -56,6 +57,46 @@ def test_rpo_term_lives_in_the_loss():
     assert ipo[0].item() == pytest.approx(1.0 + 2.0)
     with pytest.raises(ValueError, match="chosen_lengths"):
         dpo.dpo_loss(PC, PR, RC, RR, rpo_alpha=1.0)
+
+
+def test_validity_loss_by_hand():
+    """The docstring's example; S-DPO's K rejected answers each add theirs, a masked slot nothing."""
+    c, r = torch.log(torch.tensor([0.9])), torch.log(torch.tensor([0.5]))
+    assert dpo.validity_loss(c, r).item() == pytest.approx(0.7985, abs=1e-4)       # -(log 0.9 + log 0.5)
+    more = torch.log(torch.tensor([[0.5, 0.25]]))
+    masked = dpo.validity_loss(c, more, torch.tensor([[True, False]]))
+    assert masked.item() == pytest.approx(0.7985, abs=1e-4)
+    both = dpo.validity_loss(c, more, torch.tensor([[True, True]]))
+    assert both.item() == pytest.approx(0.7985 + math.log(4), abs=1e-4)              # 2.1848
+
+
+def test_validity_logps_equal_a_full_forward(tiny_smol):
+    """The answers' validity log-probs: per answer, sum over its 3 ID tokens of log sum_{allowed} p, summed by hand
+    from one plain forward of prompt + answer; the summed log-probs beside them are the ones without a trie, and
+    S-DPO's forward gives the same."""
+    model, tok, vocab = M.load_policy(tiny_smol, levels=3, codebook_size=4)
+    fmt, pad = M.PromptFormat(tok, vocab), M.pad_id_of(tok)
+    trie = ranking.IDTrie([(0, 1, 2), (0, 1, 3), (0, 2, 0), (1, 2, 3), (3, 0, 0), (0, 0, 0)], 3)
+    pairs = [(fmt.prompt("rock"), fmt.answer((0, 1, 2)), fmt.answer((1, 2, 3))),
+             (fmt.prompt("a longer request for jazz"), fmt.answer((3, 0, 0)), fmt.answer((0, 0, 0)))]
+    with torch.no_grad():
+        pc, pr, vc, vr = dpo.concatenated_logps(model, pairs, pad, "cpu", vocab=vocab, trie=trie)
+        plain = dpo.concatenated_logps(model, pairs, pad, "cpu")
+        assert torch.equal(pc, plain[0]) and torch.equal(pr, plain[1])
+        for i, (p, c, r) in enumerate(pairs):
+            for answer, got in ((c, vc[i]), (r, vr[i])):
+                full = torch.log_softmax(model(input_ids=torch.tensor([p + answer])).logits[0].float(), -1)
+                codes = [vocab.level_code(t)[1] for t in answer[:3]]
+                allowed = [[vocab.token_id(level, k) for k in trie.allowed(codes[:level])] for level in range(3)]
+                want = sum(torch.logsumexp(full[len(p) + level - 1, allowed[level]], 0) for level in range(3))
+                assert got.item() == pytest.approx(want.item(), abs=1e-5)
+                assert got.item() < 0                  # the base vocabulary holds mass off the catalogue
+        logps, valid = dpo.answer_set_logps(model, [p for p, _, _ in pairs], [[c for _, c, _ in pairs],
+                                            [r for _, _, r in pairs]], pad, "cpu", vocab, trie)
+        assert torch.allclose(valid, torch.stack([vc, vr]), atol=1e-6)
+        assert torch.allclose(logps, torch.stack([pc, pr]), atol=1e-6)
+    with pytest.raises(ValueError, match="shared"):
+        dpo.concatenated_logps(model, pairs, pad, "cpu", shared_prompt=False, vocab=vocab, trie=trie)
 
 
 def test_implicit_reward_hits_by_hand():

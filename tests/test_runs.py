@@ -280,6 +280,35 @@ def test_dpo_refuses_rates_that_train_nothing_or_are_negative(tmp_path):
         dpo.main(argv + ["--id-bias-lr", "-0.1"])
     with pytest.raises(UserError, match="--id-bias-lr -0.1: a learning rate is at least 0"):
         sft.main(["--data", str(tmp_path), "--out", str(tmp_path / "sft"), "--id-bias-lr", "-0.1"])
+    with pytest.raises(UserError, match="--valid-id-weight -1: a weight is at least 0"):
+        dpo.main(argv + ["--valid-id-weight", "-1"])
+    with pytest.raises(UserError, match="names no semantic_ids table"):
+        sft.catalogue_trie({"levels": 3, "codebook_size": 4})          # pairs written before the table was named
+
+
+def test_dpo_validity_term_adds_its_loss(tiny_smol, tmp_path):
+    """dpo.py --valid-id-weight, pure DPO and S-DPO: the catalogue's IDs from the pairs' meta (semantic_ids); at
+    step 1, where the policy is still the SFT model and the batch the same, the logged loss is the plain run's +
+    weight x the logged validity term (> 0: the base vocabulary holds mass off the catalogue), and the weights
+    trained differ."""
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=2)
+    pairs = argv[1]
+    catalogue = sorted({(k, 1, 3) for k in range(4)} | {(k, 2, 0) for k in range(4)})   # write_pairs' answers
+    table = tmp_path / "semantic_ids.tsv"
+    table.write_text("track_id\tcode_0\tcode_1\tcode_2\n" + "".join(
+        f"t{i}\t{a}\t{b}\t{c}\n" for i, (a, b, c) in enumerate(catalogue)))
+    meta = json.load(open(os.path.join(pairs, "meta.json")))
+    json.dump({**meta, "semantic_ids": str(table)}, open(os.path.join(pairs, "meta.json"), "w"))
+    for loss_type in ("sigmoid", "sdpo"):
+        base = argv + ["--rpo-alpha", "0", "--loss-type", loss_type]
+        dpo.main(base + ["--out", str(tmp_path / f"plain_{loss_type}")])
+        dpo.main(base + ["--out", str(tmp_path / f"valid_{loss_type}"), "--valid-id-weight", "0.5"])
+        plain, valid = ([json.loads(l) for l in open(tmp_path / f"{n}_{loss_type}" / "log.jsonl")]
+                        for n in ("plain", "valid"))
+        assert "valid_loss" not in plain[1] and valid[1]["valid_loss"] > 0
+        assert valid[1]["loss"] == pytest.approx(plain[1]["loss"] + 0.5 * valid[1]["valid_loss"], rel=1e-5)
+        a, b = (adapter_tensors(tmp_path / f"{n}_{loss_type}" / "adapter") for n in ("plain", "valid"))
+        assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
 def test_dpo_sft_replay_adds_the_sft_runs_own_loss(tiny_smol, tmp_path, monkeypatch):
