@@ -74,7 +74,9 @@ RPO_ALPHA: float = 1.0
 SFT_REPLAY: int = 0
 SFT_REPLAY_WEIGHT: float = 1.0
 # weight of the validity term on every answer of a pair (validity_loss: -log p(each ID token is a code the catalogue
-# has after its prefix)); 0: off. For pure DPO, whose lowered rejected answers leak mass off the catalogue
+# has after its prefix)), for pure DPO, whose lowered rejected answers leak mass off the catalogue; 0: off, because
+# on three validation windows it took pure DPO's preference gain away with its hallucinated IDs (EXPERIMENTS.md,
+# "Pure DPO with a validity term")
 VALID_ID_WEIGHT: float = 0.0
 LOSS_TYPES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sdpo")
 # -----------------------------------------------------------------------------
@@ -167,9 +169,10 @@ def validity_loss(chosen_valid_logps, rejected_valid_logps, rejected_mask=None):
     (B, K) as in sdpo_loss, False where a slot holds no rejected answer. Returns -(chosen's + every rejected one's).
     Why: pure DPO lowers the rejected answers' log-probs and says nothing of where that mass goes; at the last
     code much of it goes to codes no track has under the answer's prefix, which an unconstrained decoder then
-    answers (the seed's pure DPO: 9-12% of top-1 answers off the catalogue). This term puts the mass back on the
-    codes that exist and asks nothing of their order: its gradient keeps the allowed codes' ratios, so it does not
-    pull toward any answer (the NLL term does) nor undo the preference the DPO term taught.
+    answers (pure DPO on the demo's SFT: 9-20% of top-1 answers off the catalogue). This term puts the mass back on
+    the codes that exist and asks nothing of their order: its gradient keeps the allowed codes' ratios, so it pulls
+    toward no answer (the NLL term pulls toward the chosen one). Measured, it takes pure DPO's preference gain away
+    with the hallucinations all the same (EXPERIMENTS.md, "Pure DPO with a validity term").
     Example: chosen log 0.9, rejected log 0.5: -(log 0.9 + log 0.5) = 0.1054 + 0.6931 = 0.7985.
     """
     if rejected_valid_logps.dim() == 1:
@@ -730,7 +733,8 @@ def parse_args(argv=None):
     p.add_argument("--valid-id-weight", type=float, default=VALID_ID_WEIGHT,
                    help="weight of the validity term on every answer of a pair: -log p(each ID token is a code the "
                         "catalogue has after its prefix), no pull toward any answer; for pure DPO (--rpo-alpha 0), "
-                        "whose lowered rejected answers leak mass off the catalogue; 0: off (default %(default)s)")
+                        "whose lowered rejected answers leak mass off the catalogue; 0: off (default %(default)s: "
+                        "it took pure DPO's preference gain away with its hallucinated IDs, EXPERIMENTS.md)")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="pairs per optimizer step, or prompts per step with --pairs-per-prompt above 1; under "
