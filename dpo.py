@@ -633,7 +633,7 @@ def train(args):
             losses, cr, rr = dpo_loss(pc.float(), pr.float(), ref_train[0][mb], ref_train[1][mb],
                                       args.beta, args.loss_type, args.label_smoothing, args.rpo_alpha, n_tok,
                                       rejected_mask=r_mask)
-            if trie is not None:   # + weight x the validity term: the rejected answers' mass kept on the catalogue
+            if trie is not None:   # + weight x the validity term: every answer's mass kept on the catalogue
                 v_loss = validity_loss(vc.float(), vr.float(), r_mask)
                 v_parts.append(v_loss.detach())
                 losses = losses + args.valid_id_weight * v_loss
