@@ -13,10 +13,17 @@ model's top K catalogue tracks, scored exactly over the ID trie (constrained bea
 catalogue above 20,000 tracks), so every one exists, with name, artists, genres and ID.
 
     python ask.py --run runs/demo --played "A - One" --played "B - Two" "something like C - Three"
+
+Without a request it reads one a line from standard input and loads the model once (a `request> ` prompt on a
+terminal; `quit` or end of input stops); --json prints each answer as one JSON object a line, for programs:
+
+    printf 'upbeat rock for a party\nsomething like C - Three\n' | python ask.py --run runs/demo --json
 """
 import argparse
+import json
 import os
 import re
+import sys
 
 import formats
 import model as M
@@ -119,42 +126,108 @@ def trained_base(run, adapter_path):
     return read_json(cfg, "run's SFT options").get("model") if os.path.exists(cfg) else None
 
 
+class Recommender:
+    """A run's catalogue, Semantic IDs and model, loaded once; ask() answers one request at a time.
+
+    run: a run folder made by `make demo`; adapter: sft, dpo, base or an adapter folder; model_path None: the base
+    the run was trained on (the adapter's record, else the run's SFT options)."""
+
+    def __init__(self, run, adapter=ADAPTER, model_path=None, device="auto"):
+        if not os.path.isdir(run):
+            raise UserError(f"{run}: no such run folder")
+        adapter_path = resolve_adapter(run, adapter)
+        model_path = model_path or trained_base(run, adapter_path) or M.DEFAULT_MODEL
+        self.meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
+        self.catalog, _ = formats.load_catalog(self.meta["catalog"])
+        track_ids, codes = formats.load_semantic_ids(self.meta["semantic_ids"])
+        self.row_codes = formats.row_codes_of(self.catalog, track_ids, codes)
+        self.id_to_row = {c: r for r, c in self.row_codes.items()}
+        self.device = M.pick_device(device)
+        self.model, tok, self.vocab = M.load_policy(
+            model_path, adapter=adapter_path, levels=self.meta["levels"], codebook_size=self.meta["codebook_size"],
+            id_table_sha=self.meta["id_table_sha256"], device=self.device)
+        self.fmt, self.pad_id = M.PromptFormat(tok, self.vocab), M.pad_id_of(tok)
+        self.trie = ranking.IDTrie(list(self.id_to_row), self.vocab.levels)
+
+    def ask(self, request, played=(), k=TOP_K):
+        """Top-k [(row, score, codes)] for a request, the prompt sent and the row of the track the request named
+        (None if it named none). played: 'Artist - Title' or ID texts heard before that track, oldest first."""
+        played = [played_row(t, self.catalog, self.row_codes) for t in played]
+        # as the SFT data were built; data written before the context_text option showed names
+        prompt, named = build_prompt(request, self.catalog, self.row_codes, played,
+                                     self.meta.get("prompt_history", 1), self.meta.get("context_text", "name"))
+        ids = [self.fmt.prompt(prompt)]
+        if len(self.id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
+            res = ranking.exact_top_k(self.model, ids, self.vocab, self.trie, k + 1, device=self.device,
+                                      pad_id=self.pad_id)[0]
+        else:
+            res = [(tuple(self.vocab.level_code(t)[1] for t in toks), score) for toks, score in
+                   ranking.beam_search(self.model, ids, self.vocab, k + 1, trie=self.trie, pad_id=self.pad_id,
+                                       device=self.device)[0]]
+        out = [(self.id_to_row[c], score, c) for c, score in res if self.id_to_row[c] != named]
+        return out[:k], prompt, named
+
+
 def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=None, device="auto", played=()):
-    """Top-k [(row, score, codes)] for a request, plus the catalogue, the prompt used and the row of the track
-    the request named (None if it named none). model_path None: the base the run was trained on."""
-    if not os.path.isdir(run):
-        raise UserError(f"{run}: no such run folder")
-    adapter_path = resolve_adapter(run, adapter)
-    model_path = model_path or trained_base(run, adapter_path) or M.DEFAULT_MODEL
-    meta = read_json(os.path.join(run, "sft_data", "meta.json"), "run's sft_data/meta.json")
-    catalog, _ = formats.load_catalog(meta["catalog"])
-    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
-    row_codes = formats.row_codes_of(catalog, track_ids, codes)
-    id_to_row = {c: r for r, c in row_codes.items()}
-    device = M.pick_device(device)
-    model, tok, vocab = M.load_policy(model_path, adapter=adapter_path, levels=meta["levels"],
-                                      codebook_size=meta["codebook_size"], id_table_sha=meta["id_table_sha256"],
-                                      device=device)
-    fmt = M.PromptFormat(tok, vocab)
-    played = [played_row(t, catalog, row_codes) for t in played]
-    # as the SFT data were built; data written before the context_text option showed names
-    prompt, named = build_prompt(request, catalog, row_codes, played, meta.get("prompt_history", 1),
-                                 meta.get("context_text", "name"))
-    trie = ranking.IDTrie(list(id_to_row), vocab.levels)
-    if len(id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
-        res = ranking.exact_top_k(model, [fmt.prompt(prompt)], vocab, trie, k + 1, device=device,
-                                  pad_id=M.pad_id_of(tok))[0]
-    else:
-        res = [(tuple(vocab.level_code(t)[1] for t in toks), score) for toks, score in
-               ranking.beam_search(model, [fmt.prompt(prompt)], vocab, k + 1, trie=trie, pad_id=M.pad_id_of(tok),
-                                   device=device)[0]]
-    out = [(id_to_row[c], score, c) for c, score in res if id_to_row[c] != named]
-    return out[:k], catalog, prompt, named
+    """Top-k [(row, score, codes)] for one request, plus the catalogue, the prompt used and the row of the track
+    the request named (None if it named none): Recommender(...).ask(...) for a single call."""
+    rec = Recommender(run, adapter, model_path, device)
+    results, prompt, named = rec.ask(request, played, k)
+    return results, rec.catalog, prompt, named
+
+
+def answer(rec, request, played, k):
+    """The answer to one request as a dict (what --json prints; the text form is made from it too)."""
+    results, prompt, named = rec.ask(request, played, k)
+    cat = rec.catalog
+    notes = []
+    if played and "Played before:" not in prompt:
+        notes.append("note: this model was trained on prompts that show the context track alone (data.py sft "
+                     "--prompt-history 1), so the --played tracks are not in the prompt")
+    note = unknown_words_note(request, cat) if named is None else None
+    if note:
+        notes.append(note)
+
+    def track(row):
+        return {"track_id": cat.track_id[row], "artists": tasks.display_artist(cat.artists[row]),
+                "name": cat.track_name[row], "genres": list(cat.genres[row]),
+                "semantic_id": formats.id_text(rec.row_codes[row])}
+    return {"request": request, "played": list(played), "prompt": prompt, "notes": notes,
+            "context_track": None if named is None else track(named),
+            "tracks": [{"rank": i, **track(row), "logp": round(float(score), 4)}
+                       for i, (row, score, _) in enumerate(results, 1)]}
+
+
+def print_answer(a):
+    for note in a["notes"]:
+        print(note)
+    print(f"prompt: {a['prompt']}")
+    c = a["context_track"]
+    if c is not None:   # the prompt shows the track's ID, not its name
+        print(f"context track: {c['artists']} - {c['name']}  [{', '.join(c['genres'])}]")
+    for t in a["tracks"]:
+        print(f"{t['rank']:>2}. {t['artists']} - {t['name']}  [{', '.join(t['genres'])}]  {t['semantic_id']}  "
+              f"log p = {t['logp']:.2f}")
+
+
+def requests_from(stream, interactive):
+    """Requests read one a line (blank lines skipped) until end of input or `quit`; a `request> ` prompt on a
+    terminal."""
+    while True:
+        if interactive:
+            print("request> ", end="", flush=True)
+        line = stream.readline()
+        if not line or line.strip().lower() in ("quit", "exit"):
+            return
+        if line.strip():
+            yield line.strip()
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("request", help='e.g. "chill acoustic music for studying" or "something like Artist - Title"')
+    p.add_argument("request", nargs="?", default=None,
+                   help='e.g. "chill acoustic music for studying" or "something like Artist - Title"; without it '
+                        "(or -), one request a line from standard input, the model loaded once")
     p.add_argument("--run", default="runs/demo", help="run folder made by `make demo`")
     p.add_argument("--adapter", default=ADAPTER, help="sft, dpo, base, or an adapter folder")
     p.add_argument("-k", type=int, default=TOP_K, help="number of tracks")
@@ -164,25 +237,31 @@ def main(argv=None):
     p.add_argument("--played", action="append", default=[],
                    help="a track heard before the one the request names (repeat, oldest first): "
                         "'Artist - Title' or a Semantic ID")
+    p.add_argument("--json", action="store_true",
+                   help="print each answer as one JSON object (request, prompt, notes, context_track, tracks with "
+                        "track_id, artists, name, genres, semantic_id, logp) instead of text, for programs")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     args = p.parse_args(argv)
     if args.k < 1:
         p.error("-k must be at least 1")
-    results, catalog, prompt, named = recommend(args.request, args.run, args.adapter, args.k, args.model,
-                                                args.device, args.played)
-    if args.played and "Played before:" not in prompt:
-        print("note: this model was trained on prompts that show the context track alone (data.py sft "
-              "--prompt-history 1), so the --played tracks are not in the prompt")
-    note = unknown_words_note(args.request, catalog) if named is None else None
-    if note:
-        print(note)
-    print(f"prompt: {prompt}")
-    if named is not None:   # the prompt shows the track's ID, not its name
-        print(f"context track: {tasks.display_artist(catalog.artists[named])} - {catalog.track_name[named]}  "
-              f"[{', '.join(catalog.genres[named])}]")
-    for i, (row, score, codes) in enumerate(results, 1):
-        print(f"{i:>2}. {tasks.display_artist(catalog.artists[row])} - {catalog.track_name[row]}  "
-              f"[{', '.join(catalog.genres[row])}]  {formats.id_text(codes)}  log p = {score:.2f}")
+    rec = Recommender(args.run, args.adapter, args.model, args.device)
+    show = (lambda a: print(json.dumps(a), flush=True)) if args.json else print_answer
+    if args.request not in (None, "-"):
+        show(answer(rec, args.request, args.played, args.k))
+        return
+    # one request a line: a mistake in one (a track not in the catalogue) is said in one line, the rest answered
+    interactive = sys.stdin.isatty() and not args.json
+    failed = 0
+    for i, request in enumerate(requests_from(sys.stdin, interactive), 1):
+        try:
+            show(answer(rec, request, args.played, args.k))
+        except UserError as e:
+            failed += 1
+            print(f"error: request {i} ({request!r}): {e}", file=sys.stderr, flush=True)
+        if not args.json:
+            print(flush=True)
+    if failed:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,36 @@ def test_ask_for_music(demo_run, tiny_smol):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no trained adapter" in r.stderr
 
 
+def test_ask_reads_requests_from_stdin(demo_run, tiny_smol):
+    """ask.py without a request: one a line from standard input, the model loaded once; --json prints one object a
+    line whose tracks are the catalogue's, best first; a bad request is said in one line and the rest answered."""
+    run, _ = demo_run
+    cat, _ = formats.load_catalog(os.path.join(run, "world", "catalog.csv"))
+    ids = dict(l.split("\t", 1) for l in open(os.path.join(run, "rvq", "semantic_ids.tsv")).read().splitlines()[1:])
+    name = lambda i: f"{tasks.display_artist(cat.artists[i])} - {cat.track_name[i]}"
+    ask = [sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "-k", "3"]
+    lines = f"upbeat rock for a party\n\n  something like {name(2)}  \nquit\nnever read\n"
+    r = subprocess.run(ask + ["--json"], input=lines, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    answers = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [a["request"] for a in answers] == ["upbeat rock for a party", f"something like {name(2)}"]
+    assert answers[0]["context_track"] is None and answers[1]["context_track"]["name"] == cat.track_name[2]
+    for a in answers:
+        assert [t["rank"] for t in a["tracks"]] == [1, 2, 3]
+        assert [t["logp"] for t in a["tracks"]] == sorted((t["logp"] for t in a["tracks"]), reverse=True)
+        for t in a["tracks"]:
+            assert t["semantic_id"] == formats.id_text(ids[t["track_id"]].split("\t"))
+    assert cat.track_id[2] not in {t["track_id"] for t in answers[1]["tracks"]}   # never the track asked about
+    # the same requests one at a time, as text: the same tracks
+    one = subprocess.run(ask + ["--json", "upbeat rock for a party"], cwd=ROOT, capture_output=True, text=True)
+    assert json.loads(one.stdout) == answers[0]
+    # --played holds for every line; a request that names no track cannot take it: one line, exit 2, others answered
+    r = subprocess.run(ask + ["--played", name(0)], input=f"something like {name(2)}\nupbeat rock\n", cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: request 2 ('upbeat rock')")
+    assert f"context track: {name(2)}" in r.stdout and r.stdout.count(" 1. ") == 1
+
+
 def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     """benchmarks/val_next.py on the run: the adapters and the baselines on validation queries, and each adapter's
     accuracy on the validation preference pairs beside the long-listen rate's on the same pairs."""
