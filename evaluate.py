@@ -616,6 +616,7 @@ def plots(results, run, out):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib not installed: no plots (pip install matplotlib)")
         return []
@@ -634,7 +635,12 @@ def plots(results, run, out):
         ax.plot([r["step"] for r in log], [r["loss"] for r in log], lw=0.8, label="train")
         ev = [r for r in log if "val/loss" in r]
         ax.plot([r["step"] for r in ev], [r["val/loss"] for r in ev], "o-", label="validation")
-        ax.set(xlabel="step", ylabel="loss per answer token", title="SFT loss")
+        # log scale: the first steps (new ID rows, all equal) start some 30x above where training levels off
+        ax.set(xlabel="step", ylabel="loss per answer token", title="SFT loss", yscale="log")
+        lo, hi = ax.get_ylim()   # ticks 2, 3, 5, 10, ... rather than 2 x 10^0
+        ax.set_yticks([v for v in (0.5, 1, 2, 3, 5, 10, 20, 50, 100, 200) if lo <= v <= hi])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend()
         save(fig, "sft_loss.png")
     log = read_log(os.path.join(run, "dpo", "log.jsonl"))
@@ -660,15 +666,24 @@ def plots(results, run, out):
         ax.invert_yaxis()
         ax.set(xlabel="held-out preference accuracy", xlim=(0.3, 1.0), title="Preferences: chosen above rejected")
         save(fig, "preference_accuracy.png")
+    # the LLMs solid and thick in colours of their own, every baseline thin and dashed in a colour of its own: with
+    # a dozen systems matplotlib's 10-colour cycle would give SFT a baseline's colour
+    llm_style = {"SFT": dict(color="tab:red", lw=2.2, marker="o", zorder=3),
+                 "DPO": dict(color="black", lw=2.2, marker="s", zorder=3),
+                 "LLM base": dict(color="0.55", lw=1.5, marker="x", zorder=2)}
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (6, 7, 14, 15)]  # no reds, greys
     for test, systems in results["ranking"].items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        baselines = [n for n in systems if n not in llm_style]
         for n, s in systems.items():
+            style = llm_style.get(n) or dict(color=palette[baselines.index(n) % len(palette)], lw=1.0, ls="--",
+                                             marker=".", zorder=1)
             ax.errorbar(KS, [s[f"hit@{k}"]["mean"] for k in KS],
                         yerr=[[s[f"hit@{k}"]["mean"] - s[f"hit@{k}"]["lo"] for k in KS],
                               [s[f"hit@{k}"]["hi"] - s[f"hit@{k}"]["mean"] for k in KS]],
-                        marker="o", capsize=2, label=n)
-        ax.set(xlabel="K", ylabel="HR@K", xticks=KS, title=f"HR@K, {test}")
-        ax.legend(fontsize=7)
+                        capsize=2, label=n, **style)
+        ax.set(xlabel="K", ylabel="HR@K", xticks=KS, title=f"HR@K, {test} (95% intervals)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         save(fig, f"hr_{test}.png")
     return written
 
