@@ -168,14 +168,6 @@ class Recommender:
         return out[:k], prompt, named
 
 
-def recommend(request, run, adapter=ADAPTER, k=TOP_K, model_path=None, device="auto", played=()):
-    """Top-k [(row, score, codes)] for one request, plus the catalogue, the prompt used and the row of the track
-    the request named (None if it named none): Recommender(...).ask(...) for a single call."""
-    rec = Recommender(run, adapter, model_path, device)
-    results, prompt, named = rec.ask(request, played, k)
-    return results, rec.catalog, prompt, named
-
-
 def answer(rec, request, played, k):
     """The answer to one request as a dict (what --json prints; the text form is made from it too)."""
     results, prompt, named = rec.ask(request, played, k)
@@ -249,7 +241,8 @@ def main(argv=None):
     if args.request not in (None, "-"):
         show(answer(rec, args.request, args.played, args.k))
         return
-    # one request a line: a mistake in one (a track not in the catalogue) is said in one line, the rest answered
+    # one request a line: one that cannot be answered (--played beside a request that names no track) is said in
+    # one line on stderr, and the rest are answered
     interactive = sys.stdin.isatty() and not args.json
     failed = 0
     for i, request in enumerate(requests_from(sys.stdin, interactive), 1):
