@@ -275,6 +275,24 @@ def load_catalog(path):
     return cat, report
 
 
+def catalog_note(report):
+    """One line on what load_catalog kept: tracks, rows read, rows skipped by reason and the first one, merges.
+
+    Example: "data/dataset.csv: 1,999 tracks from 2,000 rows; 1 row skipped (non-numeric energy: 1), first line 7,
+    column 'energy': non-numeric energy ('high')". A skipped row is a track the IDs, the prompts and the metrics
+    never see, so the stages that read a catalogue first say so instead of dropping it quietly.
+    """
+    note = f"{report['path']}: {report['kept']:,} tracks from {report['rows_read']:,} rows"
+    if report["dropped"]:
+        by = sorted(report["dropped_by_reason"].items(), key=lambda kv: -kv[1])
+        note += (f"; {report['dropped']:,} row{'s' if report['dropped'] > 1 else ''} skipped "
+                 f"({', '.join(f'{k}: {v:,}' for k, v in by)}), first {report['dropped_examples'][0]}")
+    if report["duplicate_rows_merged"]:
+        m = report["duplicate_rows_merged"]
+        note += f"; {m:,} more row{'s' if m > 1 else ''} of a track_id already read merged (their genres added)"
+    return note
+
+
 def _fmt_float(x):
     return repr(float(x))  # shortest text that reads back to the same float64
 

@@ -495,7 +495,8 @@ def encode_new(features_raw, rvq, primary_genres=None):
 # ----------------------------------------------------------------------------- CLI
 
 def train(args):
-    catalog, _ = formats.load_catalog(args.catalog)
+    catalog, cat_report = formats.load_catalog(args.catalog)
+    print(formats.catalog_note(cat_report))
     n = len(catalog.track_id)
     if args.levels < 1 or args.codebook_size < 2 or args.codebook_size ** args.levels >= 2 ** 62:
         raise UserError("--levels must be >= 1, --codebook-size >= 2 and codebook-size^levels < 2^62")
@@ -563,6 +564,7 @@ def train(args):
     codes = encode(x, books)
     codes_unique, _ = resolve_collisions(x, codes, books)
     rep = quality_report(x, codes, codes_unique, books, primary, seed=args.seed)
+    rep["catalog"] = cat_report
     rep["signals"] = {"blocks": signals, "weights": weights, "dims": {b: blocks[b].shape[1] for b in signals}}
     if collab is not None:
         rep["signals"]["collab_warm_tracks"] = int(collab[1].sum())
@@ -597,7 +599,9 @@ def train(args):
 
 def encode_cli(args):
     rvq = load_rvq(args.rvq)
-    catalog, _ = formats.load_catalog(args.catalog)
+    catalog, cat_report = formats.load_catalog(args.catalog)
+    if cat_report["dropped"]:   # stderr: stdout is the ID table; a skipped row is a track that gets no codes
+        print(formats.catalog_note(cat_report), file=sys.stderr)
     codes = encode_new(catalog.features, rvq, [g[0] if g else "" for g in catalog.genres])
     try:
         print("\t".join(["track_id"] + [f"code_{j}" for j in range(codes.shape[1])]))

@@ -585,7 +585,7 @@ def main(argv=None):
         formats.write_catalog(cat, os.path.join(args.out, "catalog.csv"))
     else:
         cat, report = formats.load_catalog(args.catalog)
-        print(f"{args.catalog}: {report['kept']} tracks ({report['dropped']} rows dropped)")
+        print(formats.catalog_note(report))
     events, truth = simulate(cat, args.users, args.seed, args)
     write_logs(args.out, cat, events, args.seed, release)
     write_json(os.path.join(args.out, "truth.json"), truth)

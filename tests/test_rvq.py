@@ -340,6 +340,31 @@ def test_cli_user_errors(tmp_path):
     assert len(formats.load_semantic_ids(tmp_path / "o" / formats.IDS_FILE)[0]) == 5
 
 
+def test_cli_says_which_catalogue_rows_it_skipped(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 5
+    cat = formats.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
+                          feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
+                          np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
+    path = tmp_path / "cat.csv"
+    formats.write_catalog(cat, path)
+    header, first = path.read_text().splitlines()[:2]
+    cells = first.split(",")
+    energy = header.split(",").index("energy")
+    bad = ",".join(["5", "t5"] + cells[2:energy] + ["high"] + cells[energy + 1:])     # line 7: not a number
+    dup = ",".join(["6"] + cells[1:-1] + ["rock"])                                     # t0 again, another genre
+    path.write_text(path.read_text() + bad + "\n" + dup + "\n")
+    rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "2"])
+    note = (f"{path}: 5 tracks from 7 rows; 1 row skipped (non-numeric energy: 1), first line 7, column 'energy': "
+            "non-numeric energy ('high'); 1 more row of a track_id already read merged (their genres added)")
+    assert capsys.readouterr().out.splitlines()[0] == note
+    rep = read_json(tmp_path / "o" / rvq.REPORT_FILE)["catalog"]
+    assert (rep["rows_read"], rep["kept"], rep["dropped"], rep["duplicate_rows_merged"]) == (7, 5, 1, 1)
+    rvq.main(["encode", "--rvq", str(tmp_path / "o"), "--catalog", str(path)])
+    out, err = capsys.readouterr()
+    assert err.strip() == note and len(out.splitlines()) == 1 + 5   # the ID table alone on stdout
+
+
 # ----------------------------------------------------------------------------- signal blocks
 
 def test_ppmi_worked_example_and_cliques():
