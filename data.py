@@ -18,7 +18,7 @@ import fastprefs
 from common import (UserError, atomic_open, atomic_path, fail, file_sha256, jsonl, read_json, run_main, save_config,
                     write_json)
 from formats import ATTRIBUTE_ANSWERS, IDS_FILE, id_text, load_catalog, load_semantic_ids, read_rvq_meta, row_codes_of
-from logfiles import ENGINE_HELP, ENGINES, format_ts, log_engine
+from logfiles import ENGINE_HELP, ENGINES, format_ts, log_engine, skipped_note
 from preferences import mine_prefs
 from tasks import (CONTEXT_TEXT, CONTEXT_TEXTS, GROUNDING_TEMPLATES, NEXT_TEMPLATES, PROMPT_HISTORY,
                    TEST_REQUEST_TEMPLATES, TRAIN_REQUEST_TEMPLATES, attribute_masks, next_track_prompt,
@@ -169,7 +169,8 @@ def build_sft(args):
     print(f"SFT examples: train {counts['train']}, val {counts['val']}; test: {len(tests_next)} next-track, "
           f"{len(tests_attr)} attribute requests; split at {format_ts(t_val)} / {format_ts(t_test)} UTC; "
           f"log match rate {log_stats.get('match_rate', 0):.1%}; log passes: {passes}, {t_passes:.1f} s "
-          f"({passes * log_stats.get('events_read', 0) / max(t_passes, 1e-9):,.0f} events/s)")
+          f"({passes * log_stats.get('events_read', 0) / max(t_passes, 1e-9):,.0f} events/s)"
+          f"{skipped_note(log_stats)}")
     return meta
 
 
@@ -229,7 +230,7 @@ def build_prefs(args):
               "dropped": {k[len("dropped: "):]: v for k, v in counts.items() if k.startswith("dropped")},
               "contexts_with_candidates_cut_at_a_window_boundary": counts.get("candidates cut at a window boundary",
                                                                               0),
-              "bad_rows": stats.get("bad_rows", 0), "seconds": seconds,
+              "bad_rows": stats.get("bad_rows", 0), "bad_examples": stats.get("bad_examples", []), "seconds": seconds,
               "events_per_second": stats.get("events_read", 0) / max(got["mined"], 1e-9)}
     with atomic_path(os.path.join(args.out, "track_labels.npz")) as tmp:
         with open(tmp, "wb") as f:   # plays with a known dwell, long listens, skips: training window only
@@ -240,7 +241,7 @@ def build_prefs(args):
     save_config(args.out, args, name="config.json")
     print(f"preference pairs: train {n_pairs['train']}, val {n_pairs['val']}, test {n_pairs['test']} "
           f"from {report['events_read']:,} events ({report['match_rate']:.1%} matched), {n_sessions:,} sessions; "
-          f"labelled {report['labelled']}; {report['events_per_second']:,.0f} events/s")
+          f"labelled {report['labelled']}; {report['events_per_second']:,.0f} events/s{skipped_note(stats)}")
     return report
 
 

@@ -27,6 +27,19 @@ def format_ts(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+def skipped_note(stats):
+    """'' or '; 1 log row skipped (first: line 51, ...)': what a stage's summary line adds for unusable log rows.
+
+    stats: the dict a log pass fills (bad_rows, bad_examples). A skipped row is a play no example, pair or count
+    sees, so the line that reports the log says so, not only its meta.json.
+    """
+    n = stats.get("bad_rows", 0)
+    if not n:
+        return ""
+    first = (stats.get("bad_examples") or [None])[0]
+    return f"; {n:,} log row{'s' if n > 1 else ''} skipped" + (f" (first: {first})" if first else "")
+
+
 def parse_ts(text):
     """'2019-02-20 12:28:30', '2019-02-20 12:28' or '2009-05-04T23:08:57Z' -> unix seconds; naive times are UTC."""
     dt = datetime.fromisoformat(text)

@@ -354,12 +354,21 @@ def split_world(seed, worlds, tmp_path):
 def test_sft_reusing_the_split_of_rvq_writes_the_bytes_of_two_passes(worlds, tmp_path, capsys):
     """`data.py sft` on the log, catalogue, id tables and fractions that `rvq.py train --logs` read reuses its
     split.json: one pass over the log, with either engine, without importing torch; the files are those of the
-    two passes (split.json removed: the split computed again)."""
+    two passes (split.json removed: the split computed again). Its summary line, and `data.py prefs`'s, end with
+    how many of the rough log's rows were skipped and the first."""
     _, _, sft = split_world(0, worlds, tmp_path)
     for engine in ("loop", "numpy"):
         data.main(sft + ["--out", str(tmp_path / engine), "--engine", engine])
         printed = capsys.readouterr().out
         assert "time split: reused" in printed and "log passes: 1," in printed
+        log = json.load(open(tmp_path / engine / "meta.json"))["log"]   # the rough log's unusable rows, said
+        said = f"; {log['bad_rows']:,} log rows skipped (first: {log['bad_examples'][0]})"
+        assert log["bad_rows"] > 1 and printed.rstrip().endswith(said)
+        data.main(["prefs", "--sft-data", str(tmp_path / engine), "--out", str(tmp_path / f"p_{engine}"),
+                   "--engine", engine])
+        report = json.load(open(tmp_path / f"p_{engine}" / "report.json"))
+        assert (report["bad_rows"], report["bad_examples"]) == (log["bad_rows"], log["bad_examples"])
+        assert capsys.readouterr().out.rstrip().endswith(said)   # the same rows, said again by data.py prefs
     code = "import sys, data; data.main(sys.argv[1:]); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code, *sft, "--out", str(tmp_path / "child")], cwd=ROOT,
                        capture_output=True, text=True)
