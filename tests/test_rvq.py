@@ -320,14 +320,18 @@ def test_cli_end_to_end_real_catalogue(shared_data, tmp_path, capsys):
     assert (greedy == codes).all(axis=1).sum() == 7991 - rep["ids"]["moved"]  # only the movers differ
 
 
-def test_cli_user_errors(tmp_path):
+def tiny_catalogue(path, n=5):
+    """Write n pop tracks t0..t{n-1} with random keys and energies to path (the dataset.csv layout)."""
     rng = np.random.default_rng(0)
-    n = 5
     cat = formats.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
                           feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
                           np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
-    path = tmp_path / "tiny.csv"
     formats.write_catalog(cat, path)
+    return path
+
+
+def test_cli_user_errors(tmp_path):
+    path = tiny_catalogue(tmp_path / "tiny.csv")
     with pytest.raises(UserError, match="exceeds the catalogue's 5 tracks"):
         rvq.main(["train", "--catalog", str(path), "--out", str(tmp_path / "o"), "--codebook-size", "8"])
     with pytest.raises(UserError, match="more than 2\\^2 IDs"):
@@ -341,13 +345,7 @@ def test_cli_user_errors(tmp_path):
 
 
 def test_cli_says_which_catalogue_rows_it_skipped(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    n = 5
-    cat = formats.Catalog([f"t{i}" for i in range(n)], ["s"] * n, ["a"] * n, ["al"] * n, [["pop"]] * n,
-                          feature_rows(rng.integers(0, 12, n), energy=rng.uniform(0, 1, n)),
-                          np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.ones(n, np.int64))
-    path = tmp_path / "cat.csv"
-    formats.write_catalog(cat, path)
+    path = tiny_catalogue(tmp_path / "cat.csv")
     header, first = path.read_text().splitlines()[:2]
     cells = first.split(",")
     energy = header.split(",").index("energy")
