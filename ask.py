@@ -3,11 +3,12 @@
     python ask.py --run runs/demo "upbeat dance tracks for a party"
     python ask.py --run runs/demo "something like Artist Name - Song Title" --adapter dpo -k 5
 
-A request naming a track ("something like {artist} - {title}", "more like ...") is looked up in
+A request naming a track ("something like {artist} - {title}", "more like ...", or its track_id, as
+such or as a Spotify link: spotify:track:ID, https://open.spotify.com/track/ID) is looked up in
 the catalogue and sent in the SFT next-track format: the track's genre and Semantic ID, or whatever
 the model was trained with (sft_data/meta.json, context_text); anything else is sent as written.
 --played names what you listened to before it, oldest
-first ("Artist - Title" or a Semantic ID such as <a_1><b_2><c_3>); the prompt shows as many of
+first ("Artist - Title", a track_id or a Semantic ID such as <a_1><b_2><c_3>); the prompt shows as many of
 those plays as the model was trained with (sft_data/meta.json: prompt_history). The answer is the
 model's top K catalogue tracks, scored exactly over the ID trie (constrained beam search for a
 catalogue above 20,000 tracks), so every one exists, with name, artists, genres and ID.
@@ -34,17 +35,29 @@ from common import UserError, read_json, run_main
 # -----------------------------------------------------------------------------
 TOP_K: int = 10               # tracks to show
 EXACT_MAX_ITEMS: int = 20_000   # rank exactly up to this many tracks (evaluate.py's default), beam search above
-ADAPTER: str = "sft"          # sft, dpo, base, or an adapter folder; sft ranks next tracks at least as well as dpo
-                              # on the test windows of three worlds, dpo ranks listening preferences better (EXPERIMENTS.md,
-                              # "What the demo of 2026-12-02 changed")
+# sft, dpo, base, or an adapter folder. sft: on the test windows of three worlds it ranks attribute requests
+# 0.022-0.025 better than dpo and next tracks within the noise of it; dpo ranks listening preferences better
+# (README, "What this says")
+ADAPTER: str = "sft"
 # "something like X", "more like X", "similar to X": X may name a catalogue track
 LIKE_RE = re.compile(r"^\s*(?:something|songs?|tracks?|music)?\s*(?:like|similar to|more like)\s+(.+?)[\s.!?]*$",
                      re.IGNORECASE)
+# a catalogue track_id as such, or as Spotify's app and web share it: spotify:track:ID, open.spotify.com/track/ID?si=..
+TRACK_ID_RE = re.compile(r"^(?:spotify:track:|(?:https?://)?open\.spotify\.com/(?:intl-[\w-]+/)?track/)?(\w+)"
+                         r"(?:\?\S*)?$")
 # -----------------------------------------------------------------------------
 
 
 def find_track(catalog, text):
-    """Catalogue row named by 'Artist - Title' (or a unique 'Title'), else None."""
+    """Catalogue row named by 'Artist - Title', a unique 'Title' or its track_id (also as a Spotify link), else None.
+
+    Example: "Fire Tanaka - Into the Harbor", "Into the Harbor", "qHhlGLUD0A2eKqltfiOvff",
+    "spotify:track:qHhlGLUD0A2eKqltfiOvff" and "https://open.spotify.com/track/qHhlGLUD0A2eKqltfiOvff?si=1f"
+    all name one row of the demo's catalogue.
+    """
+    m = TRACK_ID_RE.match(text.strip())
+    if m and m.group(1) in catalog.index():
+        return catalog.index()[m.group(1)]
     if " - " in text:
         artist, title = text.split(" - ", 1)
         row = catalog.key_index().get(formats.norm_key(artist, title))
@@ -56,15 +69,15 @@ def find_track(catalog, text):
 
 
 def played_row(text, catalog, row_codes):
-    """Catalogue row of a --played entry: 'Artist - Title', a unique 'Title' or a Semantic ID text."""
+    """Catalogue row of a --played entry: 'Artist - Title', a unique 'Title', a track_id or a Semantic ID text."""
     codes = M.IDVocab(len(next(iter(row_codes.values()))), 1 << 30, 0).parse(text.strip())
     if codes is not None:
         row = {c: r for r, c in row_codes.items()}.get(codes)
     else:
         row = find_track(catalog, text)
     if row is None:
-        raise UserError(f"--played {text!r}: no such track in the catalogue ('Artist - Title' or an ID like "
-                        f"{formats.id_text(next(iter(row_codes.values())))})")
+        raise UserError(f"--played {text!r}: no such track in the catalogue ('Artist - Title', a track_id or an "
+                        f"ID like {formats.id_text(next(iter(row_codes.values())))})")
     return row
 
 
@@ -177,6 +190,10 @@ def answer(rec, request, played, k):
         notes.append("note: this model was trained on prompts that show the context track alone (data.py sft "
                      "--prompt-history 1), so the --played tracks are not in the prompt")
     note = unknown_words_note(request, cat) if named is None else None
+    like = LIKE_RE.match(request)
+    if note and like:   # "something like X" with no track X, nor a genre or attribute word: a misspelt name?
+        note = (f"note: no catalogue track is named {like.group(1)!r} ('Artist - Title', a unique title or a "
+                f"track_id), and {note[len('note: '):]}")
     if note:
         notes.append(note)
 
@@ -228,7 +245,7 @@ def main(argv=None):
                                                  "15-layer cut)")
     p.add_argument("--played", action="append", default=[],
                    help="a track heard before the one the request names (repeat, oldest first): "
-                        "'Artist - Title' or a Semantic ID")
+                        "'Artist - Title', a track_id (or Spotify link) or a Semantic ID")
     p.add_argument("--json", action="store_true",
                    help="print each answer as one JSON object (request, prompt, notes, context_track, tracks with "
                         "track_id, artists, name, genres, semantic_id, logp) instead of text, for programs")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import ask
 import baselines as B
 import evaluate as E
 import formats
@@ -236,6 +237,20 @@ def test_ask_for_music(demo_run, tiny_smol):
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--played", "Nobody - Nothing",
                         f"something like {name(2)}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "--played 'Nobody - Nothing': no such track" in r.stderr
+    # the track by its track_id, as such or as Spotify shares it; a name no track has is said to be one
+    tid = cat.track_id[2]
+    lines = [f"something like {name(2)}", f"more like {tid}", f"something like spotify:track:{tid}",
+             f"tracks like https://open.spotify.com/track/{tid}?si=0a1b2c", "something like Nobody Atall"]
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "-k", "2", "--json"],
+                       input="\n".join(lines) + "\n", cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    answers = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [a["context_track"]["track_id"] for a in answers[:4]] == [tid] * 4
+    assert len({a["prompt"] for a in answers[:4]}) == 1 and not any(a["notes"] for a in answers[:4])
+    assert answers[4]["context_track"] is None and answers[4]["prompt"] == lines[4]
+    assert answers[4]["notes"][0].startswith("note: no catalogue track is named 'Nobody Atall' (")
+    assert ask.find_track(cat, f"open.spotify.com/track/{tid}") == 2
+    assert ask.find_track(cat, f"spotify:track:{tid}x") is None
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--adapter", "nope", "x"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no trained adapter" in r.stderr
