@@ -278,9 +278,10 @@ def load_catalog(path):
 def catalog_note(report):
     """One line on what load_catalog kept: tracks, rows read, rows skipped by reason and the first one, merges.
 
-    Example: "data/dataset.csv: 1,999 tracks from 2,000 rows; 1 row skipped (non-numeric energy: 1), first line 7,
-    column 'energy': non-numeric energy ('high')". A skipped row is a track the IDs, the prompts and the metrics
-    never see, so the stages that read a catalogue first say so instead of dropping it quietly.
+    Example (tests/test_rvq.py): "cat.csv: 5 tracks from 7 rows; 1 row skipped (non-numeric energy: 1), first line
+    7, column 'energy': non-numeric energy ('high'); 1 more row of a track_id already read merged (their genres
+    added)". A skipped row is a track the IDs, the prompts and the metrics never see, so the stages that read a
+    catalogue first say so instead of dropping it quietly.
     """
     note = f"{report['path']}: {report['kept']:,} tracks from {report['rows_read']:,} rows"
     if report["dropped"]:
