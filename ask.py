@@ -56,8 +56,9 @@ def find_track(catalog, text):
     all name one row of the demo's catalogue.
     """
     m = TRACK_ID_RE.match(text.strip())
-    if m and m.group(1) in catalog.index():
-        return catalog.index()[m.group(1)]
+    row = catalog.index().get(m.group(1)) if m else None
+    if row is not None:
+        return row
     if " - " in text:
         artist, title = text.split(" - ", 1)
         row = catalog.key_index().get(formats.norm_key(artist, title))
@@ -101,7 +102,8 @@ def unknown_words_note(request, catalog):
 
     Attribute requests were built from this catalogue's genres and tasks.ATTRIBUTES phrases only ("chill acoustic
     piano for studying"); a request with none of them ("some jazz" where no track is jazz) still gets K tracks, but
-    they say nothing about the request, and a user should be told so.
+    they say nothing about the request, and a user should be told so; "something like X" where no track is X
+    says that first (a misspelt name, most likely).
     """
     grounding = re.sub(r"^\s*(?:play|put on)\s+|[\s.!?]+$", "", request, flags=re.IGNORECASE)
     if find_track(catalog, grounding) is not None:   # "Play Artist - Title": the grounding task, trained too
@@ -114,7 +116,10 @@ def unknown_words_note(request, catalog):
     words = genres + [phrase for phrase, _, _ in tasks.ATTRIBUTES.values()] + ["bpm"]
     if any(norm(w) in text for w in words):
         return None
-    return (f"note: the request names none of this catalogue's {len(genres)} genres ({', '.join(genres[:8])}"
+    like = LIKE_RE.match(request)   # "something like X" with no track X: a misspelt name, most likely
+    named = (f"no catalogue track is named {like.group(1)!r} ('Artist - Title', a unique title or a track_id), and "
+             if like else "")
+    return (f"note: {named}the request names none of this catalogue's {len(genres)} genres ({', '.join(genres[:8])}"
             f"{', ...' if len(genres) > 8 else ''}) nor an attribute the model was trained on (e.g. "
             f"{', '.join(phrase for phrase, _, _ in list(tasks.ATTRIBUTES.values())[:4])}): these tracks are a guess")
 
@@ -190,10 +195,6 @@ def answer(rec, request, played, k):
         notes.append("note: this model was trained on prompts that show the context track alone (data.py sft "
                      "--prompt-history 1), so the --played tracks are not in the prompt")
     note = unknown_words_note(request, cat) if named is None else None
-    like = LIKE_RE.match(request)
-    if note and like:   # "something like X" with no track X, nor a genre or attribute word: a misspelt name?
-        note = (f"note: no catalogue track is named {like.group(1)!r} ('Artist - Title', a unique title or a "
-                f"track_id), and {note[len('note: '):]}")
     if note:
         notes.append(note)
 
