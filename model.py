@@ -31,6 +31,7 @@ GGUF_FILE: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM_PROMPT: str = ""
 ID_TOKENS_FILE = "id_tokens.safetensors"     # new embedding rows, beside the LoRA adapter
 ID_VOCAB_FILE = "id_vocab.json"              # levels, codebook size, ID table fingerprint
+TRACK_TOKEN_TEXT = "<track>"                 # how decode shows the track-vector token (TrackFeatures)
 # -----------------------------------------------------------------------------
 
 
@@ -184,6 +185,8 @@ class IDVocab:
 
     def __init__(self, levels, codebook_size, offset):
         self.levels, self.codebook_size, self.offset = levels, codebook_size, offset
+        # the track-vector token (add_track_features): PromptFormat.prompt puts it after each full ID of a prompt
+        self.track_token = None
 
     @property
     def size(self):
@@ -240,12 +243,76 @@ class IDEmbedding(nn.Module):
         # new rows start at the mean of the existing ones (a neutral token, not noise)
         init = base.weight.detach().float().mean(0, keepdim=True).repeat(n_new, 1)
         self.new_rows = nn.Parameter(init.to(base.weight.dtype))   # (n_new, H)
+        self.track_features = None                # a TrackFeatures module, where add_track_features gives one
 
     def forward(self, ids):  # ids: (B, T) -> (B, T, H)
+        n_new = self.new_rows.shape[0]
         is_new = ids >= self.num_base
         base = F.embedding(ids.clamp(max=self.num_base - 1), self.weight)
-        new = F.embedding((ids - self.num_base).clamp(min=0), self.new_rows)
-        return torch.where(is_new.unsqueeze(-1), new, base)
+        new = F.embedding((ids - self.num_base).clamp(min=0, max=n_new - 1), self.new_rows)
+        out = torch.where(is_new.unsqueeze(-1), new, base)
+        if self.track_features is not None:
+            b, t = (ids == self.num_base + n_new).nonzero(as_tuple=True)   # the track-vector tokens
+            if len(b):
+                out = out.index_put((b, t), self.track_features(ids, b, t, self.num_base).to(out.dtype))
+        return out
+
+
+class TrackFeatures(nn.Module):
+    """The vector of the track whose Semantic ID a prompt shows, projected into the embedding space.
+
+    LLaRA (Liao et al. 2024) and CoLLM (Zhang et al. 2023) put an item's own embedding into the prompt beside its
+    tokens; here the item embedding is the track's RVQ input x (rvq.py's signal blocks: audio, genre, co-listening,
+    long-listen rate; track_vectors.safetensors), which its 3 codes only approximate (x minus the codes' centroids is
+    the residual the IDs throw away). The token after an ID reads
+
+        e = W x + b,    W (H, D) zero at the start, b (H,) the mean embedding row,
+
+    so an untrained projection is a plain new token, as LoRA's B = 0 leaves the model unchanged. An ID no track has
+    (or one the vectors do not hold) reads x = 0: e = b.
+
+    vectors (N + 1, D): one row per track, the last all zeros; keys (N,) sorted: each track's ID as one integer
+    (id_key); rows (N,): its row in vectors.
+    """
+
+    def __init__(self, vectors, codes, codebook_size, hidden, init_bias):
+        super().__init__()
+        d = vectors.shape[1]
+        key = id_key(torch.as_tensor(codes, dtype=torch.long), codebook_size)
+        order = key.argsort()
+        self.codebook_size, self.levels = codebook_size, codes.shape[1]
+        self.register_buffer("vectors", torch.cat([torch.as_tensor(vectors, dtype=torch.float32),
+                                                   torch.zeros(1, d)]))
+        self.register_buffer("keys", key[order])
+        self.register_buffer("rows", order)
+        self.proj = nn.Linear(d, hidden)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.bias.copy_(init_bias.float())
+
+    def vectors_of(self, codes):
+        """(M, L) codes -> (M, D) their tracks' vectors; an ID no track has gets the zero row."""
+        key = id_key(codes, self.codebook_size)
+        at = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
+        row = torch.where(self.keys[at] == key, self.rows[at], torch.full_like(at, len(self.rows)))
+        return self.vectors[row]
+
+    def forward(self, ids, b, t, offset):
+        """ids (B, T); (b, t) the positions of track tokens, each right after its ID's L tokens -> (M, H)."""
+        L, K = self.levels, self.codebook_size
+        cols = t[:, None] - L + torch.arange(L, device=t.device)          # (M, L)
+        tok = ids[b[:, None], cols.clamp(min=0)] - offset                  # level * K + code, if an ID token
+        level_ok = (cols >= 0) & (tok // K == torch.arange(L, device=t.device))
+        codes = torch.where(level_ok, tok % K, torch.full_like(tok, K))   # K: no code (no track's key matches)
+        return self.proj(self.vectors_of(codes))
+
+
+def id_key(codes, k):
+    """(M, L) codes, each < k (k itself: no code) -> (M,) one integer per ID: sum_l code_l (k+1)^(L-1-l)."""
+    key = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+    for l in range(codes.shape[1]):
+        key = key * (k + 1) + codes[:, l]
+    return key
 
 
 class IDHead(nn.Module):
@@ -329,6 +396,26 @@ def add_id_tokens(model, levels, codebook_size, untie=False):
     return IDVocab(levels, codebook_size, new_emb.num_base)
 
 
+def add_track_features(model, vocab, vectors, codes):
+    """Give the model a track-vector token (TrackFeatures) after the ID tokens; sets vocab.track_token.
+
+    vectors (N, D): rvq.py's track_vectors; codes (N, L): the tracks' Semantic IDs in the same order. The token has no
+    row in the head: it is read, never written (prompts only; beam search and the trie never reach it).
+    """
+    emb = model.get_input_embeddings()
+    init = emb.weight.detach().float().mean(0)
+    emb.track_features = TrackFeatures(vectors, codes, vocab.codebook_size, emb.weight.shape[1], init)
+    emb.track_features.to(emb.weight.device)
+    vocab.track_token = vocab.offset + vocab.size
+    return vocab
+
+
+def track_feature_parameters(model):
+    """The projection of TrackFeatures (trained like a LoRA matrix), or [] without one."""
+    tf = model.get_input_embeddings().track_features
+    return [] if tf is None else list(tf.proj.parameters())
+
+
 def id_rows_from_descriptions(weight, track_tokens, codes, codebook_size):
     """Starting rows for the Semantic-ID tokens: each code at the mean embedding of the words of its tracks.
 
@@ -409,6 +496,11 @@ def id_rows_state(model):
         out["lm_head.new_rows"] = model.lm_head.new_rows.detach().float().cpu().clone()
     if model.lm_head.id_bias.any():   # only where trained: an SFT adapter's file stays what it was before the bias
         out["lm_head.id_bias"] = model.lm_head.id_bias.detach().float().cpu().clone()
+    tf = model.model.embed_tokens.track_features
+    if tf is not None:   # the vectors travel with the adapter: a run's prompts read what it was trained on
+        keys = ("vectors", "keys", "rows", "proj.weight", "proj.bias")
+        state = tf.state_dict()
+        out.update({f"track_features.{k}": state[k].detach().cpu().clone() for k in keys})
     return out
 
 
@@ -464,8 +556,23 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
             model.lm_head.new_rows.copy_(state.get("lm_head.new_rows", state["embed_tokens.new_rows"]))
             if "lm_head.id_bias" in state:
                 model.lm_head.id_bias.copy_(state["lm_head.id_bias"])
+        if "track_features.vectors" in state:
+            load_track_features(model, vocab, state)
         model.to(device)
     return model, tokenizer, vocab
+
+
+def load_track_features(model, vocab, state):
+    """TrackFeatures from an adapter's id_tokens state (id_rows_state's track_features.* tensors)."""
+    rows, keys, K = state["track_features.rows"], state["track_features.keys"], vocab.codebook_size
+    codes = torch.empty(len(keys), vocab.levels, dtype=torch.long)
+    codes[rows] = torch.stack([(keys // (K + 1) ** (vocab.levels - 1 - l)) % (K + 1)
+                               for l in range(vocab.levels)], 1)          # id_key undone, in the vectors' order
+    add_track_features(model, vocab, state["track_features.vectors"][:-1], codes)
+    tf = model.get_input_embeddings().track_features
+    with torch.no_grad():
+        tf.proj.weight.copy_(state["track_features.proj.weight"])
+        tf.proj.bias.copy_(state["track_features.proj.bias"])
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -521,7 +628,23 @@ class PromptFormat:
         return ids + self._tok(text[pos:], special=False)
 
     def prompt(self, text):
-        return self.prefix + self.encode_text(text) + self.suffix + self.answer_prefix
+        return self.prefix + self.with_track_tokens(self.encode_text(text)) + self.suffix + self.answer_prefix
+
+    def with_track_tokens(self, ids):
+        """ids with the track-vector token after each full Semantic ID (L ID tokens in level order), where the
+        model has one (add_track_features); else ids as they are."""
+        tok = self.vocab.track_token
+        if tok is None:
+            return ids
+        out, run = [], 0
+        for t in ids:
+            out.append(t)
+            level = self.vocab.level_code(t)[0] if self.vocab.is_id_token(t) else -1
+            run = run + 1 if level == run else int(level == 0)
+            if run == self.vocab.levels:
+                out.append(tok)
+                run = 0
+        return out
 
     def answer(self, codes):
         """The supervised part: L ID tokens then the end-of-turn token."""
@@ -531,7 +654,11 @@ class PromptFormat:
         """Readable text for token ids, ID tokens shown as `<a_12>`."""
         parts, run = [], []
         for t in ids:
-            if self.vocab.is_id_token(t):
+            if t == self.vocab.track_token:   # no text: the token reads the track's vector
+                parts += [self.tokenizer.decode(run)] if run else []
+                run = []
+                parts.append(TRACK_TOKEN_TEXT)
+            elif self.vocab.is_id_token(t):
                 if run:
                     parts.append(self.tokenizer.decode(run))
                     run = []

@@ -65,6 +65,7 @@ KNN_NEIGHBOURS: int = 10    # co-listening neighbours per track in the quality s
 # danceability, energy, loudness, valence, tempo are standardised; these heavy-tailed ones are logged first
 REPORT_FILE = "rvq_report.json"
 CONFIG_FILE = "rvq_config.json"
+VECTORS_FILE = "track_vectors.safetensors"   # each track's quantiser input x, the rows of semantic_ids.tsv
 # -----------------------------------------------------------------------------
 
 
@@ -442,6 +443,28 @@ def save_rvq(folder, codebooks, params, levels, k):
         save_file(tensors, tmp, metadata=meta)
 
 
+def save_track_vectors(path, x):
+    """x (N, D): the quantiser's input, one row per track in semantic_ids.tsv's order (sft.py --track-vectors)."""
+    from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        save_file({"vectors": x.float().contiguous()}, tmp, metadata={"format": "pt"})
+
+
+def load_track_vectors(folder, n_tracks):
+    """(N, D) float32 from rvq.py train's track_vectors.safetensors; one line if it is missing or another table's."""
+    from safetensors import safe_open
+    path = os.path.join(folder, VECTORS_FILE)
+    need_file(path, "track-vector file (an rvq folder written before rvq.py train wrote one: train it again)")
+    try:
+        with safe_open(path, framework="pt") as f:
+            x = f.get_tensor("vectors")
+    except Exception as e:  # safetensors raises its own error types for a corrupt header
+        fail(path, f"not a readable track-vector file ({e})")
+    if x.ndim != 2 or x.shape[0] != n_tracks:
+        fail(path, f"{tuple(x.shape)} vectors, expected one row per track of semantic_ids.tsv ({n_tracks})")
+    return x
+
+
 def load_rvq(folder):
     """Load rvq.safetensors -> {"codebooks": (L,K,D) tensor, "params": preprocess dict, "meta": dict}."""
     from safetensors import safe_open
@@ -588,12 +611,14 @@ def train(args):
         os.remove(split_path)
     save_rvq(args.out, books, params, args.levels, args.codebook_size)
     write_semantic_ids(os.path.join(args.out, IDS_FILE), catalog.track_id, codes_unique)
+    save_track_vectors(os.path.join(args.out, VECTORS_FILE), x)
     write_json(os.path.join(args.out, REPORT_FILE), rep)
     save_config(args.out, args, name=CONFIG_FILE, dims=len(COLUMNS), columns=list(COLUMNS), tracks=n)
     if args.logs:   # last: data.py sft reuses this split instead of reading the whole log for it again
         sessions.write_split(args.out, inputs, params["t_val"], t_test)
     print(format_report(rep))
-    written = [MODEL_FILE, IDS_FILE, REPORT_FILE, CONFIG_FILE] + ([sessions.SPLIT_FILE] if args.logs else [])
+    written = [MODEL_FILE, IDS_FILE, VECTORS_FILE, REPORT_FILE, CONFIG_FILE] + \
+        ([sessions.SPLIT_FILE] if args.logs else [])
     print(f"wrote {args.out}/{{{', '.join(written)}}}")
 
 

@@ -53,6 +53,8 @@ MIN_LR_RATIO: float = 0.1
 GRAD_CLIP: float = 1.0         # max global gradient norm
 EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
+TRACK_VECTORS: bool = False    # a track's own vector after its ID in a prompt (model.TrackFeatures): measured, not
+                               # the default (EXPERIMENTS.md, "The context track's own vector in the prompt")
 ID_INITS = ("mean", "descriptions", "codebook")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
 UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): attribute requests
@@ -602,12 +604,20 @@ def description_rows(model, tokenizer, meta):
                                        meta["codebook_size"])
 
 
-def build_policy(args, meta, device, id_init="mean", init_adapter=""):
+def track_vectors_of(meta):
+    """(vectors (N, D), codes (N, L)): rvq.py's track vectors and the Semantic IDs of the same tracks."""
+    _, codes = formats.load_semantic_ids(meta["semantic_ids"])
+    return rvq.load_track_vectors(meta["rvq"], len(codes)), codes
+
+
+def build_policy(args, meta, device, id_init="mean", init_adapter="", track=None):
     """Base model + ID tokens + LoRA; only LoRA and the new rows are trainable.
 
     id_init "mean": every ID row starts at the mean embedding; "descriptions": at the words of its tracks
     (description_rows; needs meta's catalog and semantic_ids); "codebook": at the mean embedding plus its RVQ
     codebook vector, rotated into the embedding space (model.id_rows_from_codebooks; needs meta's rvq).
+    args.track_vectors: the track-vector token (model.TrackFeatures), its vectors `track` = (vectors, codes), else
+    track_vectors_of(meta).
     """
     if init_adapter:
         return policy_from_adapter(args, meta, device, init_adapter, id_init)
@@ -620,7 +630,9 @@ def build_policy(args, meta, device, id_init="mean", init_adapter=""):
         M.set_id_rows(model, M.id_rows_from_codebooks(model.get_input_embeddings().weight, books, seed=args.seed))
     lora.inject_lora(model, targets=tuple(args.lora_targets), r=args.lora_r, alpha=args.lora_alpha,
                      dropout=args.lora_dropout, use_rslora=args.use_rslora)
-    for p in M.id_parameters(model):
+    if args.track_vectors:
+        M.add_track_features(model, vocab, *(track or track_vectors_of(meta)))
+    for p in M.id_parameters(model) + M.track_feature_parameters(model):
         p.requires_grad_(True)
     model.to(device)
     return model, tokenizer, vocab
@@ -644,7 +656,9 @@ def policy_from_adapter(args, meta, device, init_adapter, id_init="mean"):
     # the examples' ID table (load_policy refuses an adapter of another one, so levels and codes match too)
     model, tokenizer, vocab = M.load_policy(args.model, adapter=init_adapter, id_table_sha=meta["id_table_sha256"],
                                             device=device, dropout=args.lora_dropout, untie=args.untie_id_rows)
-    for p in M.id_parameters(model):
+    if args.track_vectors and not M.track_feature_parameters(model):   # an adapter trained without the token
+        M.add_track_features(model, vocab, *track_vectors_of(meta))
+    for p in M.id_parameters(model) + M.track_feature_parameters(model):
         p.requires_grad_(True)
     return model, tokenizer, vocab
 
@@ -656,15 +670,18 @@ def check_rates(rates):
             raise UserError(f"{flag} {rate:g}: a learning rate is at least 0")
 
 
-def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY, id_bias_lr=0.0):
+def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY, id_bias_lr=0.0, track_lr=None):
     """AdamW over the LoRA matrices and the new ID rows, each group with its own peak rate (and the head's per-code
-    ID bias, a group of its own, where id_bias_lr > 0: dpo.py trains it)."""
+    ID bias, a group of its own, where id_bias_lr > 0: dpo.py trains it; and the track-vector projection, at
+    track_lr, None: the LoRA's rate)."""
     bias = model.lm_head.id_bias
-    id_params = {id(p) for p in M.id_parameters(model)} | {id(bias)}
+    track = M.track_feature_parameters(model)
+    own = {id(p) for p in M.id_parameters(model) + track} | {id(bias)}
     groups = [
-        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in id_params], "lr": lr},
+        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own], "lr": lr},
         # optimizer state exists only for these rows, never for the full embedding
         {"params": [p for p in M.id_parameters(model) if p.requires_grad], "lr": id_lr},
+        {"params": [p for p in track if p.requires_grad], "lr": lr if track_lr is None else track_lr},
     ]
     if id_bias_lr > 0:   # one number per code moves at a rate no (L*K, H) row could take
         groups.append({"params": [bias], "lr": id_bias_lr})
@@ -749,7 +766,8 @@ def train(args):
     device = ddp.setup(M.pick_device(args.device))   # under torchrun: join the other processes
     if args.batch_size % ddp.world_size():
         raise UserError(f"--batch-size {args.batch_size} does not split into {ddp.world_size()} equal shares")
-    check_rates({"--lr": args.lr, "--id-lr": args.id_lr, "--id-bias-lr": args.id_bias_lr})
+    check_rates({"--lr": args.lr, "--id-lr": args.id_lr, "--id-bias-lr": args.id_bias_lr,
+                 "--track-lr": args.track_lr or 0.0})
     meta = read_json(os.path.join(args.data, "meta.json"), "SFT data meta.json")
     train_ex = read_jsonl(os.path.join(args.data, "train.jsonl"))
     val_ex = read_jsonl(os.path.join(args.data, "val.jsonl"))
@@ -795,7 +813,7 @@ def train(args):
         schedule = batch_schedule([len(p) + len(a) for p, a in train_pairs], args.steps, args.batch_size,
                                   args.seed)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
-    opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay, args.id_bias_lr)
+    opt = make_optimizer(model, args.lr, args.id_lr, args.weight_decay, args.id_bias_lr, args.track_lr)
     step, best, history = 0, {"val/loss": float("inf"), "step": -1, "state": None}, []
     inputs = ("train.jsonl", "val.jsonl", "meta.json") + ((formats.ATTRIBUTE_ANSWERS,) if soft is not None else ()) \
         + (("listening_stats.npz",) if args.answer_targets == "colisten" else ())
@@ -951,6 +969,14 @@ def parse_args(argv=None):
     p.add_argument("--untie-id-rows", action="store_true", default=UNTIE_ID_ROWS,
                    help="give the head's ID rows their own parameters, apart from the rows a prompt's ID reads as "
                         "(tied, the head's gradient shapes both); the adapter then carries both")
+    p.add_argument("--track-vectors", action="store_true", default=TRACK_VECTORS,
+                   help="after each Semantic ID of a prompt, a token that reads that track's own vector (rvq.py's "
+                        "track_vectors.safetensors: audio, genre, co-listening, long-listen rate), through a "
+                        "projection trained with the LoRA (zero at the start): the ID's three codes say where a track "
+                        "lies only to their centroids' precision, next-track baselines read the exact features")
+    p.add_argument("--track-lr", type=float, default=None,
+                   help="peak learning rate of the track-vector projection (default: --lr's, as the LoRA matrices, "
+                        "which it resembles: a matrix that starts at zero)")
     p.add_argument("--id-init", choices=ID_INITS, default=ID_INIT,
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "

@@ -562,3 +562,36 @@ def test_content_examples_copy_the_sft_data_and_add_examples(demo_run, tiny_smol
     found = re.search(r"sounds prompts of 4 tracks: the 3 nearest of the genre in its top 3 ([\d.]+); with the "
                       r"context ID swapped ([\d.]+); top 3 kept ([\d.]+)", r.stdout)
     assert found and all(0 <= float(x) <= 1 for x in found.groups())
+
+
+def test_track_vectors_ride_in_the_adapter_through_dpo_and_ask(demo_run, tiny_smol, tmp_path):
+    """sft.py --track-vectors on the run: rvq.py's vectors of its tracks go into the adapter with a trained
+    projection; DPO from it keeps both as SFT left them (it trains the LoRA and the ID rows); ask.py's prompt for
+    "something like X" reads X's vector."""
+    import dpo
+    import sft
+    run, _ = demo_run
+    track_ids, codes = formats.load_semantic_ids(os.path.join(run, "rvq", "semantic_ids.tsv"))
+    vectors = rvq.load_track_vectors(os.path.join(run, "rvq"), len(track_ids))
+    sft.main(["--data", os.path.join(run, "sft_data"), "--out", str(tmp_path / "sft"), "--model", tiny_smol,
+              "--steps", "2", "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2",
+              "--eval-examples", "8", "--track-vectors", "--track-lr", "0.1"])
+    s = adapter(tmp_path / "sft" / "adapter")
+    assert torch.equal(s["track_features.vectors"][:-1], vectors) and s["track_features.proj.weight"].abs().sum() > 0
+    dpo.main(["--pairs", os.path.join(run, "prefs"), "--sft", str(tmp_path / "sft" / "adapter"), "--model",
+              tiny_smol, "--out", str(tmp_path / "dpo"), "--steps", "2", "--batch-size", "2", "--micro-batch-size",
+              "2", "--eval-every", "2", "--eval-pairs", "6", "--lr", "1e-2", "--warmup-steps", "1", "--select", "last"])
+    d = adapter(tmp_path / "dpo" / "adapter")
+    assert all(torch.equal(d[k], s[k]) for k in s if k.startswith("track_features."))
+    assert not torch.equal(d["embed_tokens.new_rows"], s["embed_tokens.new_rows"])
+    rec = ask.Recommender(run, str(tmp_path / "dpo" / "adapter"), tiny_smol, "cpu")
+    cat = rec.catalog
+    ranked, prompt, named = rec.ask(f"something like {tasks.display_artist(cat.artists[2])} - {cat.track_name[2]}")
+    assert named == 2 and len(ranked) == ask.TOP_K
+    enc = rec.fmt.prompt(prompt)
+    at = enc.index(rec.vocab.track_token)
+    assert tuple(rec.vocab.level_code(t)[1] for t in enc[at - 3:at]) == rec.row_codes[2]
+    emb = rec.model.get_input_embeddings()
+    proj = emb.track_features.proj
+    want = proj(vectors[track_ids.index(cat.track_id[2])])
+    assert torch.allclose(emb(torch.tensor([enc]))[0, at], want, atol=1e-5)
