@@ -304,10 +304,15 @@ def test_cli_end_to_end_real_catalogue(shared_data, tmp_path, capsys):
     rvq.main(["train", "--catalog", catalog, "--out", str(out), "--codebook-size", "32"])
     printed = capsys.readouterr().out
     assert "genre purity of code 1" in printed and "7991 distinct after" in printed
-    assert sorted(os.listdir(out)) == sorted([rvq.MODEL_FILE, formats.IDS_FILE, rvq.REPORT_FILE, rvq.CONFIG_FILE])
+    assert sorted(os.listdir(out)) == sorted([rvq.MODEL_FILE, formats.IDS_FILE, rvq.VECTORS_FILE, rvq.REPORT_FILE,
+                                              rvq.CONFIG_FILE])
     ids, codes = formats.load_semantic_ids(out / formats.IDS_FILE)
     cat, _ = formats.load_catalog(catalog)
     assert ids == cat.track_id and codes.shape == (7991, 3) and codes.max() < 32
+    # the track vectors are the quantiser's input, row for row: its greedy codes are `encode`'s below
+    vectors = rvq.load_track_vectors(str(out), len(ids))
+    assert vectors.shape == (7991, 11)
+    greedy_of_vectors = rvq.encode(vectors.double(), rvq.load_rvq(str(out))["codebooks"]).numpy()
     rep = read_json(out / rvq.REPORT_FILE)
     assert rep["ids"]["collisions_after"] == 0 and rep["ids"]["unique_after"] == 7991
     assert rep["genre_purity"]["code1"] > rep["genre_purity"]["random"]
@@ -318,6 +323,7 @@ def test_cli_end_to_end_real_catalogue(shared_data, tmp_path, capsys):
     assert lines[0] == "track_id\tcode_0\tcode_1\tcode_2" and len(lines) == 7992
     greedy = np.array([[int(v) for v in ln.split("\t")[1:]] for ln in lines[1:]])
     assert (greedy == codes).all(axis=1).sum() == 7991 - rep["ids"]["moved"]  # only the movers differ
+    assert (greedy_of_vectors == greedy).all()
 
 
 def tiny_catalogue(path, n=5):
