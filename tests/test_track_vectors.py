@@ -1,9 +1,13 @@
 """The track-vector token (sft.py --track-vectors, model.TrackFeatures): where prompts get it, what it reads, and
 that an adapter carries it."""
+import pytest
 import torch
 
+import formats
 import model as M
+import rvq
 import sft
+from common import UserError
 
 CODES = torch.tensor([[0, 1, 2], [3, 0, 1], [1, 1, 1]])            # three tracks, 3 levels x 4 codes
 VECTORS = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])       # (N, D = 2), the rows of CODES
@@ -79,3 +83,16 @@ def test_a_loss_trains_the_projection_and_the_adapter_carries_it(tiny_smol, tmp_
     assert lvocab.track_token == vocab.track_token
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)        # the same function after the round trip
+
+
+def test_missing_or_mismatched_vectors_are_one_line_errors(tmp_path):
+    formats.write_semantic_ids(str(tmp_path / "semantic_ids.tsv"), ["t0", "t1", "t2"], CODES.numpy())
+    meta = {"semantic_ids": str(tmp_path / "semantic_ids.tsv"), "rvq": str(tmp_path)}
+    with pytest.raises(UserError, match="track_vectors.safetensors: track-vector file .* train it again"):
+        sft.track_vectors_of(meta)
+    rvq.save_track_vectors(str(tmp_path / rvq.VECTORS_FILE), VECTORS[:2])         # another table's: 2 rows
+    with pytest.raises(UserError, match=r"\(2, 2\) vectors, expected one row per track of semantic_ids.tsv \(3\)"):
+        sft.track_vectors_of(meta)
+    rvq.save_track_vectors(str(tmp_path / rvq.VECTORS_FILE), VECTORS)
+    vectors, codes = sft.track_vectors_of(meta)
+    assert torch.equal(vectors, VECTORS) and (codes == CODES.numpy()).all()
