@@ -202,6 +202,8 @@ def answer(rec, request, played, k):
         return {"track_id": cat.track_id[row], "artists": tasks.display_artist(cat.artists[row]),
                 "name": cat.track_name[row], "genres": list(cat.genres[row]),
                 "semantic_id": formats.id_text(rec.row_codes[row])}
+    if rec.vocab.track_token is not None:   # show what the model reads: each full ID's track vector (<track>)
+        prompt = rec.fmt.decode(rec.fmt.with_track_tokens(rec.fmt.encode_text(prompt)))
     return {"request": request, "played": list(played), "prompt": prompt, "notes": notes,
             "context_track": None if named is None else track(named),
             "tracks": [{"rank": i, **track(row), "logp": round(float(score), 4)}

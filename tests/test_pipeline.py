@@ -595,3 +595,6 @@ def test_track_vectors_ride_in_the_adapter_through_dpo_and_ask(demo_run, tiny_sm
     proj = emb.track_features.proj
     want = proj(vectors[track_ids.index(cat.track_id[2])])
     assert torch.allclose(emb(torch.tensor([enc]))[0, at], want, atol=1e-5)
+    shown = ask.answer(rec, f"something like {tasks.display_artist(cat.artists[2])} - {cat.track_name[2]}", (), 2)
+    assert shown["prompt"] == prompt.replace(formats.id_text(rec.row_codes[2]),
+                                             formats.id_text(rec.row_codes[2]) + "<track>")
