@@ -271,8 +271,8 @@ class TrackFeatures(nn.Module):
     so an untrained projection is a plain new token, as LoRA's B = 0 leaves the model unchanged. An ID no track has
     (or one the vectors do not hold) reads x = 0: e = b.
 
-    vectors (N + 1, D): one row per track, the last all zeros; keys (N,) sorted: each track's ID as one integer
-    (id_key); rows (N,): its row in vectors.
+    vectors (N + 1, D): one row per track, the last all zeros; codes (N, L): the tracks' IDs, what an adapter saves
+    beside the vectors; keys (N,) sorted: each track's ID as one integer (id_key); rows (N,): its row in vectors.
     """
 
     def __init__(self, vectors, codes, codebook_size, hidden, init_bias):
@@ -283,6 +283,7 @@ class TrackFeatures(nn.Module):
         self.codebook_size, self.levels = codebook_size, codes.shape[1]
         self.register_buffer("vectors", torch.cat([torch.as_tensor(vectors, dtype=torch.float32),
                                                    torch.zeros(1, d)]))
+        self.register_buffer("codes", torch.as_tensor(codes, dtype=torch.long))
         self.register_buffer("keys", key[order])
         self.register_buffer("rows", order)
         self.proj = nn.Linear(d, hidden)
@@ -498,9 +499,8 @@ def id_rows_state(model):
         out["lm_head.id_bias"] = model.lm_head.id_bias.detach().float().cpu().clone()
     tf = model.model.embed_tokens.track_features
     if tf is not None:   # the vectors travel with the adapter: a run's prompts read what it was trained on
-        keys = ("vectors", "keys", "rows", "proj.weight", "proj.bias")
-        state = tf.state_dict()
-        out.update({f"track_features.{k}": state[k].detach().cpu().clone() for k in keys})
+        out.update({"track_features.vectors": tf.vectors[:-1].cpu().clone(), "track_features.codes": tf.codes.cpu(),
+                    **{f"track_features.proj.{k}": v.detach().cpu().clone() for k, v in tf.proj.state_dict().items()}})
     return out
 
 
@@ -564,11 +564,7 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
 
 def load_track_features(model, vocab, state):
     """TrackFeatures from an adapter's id_tokens state (id_rows_state's track_features.* tensors)."""
-    rows, keys, K = state["track_features.rows"], state["track_features.keys"], vocab.codebook_size
-    codes = torch.empty(len(keys), vocab.levels, dtype=torch.long)
-    codes[rows] = torch.stack([(keys // (K + 1) ** (vocab.levels - 1 - l)) % (K + 1)
-                               for l in range(vocab.levels)], 1)          # id_key undone, in the vectors' order
-    add_track_features(model, vocab, state["track_features.vectors"][:-1], codes)
+    add_track_features(model, vocab, state["track_features.vectors"], state["track_features.codes"])
     tf = model.get_input_embeddings().track_features
     with torch.no_grad():
         tf.proj.weight.copy_(state["track_features.proj.weight"])

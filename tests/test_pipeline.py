@@ -577,7 +577,8 @@ def test_track_vectors_ride_in_the_adapter_through_dpo_and_ask(demo_run, tiny_sm
               "--steps", "2", "--batch-size", "4", "--micro-batch-size", "4", "--eval-every", "2",
               "--eval-examples", "8", "--track-vectors", "--track-lr", "0.1"])
     s = adapter(tmp_path / "sft" / "adapter")
-    assert torch.equal(s["track_features.vectors"][:-1], vectors) and s["track_features.proj.weight"].abs().sum() > 0
+    assert torch.equal(s["track_features.vectors"], vectors)
+    assert (s["track_features.codes"].numpy() == codes).all() and s["track_features.proj.weight"].abs().sum() > 0
     dpo.main(["--pairs", os.path.join(run, "prefs"), "--sft", str(tmp_path / "sft" / "adapter"), "--model",
               tiny_smol, "--out", str(tmp_path / "dpo"), "--steps", "2", "--batch-size", "2", "--micro-batch-size",
               "2", "--eval-every", "2", "--eval-pairs", "6", "--lr", "1e-2", "--warmup-steps", "1", "--select", "last"])
