@@ -977,8 +977,8 @@ def parse_args(argv=None):
                         "projection trained with the LoRA (zero at the start): the ID's three codes say where a track "
                         "lies only to their centroids' precision, next-track baselines read the exact features. "
                         "Off: in the demo's 480 steps it ranked next tracks no better and hallucinated more; on the "
-                        "next plays alone for 1,440 steps it added 0.055-0.080 HR@10 (EXPERIMENTS.md, 'The context "
-                        "track's own vector in the prompt')")
+                        "next plays alone for 1,440 steps it added 0.015-0.080 HR@10 on three worlds (EXPERIMENTS.md, "
+                        "'The context track's own vector in the prompt')")
     p.add_argument("--track-lr", type=float, default=None,
                    help="peak learning rate of the track-vector projection (default: --lr's, as the LoRA matrices, "
                         "which it resembles: a matrix that starts at zero)")
