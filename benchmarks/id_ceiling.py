@@ -300,16 +300,6 @@ def precision_of(score_fn, queries):
     return metrics.per_query(ranked, [q[0] for q in queries], ks=(K,))[f"precision@{K}"].tolist()
 
 
-def count_bucket(counts, edges=COUNT_EDGES):
-    """Bucket names of counts split at edges (each edge starts a bucket): edges (5, 10) -> "0-4", "5-9", "10+".
-
-    >>> count_bucket([0, 4, 5, 12, 30], (5, 10, 20))
-    ['0-4', '0-4', '5-9', '10-19', '20+']
-    """
-    names = [f"{lo}-{hi - 1}" for lo, hi in zip((0,) + tuple(edges), edges)] + [f"{edges[-1]}+"]
-    return [names[int(np.searchsorted(edges, c, side="right"))] for c in counts]
-
-
 def llm_hits(spec, hits, attribute_draw=(0, ATTRIBUTE_PHRASINGS)):
     """The row ROW of an earlier `val_next.py --out` FILE ("FILE:ROW"): its per-query hits (and per-pair preference
     hits, and per-request attribute precision where that file drew the same number of requests in the same
@@ -533,10 +523,10 @@ def main(argv=None):
     # where the ID rankers lose: by how many training examples had the query's context as theirs (what the
     # codes of a rarely played track can say is little; the audio kernel needs no plays)
     seen = collections.Counter(h[-1] for h, _ in pairs)
-    buckets = count_bucket([seen[h[-1]] for h, _ in queries])
+    buckets = val_next.count_bucket([seen[h[-1]] for h, _ in queries], COUNT_EDGES)
     by_count = {}
     print(f"\nby how often the context was a training example's (HR@{K}; ID factorised - {cp}, paired)")
-    for b in dict.fromkeys(count_bucket(range(COUNT_EDGES[-1] + 1))):
+    for b in dict.fromkeys(val_next.count_bucket(range(COUNT_EDGES[-1] + 1), COUNT_EDGES)):
         m = [i for i, x in enumerate(buckets) if x == b]
         if not m:
             continue

@@ -39,7 +39,9 @@ And whether a model reads the context track's ID or only its genre (--swap-conte
 again with the context's ID swapped for another track of its primary genre (the genre word stays), and prints HR@10
 with the true and with the swapped ID (paired; both lists without either prompt's track) and the share of its top 10
 that stays.
---pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference).
+--pair A.json:ROW B.json:ROW pairs two rows of earlier --out files instead (another run's IDs, another reference);
+with --by-plays also within the queries whose context track, and those whose relevant track, the training window
+played under 20 times or more (where a gap between two rankers lives).
 """
 import argparse
 import os
@@ -76,6 +78,8 @@ ATTRIBUTE_PHRASINGS: str = "train"  # how they are phrased (PHRASINGS); train ke
 PHRASINGS = {"train": tasks.TRAIN_REQUEST_TEMPLATES, "heldout": tasks.VAL_REQUEST_TEMPLATES}
 HALLUCINATION_PROMPTS: int = 200  # prompts decoded without constraints per adapter: half next-track, half attribute
 SWAP_CONTEXT: bool = False      # also rank each query with its context ID swapped for another track of its genre
+PLAYS_EDGES = (20,)             # --pair --by-plays: queries split at 20 training-window plays of the context and of
+                                # the relevant track (id_ceiling.py found the ID rankers' gap below that count)
 BASELINE_CHOICE: int = 500      # validation next plays (of those not drawn as queries, in file order) that choose
                                 # the content baselines' width and power: the first 500, as evaluate.py chose until
                                 # 2026-12-06 (it now takes every one), so that EXPERIMENTS.md's figures reproduce
@@ -181,12 +185,88 @@ def top_overlap(a, b, k=K):
     return len(set(a[:k]) & set(b[:k])) / k
 
 
+def count_bucket(counts, edges=PLAYS_EDGES):
+    """Bucket names of counts split at edges (each edge starts a bucket): edges (5, 10) -> "0-4", "5-9", "10+".
+
+    >>> count_bucket([0, 4, 5, 12, 30], (5, 10, 20))
+    ['0-4', '0-4', '5-9', '10-19', '20+']
+    """
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip((0,) + tuple(edges), edges)] + [f"{edges[-1]}+"]
+    return [names[int(np.searchsorted(edges, c, side="right"))] for c in counts]
+
+
+def paired_by_group(a, b, groups, seed=SEED):
+    """The paired difference of two per-query lists within each group of queries: where a gap between two rankers
+    lives (e.g. on rarely played tracks).
+
+    a, b: (Q,) per-query values (hits) of two rows on the same queries; groups: (Q,) a group name per query.
+    Returns {name: (queries, mean a, mean b, (mean a - b, lo, hi))}, the names in sorted order, each interval a
+    paired bootstrap within the group. Example: a = [1, 0, 1, 1], b = [0, 0, 1, 0], groups = [x, y, x, y]:
+    x (2, 1.0, 0.5, (+0.5, ..)), y (2, 0.5, 0.0, (+0.5, ..)).
+    """
+    a, b, groups = np.asarray(a, float), np.asarray(b, float), np.asarray(groups)
+    out = {}
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        out[g] = (int(m.sum()), float(a[m].mean()), float(b[m].mean()),
+                  metrics.paired_bootstrap(a[m].tolist(), b[m].tolist(), seed=seed))
+    return out
+
+
 def same_queries(hits_a, hits_b):
     """True if two files' hits of the rows that read no Semantic ID (genre popularity, item kNN), which depend on
     the queries alone, agree on the next-track queries (their attribute P@10, where a file has it, is left aside:
     it depends on the requests)."""
     return all({m: hits_a.get(r, {}).get(m) for m in ("hit", "ndcg")} ==
                {m: hits_b.get(r, {}).get(m) for m in ("hit", "ndcg")} for r in ("genre popularity", "item kNN"))
+
+
+def read_pair_rows(a, b):
+    """[(path, file, row name)] of two "FILE:ROW" specs of --out JSONs made on the same validation queries."""
+    rows = []
+    for spec in (a, b):
+        path, sep, name = spec.rpartition(":")
+        if not sep:
+            raise UserError(f"--pair takes FILE:ROW, got {spec!r}")
+        d = read_json(path, "val_next.py --out JSON")
+        if name not in d["hits"]:
+            raise UserError(f"{path}: no row {name!r} (rows: {', '.join(d['hits'])})")
+        rows.append((path, d, name))
+    (pa, da, _), (pb, db, _) = rows
+    if da["queries"] != db["queries"] or not same_queries(da["hits"], db["hits"]):
+        raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
+                        "--queries and --seed)")
+    return rows
+
+
+def query_hits(queries, score_fn, k=K):
+    """{"hit": [...], "ndcg": [...]}: HR@k and NDCG@k of each query's scores score_fn(i) over the whole catalogue,
+    the context track excluded, ties broken against the relevant item (evaluate.py's rules)."""
+    ranked = [metrics.top_k_pessimistic(score_fn(i), {q[2]}, k, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
+    m = metrics.per_query(ranked, [{q[2]} for q in queries], ks=(k,))
+    return {"hit": m[f"hit@{k}"].tolist(), "ndcg": m[f"ndcg@{k}"].tolist()}
+
+
+def paired_by_plays(run, n_queries, seed, a, b):
+    """Two --out rows' paired HR@10 split by how often the context track and the relevant track were played in
+    the training window (count_bucket at PLAYS_EDGES): {"context": {bucket: ...}, "answer": {...}} as
+    paired_by_group. The files' queries are drawn again from run, n_queries and seed (theirs), and checked against
+    their genre popularity row, which depends on the queries alone."""
+    (pa, da, na), (_, db, nb) = read_pair_rows(a, b)
+    sft_data = os.path.join(run, "sft_data")
+    meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
+    catalog, _, _, code_row = catalogue_codes(meta)
+    queries = val_queries(sft_data, n_queries, seed, code_row)
+    popularity, _, _ = E.load_listening(sft_data, os.path.join(run, "prefs"), len(catalog))
+    genres = B.genre_masks(catalog.genres)
+    check = query_hits(queries, lambda i: B.genre_popularity_scores(
+        popularity, genres[catalog.genres[queries[i][1][-1]][0]]))
+    if da["queries"] != n_queries or check != {m: da["hits"]["genre popularity"][m] for m in ("hit", "ndcg")}:
+        raise UserError(f"{pa}: its queries are not the draw of --run {run} --queries {n_queries} --seed {seed}; "
+                        "pass the options it was made with")
+    plays = {"context": [popularity[q[1][-1]] for q in queries], "answer": [popularity[q[2]] for q in queries]}
+    return {side: paired_by_group(da["hits"][na]["hit"], db["hits"][nb]["hit"], count_bucket(c), seed=seed)
+            for side, c in plays.items()}
 
 
 def paired_from_files(a, b, seed=SEED, skipped=None):
@@ -198,19 +278,7 @@ def paired_from_files(a, b, seed=SEED, skipped=None):
     Attribute P@10 and hallucinated@1 are paired only where both files ranked the same requests (count and
     phrasings) and decoded as many prompts; otherwise `skipped` (a list) gets a line saying why.
     """
-    rows = []
-    for spec in (a, b):
-        path, sep, name = spec.rpartition(":")
-        if not sep:
-            raise UserError(f"--pair takes FILE:ROW, got {spec!r}")
-        d = read_json(path, "val_next.py --out JSON")
-        if name not in d["hits"]:
-            raise UserError(f"{path}: no row {name!r} (rows: {', '.join(d['hits'])})")
-        rows.append((path, d, name))
-    (pa, da, na), (pb, db, nb) = rows
-    if da["queries"] != db["queries"] or not same_queries(da["hits"], db["hits"]):
-        raise UserError(f"{pa} and {pb} were not made on the same validation queries (--run of one world, same "
-                        "--queries and --seed)")
+    (pa, da, na), (pb, db, nb) = read_pair_rows(a, b)
     both = "preference" in da["hits"][na] and "preference" in db["hits"][nb]
     if both and da["hits"].get(RATE) != db["hits"].get(RATE):   # the rate's per-pair hits depend on the pairs alone
         raise UserError(f"{pa} and {pb} were not made on the same preference pairs (--pairs)")
@@ -268,13 +336,24 @@ def main(argv=None):
     p.add_argument("--pair", nargs=2, metavar="FILE:ROW", default=None,
                    help="no ranking: the paired difference of two rows of earlier --out JSONs (first minus second), "
                         "e.g. an adapter of another run, whose other Semantic IDs cannot share one call")
+    p.add_argument("--by-plays", action="store_true",
+                   help="with --pair: the paired HR@10 also split by how often the context track and the relevant "
+                        "track were played in the training window (under 20, 20+): where a gap lives. Draws the "
+                        "files' queries again: give the --run, --queries and --seed they were made with")
     args = p.parse_args(argv)
+    if args.by_plays and not args.pair:
+        raise UserError("--by-plays splits a --pair: give --pair A.json:ROW B.json:ROW")
     if args.pair:
         skipped = []
         for m, d in paired_from_files(*args.pair, seed=args.seed, skipped=skipped).items():
             print(f"{args.pair[0]} - {args.pair[1]} {m}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
         for line in skipped:
             print(line)
+        if args.by_plays:
+            for side, groups in paired_by_plays(args.run, args.queries, args.seed, *args.pair).items():
+                for g, (n, ma, mb, d) in groups.items():
+                    print(f"  {side} track played {g:>5s} times: {n:4d} queries, HR@{K} {ma:.3f} - {mb:.3f}: "
+                          f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
         return
     adapters = [a.split("=", 1) for a in args.adapter]
     if any(len(a) != 2 for a in adapters):
@@ -293,9 +372,7 @@ def main(argv=None):
     hits, pref_acc, pair_logps = {}, {}, {}
 
     def record(name, score_fn):
-        ranked = [metrics.top_k_pessimistic(score_fn(i), {q[2]}, K, exclude=[q[1][-1]]) for i, q in enumerate(queries)]
-        m = metrics.per_query(ranked, [{q[2]} for q in queries], ks=(K,))
-        hits[name] = {"hit": m[f"hit@{K}"].tolist(), "ndcg": m[f"ndcg@{K}"].tolist()}
+        hits[name] = query_hits(queries, score_fn)
         print(f"{name:24s} HR@{K} {np.mean(hits[name]['hit']):.3f}  NDCG@{K} {np.mean(hits[name]['ndcg']):.3f}",
               flush=True)
 

@@ -106,12 +106,6 @@ def test_play_matrix_and_a_history_the_model_reads():
     assert IC.IDFactorised(keys, np.log(POP / POP.sum()), 4, 0).older.numel() == 0
 
 
-def test_count_buckets_split_at_their_edges():
-    assert IC.count_bucket([0, 4, 5, 9, 10, 19, 20, 500]) == ["0-4", "0-4", "5-9", "5-9", "10-19", "10-19", "20+",
-                                                              "20+"]
-    assert IC.count_bucket([0, 1, 2, 3], (1, 3)) == ["0-0", "1-2", "1-2", "3+"]
-
-
 def test_unit_matrix_numbers_known_units_and_pads():
     assert IC.request_units([["genre", "rock"], ["energy", "low"], ["bpm", 125]]) == [
         "genre=rock", "energy=low", "bpm=125"]

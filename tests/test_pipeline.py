@@ -347,6 +347,24 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
         feats, h[-1], popularity, B.colisten_counts(cooc, h[-1], len(popularity)), genres[cat.genres[h[-1]][0]],
         tau_co, lam), {r}, 10, exclude=[h[-1]]), {r}, 10)) for _, h, r in queries]
     assert hits["content x co-listening"]["hit"] == cc_hits
+    # --pair --by-plays: the pair split by the training-window plays of each query's context and relevant track
+    split = val_next.paired_by_plays(run, 6, val_next.SEED, f"{out}:SFT", f"{out}:DPO")
+    for side, track in (("context", lambda h, r: h[-1]), ("answer", lambda h, r: r)):
+        rare = [i for i, (_, h, r) in enumerate(queries) if popularity[track(h, r)] < 20]
+        want_groups = {g: m for g, m in (("0-19", rare), ("20+", [i for i in range(6) if i not in rare])) if m}
+        assert set(split[side]) == set(want_groups)
+        for g, m in want_groups.items():
+            n, sft_hr, dpo_hr, d = split[side][g]
+            assert n == len(m) and sft_hr == pytest.approx(np.mean([hits["SFT"]["hit"][i] for i in m]))
+            assert dpo_hr == pytest.approx(np.mean([hits["DPO"]["hit"][i] for i in m]))
+            assert d[0] == pytest.approx(sft_hr - dpo_hr)
+    with pytest.raises(val_next.UserError, match="its queries are not the draw of"):
+        val_next.paired_by_plays(run, 6, val_next.SEED + 1, f"{out}:SFT", f"{out}:DPO")
+    r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--pair", f"{out}:SFT", f"{out}:DPO", "--by-plays",
+                        "--run", run, "--queries", "6"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "hit@10" in r.stdout, r.stderr[-3000:]
+    assert sum(f"{side} track played" in line for line in r.stdout.splitlines() for side in ("context", "answer")) \
+        == len(split["context"]) + len(split["answer"])
     # benchmarks/pref_frontier.py on the same queries and pairs, the SFT row placed beside the counts' scores
     front = tmp_path / "frontier.json"
     r = subprocess.run([sys.executable, "benchmarks/pref_frontier.py", "--run", run, "--queries", "6", "--llm",

@@ -133,3 +133,22 @@ def test_swap_context_changes_the_last_id_only_within_the_genre():
     assert out[1] == prompts[1]
     assert swap_context(prompts, [0, 2], codes, rows, genre.get, seed=0) == (out, swapped)   # seeded
     assert top_overlap([1, 2, 3, 4], [4, 3, 9, 8], k=4) == 0.5
+
+
+def test_count_buckets_split_at_their_edges():
+    from val_next import count_bucket
+    assert count_bucket([0, 4, 5, 9, 10, 19, 20, 500], (5, 10, 20)) == ["0-4", "0-4", "5-9", "5-9", "10-19", "10-19",
+                                                                        "20+", "20+"]
+    assert count_bucket([0, 1, 2, 3], (1, 3)) == ["0-0", "1-2", "1-2", "3+"]
+    assert count_bucket([0, 19, 20]) == ["0-19", "0-19", "20+"]      # --by-plays' split
+
+
+def test_paired_by_group_pairs_within_each_group():
+    from val_next import paired_by_group
+    out = paired_by_group([1, 0, 1, 1], [0, 0, 1, 0], ["x", "y", "x", "y"], seed=0)
+    assert list(out) == ["x", "y"]
+    # x: queries 0 and 2, a = (1, 1), b = (0, 1): differences (1, 0); y: queries 1 and 3, differences (0, 1)
+    for g in ("x", "y"):
+        n, ma, mb, (d, lo, hi) = out[g]
+        assert n == 2 and d == 0.5 and (lo, hi) == (0.0, 1.0)   # two values 0 and 1: the bootstrap spans both
+    assert out["x"][1:3] == (1.0, 0.5) and out["y"][1:3] == (0.5, 0.0)
