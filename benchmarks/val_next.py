@@ -78,8 +78,9 @@ ATTRIBUTE_PHRASINGS: str = "train"  # how they are phrased (PHRASINGS); train ke
 PHRASINGS = {"train": tasks.TRAIN_REQUEST_TEMPLATES, "heldout": tasks.VAL_REQUEST_TEMPLATES}
 HALLUCINATION_PROMPTS: int = 200  # prompts decoded without constraints per adapter: half next-track, half attribute
 SWAP_CONTEXT: bool = False      # also rank each query with its context ID swapped for another track of its genre
-PLAYS_EDGES = (20,)             # --pair --by-plays: queries split at 20 training-window plays of the context and of
-                                # the relevant track (id_ceiling.py found the ID rankers' gap below that count)
+BY_PLAYS: bool = False          # with --pair: also split the paired HR@10 by the tracks' training-window plays
+PLAYS_EDGES = (20,)             # --by-plays: queries split at 20 training-window plays of the context and of the
+                                # relevant track (id_ceiling.py found the ID rankers' gap on contexts seen less often)
 BASELINE_CHOICE: int = 500      # validation next plays (of those not drawn as queries, in file order) that choose
                                 # the content baselines' width and power: the first 500, as evaluate.py chose until
                                 # 2026-12-06 (it now takes every one), so that EXPERIMENTS.md's figures reproduce
@@ -337,7 +338,7 @@ def main(argv=None):
     p.add_argument("--pair", nargs=2, metavar="FILE:ROW", default=None,
                    help="no ranking: the paired difference of two rows of earlier --out JSONs (first minus second), "
                         "e.g. an adapter of another run, whose other Semantic IDs cannot share one call")
-    p.add_argument("--by-plays", action="store_true",
+    p.add_argument("--by-plays", action="store_true", default=BY_PLAYS,
                    help="with --pair: the paired HR@10 also split by how often the context track and the relevant "
                         "track were played in the training window (under 20, 20+): where a gap lives. Draws the "
                         "files' queries again: give the --run, --queries and --seed they were made with")
