@@ -335,9 +335,10 @@ def answers_logps(model, prompts, answers, prompt_of, pad_id, device, vocab=None
     the second (N,) is, per answer, sum over its L ID tokens of log sum_{v allowed after y_<l} pi(v | x, y_<l)
     (sft.valid_id_logps), from the same log-softmax rows, for validity_loss.
     """
-    *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
+    p_ids, *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
     mask = a_mask.bool()
-    logits = M.head_logits(model, h[mask])    # fp32 head and log-softmax over the whole vocabulary
+    prev = sft.answer_prev(model, p_ids, prompt_of, a_ids)   # what a head with answer features reads; else None
+    logits = M.head_logits(model, h[mask], None if prev is None else prev[mask])    # fp32 head, whole vocabulary
     lsm, targets = torch.log_softmax(logits, -1), a_ids[mask]
     logps = lsm.gather(1, targets[:, None]).squeeze(1)
     row = torch.arange(len(answers), device=device)[:, None].expand_as(mask)[mask]

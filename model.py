@@ -308,6 +308,84 @@ class TrackFeatures(nn.Module):
         return self.proj(self.vectors_of(codes))
 
 
+class AnswerFeatures(nn.Module):
+    """The head's score of a Semantic-ID code read from the vectors of the tracks it leads to (the answer side).
+
+    TrackFeatures lets a prompt read its context track's exact vector; the head still scores an answer by its codes'
+    rows alone, learned from the answers each code appears in, so a track rarely played after anything has rows
+    that say little of it. Here the logit of code c at level l >= 1, after the prefix p = (c_0 .. c_{l-1}) of the
+    same answer, also reads the mean vector of the tracks whose ID starts with p + c (at the last level: the one
+    track's own vector x_t), through a projection of its own per level:
+
+        logit[l, c] = h . e_{l,c} + h . W_l xbar(p + c),    W_l (H, D) zero at the start,
+
+    a bilinear score of the hidden state and the candidate's features, as a two-tower model scores an item, so what
+    the model learns of one track's features carries to every track near it. With W = 0 the head is exactly the
+    plain one (B = 0 of LoRA). A code no track has under p reads xbar = 0; level 0 (no prefix) is left as it is:
+    its 32 codes each lead to ~60 tracks, and every answer trains them.
+
+    vectors (N, D), codes (N, L) as TrackFeatures'. Per level l >= 1 the tables: keys_l (P_l,) the sorted id_key of
+    each l-prefix some track has; kids_l (P_l, K) the row in means_l ((C_l + 1, D), the last row zeros) of each
+    child's mean vector, C_l the number of (l + 1)-prefixes.
+    """
+
+    def __init__(self, vectors, codes, codebook_size, hidden):
+        super().__init__()
+        vectors = torch.as_tensor(vectors, dtype=torch.float32)
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        N, L = codes.shape
+        K, D = codebook_size, vectors.shape[1]
+        self.codebook_size, self.levels = K, L
+        self.register_buffer("vectors", vectors)
+        self.register_buffer("codes", codes)
+        for l in range(1, L):
+            child, row = torch.unique(codes[:, :l + 1], dim=0, return_inverse=True)          # (C_l, l+1), (N,)
+            means = torch.zeros(len(child) + 1, D).index_add_(0, row, vectors)
+            means[:-1] /= torch.bincount(row, minlength=len(child))[:, None].float()
+            parent, at = torch.unique(child[:, :l], dim=0, return_inverse=True)            # (P_l, l), (C_l,)
+            kids = torch.full((len(parent), K), len(child), dtype=torch.long)
+            kids[at, child[:, l]] = torch.arange(len(child))
+            self.register_buffer(f"keys_{l}", id_key(parent, K))        # sorted: unique sorts rows
+            self.register_buffer(f"kids_{l}", kids)
+            self.register_buffer(f"means_{l}", means)
+        self.proj = nn.Parameter(torch.zeros(L - 1, hidden, D))          # W_1 .. W_{L-1}
+
+    def level_and_prefix(self, prev, offset):
+        """prev (M, n) the tokens up to and including each scoring position (-1: none) -> (M,) the level l its
+        next token would be if it continues an ID (0 unless the last l tokens are that ID's codes 0 .. l-1),
+        and (M, L-1) those codes, left-aligned (K where none)."""
+        K, L, n = self.codebook_size, self.levels, prev.shape[1]
+        tok = prev - offset
+        is_id = (tok >= 0) & (tok < L * K)
+        lvl = torch.where(is_id, tok // K, torch.full_like(tok, L))       # L: not an ID token
+        level = torch.zeros(len(prev), dtype=torch.long, device=prev.device)
+        prefix = torch.full((len(prev), L - 1), K, dtype=torch.long, device=prev.device)
+        for l in range(1, min(L - 1, n) + 1):
+            ok = (lvl[:, n - l:] == torch.arange(l, device=prev.device)).all(1)   # codes 0 .. l-1, in order
+            level = torch.where(ok, l, level)
+            prefix[ok, :l] = tok[ok, n - l:] % K
+        return level, prefix
+
+    def forward(self, h, prev, offset):
+        """h (M, H) fp32 hidden states, prev (M, n >= L-1) -> (M, L, K) the additions to each level's code logits
+        (zero but at the one level each row continues)."""
+        K, L = self.codebook_size, self.levels
+        level, prefix = self.level_and_prefix(prev, offset)
+        out = h.new_zeros(len(h), L, K)
+        for l in range(1, L):
+            m = (level == l).nonzero(as_tuple=True)[0]
+            if not len(m):
+                continue
+            keys, kids, means = (getattr(self, f"{x}_{l}") for x in ("keys", "kids", "means"))
+            key = id_key(prefix[m, :l], K)
+            at = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+            found = keys[at] == key
+            rows = torch.where(found[:, None], kids[at], torch.full_like(kids[at], len(means) - 1))    # (m, K)
+            u = h[m] @ self.proj[l - 1]                                                              # (m, D)
+            out = out.index_put((m, torch.full_like(m, l)), (means[rows] * u[:, None, :]).sum(-1))    # (m, K)
+        return out
+
+
 def id_key(codes, k):
     """(M, L) codes, each < k (k itself: no code) -> (M,) one integer per ID: sum_l code_l (k+1)^(L-1-l)."""
     key = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
@@ -332,17 +410,27 @@ class IDHead(nn.Module):
         self.weight = weight          # (V, H): the embedding's own Parameter when tied
         self.new_rows = new_rows      # (n_new, H): the same Parameter as IDEmbedding.new_rows when tied
         self.id_bias = nn.Parameter(torch.zeros(new_rows.shape[0]), requires_grad=False)   # (n_new,)
+        self.answer_features = None   # an AnswerFeatures module, where add_answer_features gives one
 
-    def forward(self, h):  # (..., H) -> (..., V + n_new)
+    def forward(self, h, prev=None):  # (..., H), prev (..., n) -> (..., V + n_new)
         # weights in h's dtype: a no-op in fp32, and under autocast F.linear casts both to bf16 anyway; so
         # head_logits gets an fp32 head even from bf16 weights
         # + the bias after the matmul, not inside it: x + 0.0 == x, so an untrained bias leaves every logit's bits
         new = F.linear(h, self.new_rows.to(h.dtype)) + self.id_bias.to(h.dtype)
+        if self.answer_features is not None:   # the prefix each position continues decides which vectors it reads
+            if prev is None:
+                raise RuntimeError("the head has answer features: pass the tokens before each position (head_prev)")
+            add = self.answer_features(h.reshape(-1, h.shape[-1]), prev.reshape(-1, prev.shape[-1]),
+                                       self.weight.shape[0])
+            new = new + add.reshape(new.shape).to(h.dtype)
         return torch.cat([F.linear(h, self.weight.to(h.dtype)), new], dim=-1)
 
 
-def head_logits(model, hidden):
+def head_logits(model, hidden, prev=None):
     """fp32 logits of the output head: hidden (..., H) -> (..., V'), autocast off whatever the caller runs under.
+
+    prev (..., L-1): the tokens up to and including each position (head_prev), which a head with answer features
+    (AnswerFeatures) reads to know the ID prefix a position continues; None for the plain head.
 
     Under CUDA's bf16 autocast the head would run in bf16, and `.float()` afterwards cannot restore what was lost:
     logits off by up to ~0.1, which log_softmax and a sum over answer tokens carry into every score, loss and
@@ -351,17 +439,32 @@ def head_logits(model, hidden):
     and everything is fp32, this is exactly model.lm_head(hidden).
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        return model.lm_head(hidden.float())
+        return model.lm_head(hidden.float()) if prev is None else model.lm_head(hidden.float(), prev)
 
 
-def next_token_logps(model, hidden):
+def preceding_tokens(ids, n):
+    """ids (B, T) -> (B, T, n): at t the tokens ids[t-n+1 .. t], -1 before the start.
+    Example: [[5, 6, 7]], n 2 -> [[[-1, 5], [5, 6], [6, 7]]]."""
+    return torch.cat([ids.new_full((ids.shape[0], n - 1), -1), ids], 1).unfold(1, n, 1)
+
+
+def head_prev(model, ids):
+    """head_logits' prev for every position of ids (B, T): (B, T, L-1) preceding_tokens where the head has answer
+    features, else None (the plain head reads the hidden states alone, and nothing is built)."""
+    af = getattr(model.lm_head, "answer_features", None)
+    return None if af is None else preceding_tokens(ids, af.levels - 1)
+
+
+def next_token_logps(model, hidden, ids=None):
     """fp32 log-probs of the token after each row's last position: hidden (B, T, H) -> (B, V').
 
     The head gets hidden[:, -1:], (B, 1, H), the shape LlamaForCausalLM(logits_to_keep=1) gives it: on the CPU the
     floats are then bit for bit those of model(...).logits (a (B, H) input takes another matmul path and rounds
-    differently in the last bits).
+    differently in the last bits). ids (B, t): each row's tokens so far (at least its ID prefix), which a head with
+    answer features reads (head_prev); unused by the plain head.
     """
-    return torch.log_softmax(head_logits(model, hidden[:, -1:])[:, -1], -1)
+    prev = None if ids is None else head_prev(model, ids)
+    return torch.log_softmax(head_logits(model, hidden[:, -1:], None if prev is None else prev[:, -1:])[:, -1], -1)
 
 
 def base_vocab_size(model):
@@ -411,10 +514,19 @@ def add_track_features(model, vocab, vectors, codes):
     return vocab
 
 
+def add_answer_features(model, vectors, codes):
+    """Give the model's head AnswerFeatures: vectors (N, D), codes (N, L) as add_track_features'."""
+    head = model.lm_head
+    head.answer_features = AnswerFeatures(vectors, codes, head.new_rows.shape[0] // codes.shape[1],
+                                          head.new_rows.shape[1]).to(head.new_rows.device)
+    return head.answer_features
+
+
 def track_feature_parameters(model):
-    """The projection of TrackFeatures (trained like a LoRA matrix), or [] without one."""
+    """The projections of TrackFeatures and AnswerFeatures (trained like LoRA matrices), or [] without them."""
     tf = model.get_input_embeddings().track_features
-    return [] if tf is None else list(tf.proj.parameters())
+    af = getattr(model.lm_head, "answer_features", None)
+    return ([] if tf is None else list(tf.proj.parameters())) + ([] if af is None else [af.proj])
 
 
 def id_rows_from_descriptions(weight, track_tokens, codes, codebook_size):
@@ -499,8 +611,15 @@ def id_rows_state(model):
         out["lm_head.id_bias"] = model.lm_head.id_bias.detach().float().cpu().clone()
     tf = model.model.embed_tokens.track_features
     if tf is not None:   # the vectors travel with the adapter: a run's prompts read what it was trained on
-        out.update({"track_features.vectors": tf.vectors[:-1].cpu().clone(), "track_features.codes": tf.codes.cpu(),
+        # clones: the codes of both modules may be one tensor, and safetensors refuses to save shared memory
+        out.update({"track_features.vectors": tf.vectors[:-1].cpu().clone(),
+                    "track_features.codes": tf.codes.cpu().clone(),
                     **{f"track_features.proj.{k}": v.detach().cpu().clone() for k, v in tf.proj.state_dict().items()}})
+    af = model.lm_head.answer_features
+    if af is not None:
+        out.update({"answer_features.vectors": af.vectors.cpu().clone(),
+                    "answer_features.codes": af.codes.cpu().clone(),
+                    "answer_features.proj": af.proj.detach().float().cpu().clone()})
     return out
 
 
@@ -558,6 +677,10 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
                 model.lm_head.id_bias.copy_(state["lm_head.id_bias"])
         if "track_features.vectors" in state:
             load_track_features(model, vocab, state)
+        if "answer_features.proj" in state:
+            af = add_answer_features(model, state["answer_features.vectors"], state["answer_features.codes"])
+            with torch.no_grad():
+                af.proj.copy_(state["answer_features.proj"])
         model.to(device)
     return model, tokenizer, vocab
 

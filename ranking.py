@@ -69,7 +69,7 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
         with M.autocast(device):
             out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         cache = out.cache
-        logp = M.next_token_logps(model, out.last_hidden_state)          # (B*nb, V'), nb = 1 at first
+        logp = M.next_token_logps(model, out.last_hidden_state, ids)     # (B*nb, V'), nb = 1 at first
         scores = torch.zeros(B, 1, device=device)                    # (B, nb)
         seqs = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, nb, t)
         next_pos = pos[:, -1:] + 1                                    # (B, 1)
@@ -117,7 +117,7 @@ def beam_search(model, prompts, vocab, beam_width, trie=None, end_id=None, pad_i
             with M.autocast(device):
                 out = model.model(input_ids=tok.reshape(-1, 1), attention_mask=attn, position_ids=next_pos,
                                   cache=cache, use_cache=True)
-            logp = M.next_token_logps(model, out.last_hidden_state)
+            logp = M.next_token_logps(model, out.last_hidden_state, seqs.reshape(B * k, t + 1))
             next_pos = next_pos + 1
         for b in range(B):
             res = [(cut_at_end(tuple(int(x) for x in seqs[b, j]), end_id), float(scores[b, j]))
@@ -193,7 +193,8 @@ def score_all_ids(model, prompt_ids, vocab, trie, device="cpu", chunk=64):
     prefixes = [()]                                                     # the frontier: the prefixes of length l
     scores = torch.zeros(1, device=device)                              # (n_l,) their summed log-probs
     # (n_l, K): log-probs of the next level's K codes after each prefix; the other columns are never needed
-    logp = M.next_token_logps(model, out.last_hidden_state)[:, vocab.level_tokens(0).to(device)]
+    logp = M.next_token_logps(model, out.last_hidden_state, torch.tensor([prompt_ids], device=device))
+    logp = logp[:, vocab.level_tokens(0).to(device)]
     id_kv = None                                                        # per layer (n_l, h, l, d): the ID tokens
     for l in range(L):
         # every child of every frontier prefix, in trie order (children are sorted, so codes stay ascending)
@@ -218,7 +219,8 @@ def score_all_ids(model, prompt_ids, vocab, trie, device="cpu", chunk=64):
             with M.autocast(device):
                 out = model.model(input_ids=tok[s:s + chunk, None], position_ids=pos, cache=cache_of(kv),
                                   use_cache=True)
-            logps.append(M.next_token_logps(model, out.last_hidden_state)[:, vocab.level_tokens(l + 1).to(device)])
+            fed = torch.tensor([vocab.ids(p) for p in prefixes[s:s + chunk]], device=device)   # (n, l + 1)
+            logps.append(M.next_token_logps(model, out.last_hidden_state, fed)[:, vocab.level_tokens(l + 1).to(device)])
             if l + 2 < L:   # deeper forwards continue these prefixes: keep their ID tokens (a copy, not the chunk)
                 kvs.append([(k[:, :, T:].clone(), v[:, :, T:].clone()) for k, v in kv_of(out.cache)])
         logp = torch.cat(logps)
@@ -254,7 +256,7 @@ class TrieScorer:
         self.score, self.expanded, self.id_scores = {}, set(), [[] for _ in prompts]
         self.id_kv = {}    # level l -> per layer (keys, values) (rows, h, l, d) of expanded prefixes' ID tokens
         self.id_row = {}   # (b, prefix) -> its row in id_kv[len(prefix)]
-        logp = M.next_token_logps(model, out.last_hidden_state)
+        logp = M.next_token_logps(model, out.last_hidden_state, ids)
         self._add_children([(b, ()) for b in range(len(prompts))], logp)
 
     def _add_children(self, keys, logp):
@@ -298,7 +300,8 @@ class TrieScorer:
         with M.autocast(dev):
             out = self.model.model(input_ids=tok, attention_mask=attn, position_ids=pos, cache=cache_of(kv),
                                    use_cache=True)
-        self._add_children(keys, M.next_token_logps(self.model, out.last_hidden_state))
+        fed = torch.tensor([self.vocab.ids(p) for _, p in keys], device=dev)    # (n, l): the prefixes' ID tokens
+        self._add_children(keys, M.next_token_logps(self.model, out.last_hidden_state, fed))
         for bb, _ in keys:
             self.forwards[bb] += 1
         if l + 1 < self.vocab.levels:   # deeper forwards will continue these prefixes: keep their ID tokens

@@ -55,6 +55,7 @@ EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
 TRACK_VECTORS: bool = False    # a track's own vector after its ID in a prompt (model.TrackFeatures): measured, not
                                # the default (EXPERIMENTS.md, "The context track's own vector in the prompt")
+ANSWER_VECTORS: bool = False   # the head scores an ID's codes by its tracks' vectors too (model.AnswerFeatures)
 ID_INITS = ("mean", "descriptions", "codebook")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
 UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): attribute requests
@@ -430,7 +431,8 @@ def logits_at_answers(model, hidden, input_ids, loss_mask):
     target_mask = loss_mask[:, 1:].bool()   # the shifted mask: position t predicts token t + 1      (B, T-1)
     # the vocabulary projection (49k-128k columns, the dominant cost of short answers) runs on the M answer
     # positions only, not on all B * T; in fp32, because a log-softmax over 49k+ classes in bf16 is too coarse
-    logits = M.head_logits(model, hidden[:, :-1][target_mask])                                   # (M, V')
+    prev = M.head_prev(model, input_ids[:, :-1])    # the tokens up to each position: the ID prefix it continues
+    logits = M.head_logits(model, hidden[:, :-1][target_mask], None if prev is None else prev[target_mask])  # (M, V')
     targets = input_ids[:, 1:][target_mask]                                                      # (M,)
     row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
     return logits, targets, row
@@ -506,6 +508,19 @@ def prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device, sha
     return ids, p_mask, p_h, a_ids, a_mask, a_h
 
 
+def answer_prev(model, p_ids, prompt_of, a_ids):
+    """head_prev of prompt_answer_hidden's answer positions: a_h[n, j] sits on the token before a_ids[n, j] (the
+    prompt's last for j = 0) -> (N, A, L-1), or None for the plain head."""
+    seq = torch.cat([p_ids[torch.as_tensor(prompt_of, device=p_ids.device)], a_ids[:, :-1]], 1)
+    prev = M.head_prev(model, seq)
+    return None if prev is None else prev[:, p_ids.shape[1] - 1:]
+
+
+def prompt_prev(model, p_ids):
+    """head_prev of prompt_answer_hidden's prompt positions: p_h[b, j] sits on p_ids[b, j - 1] -> (B, Tp, L-1)."""
+    return M.head_prev(model, torch.cat([torch.full_like(p_ids[:, :1], -1), p_ids[:, :-1]], 1))
+
+
 def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_weight=0.0, shared_prefix=0):
     """sft_loss of examples that share prompts, each prompt run once (--answers-per-prompt).
 
@@ -522,11 +537,14 @@ def grouped_loss(model, chunks, pad_id, n_tokens, device, vocab=None, prompt_id_
     p_ids, p_mask, p_h, a_ids, a_mask, a_h = prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id,
                                                                   device, shared_prefix)
     mask = a_mask.bool()
-    logits = M.head_logits(model, a_h[mask])                                                    # (M, V') fp32
+    prev = answer_prev(model, p_ids, prompt_of, a_ids)
+    logits = M.head_logits(model, a_h[mask], None if prev is None else prev[mask])               # (M, V') fp32
     nll = -torch.log_softmax(logits, -1).gather(1, a_ids[mask][:, None]).sum()
     if prompt_id_weight and vocab is not None:   # the prompt's own Semantic-ID tokens, where something predicts them
         target = vocab.is_id_token(p_ids) & p_mask.bool()                                        # (B, Tp)
-        logps = torch.log_softmax(M.head_logits(model, p_h[target]), -1).gather(1, p_ids[target][:, None]).squeeze(1)
+        prev = prompt_prev(model, p_ids)
+        logits = M.head_logits(model, p_h[target], None if prev is None else prev[target])
+        logps = torch.log_softmax(logits, -1).gather(1, p_ids[target][:, None]).squeeze(1)
         k = torch.tensor([len(ans) for _, ans in chunks], device=p_ids.device)[:, None].expand_as(target)[target]
         nll = nll - prompt_id_weight * (k.to(logps.dtype) * logps).sum()
     return nll / n_tokens
@@ -617,7 +635,7 @@ def build_policy(args, meta, device, id_init="mean", init_adapter="", track=None
     (description_rows; needs meta's catalog and semantic_ids); "codebook": at the mean embedding plus its RVQ
     codebook vector, rotated into the embedding space (model.id_rows_from_codebooks; needs meta's rvq).
     args.track_vectors: the track-vector token (model.TrackFeatures), its vectors `track` = (vectors, codes), else
-    track_vectors_of(meta).
+    track_vectors_of(meta); args.answer_vectors: the head's answer features (model.AnswerFeatures) of the same.
     """
     if init_adapter:
         return policy_from_adapter(args, meta, device, init_adapter, id_init, track)
@@ -632,6 +650,8 @@ def build_policy(args, meta, device, id_init="mean", init_adapter="", track=None
                      dropout=args.lora_dropout, use_rslora=args.use_rslora)
     if args.track_vectors:
         M.add_track_features(model, vocab, *(track or track_vectors_of(meta)))
+    if args.answer_vectors:
+        M.add_answer_features(model, *(track or track_vectors_of(meta)))
     for p in M.id_parameters(model) + M.track_feature_parameters(model):
         p.requires_grad_(True)
     model.to(device)
@@ -656,8 +676,10 @@ def policy_from_adapter(args, meta, device, init_adapter, id_init="mean", track=
     # the examples' ID table (load_policy refuses an adapter of another one, so levels and codes match too)
     model, tokenizer, vocab = M.load_policy(args.model, adapter=init_adapter, id_table_sha=meta["id_table_sha256"],
                                             device=device, dropout=args.lora_dropout, untie=args.untie_id_rows)
-    if args.track_vectors and not M.track_feature_parameters(model):   # an adapter trained without the token
+    if args.track_vectors and model.get_input_embeddings().track_features is None:   # an adapter without the token
         M.add_track_features(model, vocab, *(track or track_vectors_of(meta)))
+    if args.answer_vectors and model.lm_head.answer_features is None:   # an adapter trained without them
+        M.add_answer_features(model, *(track or track_vectors_of(meta))).to(device)
     for p in M.id_parameters(model) + M.track_feature_parameters(model):
         p.requires_grad_(True)
     return model, tokenizer, vocab
@@ -769,7 +791,8 @@ def train(args):
     check_rates({"--lr": args.lr, "--id-lr": args.id_lr, "--id-bias-lr": args.id_bias_lr,
                  "--track-lr": args.track_lr or 0.0})
     meta = read_json(os.path.join(args.data, "meta.json"), "SFT data meta.json")
-    track = track_vectors_of(meta) if args.track_vectors else None   # a missing file stops before any work
+    # a missing file stops before any work
+    track = track_vectors_of(meta) if args.track_vectors or args.answer_vectors else None
     train_ex = read_jsonl(os.path.join(args.data, "train.jsonl"))
     val_ex = read_jsonl(os.path.join(args.data, "val.jsonl"))
     os.makedirs(args.out, exist_ok=True)
@@ -979,9 +1002,14 @@ def parse_args(argv=None):
                         "Off: in the demo's 480 steps it ranked next tracks no better and hallucinated more; on the "
                         "next plays alone for 1,440 steps it added 0.015-0.080 HR@10 on three worlds (EXPERIMENTS.md, "
                         "'The context track's own vector in the prompt')")
+    p.add_argument("--answer-vectors", action="store_true", default=ANSWER_VECTORS,
+                   help="the head scores each Semantic-ID code after its prefix also by the vectors of the tracks "
+                        "it leads to (at the last code the track's own; model.AnswerFeatures: h . W_l xbar, W_l "
+                        "zero at the start, trained as --track-vectors' projection): a candidate rarely answered in "
+                        "training is scored by its features, not only by rows learned from its few answers")
     p.add_argument("--track-lr", type=float, default=None,
-                   help="peak learning rate of the track-vector projection (default: --lr's, as the LoRA matrices, "
-                        "which it resembles: a matrix that starts at zero)")
+                   help="peak learning rate of the track-vector projection and of --answer-vectors' W (default: "
+                        "--lr's, as the LoRA matrices, which they resemble: matrices that start at zero)")
     p.add_argument("--id-init", choices=ID_INITS, default=ID_INIT,
                    help="where the new Semantic-ID rows start: 'mean' (all at the mean embedding, identical) or "
                         "'descriptions' (each at the mean embedding of the words of the tracks that carry it: their "
