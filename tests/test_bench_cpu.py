@@ -14,12 +14,15 @@ def test_linear_gflops_counts_two_flops_per_multiply_add(monkeypatch):
     assert bench_cpu.linear_gflops(4, 8, 16, bench_cpu.torch.float32, 1, repeats=2) == 2 * 4 * 8 * 16 / 1e9
 
 
-def test_matrix_rows_take_the_shapes_of_the_models_config(tmp_path, capsys):
-    # 64 x 192 at 16 rows: enough work a call that the rate prints above 0.0 (at 8 x 24 and 4 rows a call was a few
-    # hundred FLOPs, timing noise, and the one-decimal rate sometimes printed 0.0)
+def test_matrix_rows_take_the_shapes_of_the_models_config(tmp_path, capsys, monkeypatch):
+    # a clock that advances 1 microsecond per reading: every timed product takes exactly 1 us, so each printed rate
+    # is its shape's flop count, whatever else the machine runs (a real clock under a loaded machine once printed a
+    # tiny product's rate as 0.0): 2 x 16 x 64 x 192 = 393,216 flops in 1 us = 393.2 GFLOP/s; 64 x 64: 131.1
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(bench_cpu.time, "perf_counter", lambda: next(ticks) * 1e-6)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "intermediate_size": 192}))
     bench_cpu.main(["--model", str(tmp_path), "--rows", "16", "--no-step"])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[-3:-2] in (["float32"], ["bfloat16"])]
     assert [r[1] for r in rows] == ["64x192", "64x192", "192x64", "192x64", "64x64", "64x64"]
-    assert all(float(r[-1]) > 0 and float(r[-2]) > 0 for r in rows)
+    assert [(r[-2], r[-1]) for r in rows] == [("393.2", "393.2")] * 4 + [("131.1", "131.1")] * 2
