@@ -55,7 +55,9 @@ EVAL_EVERY: int = 60           # steps between validations (and checkpoints)
 EVAL_EXAMPLES: int = 128       # validation examples scored each time (fixed subset)
 TRACK_VECTORS: bool = False    # a track's own vector after its ID in a prompt (model.TrackFeatures): measured, not
                                # the default (EXPERIMENTS.md, "The context track's own vector in the prompt")
-ANSWER_VECTORS: bool = False   # the head scores an ID's codes by its tracks' vectors too (model.AnswerFeatures)
+ANSWER_VECTORS: bool = False   # the head scores an ID's codes by its tracks' vectors too (model.AnswerFeatures):
+                               # the next play's likelihood up, HR@10 not (EXPERIMENTS.md, "The candidate's own
+                               # vector in the head"): not the default
 ID_INITS = ("mean", "descriptions", "codebook")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
 UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): attribute requests
@@ -1006,7 +1008,10 @@ def parse_args(argv=None):
                    help="the head scores each Semantic-ID code after its prefix also by the vectors of the tracks "
                         "it leads to (at the last code the track's own; model.AnswerFeatures: h . W_l xbar, W_l "
                         "zero at the start, trained as --track-vectors' projection): a candidate rarely answered in "
-                        "training is scored by its features, not only by rows learned from its few answers")
+                        "training is scored by its features, not only by rows learned from its few answers. Off: on "
+                        "the next plays alone for 1,440 steps it lowered the validation loss on three worlds but "
+                        "ranked next tracks no better (HR@10 -0.025 to +0.035, intervals across 0; EXPERIMENTS.md, "
+                        "'The candidate's own vector in the head')")
     p.add_argument("--track-lr", type=float, default=None,
                    help="peak learning rate of the track-vector projection and of --answer-vectors' W (default: "
                         "--lr's, as the LoRA matrices, which they resemble: matrices that start at zero)")
