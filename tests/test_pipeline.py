@@ -417,6 +417,28 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--pair", f"{ceil}:ID logistic", f"{out}:DPO"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "preference accuracy" in r.stdout, r.stderr[-2000:]
+    # benchmarks/kernel_ceiling.py on the same 6 queries: content x popularity as val_next.py's, each learned form's
+    # two kept epochs from one trace, the adapter's row carried over; both features
+    for features in ("audio", "vectors"):
+        kc = tmp_path / f"kernel_{features}.json"
+        r = subprocess.run([sys.executable, "benchmarks/kernel_ceiling.py", "--run", run, "--queries", "6",
+                            "--epochs", "3", "--features", features, "--llm", f"{out}:SFT", "--out", str(kc)],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        k = json.load(open(kc))
+        assert k["hits"]["SFT"]["hit"] == hits["SFT"]["hit"]
+        for form in ("kernel", "neighbour ranks", "neighbour ranks x co-listening"):
+            assert sorted(k["trace"][form]) == ["1", "2", "3"]
+            for rule in ("best likelihood", "best HR@10"):
+                name = f"learned {form} ({rule})"
+                assert len(k["hits"][name]["hit"]) == 6 and str(k["kept"][name]["epoch"]) in k["trace"][form]
+        assert "SFT - content x popularity" in r.stdout and "SFT - content x co-listening" in r.stdout
+    assert k["hits"]["content x popularity (vectors)"] and "content x popularity" not in k["hits"]
+    assert json.load(open(tmp_path / "kernel_audio.json"))["hits"]["content x popularity"] == \
+        hits["content x popularity"]
+    r = subprocess.run([sys.executable, "benchmarks/kernel_ceiling.py", "--run", run, "--queries", "5", "--epochs",
+                        "1", "--llm", f"{out}:SFT"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "not made on these validation queries" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_pair_runs_on_the_same_queries(demo_run, tmp_path):
