@@ -1,5 +1,5 @@
-"""What a learned ranker of content x popularity's own form reaches on next tracks, fitted to the training window's
-next plays by likelihood, as SFT is fitted (validation window).
+"""What learned rankers of the content baselines' own forms reach on next tracks, fitted to the training window's next
+plays by likelihood, as SFT is fitted (validation window).
 
     python benchmarks/kernel_ceiling.py --run runs/demo [--queries 1000] [--out runs/demo/kernel_ceiling.json]
 
@@ -22,11 +22,11 @@ genre rather than how far:
 
     s(c, t) = g [genre t = genre c] + b_t + w[r_c(t)],   softmax over t                                  (3)
 
-r_c(t) the rank of t among the other tracks of c's genre by ||x_t - x_c|| (1 the nearest), every rank past RANKS one
-bucket and every other genre one more; w (RANKS + 2,) learned, 0 at the start (then (3) ranks as genre popularity),
-b and g as in (2) (neighbour_ranks). And (3) with the context's co-listening, as content x co-listening adds it to (1)
-(lam log(1 + n_ct), n_ct the training window's co-listens of t with c, the strongest next-track baseline of the test
-windows; its width and power chosen on the same --select plays):
+r_c(t) the rank of t among the other tracks of c's genre by ||x_t - x_c|| (1 the nearest), every rank past RANKS
+one bucket and every other genre one more; w[1] .. w[RANKS + 2] learned, 0 at the start (then (3) ranks as genre
+popularity), b and g as in (2) (neighbour_ranks). And (3) with the context's co-listening, lam log(1 + n_ct), n_ct
+the training window's co-listens of t with c, as content x co-listening, the strongest next-track baseline of the
+test windows, adds it to (1) (its width and power chosen on the same --select plays):
 
     s(c, t) = g [genre t = genre c] + b_t + w[r_c(t)] + lam log(1 + n_ct)                                 (4)
 
@@ -40,6 +40,8 @@ What it tells: whether the next plays of the training window teach a model of th
 free and trained by SFT's objective to convergence, to rank better than the baseline's one chosen number does; and
 (3), whether a form nearer the world's own (world.py draws 55% of next plays from the context's 20 nearest audio
 neighbours in its genre, popularity-weighted) gets further from the same plays. Each is one ranker, not a proof.
+On the demo's three worlds (1,000 queries each; EXPERIMENTS.md, "What the logs teach a ranker of the baseline's own
+form"): (2) ties content x popularity on HR@10, (4) ties content x co-listening on HR@10 and passes it on NDCG@10.
 """
 import argparse
 import os
@@ -131,7 +133,8 @@ class NeighbourRanks(torch.nn.Module):
         self.lam = torch.nn.Parameter(torch.tensor(0.0), requires_grad=colisten is not None)
         self.register_buffer("rank", neighbour_ranks(np.asarray(x, np.float64), in_genre, ranks))     # (N, N)
         self.register_buffer("in_genre", torch.as_tensor(in_genre, dtype=torch.float32))
-        self.w = torch.nn.Parameter(torch.zeros(ranks + 3))            # ranks 1..ranks, past them, another genre
+        # w[r] for ranks 1..ranks, past them, another genre; w[0] unused, as ranks count from 1, the nearest
+        self.w = torch.nn.Parameter(torch.zeros(ranks + 3))
         self.b = torch.nn.Parameter(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
         self.g = torch.nn.Parameter(torch.tensor(float(start_genre)))
 
