@@ -171,17 +171,22 @@ def main(argv=None):
                    help="validation next-track queries (val_next.py's draw of the same --seed: its first 200 are "
                         "val_next.py --queries 200's); 1,000 by default, as 200 leave intervals of +-0.05")
     p.add_argument("--select", type=int, default=SELECT,
-                   help="validation plays not among the queries on which the width and the two epochs are chosen")
+                   help="validation plays not among the queries on which the widths, the power and the kept epochs "
+                        "are chosen (default %(default)s, as val_next.py's baselines)")
     p.add_argument("--features", choices=("audio", "vectors"), default=FEATURES,
-                   help="the features of (1) and (2): audio, content x popularity's own (so that (2) starts at it); "
+                   help="the features the forms read: audio, content x popularity's own (so that (2) starts at it); "
                         "vectors, the quantiser's input (audio, genre, co-listening, long-listen rate) that "
-                        "`sft.py --track-vectors` feeds the model, its width chosen the same way")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of Adam at most (both kept epochs among them)")
-    p.add_argument("--lr", type=float, default=LR, help="Adam's learning rate")
+                        "`sft.py --track-vectors` feeds the model, its width chosen the same way (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=EPOCHS,
+                   help="epochs of Adam, every one kept to choose from (default %(default)s: the kernel's likelihood "
+                        "levels off by 20-23 on the demo's worlds)")
+    p.add_argument("--lr", type=float, default=LR,
+                   help="Adam's learning rate (default %(default)s: a few thousand numbers, 65 steps an epoch)")
     p.add_argument("--seed", type=int, default=SEED, help="draw of the queries, order of the examples, bootstrap")
     p.add_argument("--llm", action="append", default=[], metavar="FILE:ROW",
                    help="an adapter's row of an earlier val_next.py --out on the same --run, --queries and --seed, "
-                        "shown beside the rankers and paired with content x popularity (repeat)")
+                        "checked before any fitting, shown beside the rankers and paired with both content rankers "
+                        "(repeat)")
     p.add_argument("--out", default=None, help="JSON of the per-query hits, the table and the epochs' trace")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.select < 1:
@@ -218,6 +223,10 @@ def main(argv=None):
     hits[co] = hits_of(lambda i, h: B.content_colisten_scores(x, h[-1], popularity, colisten[h[-1]], in_genre[h[-1]],
                                                               tau_co, lam), queries)
 
+    # the adapters' rows now, before minutes of fitting: a file of other queries stops here (checked by the two rows
+    # above that read no features)
+    llm_rows = {spec.rpartition(":")[2]: llm_hits(spec, hits) for spec in args.llm}
+    llms = list(llm_rows)
     ctx = torch.tensor([h[-1] for h, _ in pairs])
     nxt = torch.tensor([r for _, r in pairs])
     sel_ctx = torch.tensor([h[-1] for h, _ in select])
@@ -247,9 +256,7 @@ def main(argv=None):
                 S = m(q_ctx).double().numpy()
             hits[name] = hits_of(lambda i, h: S[i], queries)
             rows.append(name)
-    llms = [spec.rpartition(":")[2] for spec in args.llm]
-    for spec, name in zip(args.llm, llms):
-        hits[name] = llm_hits(spec, hits)
+    hits.update(llm_rows)                   # after the rankers: the table's order
 
     print(f"\nthe other {len(select)} validation plays by epoch (HR@{K}, cross-entropy); epoch 0 is the start: "
           f"{cp} for the kernel (width {tau:g}, g {START_GENRE:g}), genre popularity for the ranks")
