@@ -144,10 +144,9 @@ class NeighbourRanks(torch.nn.Module):
         return s if self.log_colisten is None else s + self.lam * self.log_colisten[ctx]
 
 
-def next_loss(m, ctx, nxt):
-    """Mean cross-entropy of the next plays over the catalogue, the context itself masked (as SFT's answers never
-    repeat the context: data.py drops a replay)."""
-    s = m(ctx)
+def next_loss(s, ctx, nxt):
+    """Mean cross-entropy of the next plays nxt (B,) over the catalogue from scores s (B, N) of the contexts ctx (B,),
+    the context itself masked (as SFT's answers never repeat the context: data.py drops a replay)."""
     s = s.masked_fill(torch.nn.functional.one_hot(ctx, s.shape[1]).bool(), float("-inf"))
     return torch.nn.functional.cross_entropy(s, nxt)
 
@@ -235,15 +234,17 @@ def main(argv=None):
 
     @torch.no_grad()
     def on_select(model):    # each epoch: (HR@K, cross-entropy) of the other validation plays
-        s = model(sel_ctx).double().numpy()
-        hr = float(np.mean(hits_of(lambda i, h: s[i], select)["hit"]))
-        return hr, float(next_loss(model, sel_ctx, sel_nxt))
+        s = model(sel_ctx)                  # once for both measures
+        hr = float(np.mean(hits_of(lambda i, h: s[i].double().numpy(), select)["hit"]))
+        return hr, float(next_loss(s, sel_ctx, sel_nxt))
 
     start, trace, kept, rows = {}, {}, {}, []
-    for form, m in zip(FORMS, (LearnedKernel(x, popularity, in_genre, tau), NeighbourRanks(x, popularity, in_genre),
-                               NeighbourRanks(x, popularity, in_genre, colisten=colisten))):
+    build = (lambda: LearnedKernel(x, popularity, in_genre, tau), lambda: NeighbourRanks(x, popularity, in_genre),
+             lambda: NeighbourRanks(x, popularity, in_genre, colisten=colisten))
+    for form, make in zip(FORMS, build):     # one model at a time: each holds (N, N) tables
+        m = make()
         start[form] = on_select(m)
-        trace[form], states = fit_epochs(m, len(pairs), lambda i: next_loss(m, ctx[i], nxt[i]), on_select,
+        trace[form], states = fit_epochs(m, len(pairs), lambda i: next_loss(m(ctx[i]), ctx[i], nxt[i]), on_select,
                                          args.epochs, args.lr, BATCH, args.seed)
         for rule, key in (("best likelihood", lambda e: -trace[form][e][1]),
                           ("best HR@10", lambda e: trace[form][e][0])):

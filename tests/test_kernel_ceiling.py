@@ -38,7 +38,7 @@ def test_learned_kernel_starts_at_content_x_popularity():
 
 def test_next_loss_masks_the_context():
     m = KC.LearnedKernel(np.array([[0.0], [1.0], [2.0]]), np.zeros(3), np.ones((3, 3), bool), tau=1.0)
-    loss = KC.next_loss(m, torch.tensor([0]), torch.tensor([1]))
+    loss = KC.next_loss(m(torch.tensor([0])), torch.tensor([0]), torch.tensor([1]))
     # scores after context 0: [masked, 20 - 1, 20 - 4]: -log(e^-1 / (e^-1 + e^-4))
     assert abs(loss.item() - np.log1p(np.exp(-3.0))) < 1e-5
 
@@ -50,8 +50,8 @@ def test_fit_epochs_keeps_every_epoch_and_fit_best_epoch_picks_from_them():
 
     def run(fit):
         m = KC.LearnedKernel(x, np.zeros(4), np.ones((4, 4), bool), tau=1.0)
-        return m, fit(m, len(ctx), lambda i: KC.next_loss(m, ctx[i], nxt[i]),
-                      lambda mm: float(KC.next_loss(mm, ctx, nxt)), 3, 0.1, 5, 0)
+        return m, fit(m, len(ctx), lambda i: KC.next_loss(m(ctx[i]), ctx[i], nxt[i]),
+                      lambda mm: float(KC.next_loss(mm(ctx), ctx, nxt)), 3, 0.1, 5, 0)
 
     m, (scores, states) = run(IC.fit_epochs)
     assert sorted(scores) == [1, 2, 3] and sorted(states) == [1, 2, 3]
