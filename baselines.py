@@ -8,8 +8,9 @@ the same way (the prompt's track excluded, ties broken against the relevant item
   next track   random, popularity, genre popularity, content kNN, genre content kNN, content x popularity (a
                popularity prior times a kernel around the context's audio features, its width chosen on the
                validation window), content x co-listening (the same, times a power of the track's co-listens
-               with the context, the power chosen there too), item kNN (co-listening), SASRec (sasrec.py),
-               MiniLM text similarity
+               with the context, the power chosen there too), neighbour ranks x co-listening (the same inputs,
+               every number of its form learned from the training window's next plays: NeighbourRanks), item
+               kNN (co-listening), SASRec (sasrec.py), MiniLM text similarity
   attributes   random, popularity, genre popularity (the genre named in the request), MiniLM
   preferences  per-track scores: play count, long-listen rate, audio logistic regression; each fitted on all
                training-window labelled plays and on exactly the DPO training pairs (equal data)
@@ -20,6 +21,7 @@ import importlib.util
 import os
 
 import numpy as np
+import torch
 
 from common import UserError
 from metrics import hit_at_k, top_k_pessimistic
@@ -34,6 +36,14 @@ CONTENT_TAUS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 # powers of (1 + co-listens with the context) content x co-listening tries beside each width; 0 first, so that where
 # co-listening adds nothing on validation it ranks as content x popularity
 COLISTEN_LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# neighbour ranks x co-listening (fit_neighbour_ranks): a few thousand numbers, Adam on the training next plays
+RANKER_RANKS: int = 40         # the context's nearest in-genre neighbours with a weight each; the farther share one
+                               # (world.py draws 55% of next plays among the context's 20 nearest)
+RANKER_EPOCHS: int = 8         # epochs, the one of the lowest validation cross-entropy kept (benchmarks/
+                               # kernel_ceiling.py, 30 epochs on the demo's three worlds: it came at epochs 5-6)
+RANKER_LR: float = 0.02        # Adam's rate (kernel_ceiling.py's)
+RANKER_BATCH: int = 256        # next plays per step
+RANKER_START_GENRE: float = 20.0   # g at the start: every in-genre track above every other, as genre popularity
 # -----------------------------------------------------------------------------
 
 
@@ -159,6 +169,107 @@ def genre_in_request(text, masks):
     words = text.lower()
     found = [g for g in masks if f" {g.lower()} " in f" {words} "]
     return max(found, key=len) if found else None
+
+
+# ============================================================================= a learned next-track ranker
+# content x co-listening learns two numbers from the logs (a width, a power). neighbour ranks x co-listening reads
+# the same inputs (the context's genre and audio neighbours, popularity, co-listens) and learns every number of its
+# form from the training window's next plays by SFT's own objective, softmax cross-entropy over the catalogue:
+#
+#     s(c, t) = g [genre t = genre c] + b_t + w[r_c(t)] + lam log(1 + n_ct),   P(t | c) = softmax_t s(c, t)
+#
+# r_c(t) the rank of t among the other tracks of c's genre by audio distance to c (1 the nearest; every rank past
+# RANKER_RANKS one bucket, every other genre one more), n_ct the training window's co-listens of t with c. A few
+# thousand numbers: how far the plays themselves teach a ranker of the baselines' inputs (benchmarks/
+# kernel_ceiling.py fits it and two other forms on validation; EXPERIMENTS.md, "What the logs teach a ranker").
+
+def neighbour_ranks(x, in_genre, ranks=RANKER_RANKS):
+    """(N, N) long: entry (c, t) the rank of t among the other tracks of c's genre by distance to x_c, 1 the nearest,
+    ranks + 1 past `ranks`, ranks + 2 for t in another genre and for t = c. Ties go to the lower row.
+    x (N, D) features, in_genre (N, N) bool, row c the tracks of c's genre.
+
+    >>> neighbour_ranks(np.array([[0.0], [1.0], [3.0], [0.5]]), np.array([[1, 1, 1, 0]] * 3 + [[0, 0, 0, 1]]) > 0,
+    ...                 ranks=1).tolist()
+    [[3, 1, 2, 3], [1, 3, 2, 3], [2, 1, 3, 3], [3, 3, 3, 3]]
+    """
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    d = np.where(in_genre, d, np.inf)
+    np.fill_diagonal(d, np.inf)
+    r = np.argsort(np.argsort(d, axis=1, kind="stable"), axis=1, kind="stable") + 1     # 1 = nearest
+    r = np.minimum(r, ranks + 1)
+    r[np.isinf(d)] = ranks + 2
+    return torch.as_tensor(r, dtype=torch.long)
+
+
+class NeighbourRanks(torch.nn.Module):
+    """g [same genre] + b_t + w[r_c(t)] (+ lam log(1 + n_ct) given colisten, (N, N) counts n_ct): the form above.
+
+    Started at genre popularity: w = 0, lam = 0, b = log(1 + plays), g = start_genre (no in-genre spread of b
+    reaches 20), so before its first step it ranks as the genre popularity baseline does.
+    """
+
+    def __init__(self, x, popularity, in_genre, ranks=RANKER_RANKS, start_genre=RANKER_START_GENRE, colisten=None):
+        super().__init__()
+        self.log_colisten = None if colisten is None else torch.log1p(torch.as_tensor(colisten, dtype=torch.float32))
+        self.lam = torch.nn.Parameter(torch.tensor(0.0), requires_grad=colisten is not None)
+        self.register_buffer("rank", neighbour_ranks(np.asarray(x, np.float64), in_genre, ranks))     # (N, N)
+        self.register_buffer("in_genre", torch.as_tensor(in_genre, dtype=torch.float32))
+        # w[r] for ranks 1..ranks, past them, another genre; w[0] unused, as ranks count from 1, the nearest
+        self.w = torch.nn.Parameter(torch.zeros(ranks + 3))
+        self.b = torch.nn.Parameter(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
+        self.g = torch.nn.Parameter(torch.tensor(float(start_genre)))
+
+    def forward(self, ctx):
+        """ctx (B,) context rows -> (B, N) scores; the context itself is left in (the rankers exclude it)."""
+        s = self.g * self.in_genre[ctx] + self.b[None, :] + self.w[self.rank[ctx]]
+        return s if self.log_colisten is None else s + self.lam * self.log_colisten[ctx]
+
+
+def next_loss(s, ctx, nxt):
+    """Mean cross-entropy of the next plays nxt (B,) over the catalogue from scores s (B, N) of the contexts ctx (B,),
+    the context itself masked (as SFT's answers never repeat the context: data.py drops a replay)."""
+    s = s.masked_fill(torch.nn.functional.one_hot(ctx, s.shape[1]).bool(), float("-inf"))
+    return torch.nn.functional.cross_entropy(s, nxt)
+
+
+def fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
+    """Adam on loss_fn(batch indices) over n examples, reshuffled every epoch (seeded): ({epoch: select_fn(m) after
+    it}, {epoch: m's parameters then}), epochs 1..epochs, for the caller to pick its epoch on held-out examples.
+    Only parameters are copied (buffers such as the rank table do not change); load one with
+    m.load_state_dict(state, strict=False)."""
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    scores, states = {}, {}
+    for epoch in range(1, epochs + 1):
+        for i in torch.randperm(n, generator=g).split(batch):
+            loss = loss_fn(i)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            scores[epoch] = select_fn(m)
+        states[epoch] = {k: v.detach().clone() for k, v in m.named_parameters()}
+    return scores, states
+
+
+def fit_neighbour_ranks(x, popularity, in_genre, colisten, train, val, epochs=RANKER_EPOCHS, lr=RANKER_LR,
+                        batch=RANKER_BATCH, seed=0):
+    """neighbour ranks x co-listening fitted to next plays: (model at the epoch of the lowest validation cross-entropy,
+    {epoch: validation cross-entropy}).
+
+    train, val: [(context row, next row)], the training window's next plays and the validation window's (the epoch
+    is chosen on these, as sft.py keeps its best validation loss). x (N, D) features, popularity (N,), in_genre and
+    colisten (N, N) as NeighbourRanks reads them.
+    """
+    if not train or not val:
+        raise UserError("the learned ranker needs training and validation next plays (data.py sft writes them)")
+    m = NeighbourRanks(x, popularity, in_genre, colisten=colisten)
+    ctx, nxt = (torch.tensor(v) for v in zip(*train))
+    v_ctx, v_nxt = (torch.tensor(v) for v in zip(*val))
+    trace, states = fit_epochs(m, len(train), lambda i: next_loss(m(ctx[i]), ctx[i], nxt[i]),
+                               lambda mm: float(next_loss(mm(v_ctx), v_ctx, v_nxt)), epochs, lr, batch, seed)
+    m.load_state_dict(states[min(trace, key=trace.get)], strict=False)       # ties: the first such epoch
+    return m, trace
 
 
 class MiniLM:

@@ -190,27 +190,9 @@ def fit_factorised(keys, popularity, pairs, select_fn, dim=DIM, epochs=EPOCHS, l
 def fit_best_epoch(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
     """Adam on loss_fn(batch indices) over n examples, reshuffled every epoch (seeded); returns (m at the epoch of
     the best select_fn(m), {epoch: select_fn's value}): the epoch is chosen on held-out examples, not these."""
-    scores, states = fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed)
-    m.load_state_dict(states[max(scores, key=scores.get)])     # ties: the first such epoch
+    scores, states = B.fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed)
+    m.load_state_dict(states[max(scores, key=scores.get)], strict=False)     # ties: the first such epoch
     return m, scores
-
-
-def fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
-    """fit_best_epoch's training, every epoch kept: ({epoch: select_fn(m) after it}, {epoch: m's state then}),
-    epochs 1..epochs, for a caller that picks its epoch by more than one rule (states are copies; small models)."""
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    scores, states = {}, {}
-    for epoch in range(1, epochs + 1):
-        for i in torch.randperm(n, generator=g).split(batch):
-            loss = loss_fn(i)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            scores[epoch] = select_fn(m)
-        states[epoch] = {k: v.clone() for k, v in m.state_dict().items()}
-    return scores, states
 
 
 def code_onehot(codes):

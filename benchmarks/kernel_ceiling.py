@@ -22,11 +22,12 @@ genre rather than how far:
 
     s(c, t) = g [genre t = genre c] + b_t + w[r_c(t)],   softmax over t                                  (3)
 
-r_c(t) the rank of t among the other tracks of c's genre by ||x_t - x_c|| (1 the nearest), every rank past RANKS
-one bucket and every other genre one more; w[1] .. w[RANKS + 2] learned, 0 at the start (then (3) ranks as genre
-popularity), b and g as in (2) (neighbour_ranks). And (3) with the context's co-listening, lam log(1 + n_ct), n_ct
-the training window's co-listens of t with c, as content x co-listening, the strongest next-track baseline of the
-test windows, adds it to (1) (its width and power chosen on the same --select plays):
+r_c(t) the rank of t among the other tracks of c's genre by ||x_t - x_c|| (1 the nearest), every rank past 40
+one bucket and every other genre one more; w[1] .. w[42] learned, 0 at the start (then (3) ranks as genre
+popularity), b and g as in (2) (baselines.NeighbourRanks). And (3) with the context's co-listening,
+lam log(1 + n_ct), n_ct the training window's co-listens of t with c, as content x co-listening adds it to (1) (its
+width and power chosen on the same --select plays); evaluate.py ranks the test queries by (4) too (baselines.
+fit_neighbour_ranks: its row "neighbour ranks x co-listening", one epoch kept by the validation likelihood):
 
     s(c, t) = g [genre t = genre c] + b_t + w[r_c(t)] + lam log(1 + n_ct)                                 (4)
 
@@ -57,8 +58,9 @@ import rvq
 import signals
 import sft
 import val_next
+from baselines import NeighbourRanks, fit_epochs, next_loss
 from common import UserError, read_json, run_main, write_json
-from id_ceiling import fit_epochs, hits_of, llm_hits, train_next_pairs
+from id_ceiling import hits_of, llm_hits, train_next_pairs
 
 # -----------------------------------------------------------------------------
 RUN: str = "runs/demo"        # a pipeline run folder: its sft_data, rvq and prefs
@@ -70,9 +72,9 @@ EPOCHS: int = 30              # epochs of Adam at most (on the demo's three worl
                               # epochs 20-23 for the kernel, 5-6 for the neighbour ranks)
 LR: float = 0.02              # Adam's rate (a few thousand numbers, 65 steps an epoch)
 BATCH: int = 256              # training plays per step
-START_GENRE: float = 20.0     # g at the start: the genre first, as (1) ranks (no in-genre score falls 20 below)
+START_GENRE: float = B.RANKER_START_GENRE   # g at the start: the genre first, as (1) ranks (20: no in-genre
+                                            # score falls 20 below)
 FEATURES: str = "audio"       # audio: content x popularity's features; vectors: the quantiser's (--track-vectors')
-RANKS: int = 40               # (3): neighbour ranks with a weight each; the farther ones share one
 # the rows of the forms: "learned FORM (best likelihood)", "learned FORM (best HR@10)"
 FORMS = ("kernel", "neighbour ranks", "neighbour ranks x co-listening")
 # -----------------------------------------------------------------------------
@@ -104,51 +106,6 @@ class LearnedKernel(torch.nn.Module):
     def forward(self, ctx):
         """ctx (B,) context rows -> (B, N) scores; the context itself is left in (the rankers exclude it)."""
         return kernel_scores(self.x @ self.A.T, ctx, self.b, self.g, self.in_genre[ctx])
-
-
-def neighbour_ranks(x, in_genre, ranks=RANKS):
-    """(N, N) long: entry (c, t) the rank of t among the other tracks of c's genre by distance to x_c, 1 the nearest,
-    ranks + 1 past `ranks`, ranks + 2 for t in another genre and for t = c. Ties go to the lower row.
-
-    >>> neighbour_ranks(np.array([[0.0], [1.0], [3.0], [0.5]]), np.array([[1, 1, 1, 0]] * 3 + [[0, 0, 0, 1]]) > 0,
-    ...                 ranks=1).tolist()
-    [[3, 1, 2, 3], [1, 3, 2, 3], [2, 1, 3, 3], [3, 3, 3, 3]]
-    """
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    d = np.where(in_genre, d, np.inf)
-    np.fill_diagonal(d, np.inf)
-    r = np.argsort(np.argsort(d, axis=1, kind="stable"), axis=1, kind="stable") + 1     # 1 = nearest
-    r = np.minimum(r, ranks + 1)
-    r[np.isinf(d)] = ranks + 2
-    return torch.as_tensor(r, dtype=torch.long)
-
-
-class NeighbourRanks(torch.nn.Module):
-    """Eq. (3): g [same genre] + b_t + w[r_c(t)], started at genre popularity (w = 0, b = log(1 + plays)); with
-    colisten ((N, N) co-listening counts) eq. (4): + lam log(1 + n_ct), lam 0 at the start."""
-
-    def __init__(self, x, popularity, in_genre, ranks=RANKS, start_genre=START_GENRE, colisten=None):
-        super().__init__()
-        self.log_colisten = None if colisten is None else torch.log1p(torch.as_tensor(colisten, dtype=torch.float32))
-        self.lam = torch.nn.Parameter(torch.tensor(0.0), requires_grad=colisten is not None)
-        self.register_buffer("rank", neighbour_ranks(np.asarray(x, np.float64), in_genre, ranks))     # (N, N)
-        self.register_buffer("in_genre", torch.as_tensor(in_genre, dtype=torch.float32))
-        # w[r] for ranks 1..ranks, past them, another genre; w[0] unused, as ranks count from 1, the nearest
-        self.w = torch.nn.Parameter(torch.zeros(ranks + 3))
-        self.b = torch.nn.Parameter(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
-        self.g = torch.nn.Parameter(torch.tensor(float(start_genre)))
-
-    def forward(self, ctx):
-        """ctx (B,) context rows -> (B, N) scores."""
-        s = self.g * self.in_genre[ctx] + self.b[None, :] + self.w[self.rank[ctx]]
-        return s if self.log_colisten is None else s + self.lam * self.log_colisten[ctx]
-
-
-def next_loss(s, ctx, nxt):
-    """Mean cross-entropy of the next plays nxt (B,) over the catalogue from scores s (B, N) of the contexts ctx (B,),
-    the context itself masked (as SFT's answers never repeat the context: data.py drops a replay)."""
-    s = s.masked_fill(torch.nn.functional.one_hot(ctx, s.shape[1]).bool(), float("-inf"))
-    return torch.nn.functional.cross_entropy(s, nxt)
 
 
 def features_of(kind, catalog, meta, code_row):
@@ -249,7 +206,7 @@ def main(argv=None):
         for rule, key in (("best likelihood", lambda e: -trace[form][e][1]),
                           ("best HR@10", lambda e: trace[form][e][0])):
             best = max(trace[form], key=key)                         # ties: the first such epoch
-            m.load_state_dict(states[best])
+            m.load_state_dict(states[best], strict=False)
             name = f"learned {form} ({rule})"
             kept[name] = {"epoch": best, "select_hit": trace[form][best][0], "select_loss": trace[form][best][1],
                           "genre_gain": float(m.g.detach())}

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import baselines as B
 from evaluate import top_k_pessimistic
@@ -169,3 +170,69 @@ def test_select_tau_takes_the_best_validation_width():
     assert hr == {1.0: 1.0, 4.0: 0.0} and tau == 1.0
     with pytest.raises(B.UserError, match="no validation"):
         B.select_tau(x, plays, [], lambda c: one_genre)
+
+
+def test_neighbour_ranks_by_hand():
+    x = np.array([[0.0], [1.0], [3.0], [0.5]])
+    in_genre = np.array([[1, 1, 1, 0]] * 3 + [[0, 0, 0, 1]]) > 0          # tracks 0-2 one genre, 3 another
+    # context 0: track 1 nearest (1), track 2 second, past ranks=1 (2); itself and track 3 the last bucket (3)
+    want = [[3, 1, 2, 3], [1, 3, 2, 3], [2, 1, 3, 3], [3, 3, 3, 3]]
+    assert B.neighbour_ranks(x, in_genre, ranks=1).tolist() == want
+    assert B.neighbour_ranks(x, in_genre, ranks=5).tolist()[0] == [7, 1, 2, 7]
+    # equal distances: the lower row ranks first
+    assert B.neighbour_ranks(np.array([[0.0], [1.0], [-1.0]]), np.ones((3, 3), bool), ranks=5).tolist()[0] == \
+        [7, 1, 2]
+
+
+def test_neighbour_ranks_model_starts_at_genre_popularity_and_reads_its_weights():
+    x, pop = np.array([[0.0], [1.0], [3.0], [0.5]]), np.array([4.0, 0.0, 9.0, 1.0])
+    in_genre = np.array([[1, 1, 1, 0]] * 3 + [[0, 0, 0, 1]]) > 0
+    m = B.NeighbourRanks(x, pop, in_genre, ranks=1)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(torch.tensor([0]))[0].numpy(), np.log1p(pop) + B.RANKER_START_GENRE * in_genre[0],
+                                   rtol=1e-6)
+        m.w.copy_(torch.tensor([0.0, 5.0, 2.0, -1.0]))          # w[1] the nearest, w[2] past ranks, w[3] the rest
+        got = m(torch.tensor([0]))[0].numpy()
+    want = np.log1p(pop) + B.RANKER_START_GENRE * in_genre[0] + np.array([-1.0, 5.0, 2.0, -1.0])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_fit_neighbour_ranks_learns_the_nearest_neighbour_and_keeps_the_best_epoch():
+    """Next plays that are always the context's nearest in-genre neighbour: w[1] rises above every other rank's
+    weight; the model comes back at the epoch of the lowest validation cross-entropy, which the trace records."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 2))
+    genre = np.repeat([0, 1, 2], 10)
+    in_genre = genre[:, None] == genre[None, :]
+    rank = B.neighbour_ranks(x, in_genre, ranks=B.RANKER_RANKS).numpy()
+    nearest = {c: int(np.argmin(rank[c])) for c in range(30)}
+    train = [(c, nearest[c]) for c in range(30)] * 20
+    val = [(c, nearest[c]) for c in range(0, 30, 3)]
+    m, trace = B.fit_neighbour_ranks(x, np.ones(30), in_genre, np.zeros((30, 30)), train, val, epochs=4, lr=0.1,
+                                     batch=32, seed=0)
+    assert sorted(trace) == [1, 2, 3, 4] and trace[4] < trace[1]
+    assert m.w[1] > m.w[2:].max()                       # the nearest neighbour's weight above every farther one
+    v_ctx, v_nxt = torch.tensor([c for c, _ in val]), torch.tensor([t for _, t in val])
+    with torch.no_grad():
+        kept = float(B.next_loss(m(v_ctx), v_ctx, v_nxt))
+    assert abs(kept - min(trace.values())) < 1e-6        # the returned weights are the kept epoch's
+    # deterministic: the same seed, the same weights
+    m2, trace2 = B.fit_neighbour_ranks(x, np.ones(30), in_genre, np.zeros((30, 30)), train, val, epochs=4, lr=0.1,
+                                       batch=32, seed=0)
+    assert trace2 == trace and torch.equal(m2.w, m.w)
+    with pytest.raises(B.UserError):
+        B.fit_neighbour_ranks(x, np.ones(30), in_genre, np.zeros((30, 30)), train, [], epochs=1)
+
+
+def test_neighbour_ranks_reads_co_listening_with_its_power():
+    """With colisten: + lam log(1 + n_ct), lam 0 at the start (the form without it) and trainable."""
+    x, pop = np.array([[0.0], [1.0], [3.0]]), np.zeros(3)
+    co = np.array([[0, 3, 0], [3, 0, 1], [0, 1, 0]], dtype=float)
+    m = B.NeighbourRanks(x, pop, np.ones((3, 3), bool), ranks=1, colisten=co)
+    plain = B.NeighbourRanks(x, pop, np.ones((3, 3), bool), ranks=1)
+    assert m.lam.requires_grad and not plain.lam.requires_grad
+    with torch.no_grad():
+        assert torch.equal(m(torch.tensor([0, 1])), plain(torch.tensor([0, 1])))
+        m.lam.fill_(2.0)
+        got = m(torch.tensor([0]))[0] - plain(torch.tensor([0]))[0]
+    np.testing.assert_allclose(got.numpy(), [0.0, 2 * np.log(4.0), 0.0], rtol=1e-6)

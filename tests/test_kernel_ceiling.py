@@ -38,7 +38,7 @@ def test_learned_kernel_starts_at_content_x_popularity():
 
 def test_next_loss_masks_the_context():
     m = KC.LearnedKernel(np.array([[0.0], [1.0], [2.0]]), np.zeros(3), np.ones((3, 3), bool), tau=1.0)
-    loss = KC.next_loss(m(torch.tensor([0])), torch.tensor([0]), torch.tensor([1]))
+    loss = B.next_loss(m(torch.tensor([0])), torch.tensor([0]), torch.tensor([1]))
     # scores after context 0: [masked, 20 - 1, 20 - 4]: -log(e^-1 / (e^-1 + e^-4))
     assert abs(loss.item() - np.log1p(np.exp(-3.0))) < 1e-5
 
@@ -50,38 +50,13 @@ def test_fit_epochs_keeps_every_epoch_and_fit_best_epoch_picks_from_them():
 
     def run(fit):
         m = KC.LearnedKernel(x, np.zeros(4), np.ones((4, 4), bool), tau=1.0)
-        return m, fit(m, len(ctx), lambda i: KC.next_loss(m(ctx[i]), ctx[i], nxt[i]),
-                      lambda mm: float(KC.next_loss(mm(ctx), ctx, nxt)), 3, 0.1, 5, 0)
+        return m, fit(m, len(ctx), lambda i: B.next_loss(m(ctx[i]), ctx[i], nxt[i]),
+                      lambda mm: float(B.next_loss(mm(ctx), ctx, nxt)), 3, 0.1, 5, 0)
 
-    m, (scores, states) = run(IC.fit_epochs)
+    m, (scores, states) = run(B.fit_epochs)
     assert sorted(scores) == [1, 2, 3] and sorted(states) == [1, 2, 3]
     assert scores[3] < scores[1]                                         # the training loss falls
     assert not torch.equal(states[1]["A"], states[3]["A"])               # copies, not the live tensors
     # fit_best_epoch: the same seeded run, left at the epoch of the largest select value (here the loss: epoch 1)
     _, (m2, scores2) = run(IC.fit_best_epoch)
     assert scores2 == scores and torch.equal(m2.A, states[1]["A"]) and torch.equal(m2.b, states[1]["b"])
-
-
-def test_neighbour_ranks_by_hand():
-    x = np.array([[0.0], [1.0], [3.0], [0.5]])
-    in_genre = np.array([[1, 1, 1, 0]] * 3 + [[0, 0, 0, 1]]) > 0          # tracks 0-2 one genre, 3 another
-    # context 0: track 1 nearest (1), track 2 second, past ranks=1 (2); itself and track 3 the last bucket (3)
-    want = [[3, 1, 2, 3], [1, 3, 2, 3], [2, 1, 3, 3], [3, 3, 3, 3]]
-    assert KC.neighbour_ranks(x, in_genre, ranks=1).tolist() == want
-    assert KC.neighbour_ranks(x, in_genre, ranks=5).tolist()[0] == [7, 1, 2, 7]
-    # equal distances: the lower row ranks first
-    assert KC.neighbour_ranks(np.array([[0.0], [1.0], [-1.0]]), np.ones((3, 3), bool), ranks=5).tolist()[0] == \
-        [7, 1, 2]
-
-
-def test_neighbour_ranks_model_starts_at_genre_popularity_and_reads_its_weights():
-    x, pop = np.array([[0.0], [1.0], [3.0], [0.5]]), np.array([4.0, 0.0, 9.0, 1.0])
-    in_genre = np.array([[1, 1, 1, 0]] * 3 + [[0, 0, 0, 1]]) > 0
-    m = KC.NeighbourRanks(x, pop, in_genre, ranks=1)
-    with torch.no_grad():
-        np.testing.assert_allclose(m(torch.tensor([0]))[0].numpy(), np.log1p(pop) + KC.START_GENRE * in_genre[0],
-                                   rtol=1e-6)
-        m.w.copy_(torch.tensor([0.0, 5.0, 2.0, -1.0]))          # w[1] the nearest, w[2] past ranks, w[3] the rest
-        got = m(torch.tensor([0]))[0].numpy()
-    want = np.log1p(pop) + KC.START_GENRE * in_genre[0] + np.array([-1.0, 5.0, 2.0, -1.0])
-    np.testing.assert_allclose(got, want, rtol=1e-6)

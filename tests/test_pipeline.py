@@ -143,8 +143,8 @@ def test_results_cover_every_system_and_metric(demo_run):
     res = json.load(open(os.path.join(run, "eval/results.json")))
     nxt = res["ranking"]["next_track"]
     assert set(nxt) >= {"random", "popularity", "genre popularity", "content kNN", "genre content kNN",
-                        "content x popularity", "content x co-listening", "item kNN", "SASRec", "MiniLM",
-                        "LLM base", "SFT", "DPO"}
+                        "content x popularity", "content x co-listening", "neighbour ranks x co-listening",
+                        "item kNN", "SASRec", "MiniLM", "LLM base", "SFT", "DPO"}
     cp = res["content_popularity"]      # its kernel width, chosen on validation next plays: every one of them
     code_row = val_next.catalogue_codes(json.load(open(os.path.join(run, "sft_data/meta.json"))))[3]
     n_val = len(E.val_next_examples(os.path.join(run, "sft_data"), code_row))
@@ -155,6 +155,11 @@ def test_results_cover_every_system_and_metric(demo_run):
     assert cc["validation_hit@10"][f"{cc['tau']:g},{cc['lambda']:g}"] == max(cc["validation_hit@10"].values())
     # lam 0 is content x popularity itself: the grid's best is at least the width's best
     assert max(cc["validation_hit@10"].values()) >= max(cp["validation_hit@10"].values())
+    nr = res["neighbour_ranks"]         # the learned ranker: fitted on the training next plays, its epoch the
+    n_train = len(E.val_next_examples(os.path.join(run, "sft_data"), code_row, name="train.jsonl"))   # best there
+    assert nr["train_plays"] == n_train > 0 and nr["validation_plays"] == n_val
+    ce = {int(e): v for e, v in nr["validation_cross_entropy"].items()}
+    assert sorted(ce) == list(range(1, E.RANKER_EPOCHS + 1)) and ce[nr["kept_epoch"]] == min(ce.values())
     assert set(res["ranking"]["attributes"]) >= {"random", "popularity", "genre popularity", "MiniLM", "LLM base",
                                                  "SFT", "DPO"}
     assert res["ranking_method"] == "exact"                                      # a small catalogue: exact top K
@@ -169,6 +174,10 @@ def test_results_cover_every_system_and_metric(demo_run):
         assert best["name"] not in ("SFT", "DPO", "LLM base")
         assert f"{test}: SFT - {best['name']} ({best['metric']})" in res["paired"]
         assert f"{test}: DPO - {best['name']} ({best['metric']})" in res["paired"]
+        for m, name in best.get("by_metric", {}).items():                         # the bar of each metric
+            assert name not in ("SFT", "DPO", "LLM base") and f"{test}: SFT - {name} ({m})" in res["paired"]
+            assert f"{test}: SFT - {name} ({m})" in r.stdout
+    assert set(res["strongest_baseline"]["next_track"]["by_metric"]) == {"hit@10", "ndcg@10"}
     for h in res["hallucination"].values():
         assert set(h) >= {"malformed@1", "invalid@1", "malformed@10", "invalid@10"}
     assert res["hallucination_prompts"] == 4 and set(res["hallucination_ci"]) == set(res["hallucination"])
