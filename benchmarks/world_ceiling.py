@@ -184,7 +184,8 @@ def main(argv=None):
     table = {"next_track": [], "preferences": []}
     for task, metric in (("next_track", "hit@10"), ("next_track", "ndcg@10"), ("preferences", None)):
         print(f"\n{task} {metric or 'accuracy'}")
-        print(f"  {'system':28s} {'value (95% interval)':>26s}   {'planted, known - system':>26s}   "
+        w = max(28, *(len(n) for n in per_query[task]))      # the longest name in line
+        print(f"  {'system':{w}s} {'value (95% interval)':>26s}   {'planted, known - system':>26s}   "
               f"{'planted, averaged - system':>26s}")
         systems = {**{k: (v[metric] if metric else v) for k, v in rows[task].items()},
                    **{k: (v[metric] if metric else v) for k, v in per_query[task].items()}}
@@ -194,7 +195,7 @@ def main(argv=None):
             diffs = [metrics.paired_bootstrap(systems[ref], vals, args.n_boot) if name not in rows[task] else None
                      for ref in rows[task]]
             cells = ["-" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for d in diffs]
-            print(f"  {name:28s} {ci[0]:>8.3f} [{ci[1]:.3f}, {ci[2]:.3f}]   {cells[0]:>26s}   {cells[1]:>26s}")
+            print(f"  {name:{w}s} {ci[0]:>8.3f} [{ci[1]:.3f}, {ci[2]:.3f}]   {cells[0]:>26s}   {cells[1]:>26s}")
             table[task].append({"system": name, "metric": metric or "accuracy", "mean": ci[0], "lo": ci[1],
                                 "hi": ci[2], "planted_known_minus": diffs[0], "planted_averaged_minus": diffs[1]})
     if args.out:
