@@ -324,12 +324,23 @@ class AnswerFeatures(nn.Module):
     plain one (B = 0 of LoRA). A code no track has under p reads xbar = 0; level 0 (no prefix) is left as it is:
     its 32 codes each lead to ~60 tracks, and every answer trains them.
 
+    With kernel=True (sft.py --answer-kernel) each such logit also gets the two terms of a Gaussian kernel's log
+    that h . W xbar cannot give, as a learned kernel over the context's and candidate's vectors scores (benchmarks/
+    kernel_ceiling.py's eq. (2): b_t - ||A (x_t - x_c)||^2 = b_t - x_t' A'A x_t + 2 x_c' A'A x_t - const):
+
+        logit[l, c] += beta_l(p + c) - xbar' S_l xbar,    beta_l (C_l + 1,), S_l (D, D), both zero at the start,
+
+    beta a bias per ID prefix (at the last level one per track: the kernel's b_t, which code rows shared by many
+    tracks cannot hold; the zeros row's, every code that leads to no track) and S the candidate's own quadratic
+    term (-||A x_t||^2, unconstrained: S starts at 0, where -||V x||^2 would have no gradient). The cross term is
+    h . W xbar's, with h able to carry the context's vector (TrackFeatures).
+
     vectors (N, D), codes (N, L) as TrackFeatures'. Per level l >= 1 the tables: keys_l (P_l,) the sorted id_key of
     each l-prefix some track has; kids_l (P_l, K) the row in means_l ((C_l + 1, D), the last row zeros) of each
     child's mean vector, C_l the number of (l + 1)-prefixes.
     """
 
-    def __init__(self, vectors, codes, codebook_size, hidden):
+    def __init__(self, vectors, codes, codebook_size, hidden, kernel=False):
         super().__init__()
         vectors = torch.as_tensor(vectors, dtype=torch.float32)
         codes = torch.as_tensor(codes, dtype=torch.long)
@@ -349,6 +360,11 @@ class AnswerFeatures(nn.Module):
             self.register_buffer(f"kids_{l}", kids)
             self.register_buffer(f"means_{l}", means)
         self.proj = nn.Parameter(torch.zeros(L - 1, hidden, D))          # W_1 .. W_{L-1}
+        self.kernel = kernel
+        if kernel:
+            self.quad = nn.Parameter(torch.zeros(L - 1, D, D))            # S_1 .. S_{L-1}
+            for l in range(1, L):                                          # beta_l, one per row of means_l
+                self.register_parameter(f"node_bias_{l}", nn.Parameter(torch.zeros(len(getattr(self, f"means_{l}")))))
 
     def level_and_prefix(self, prev, offset):
         """prev (M, n) the tokens up to and including each scoring position (-1: none) -> (M,) the level l its
@@ -382,8 +398,17 @@ class AnswerFeatures(nn.Module):
             found = keys[at] == key
             rows = torch.where(found[:, None], kids[at], torch.full_like(kids[at], len(means) - 1))    # (m, K)
             u = h[m] @ self.proj[l - 1]                                                              # (m, D)
-            out = out.index_put((m, torch.full_like(m, l)), (means[rows] * u[:, None, :]).sum(-1))    # (m, K)
+            add = (means[rows] * u[:, None, :]).sum(-1)                                             # (m, K)
+            if self.kernel:   # beta(p + c) - xbar' S xbar: the same for every context, so once per distinct child
+                x = means
+                per_child = getattr(self, f"node_bias_{l}") - ((x @ self.quad[l - 1]) * x).sum(-1)   # (C_l + 1,)
+                add = add + per_child[rows]
+            out = out.index_put((m, torch.full_like(m, l)), add)
         return out
+
+    def kernel_parameters(self):
+        """The kernel terms' tensors (S, every beta_l), [] without them: trained at the ID rows' rate."""
+        return [self.quad] + [getattr(self, f"node_bias_{l}") for l in range(1, self.levels)] if self.kernel else []
 
 
 def id_key(codes, k):
@@ -514,11 +539,12 @@ def add_track_features(model, vocab, vectors, codes):
     return vocab
 
 
-def add_answer_features(model, vectors, codes):
-    """Give the model's head AnswerFeatures: vectors (N, D), codes (N, L) as add_track_features'."""
+def add_answer_features(model, vectors, codes, kernel=False):
+    """Give the model's head AnswerFeatures: vectors (N, D), codes (N, L) as add_track_features'; kernel: its
+    kernel terms too."""
     head = model.lm_head
     head.answer_features = AnswerFeatures(vectors, codes, head.new_rows.shape[0] // codes.shape[1],
-                                          head.new_rows.shape[1]).to(head.new_rows.device)
+                                          head.new_rows.shape[1], kernel=kernel).to(head.new_rows.device)
     return head.answer_features
 
 
@@ -527,6 +553,13 @@ def track_feature_parameters(model):
     tf = model.get_input_embeddings().track_features
     af = getattr(model.lm_head, "answer_features", None)
     return ([] if tf is None else list(tf.proj.parameters())) + ([] if af is None else [af.proj])
+
+
+def answer_kernel_parameters(model):
+    """AnswerFeatures' kernel terms (per-prefix biases and S), [] without them: numbers that start at 0 and, like
+    the ID rows, must move far in few steps (kernel_ceiling.py fits their like at Adam's 0.02)."""
+    af = getattr(model.lm_head, "answer_features", None)
+    return [] if af is None else af.kernel_parameters()
 
 
 def id_rows_from_descriptions(weight, track_tokens, codes, codebook_size):
@@ -620,6 +653,9 @@ def id_rows_state(model):
         out.update({"answer_features.vectors": af.vectors.cpu().clone(),
                     "answer_features.codes": af.codes.cpu().clone(),
                     "answer_features.proj": af.proj.detach().float().cpu().clone()})
+        if af.kernel:
+            out.update({f"answer_features.{n}": p.detach().float().cpu().clone()
+                        for n, p in af.named_parameters() if n != "proj"})
     return out
 
 
@@ -678,9 +714,11 @@ def load_policy(base_path, adapter=None, levels=None, codebook_size=None, id_tab
         if "track_features.vectors" in state:
             load_track_features(model, vocab, state)
         if "answer_features.proj" in state:
-            af = add_answer_features(model, state["answer_features.vectors"], state["answer_features.codes"])
+            af = add_answer_features(model, state["answer_features.vectors"], state["answer_features.codes"],
+                                     kernel="answer_features.quad" in state)
             with torch.no_grad():
-                af.proj.copy_(state["answer_features.proj"])
+                for n, p in af.named_parameters():
+                    p.copy_(state[f"answer_features.{n}"])
         model.to(device)
     return model, tokenizer, vocab
 

@@ -58,6 +58,9 @@ TRACK_VECTORS: bool = False    # a track's own vector after its ID in a prompt (
 ANSWER_VECTORS: bool = False   # the head scores an ID's codes by its tracks' vectors too (model.AnswerFeatures):
                                # the next play's likelihood up, HR@10 not (EXPERIMENTS.md, "The candidate's own
                                # vector in the head"): not the default
+ANSWER_KERNEL: bool = False    # --answer-vectors plus a bias per ID prefix and the candidate's quadratic term (the
+                               # learned kernel's b_t and -||A x_t||^2): ranked as --answer-vectors alone (EXPERIMENTS.md,
+                               # "The learned kernel's terms in the head"): not the default
 ID_INITS = ("mean", "descriptions", "codebook")
 ID_INIT: str = "mean"          # where the new ID rows start (--id-init; "descriptions", "codebook" measured no better)
 UNTIE_ID_ROWS: bool = False    # the head's ID rows apart from the prompt's (model.add_id_tokens): attribute requests
@@ -653,8 +656,8 @@ def build_policy(args, meta, device, id_init="mean", init_adapter="", track=None
     if args.track_vectors:
         M.add_track_features(model, vocab, *(track or track_vectors_of(meta)))
     if args.answer_vectors:
-        M.add_answer_features(model, *(track or track_vectors_of(meta)))
-    for p in M.id_parameters(model) + M.track_feature_parameters(model):
+        M.add_answer_features(model, *(track or track_vectors_of(meta)), kernel=args.answer_kernel)
+    for p in M.id_parameters(model) + M.track_feature_parameters(model) + M.answer_kernel_parameters(model):
         p.requires_grad_(True)
     model.to(device)
     return model, tokenizer, vocab
@@ -681,8 +684,11 @@ def policy_from_adapter(args, meta, device, init_adapter, id_init="mean", track=
     if args.track_vectors and model.get_input_embeddings().track_features is None:   # an adapter without the token
         M.add_track_features(model, vocab, *(track or track_vectors_of(meta)))
     if args.answer_vectors and model.lm_head.answer_features is None:   # an adapter trained without them
-        M.add_answer_features(model, *(track or track_vectors_of(meta))).to(device)
-    for p in M.id_parameters(model) + M.track_feature_parameters(model):
+        M.add_answer_features(model, *(track or track_vectors_of(meta)), kernel=args.answer_kernel).to(device)
+    if args.answer_kernel and not model.lm_head.answer_features.kernel:
+        raise UserError(f"--init-adapter {init_adapter}: its answer features have no kernel terms; drop "
+                        "--answer-kernel or start without the adapter")
+    for p in M.id_parameters(model) + M.track_feature_parameters(model) + M.answer_kernel_parameters(model):
         p.requires_grad_(True)
     return model, tokenizer, vocab
 
@@ -700,11 +706,13 @@ def make_optimizer(model, lr, id_lr, weight_decay=WEIGHT_DECAY, id_bias_lr=0.0, 
     track_lr, None: the LoRA's rate)."""
     bias = model.lm_head.id_bias
     track = M.track_feature_parameters(model)
-    own = {id(p) for p in M.id_parameters(model) + track} | {id(bias)}
+    kernel = M.answer_kernel_parameters(model)
+    own = {id(p) for p in M.id_parameters(model) + track + kernel} | {id(bias)}
     groups = [
         {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own], "lr": lr},
-        # optimizer state exists only for these rows, never for the full embedding
-        {"params": [p for p in M.id_parameters(model) if p.requires_grad], "lr": id_lr},
+        # optimizer state exists only for these rows, never for the full embedding; the answer kernel's numbers
+        # start at 0 and must move as far as the rows do
+        {"params": [p for p in M.id_parameters(model) + kernel if p.requires_grad], "lr": id_lr},
         {"params": [p for p in track if p.requires_grad], "lr": lr if track_lr is None else track_lr},
     ]
     if id_bias_lr > 0:   # one number per code moves at a rate no (L*K, H) row could take
@@ -1012,6 +1020,15 @@ def parse_args(argv=None):
                         "the next plays alone for 1,440 steps it lowered the validation loss on three worlds but "
                         "ranked next tracks no better (HR@10 -0.025 to +0.035, intervals across 0; EXPERIMENTS.md, "
                         "'The candidate's own vector in the head')")
+    p.add_argument("--answer-kernel", action="store_true", default=ANSWER_KERNEL,
+                   help="with --answer-vectors: each code's logit also gets a bias of its ID prefix (at the last code "
+                        "one per track) minus a learned quadratic form of the prefix's mean vector, both zero at the "
+                        "start and trained at --id-lr: with h . W xbar the terms of a learned Gaussian kernel between "
+                        "the context's vector and the candidate's (model.AnswerFeatures), which on the model's own "
+                        "vectors ranked 0.028-0.056 HR@10 above it (benchmarks/kernel_ceiling.py --features vectors). "
+                        "Off: on the next plays alone for 1,440 steps it ranked as --answer-vectors alone, HR@10 "
+                        "+0.003 [-0.012, +0.016] (seed 0, 1,000 validation queries; EXPERIMENTS.md, 'The learned "
+                        "kernel's terms in the head')")
     p.add_argument("--track-lr", type=float, default=None,
                    help="peak learning rate of the track-vector projection and of --answer-vectors' W (default: "
                         "--lr's, as the LoRA matrices, which they resemble: matrices that start at zero)")
@@ -1070,6 +1087,8 @@ def parse_args(argv=None):
                 "--answers-per-prompt runs the group's examples under one prompt: use one or the other")
     if args.answers_per_prompt < 1:
         p.error(f"--answers-per-prompt {args.answers_per_prompt}: at least 1 (1: every example its own prompt)")
+    if args.answer_kernel and not args.answer_vectors:
+        p.error("--answer-kernel adds terms to --answer-vectors' head: pass both")
     return args
 
 

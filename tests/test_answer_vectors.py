@@ -196,3 +196,52 @@ def test_init_adapter_keeps_its_answer_features_and_adds_what_is_asked(tiny_smol
     M.save_policy(again, vocab, str(tmp_path / "both"), tiny_smol, "sha")
     both, _, _ = M.load_policy(tiny_smol, adapter=str(tmp_path / "both"))
     assert both.get_input_embeddings().track_features is not None and both.lm_head.answer_features is not None
+
+
+def test_kernel_terms_by_hand_and_zero_at_the_start():
+    """--answer-kernel: + beta(p + c) - xbar' S xbar at the level each row continues; at the start (beta, S = 0)
+    the same scores as the head without them."""
+    af = M.AnswerFeatures(VECTORS, CODES, codebook_size=4, hidden=3, kernel=True)
+    plain = M.AnswerFeatures(VECTORS, CODES, codebook_size=4, hidden=3)
+    assert [p.shape for p in af.kernel_parameters()] == [(2, 2, 2), (len(af.means_1),), (len(af.means_2),)]
+    assert plain.kernel_parameters() == [] and not any(p.any() for p in af.kernel_parameters())
+    with torch.no_grad():
+        for m in (af, plain):
+            m.proj[0] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+            m.proj[1] = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, -1.0]])
+    off = 100
+    h = torch.tensor([[1.0, 2.0, 3.0], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    prev = torch.tensor([[-1, off + 0], [off + 0, off + 4 + 1], [off + 4 + 1, off + 8 + 2]])
+    assert torch.equal(af(h, prev, off), plain(h, prev, off))
+    with torch.no_grad():
+        af.quad[1] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])               # S_2: x' S x = x_0^2
+        kids = af.kids_2[0]                                                 # after (0, 1): codes 2, 3 tracks 0, 1
+        af.node_bias_2[kids[2]], af.node_bias_2[kids[3]] = 0.5, -1.0
+        af.node_bias_2[len(af.means_2) - 1] = -3.0                          # codes that lead to no track
+    out = af(h, prev, off)
+    # row 1, level 2 after (0, 1): h . W xbar [., ., 2, 4] (test above); code 2, track 0 [1, 0]: 2 + 0.5 - 1;
+    # code 3, track 1 [3, 2]: 4 - 1 - 9; codes 0 and 1 lead to no track: -3
+    assert out[1].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [-3.0, -3.0, 1.5, -6.0]]
+    assert out[0].tolist() == [[0, 0, 0, 0], [0.0, 13.0, -5.0, 0.0], [0, 0, 0, 0]]    # level 1: S_1, beta_1 = 0
+    assert not out[2].any()
+
+
+def test_answer_kernel_trains_at_the_id_rate_and_the_adapter_carries_it(tiny_smol, tmp_path):
+    with pytest.raises(SystemExit):                                         # the kernel terms need the features
+        sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--answer-kernel"])
+    args = sft.parse_args(["--data", "x", "--out", "y", "--model", tiny_smol, "--answer-vectors", "--answer-kernel"])
+    model, _, vocab = sft.build_policy(args, {"levels": 3, "codebook_size": 4}, "cpu", track=(VECTORS, CODES))
+    af = model.lm_head.answer_features
+    kernel = M.answer_kernel_parameters(model)
+    assert af.kernel and len(kernel) == 3 and all(p.requires_grad for p in kernel)
+    opt = sft.make_optimizer(model, lr=1e-3, id_lr=1e-2)
+    group = next(g for g in opt.param_groups if any(p is kernel[0] for p in g["params"]))
+    assert group["lr"] == 1e-2 and all(any(p is q for q in group["params"]) for p in kernel)
+    with torch.no_grad():
+        for p in kernel:
+            p.normal_(generator=torch.Generator().manual_seed(0))
+    M.save_policy(model, vocab, str(tmp_path / "adapter"), tiny_smol, "sha")
+    again, _, _ = M.load_policy(tiny_smol, adapter=str(tmp_path / "adapter"))
+    assert again.lm_head.answer_features.kernel
+    for p, q in zip(M.answer_kernel_parameters(again), kernel):
+        assert torch.equal(p, q.detach())
