@@ -211,9 +211,13 @@ class NeighbourRanks(torch.nn.Module):
     def __init__(self, x, popularity, in_genre, ranks=RANKER_RANKS, start_genre=RANKER_START_GENRE, colisten=None):
         super().__init__()
         self.log_colisten = None if colisten is None else torch.log1p(torch.as_tensor(colisten, dtype=torch.float32))
-        self.lam = torch.nn.Parameter(torch.tensor(0.0), requires_grad=colisten is not None)
         self.register_buffer("rank", neighbour_ranks(np.asarray(x, np.float64), in_genre, ranks))     # (N, N)
         self.register_buffer("in_genre", torch.as_tensor(in_genre, dtype=torch.float32))
+        self.init_numbers(popularity, ranks, start_genre, colisten is not None)
+
+    def init_numbers(self, popularity, ranks, start_genre, with_colisten):
+        """The learned numbers, at the start described above."""
+        self.lam = torch.nn.Parameter(torch.tensor(0.0), requires_grad=with_colisten)
         # w[r] for ranks 1..ranks, past them, another genre; w[0] unused, as ranks count from 1, the nearest
         self.w = torch.nn.Parameter(torch.zeros(ranks + 3))
         self.b = torch.nn.Parameter(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
@@ -223,6 +227,81 @@ class NeighbourRanks(torch.nn.Module):
         """ctx (B,) context rows -> (B, N) scores; the context itself is left in (the rankers exclude it)."""
         s = self.g * self.in_genre[ctx] + self.b[None, :] + self.w[self.rank[ctx]]
         return s if self.log_colisten is None else s + self.lam * self.log_colisten[ctx]
+
+
+def genre_neighbours(x, members, primary, ranks=RANKER_RANKS, chunk=256):
+    """(N, ranks) long: row c the `ranks` nearest other tracks listing c's primary genre by distance to x_c, nearest
+    first (ties to the lower row), -1 past the genre's size: the first `ranks` columns of neighbour_ranks' table,
+    kept as lists (N x ranks) rather than a table (N x N). x (N, D); members (N, G) bool, track t lists genre g;
+    primary (N,) each track's first genre (its row of in_genre is members[:, primary[c]]).
+
+    >>> genre_neighbours(np.array([[0.0], [1.0], [3.0], [0.5]]), np.array([[1], [1], [1], [0]]) > 0,
+    ...                  np.array([0, 0, 0, 0]), ranks=3).tolist()
+    [[1, 2, -1], [0, 2, -1], [1, 0, -1], [0, 1, 2]]
+    """
+    x = np.asarray(x, np.float64)
+    out = np.full((len(x), ranks), -1, dtype=np.int64)
+    for g in np.unique(primary):
+        mem = np.flatnonzero(members[:, g])                                     # ascending: ties to the lower row
+        for cs in np.array_split(np.flatnonzero(primary == g), max(1, -(-np.sum(primary == g) // chunk))):
+            d = ((x[cs][:, None, :] - x[mem][None, :, :]) ** 2).sum(-1)         # (c, |mem|) as neighbour_ranks'
+            at = np.searchsorted(mem, cs)
+            own = (at < len(mem)) & (mem[np.minimum(at, len(mem) - 1)] == cs)
+            d[np.flatnonzero(own), at[own]] = np.inf                            # not its own neighbour
+            order = np.argsort(d, axis=1, kind="stable")[:, :ranks]
+            near = np.where(np.isfinite(np.take_along_axis(d, order, 1)), mem[order], -1)
+            out[cs, :near.shape[1]] = near
+    return out
+
+
+class NeighbourRanksSparse(NeighbourRanks):
+    """NeighbourRanks without (N, N) tables, for catalogues where they would not fit: the same numbers and the same
+    scores to the bit (tests/test_baselines.py). It keeps each track's `ranks` nearest in-genre neighbours
+    (genre_neighbours, N x ranks), the genres' members (N, G) and the co-listening counts as sparse rows (CSR), and
+    builds each batch's rows of the rank and co-listening tables from them.
+
+    members (N, G) bool, primary (N,) as genre_neighbours'; cooc {i: {j: count}} (colisten_counts') or None.
+    """
+
+    def __init__(self, x, popularity, members, primary, ranks=RANKER_RANKS, start_genre=RANKER_START_GENRE,
+                 cooc=None):
+        torch.nn.Module.__init__(self)
+        self.ranks = ranks
+        self.register_buffer("neighbours", torch.as_tensor(genre_neighbours(x, members, primary, ranks)))
+        self.register_buffer("members", torch.as_tensor(np.asarray(members, bool)))
+        self.register_buffer("primary", torch.as_tensor(np.asarray(primary, np.int64)))
+        self.log_colisten = None
+        if cooc is not None:
+            rows = [sorted(cooc.get(i, {}).items()) for i in range(len(popularity))]
+            self.co_ptr = torch.as_tensor(np.cumsum([0] + [len(r) for r in rows]), dtype=torch.long)
+            self.co_col = torch.as_tensor([j for r in rows for j, _ in r], dtype=torch.long)
+            self.co_val = torch.as_tensor([c for r in rows for _, c in r], dtype=torch.float64).float()
+        self.init_numbers(popularity, ranks, start_genre, cooc is not None)
+
+    def rank_rows(self, ctx, same):
+        """(B, N) long: the contexts' rows of neighbour_ranks' table."""
+        B, R = len(ctx), self.ranks
+        r = torch.where(same, R + 1, R + 2)                                   # in the genre past the lists; others
+        r[torch.arange(B), ctx] = R + 2                                       # the context itself
+        nb = self.neighbours[ctx]                                             # (B, R)
+        ok = nb >= 0
+        r[torch.arange(B)[:, None].expand_as(nb)[ok], nb[ok]] = torch.arange(1, R + 1).expand_as(nb)[ok]
+        return r
+
+    def log_colisten_rows(self, ctx):
+        """(B, N) float32 log(1 + n_ct) of the contexts' co-listening rows."""
+        start, count = self.co_ptr[ctx], self.co_ptr[ctx + 1] - self.co_ptr[ctx]
+        row = torch.repeat_interleave(torch.arange(len(ctx)), count)
+        at = torch.repeat_interleave(start - torch.cumsum(count, 0) + count, count) + torch.arange(int(count.sum()))
+        out = torch.zeros(len(ctx), len(self.b))
+        out[row, self.co_col[at]] = self.co_val[at]
+        return torch.log1p(out)
+
+    def forward(self, ctx):
+        """ctx (B,) context rows -> (B, N) scores, as NeighbourRanks.forward computes them."""
+        same = self.members[:, self.primary[ctx]].T                           # (B, N) the context's genre row
+        s = self.g * same.float() + self.b[None, :] + self.w[self.rank_rows(ctx, same)]
+        return s if not self.lam.requires_grad else s + self.lam * self.log_colisten_rows(ctx)
 
 
 def next_loss(s, ctx, nxt):
@@ -252,22 +331,27 @@ def fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
     return scores, states
 
 
-def fit_neighbour_ranks(x, popularity, in_genre, colisten, train, val, epochs=RANKER_EPOCHS, lr=RANKER_LR,
-                        batch=RANKER_BATCH, seed=0):
-    """neighbour ranks x co-listening fitted to next plays: (model at the epoch of the lowest validation cross-entropy,
-    {epoch: validation cross-entropy}).
+def mean_next_loss(m, ctx, nxt, chunk=None):
+    """next_loss of all the plays (ctx, nxt) under model m, as a float: one forward (chunk None) or `chunk` contexts
+    at a time, their mean weighted by size (the same mean, to rounding, without a (len(ctx), N) score table)."""
+    if chunk is None:
+        return float(next_loss(m(ctx), ctx, nxt))
+    return sum(float(next_loss(m(c), c, t)) * len(c) for c, t in zip(ctx.split(chunk), nxt.split(chunk))) / len(ctx)
+
+
+def fit_neighbour_ranks(m, train, val, epochs=RANKER_EPOCHS, lr=RANKER_LR, batch=RANKER_BATCH, seed=0, chunk=None):
+    """neighbour ranks x co-listening, m a NeighbourRanks (or NeighbourRanksSparse) at its start, fitted to next plays:
+    (m at the epoch of the lowest validation cross-entropy, {epoch: validation cross-entropy}).
 
     train, val: [(context row, next row)], the training window's next plays and the validation window's (the epoch
-    is chosen on these, as sft.py keeps its best validation loss). x (N, D) features, popularity (N,), in_genre and
-    colisten (N, N) as NeighbourRanks reads them.
+    is chosen on these, as sft.py keeps its best validation loss); chunk: mean_next_loss's, for the validation.
     """
     if not train or not val:
         raise UserError("the learned ranker needs training and validation next plays (data.py sft writes them)")
-    m = NeighbourRanks(x, popularity, in_genre, colisten=colisten)
     ctx, nxt = (torch.tensor(v) for v in zip(*train))
     v_ctx, v_nxt = (torch.tensor(v) for v in zip(*val))
     trace, states = fit_epochs(m, len(train), lambda i: next_loss(m(ctx[i]), ctx[i], nxt[i]),
-                               lambda mm: float(next_loss(mm(v_ctx), v_ctx, v_nxt)), epochs, lr, batch, seed)
+                               lambda mm: mean_next_loss(mm, v_ctx, v_nxt, chunk), epochs, lr, batch, seed)
     m.load_state_dict(states[min(trace, key=trace.get)], strict=False)       # ties: the first such epoch
     return m, trace
 

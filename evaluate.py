@@ -63,9 +63,9 @@ HALLUCINATION_PROMPTS: int = 0  # test prompts decoded without constraints, per 
                                 # hallucinated answer is 2.5%
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
 RANKER_EPOCHS: int = B.RANKER_EPOCHS   # epochs of neighbour ranks x co-listening (baselines.fit_neighbour_ranks)
-RANKER_MAX_ITEMS: int = 5_000  # largest catalogue it is fitted on: it builds (N, N) tables (about 1 GB at its peak at
+RANKER_DENSE_MAX_ITEMS: int = 5_000   # largest catalogue it builds (N, N) tables for (about 1 GB at their peak at
                                # 5,000 tracks, growing as N^2: far past memory at the real Spotify catalogue's 90,000);
-                               # above, its row is left out
+                               # above, baselines.NeighbourRanksSparse: the same scores, its validation in chunks
 VAL_NEXT: int = 0              # validation next-track examples that choose the content baselines' width and power
                                # (0: every one, the same set whatever else data.py shuffled among them; the first
                                # 500 of the file, the default until 2026-12-06, changed with the number of attribute
@@ -383,28 +383,30 @@ def evaluate(args):
     # the same inputs with every number of their form learned from the training window's next plays by SFT's own
     # objective, the epoch kept by the validation plays' likelihood (as sft.py keeps its best validation loss): the
     # bar for a model that learns from these plays, not only a baseline with two numbers chosen
-    if n_items <= args.ranker_max_items:
-        t_fit = time.time()
+    t_fit = time.time()
+    dense = n_items <= args.ranker_dense_max_items
+    if dense:      # the readable form: (N, N) tables of ranks, genre rows and co-listens
         in_genre = np.stack([genres[g[0]] for g in catalog.genres])                        # (N, N) row c: c's genre
         colisten = np.stack([B.colisten_counts(cooc, c, n_items) for c in range(n_items)])  # (N, N) co-listens n_ct
-        train_next = [(h[-1], r) for _, h, r in val_next_examples(sft_data, id_to_row, name="train.jsonl")]
-        ranker, ranker_ce = B.fit_neighbour_ranks(feats, popularity, in_genre, colisten, train_next,
-                                                  [(c, min(r)) for c, r in val_q], epochs=args.ranker_epochs,
-                                                  seed=args.seed)
-        with torch.no_grad():
-            nr_scores = ranker(torch.tensor([c[0] for c in nxt])).double().numpy()           # (Q, N)
-        scored(NEIGHBOUR_RANKS, "next_track", lambda i: nr_scores[i])
-        ranker_info = {"train_plays": len(train_next), "validation_plays": len(val_q),
-                       "kept_epoch": min(ranker_ce, key=ranker_ce.get), "fit_seconds": round(time.time() - t_fit, 1),
-                       "validation_cross_entropy": {str(e): v for e, v in ranker_ce.items()},
-                       "genre_gain": float(ranker.g.detach()), "colisten_power": float(ranker.lam.detach()),
-                       "rank_weights": [float(v) for v in ranker.w[1:]]}
-        del ranker, nr_scores, in_genre, colisten
-    else:
-        ranker_info = {"left_out": f"{n_items:,} tracks, above --ranker-max-items {args.ranker_max_items:,} (its "
-                                   "(N, N) tables would not fit)"}
-        if ddp.is_main():
-            print(f"{NEIGHBOUR_RANKS}: left out, {ranker_info['left_out']}")
+        ranker = B.NeighbourRanks(feats, popularity, in_genre, colisten=colisten)
+        del in_genre, colisten
+    else:          # the same scores from each track's nearest neighbours and sparse co-listening rows
+        column = {g: k for k, g in enumerate(genres)}
+        ranker = B.NeighbourRanksSparse(feats, popularity, np.stack(list(genres.values()), 1),
+                                        np.array([column[gs[0]] for gs in catalog.genres]), cooc=cooc)
+    train_next = [(h[-1], r) for _, h, r in val_next_examples(sft_data, id_to_row, name="train.jsonl")]
+    ranker, ranker_ce = B.fit_neighbour_ranks(ranker, train_next, [(c, min(r)) for c, r in val_q],
+                                              epochs=args.ranker_epochs, seed=args.seed,
+                                              chunk=None if dense else B.RANKER_BATCH)
+    with torch.no_grad():  # one context at a time: the same scores as a batch's rows, without a (Q, N) table
+        scored(NEIGHBOUR_RANKS, "next_track", lambda i: ranker(torch.tensor([nxt[i][0]]))[0].double().numpy())
+    ranker_info = {"form": "dense" if dense else "sparse", "train_plays": len(train_next),
+                   "validation_plays": len(val_q), "kept_epoch": min(ranker_ce, key=ranker_ce.get),
+                   "fit_seconds": round(time.time() - t_fit, 1),
+                   "validation_cross_entropy": {str(e): v for e, v in ranker_ce.items()},
+                   "genre_gain": float(ranker.g.detach()), "colisten_power": float(ranker.lam.detach()),
+                   "rank_weights": [float(v) for v in ranker.w[1:]]}
+    del ranker
     sasrec_dir = args.sasrec or os.path.join(args.run, "sasrec")
     if os.path.exists(os.path.join(sasrec_dir, "model.safetensors")):
         sas = sasrec.load(sasrec_dir)
@@ -571,9 +573,7 @@ def render_report(results, run):
                   f"width {cc['tau']:g}: the (width, power) of the best HR@10 on the same "
                   f"{cc['validation_queries']} validation examples (results.json: content_colisten).", ""]
     nr = results.get("neighbour_ranks")
-    if nr and "left_out" in nr:
-        lines += [f"{NEIGHBOUR_RANKS}: left out ({nr['left_out']}).", ""]
-    elif nr:
+    if nr:
         lines += [f"{NEIGHBOUR_RANKS}: g [same genre] + b_t + w[rank of t among the context's genre by audio distance] "
                   f"+ {nr['colisten_power']:.2f} log(1 + co-listens with the context), every number learned by "
                   f"softmax cross-entropy over the catalogue on the {nr['train_plays']:,} training next plays "
@@ -775,10 +775,11 @@ def parse_args(argv=None):
                    help="epochs of Adam for the learned baseline neighbour ranks x co-listening, the one of the "
                         "lowest validation cross-entropy kept (default %(default)s: on the demo's three worlds the "
                         "lowest came at epochs 5-6; about 3 s an epoch)")
-    p.add_argument("--ranker-max-items", type=int, default=RANKER_MAX_ITEMS,
-                   help="largest catalogue neighbour ranks x co-listening is fitted on; above it the row is left out "
-                        "and the report says so (default %(default)s: its (N, N) tables take about 1 GB at their peak "
-                        "there and grow as N^2)")
+    p.add_argument("--ranker-dense-max-items", type=int, default=RANKER_DENSE_MAX_ITEMS,
+                   help="largest catalogue for which neighbour ranks x co-listening builds its (N, N) tables (the "
+                        "readable form); above it, a form that keeps each track's nearest neighbours and sparse "
+                        "co-listening rows, the same scores (default %(default)s: the tables take about 1 GB at their "
+                        "peak there and grow as N^2)")
     p.add_argument("--max-attributes", type=int, default=MAX_ATTRIBUTES,
                    help="cap on attribute test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,

@@ -208,8 +208,8 @@ def test_fit_neighbour_ranks_learns_the_nearest_neighbour_and_keeps_the_best_epo
     nearest = {c: int(np.argmin(rank[c])) for c in range(30)}
     train = [(c, nearest[c]) for c in range(30)] * 20
     val = [(c, nearest[c]) for c in range(0, 30, 3)]
-    m, trace = B.fit_neighbour_ranks(x, np.ones(30), in_genre, np.zeros((30, 30)), train, val, epochs=4, lr=0.1,
-                                     batch=32, seed=0)
+    m, trace = B.fit_neighbour_ranks(B.NeighbourRanks(x, np.ones(30), in_genre, colisten=np.zeros((30, 30))), train,
+                                     val, epochs=4, lr=0.1, batch=32, seed=0)
     assert sorted(trace) == [1, 2, 3, 4] and trace[4] < trace[1]
     assert m.w[1] > m.w[2:].max()                       # the nearest neighbour's weight above every farther one
     v_ctx, v_nxt = torch.tensor([c for c, _ in val]), torch.tensor([t for _, t in val])
@@ -217,11 +217,11 @@ def test_fit_neighbour_ranks_learns_the_nearest_neighbour_and_keeps_the_best_epo
         kept = float(B.next_loss(m(v_ctx), v_ctx, v_nxt))
     assert abs(kept - min(trace.values())) < 1e-6        # the returned weights are the kept epoch's
     # deterministic: the same seed, the same weights
-    m2, trace2 = B.fit_neighbour_ranks(x, np.ones(30), in_genre, np.zeros((30, 30)), train, val, epochs=4, lr=0.1,
-                                       batch=32, seed=0)
+    m2, trace2 = B.fit_neighbour_ranks(B.NeighbourRanks(x, np.ones(30), in_genre, colisten=np.zeros((30, 30))),
+                                       train, val, epochs=4, lr=0.1, batch=32, seed=0)
     assert trace2 == trace and torch.equal(m2.w, m.w)
     with pytest.raises(B.UserError):
-        B.fit_neighbour_ranks(x, np.ones(30), in_genre, np.zeros((30, 30)), train, [], epochs=1)
+        B.fit_neighbour_ranks(B.NeighbourRanks(x, np.ones(30), in_genre), train, [], epochs=1)
 
 
 def test_neighbour_ranks_reads_co_listening_with_its_power():
@@ -236,3 +236,42 @@ def test_neighbour_ranks_reads_co_listening_with_its_power():
         m.lam.fill_(2.0)
         got = m(torch.tensor([0]))[0] - plain(torch.tensor([0]))[0]
     np.testing.assert_allclose(got.numpy(), [0.0, 2 * np.log(4.0), 0.0], rtol=1e-6)
+
+
+def test_sparse_neighbour_ranks_is_the_dense_form_to_the_bit():
+    """NeighbourRanksSparse (no (N, N) tables) against NeighbourRanks on a catalogue with tracks in two genres, tied
+    distances and a genre smaller than the ranks kept: the same rank rows, scores, trained numbers and trace."""
+    rng = np.random.default_rng(3)
+    n = 40
+    x = np.round(rng.normal(size=(n, 2)), 1)                                 # rounded: some distances tie
+    primary = rng.integers(0, 3, n)
+    primary[-3:] = 3                                                           # a genre of 3 tracks: fewer than ranks
+    members = np.zeros((n, 4), bool)
+    members[np.arange(n), primary] = True
+    members[::5, 0] = True                                                     # every fifth track lists genre 0 too
+    in_genre = members[:, primary].T                                           # (N, N) row c: c's primary genre
+    cooc = {i: {int(j): float(rng.integers(1, 5)) for j in rng.choice(n, 4, replace=False) if j != i}
+            for i in range(0, n, 2)}
+    colisten = np.stack([B.colisten_counts(cooc, c, n) for c in range(n)])
+    pop = rng.integers(0, 30, n).astype(float)
+    dense = B.NeighbourRanks(x, pop, in_genre, ranks=5, colisten=colisten)
+    sparse = B.NeighbourRanksSparse(x, pop, members, primary, ranks=5, cooc=cooc)
+    ctx = torch.arange(n)
+    assert torch.equal(sparse.rank_rows(ctx, torch.as_tensor(in_genre)), dense.rank)
+    assert torch.equal(sparse.log_colisten_rows(ctx), dense.log_colisten)
+    with torch.no_grad():
+        for m in (dense, sparse):
+            m.w.copy_(torch.linspace(3.0, -1.0, 8))
+            m.lam.fill_(0.7)
+        assert torch.equal(sparse(ctx), dense(ctx))
+    train = [(int(c), int(t)) for c, t in zip(rng.integers(0, n, 300), rng.integers(0, n, 300)) if c != t]
+    val = [(int(c), int(t)) for c, t in zip(rng.integers(0, n, 40), rng.integers(0, n, 40)) if c != t]
+    fits = [B.fit_neighbour_ranks(m, train, val, epochs=3, lr=0.1, batch=32, seed=0, chunk=chunk)
+            for m, chunk in ((B.NeighbourRanks(x, pop, in_genre, ranks=5, colisten=colisten), None),
+                             (B.NeighbourRanksSparse(x, pop, members, primary, ranks=5, cooc=cooc), None))]
+    (md, td), (ms, ts) = fits
+    assert td == ts and all(torch.equal(a, b) for a, b in zip(md.parameters(), ms.parameters()))
+    # the validation loss in chunks (the sparse form's, on large catalogues) is the same mean, to rounding
+    _, tc = B.fit_neighbour_ranks(B.NeighbourRanksSparse(x, pop, members, primary, ranks=5, cooc=cooc), train, val,
+                                  epochs=3, lr=0.1, batch=32, seed=0, chunk=7)
+    assert all(abs(tc[e] - td[e]) < 1e-5 for e in td)
