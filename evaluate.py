@@ -405,7 +405,7 @@ def evaluate(args):
                    "fit_seconds": round(time.time() - t_fit, 1),
                    "validation_cross_entropy": {str(e): v for e, v in ranker_ce.items()},
                    "genre_gain": float(ranker.g.detach()), "colisten_power": float(ranker.lam.detach()),
-                   "rank_weights": [float(v) for v in ranker.w[1:]]}
+                   "rank_weights": [float(v) for v in ranker.w.detach()[1:]]}
     del ranker
     sasrec_dir = args.sasrec or os.path.join(args.run, "sasrec")
     if os.path.exists(os.path.join(sasrec_dir, "model.safetensors")):
