@@ -312,6 +312,7 @@ bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_ddp.py --run $(RUN)
 	$(PY) benchmarks/bench_cpu.py --run $(RUN)
 	$(PY) benchmarks/bench_mining.py
+	$(PY) benchmarks/bench_ranker.py
 
 # the ablation table (README): today's demo and one change at a time on the same world, about 20 minutes a row on 2
 # cores; SEED=1 builds another world's table in runs/ablation-seed1. ABLATION_ROWS=all adds the demo's history

@@ -63,9 +63,10 @@ HALLUCINATION_PROMPTS: int = 0  # test prompts decoded without constraints, per 
                                 # hallucinated answer is 2.5%
 MAX_NEXT: int = 0              # cap on next-track test queries (0: all)
 RANKER_EPOCHS: int = B.RANKER_EPOCHS   # epochs of neighbour ranks x co-listening (baselines.fit_neighbour_ranks)
-RANKER_DENSE_MAX_ITEMS: int = 5_000   # largest catalogue it builds (N, N) tables for (about 1 GB at their peak at
-                               # 5,000 tracks, growing as N^2: far past memory at the real Spotify catalogue's 90,000);
-                               # above, baselines.NeighbourRanksSparse: the same scores, its validation in chunks
+RANKER_DENSE_MAX_ITEMS: int = 5_000   # largest catalogue it builds (N, N) tables for (2.9 GB peak at 5,000 tracks,
+                               # growing as N^2: far past memory at the real Spotify catalogue's 90,000); above,
+                               # baselines.NeighbourRanksSparse: the same scores, 0.45 GB at 5,000 and 1.3 GB at
+                               # 90,000 (benchmarks/bench_ranker.py)
 VAL_NEXT: int = 0              # validation next-track examples that choose the content baselines' width and power
                                # (0: every one, the same set whatever else data.py shuffled among them; the first
                                # 500 of the file, the default until 2026-12-06, changed with the number of attribute
@@ -778,8 +779,8 @@ def parse_args(argv=None):
     p.add_argument("--ranker-dense-max-items", type=int, default=RANKER_DENSE_MAX_ITEMS,
                    help="largest catalogue for which neighbour ranks x co-listening builds its (N, N) tables (the "
                         "readable form); above it, a form that keeps each track's nearest neighbours and sparse "
-                        "co-listening rows, the same scores (default %(default)s: the tables take about 1 GB at their "
-                        "peak there and grow as N^2)")
+                        "co-listening rows, the same scores (default %(default)s: the tables take 2.9 GB at their peak "
+                        "there and grow as N^2; benchmarks/bench_ranker.py)")
     p.add_argument("--max-attributes", type=int, default=MAX_ATTRIBUTES,
                    help="cap on attribute test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
