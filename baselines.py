@@ -270,7 +270,7 @@ class NeighbourRanksSparse(NeighbourRanks):
         self.register_buffer("neighbours", torch.as_tensor(genre_neighbours(x, members, primary, ranks)))
         self.register_buffer("members", torch.as_tensor(np.asarray(members, bool)))
         self.register_buffer("primary", torch.as_tensor(np.asarray(primary, np.int64)))
-        self.log_colisten = None
+        self.log_colisten = self.co_ptr = None                               # co_ptr None: no co-listening term
         if cooc is not None:
             rows = [sorted(cooc.get(i, {}).items()) for i in range(len(popularity))]
             self.co_ptr = torch.as_tensor(np.cumsum([0] + [len(r) for r in rows]), dtype=torch.long)
@@ -301,7 +301,7 @@ class NeighbourRanksSparse(NeighbourRanks):
         """ctx (B,) context rows -> (B, N) scores, as NeighbourRanks.forward computes them."""
         same = self.members[:, self.primary[ctx]].T                           # (B, N) the context's genre row
         s = self.g * same.float() + self.b[None, :] + self.w[self.rank_rows(ctx, same)]
-        return s if not self.lam.requires_grad else s + self.lam * self.log_colisten_rows(ctx)
+        return s if self.co_ptr is None else s + self.lam * self.log_colisten_rows(ctx)
 
 
 def next_loss(s, ctx, nxt):
