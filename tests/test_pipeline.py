@@ -25,6 +25,7 @@ from metrics import hit_at_k, top_k_pessimistic
 from tests.conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import fusion  # noqa: E402
 import val_next  # noqa: E402
 
 pytestmark = pytest.mark.slow   # the whole pipeline through make, then its faults: minutes on 2 cores
@@ -311,6 +312,33 @@ def test_ask_reads_requests_from_stdin(demo_run, tiny_smol):
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: request 2 ('upbeat rock')")
     assert f"context track: {name(2)}" in r.stdout and r.stdout.count(" 1. ") == 1
+
+
+def test_fusion_on_validation(demo_run, tiny_smol, tmp_path):
+    """benchmarks/fusion.py on the run: the model's exact log-prob of every track fused with content x co-listening's
+    score; its model and baseline rows rank as val_next.py's on the same draw, and --scores is read back."""
+    run, _ = demo_run
+    out, scores = tmp_path / "f.json", tmp_path / "s.npz"
+    cmd = [sys.executable, "benchmarks/fusion.py", "--run", run, "--model", tiny_smol, "--adapter",
+           f"{run}/sft/adapter", "--queries", "4", "--select", "3", "--scores", str(scores), "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    f = json.load(open(out))
+    z = np.load(scores)
+    assert z["selection"].shape[0] == 3 and z["queries"].shape[0] == 4 and np.isfinite(z["queries"]).all()
+    assert f["lam"] in fusion.LAMBDAS and len(f["selection_hit"]) == 2 * len(fusion.LAMBDAS)
+    assert "model x baseline - content x co-listening hit@10" in f["paired"]
+    v = tmp_path / "v.json"
+    r2 = subprocess.run([sys.executable, "benchmarks/val_next.py", "--run", run, "--model", tiny_smol, "--queries", "4",
+                         "--attribute-queries", "0", "--hallucination-prompts", "0", "--pairs", "none", "--adapter",
+                         f"SFT={run}/sft/adapter", "--out", str(v)], cwd=ROOT, capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    val = json.load(open(v))["hits"]
+    assert f["hits"]["model"] == val["SFT"] and f["hits"]["content x co-listening"] == val["content x co-listening"]
+    # a second call reads the kept scores: the same figures, no scoring
+    r3 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r3.returncode == 0 and "model scores of every track" not in r3.stdout
+    assert json.load(open(out)) == f
 
 
 def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
