@@ -313,6 +313,7 @@ bench: $(VENV)/.peers $(RUN)/dpo/summary.json
 	$(PY) benchmarks/bench_cpu.py --run $(RUN)
 	$(PY) benchmarks/bench_mining.py
 	$(PY) benchmarks/bench_ranker.py
+	$(PY) benchmarks/bench_choice.py --run $(RUN)
 
 # the ablation table (README): today's demo and one change at a time on the same world, about 20 minutes a row on 2
 # cores; SEED=1 builds another world's table in runs/ablation-seed1. ABLATION_ROWS=all adds the demo's history

@@ -75,6 +75,29 @@ def top_k_pessimistic(scores, relevant, k, exclude=()):
     return [int(i) for i in order[:k] if np.isfinite(scores[i])]
 
 
+def hit_at_k_pessimistic(scores, relevant, k, exclude=()):
+    """hit_at_k(top_k_pessimistic(scores, relevant, k, exclude), relevant, k) without sorting: 1.0 or 0.0.
+
+    The first listed relevant item is the one with the highest score s* among those it can list (finite, not
+    excluded: top_k_pessimistic drops the others); ahead of it come exactly the non-excluded items scoring >= s*
+    other than those (ties go against the relevant; a +inf item takes its place but is never listed). So it is a
+    hit iff fewer than k items are ahead. O(N) against the sort's O(N log N): evaluate.py chooses the content
+    baselines' width and power by HR@k over every validation play and 42 settings (baselines.best_on_validation),
+    and there the sorts took about 60% of the choice's time (benchmarks/bench_choice.py).
+    Example: scores [3, 5, 5, 1], relevant {2}, k 1: item 1 ties it and goes first, so 0.0; with k 2, 1.0.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    rel, out = list(relevant), np.zeros(len(scores), dtype=bool)
+    out[list(exclude)] = True
+    listed = [r for r in rel if not out[r] and np.isfinite(scores[r])]   # the relevant items it could list
+    if not listed:
+        return 0.0
+    best = scores[listed].max()
+    out[listed] = True   # a relevant +inf item still takes a place ahead, though it is never listed
+    ahead = int(np.count_nonzero((scores >= best) & ~out))
+    return float(ahead < k)
+
+
 def bootstrap_ci(values, n_boot=N_BOOT, seed=0, alpha=0.05):
     """Mean and percentile-bootstrap (1 - alpha) interval over queries: (mean, lo, hi)."""
     values = np.asarray(values, dtype=np.float64)

@@ -193,3 +193,30 @@ def test_baseline_choice_is_every_validation_next_play_whatever_the_shuffle(tmp_
         sets.append(sorted((c, min(rel)) for c, rel in got))
         assert len(E.baseline_choice_queries(str(d), code_row, 500)) == 500
     assert sets[0] == sets[1] == [(i, i + 1) for i in range(600)]
+
+
+def test_hit_at_k_pessimistic_worked_example():
+    assert metrics.hit_at_k_pessimistic([3, 5, 5, 1], {2}, 1) == 0.0      # item 1 ties item 2 and goes first
+    assert metrics.hit_at_k_pessimistic([3, 5, 5, 1], {2}, 2) == 1.0
+    assert metrics.hit_at_k_pessimistic([3, 5, 5, 1], {2}, 2, exclude=[2]) == 0.0   # the context is never a hit
+    assert metrics.hit_at_k_pessimistic([3, 5, 5, 1], {2}, 1, exclude=[1]) == 1.0
+    assert metrics.hit_at_k_pessimistic([3, -np.inf, 5, 1], {1}, 4) == 0.0           # unscored: never listed
+
+
+def test_hit_at_k_pessimistic_equals_the_sorted_ranking():
+    """The counting form gives hit_at_k(top_k_pessimistic(...)) on every case: ties (integer scores), exclusions,
+    several relevant items, -inf and +inf scores."""
+    rng = np.random.default_rng(0)
+    for case in range(3000):
+        n = int(rng.integers(1, 30))
+        scores = rng.integers(0, 6, n).astype(float)
+        if case % 5 == 0:
+            scores[rng.random(n) < 0.2] = -np.inf
+        if case % 7 == 0:
+            scores[rng.random(n) < 0.1] = np.inf
+        relevant = set(rng.choice(n, size=int(rng.integers(1, min(n, 3) + 1)), replace=False).tolist())
+        exclude = rng.choice(n, size=int(rng.integers(0, min(n, 2) + 1)), replace=False).tolist()
+        k = int(rng.integers(1, 12))
+        want = metrics.hit_at_k(metrics.top_k_pessimistic(scores, relevant, k, exclude=exclude), relevant, k)
+        got = metrics.hit_at_k_pessimistic(scores, relevant, k, exclude=exclude)
+        assert got == want, (scores, relevant, exclude, k)

@@ -341,6 +341,16 @@ def test_fusion_on_validation(demo_run, tiny_smol, tmp_path):
     assert json.load(open(out)) == f
 
 
+def test_bench_choice_on_the_run(demo_run):
+    """benchmarks/bench_choice.py: the sorted and the counted HR@10 choose the same setting on the run's plays."""
+    run, _ = demo_run
+    r = subprocess.run([sys.executable, "benchmarks/bench_choice.py", "--run", run, "--plays", "20"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(r.stdout)
+    assert row["same"] is True and row["plays"] == 20 and row["settings"] == 36
+
+
 def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     """benchmarks/val_next.py on the run: the adapters and the baselines on validation queries, and each adapter's
     accuracy on the validation preference pairs beside the long-listen rate's on the same pairs."""
