@@ -67,6 +67,9 @@ RANKER_DENSE_MAX_ITEMS: int = 5_000   # largest catalogue it builds (N, N) table
                                # growing as N^2: far past memory at the real Spotify catalogue's 90,000); above,
                                # baselines.NeighbourRanksSparse: the same scores, 0.45 GB at 5,000 and 1.3 GB at
                                # 90,000 (benchmarks/bench_ranker.py)
+RANKER_PLAYS: int = 0          # training next plays the learned baseline fits on (0: every one, the demo's 15,758-
+                               # 16,745); a seeded draw when capped: at 90,000 tracks an epoch costs about 7 ms a play
+                               # on 2 cores (benchmarks/bench_ranker.py), so a real log's millions need a cap
 VAL_NEXT: int = 0              # validation next-track examples that choose the content baselines' width and power
                                # (0: every one, the same set whatever else data.py shuffled among them; the first
                                # 500 of the file, the default until 2026-12-06, changed with the number of attribute
@@ -257,6 +260,15 @@ def baseline_choice_queries(sft_data, code_row, n=VAL_NEXT):
     return [(h[-1], {r}) for _, h, r in val_next_examples(sft_data, code_row)[:n or None]]
 
 
+def ranker_training_plays(plays, cap, seed):
+    """The training next plays the learned baseline fits on: every one for cap = 0 (or cap >= their number), else
+    a draw of cap of them by seed, kept in file order (the first cap in the file would be the earliest sessions)."""
+    if not cap or cap >= len(plays):
+        return list(plays)
+    keep = np.sort(np.random.default_rng(seed).choice(len(plays), size=cap, replace=False))
+    return [plays[i] for i in keep]
+
+
 def summarise(per_q, n_boot):
     return {m: dict(zip(("mean", "lo", "hi"), bootstrap_ci(v, n_boot))) for m, v in per_q.items()}
 
@@ -396,6 +408,7 @@ def evaluate(args):
         ranker = B.NeighbourRanksSparse(feats, popularity, np.stack(list(genres.values()), 1),
                                         np.array([column[gs[0]] for gs in catalog.genres]), cooc=cooc)
     train_next = [(h[-1], r) for _, h, r in val_next_examples(sft_data, id_to_row, name="train.jsonl")]
+    train_next = ranker_training_plays(train_next, args.ranker_plays, args.seed)
     ranker, ranker_ce = B.fit_neighbour_ranks(ranker, train_next, [(c, min(r)) for c, r in val_q],
                                               epochs=args.ranker_epochs, seed=args.seed,
                                               chunk=None if dense else B.RANKER_BATCH)
@@ -769,13 +782,18 @@ def parse_args(argv=None):
                    help="cap on next-track test queries, the first ones of the file (0: all; default %(default)s)")
     p.add_argument("--val-next", type=int, default=VAL_NEXT,
                    help="validation next-track examples (the first of sft_data/val.jsonl) on which content x "
-                        "popularity's kernel width, and content x co-listening's width and power, are chosen (0: "
-                        "every one, a set that does not depend on the other tasks' examples data.py shuffled among "
-                        "them; default %(default)s)")
+                        "popularity's kernel width, and content x co-listening's width and power, are chosen, and "
+                        "on which the learned baseline keeps its epoch (0: every one, a set that does not depend on "
+                        "the other tasks' examples data.py shuffled among them; default %(default)s). The choice "
+                        "scores every track for each of them under 42 settings: cap it on a real log, e.g. 5000")
     p.add_argument("--ranker-epochs", type=int, default=RANKER_EPOCHS,
                    help="epochs of Adam for the learned baseline neighbour ranks x co-listening, the one of the "
                         "lowest validation cross-entropy kept (default %(default)s: on the demo's three worlds the "
                         "lowest came at epochs 5-6; about 3 s an epoch)")
+    p.add_argument("--ranker-plays", type=int, default=RANKER_PLAYS,
+                   help="training next plays the learned baseline fits on, a seeded draw of them (0: every one; "
+                        "default %(default)s). An epoch costs about 7 ms a play at 90,000 tracks on 2 cores "
+                        "(benchmarks/bench_ranker.py): cap it for a real log's millions, e.g. 50000")
     p.add_argument("--ranker-dense-max-items", type=int, default=RANKER_DENSE_MAX_ITEMS,
                    help="largest catalogue for which neighbour ranks x co-listening builds its (N, N) tables (the "
                         "readable form); above it, a form that keeps each track's nearest neighbours and sparse "
@@ -801,6 +819,8 @@ def parse_args(argv=None):
         p.error(f"--beam-width must be at least {max(KS) + 1} (the largest K, plus the prompt's own track)")
     if args.ranker_epochs < 1:
         p.error("--ranker-epochs must be at least 1")
+    if args.ranker_plays < 0:
+        p.error("--ranker-plays must be 0 (every training next play) or a positive count")
     if args.val_next < 0:
         p.error("--val-next must be 0 (every validation next-track example) or a positive count")
     return args

@@ -220,3 +220,14 @@ def test_hit_at_k_pessimistic_equals_the_sorted_ranking():
         want = metrics.hit_at_k(metrics.top_k_pessimistic(scores, relevant, k, exclude=exclude), relevant, k)
         got = metrics.hit_at_k_pessimistic(scores, relevant, k, exclude=exclude)
         assert got == want, (scores, relevant, exclude, k)
+
+
+def test_ranker_training_plays_draw():
+    plays = [(i, i + 1) for i in range(10)]
+    assert E.ranker_training_plays(plays, 0, 0) == plays and E.ranker_training_plays(plays, 10, 0) == plays
+    got = E.ranker_training_plays(plays, 3, 0)
+    assert len(got) == 3 and got == sorted(got) and set(got) <= set(plays)      # a draw, kept in file order
+    assert got == E.ranker_training_plays(plays, 3, 0)                          # the seed decides it
+    assert any(E.ranker_training_plays(plays, 3, s) != got for s in range(1, 5))
+    with pytest.raises(SystemExit):
+        E.parse_args(["--run", "runs/x", "--ranker-plays", "-1"])
