@@ -76,26 +76,28 @@ def top_k_pessimistic(scores, relevant, k, exclude=()):
 
 
 def hit_at_k_pessimistic(scores, relevant, k, exclude=()):
-    """hit_at_k(top_k_pessimistic(scores, relevant, k, exclude), relevant, k) without sorting: 1.0 or 0.0.
+    """hit_at_k(top_k_pessimistic(scores, relevant, k, exclude), relevant, k) without sorting: 1.0 or 0.0; scores
+    (N,), or (P, N) for P rankings of the same items at once -> (P,) array.
 
     The first listed relevant item is the one with the highest score s* among those it can list (finite, not
     excluded: top_k_pessimistic drops the others); ahead of it come exactly the non-excluded items scoring >= s*
     other than those (ties go against the relevant; a +inf item takes its place but is never listed). So it is a
     hit iff fewer than k items are ahead. O(N) against the sort's O(N log N): evaluate.py chooses the content
-    baselines' width and power by HR@k over every validation play and 42 settings (baselines.best_on_validation),
-    and there the sorts took about 60% of the choice's time (benchmarks/bench_choice.py).
+    baselines' width and power by HR@k over every validation play and 42 settings (baselines.best_on_validation,
+    select_tau_lambda), and there the sorts took about half of the choice's time (benchmarks/bench_choice.py).
     Example: scores [3, 5, 5, 1], relevant {2}, k 1: item 1 ties it and goes first, so 0.0; with k 2, 1.0.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    rel, out = list(relevant), np.zeros(len(scores), dtype=bool)
-    out[list(exclude)] = True
-    listed = [r for r in rel if not out[r] and np.isfinite(scores[r])]   # the relevant items it could list
-    if not listed:
-        return 0.0
-    best = scores[listed].max()
-    out[listed] = True   # a relevant +inf item still takes a place ahead, though it is never listed
-    ahead = int(np.count_nonzero((scores >= best) & ~out))
-    return float(ahead < k)
+    s = np.asarray(scores, dtype=np.float64)
+    rows = np.atleast_2d(s)                                                   # (P, N)
+    excluded, rel = np.zeros(rows.shape[1], dtype=bool), np.zeros(rows.shape[1], dtype=bool)
+    excluded[list(exclude)] = True
+    rel[list(relevant)] = True
+    listed = rel & ~excluded & np.isfinite(rows)                              # the relevant items it could list
+    best = np.where(listed, rows, -np.inf).max(1, keepdims=True)             # s*, -inf where none
+    # a relevant +inf item still takes a place ahead, though it is never listed
+    ahead = np.count_nonzero((rows >= best) & ~(excluded | listed), axis=1)
+    hit = (listed.any(1) & (ahead < k)).astype(np.float64)
+    return float(hit[0]) if s.ndim == 1 else hit
 
 
 def bootstrap_ci(values, n_boot=N_BOOT, seed=0, alpha=0.05):

@@ -1,13 +1,15 @@
 """How evaluate.py chooses the content baselines' width and power: HR@10 of every setting on the validation plays,
-with each ranking sorted (the readable form) against counted (metrics.hit_at_k_pessimistic), in the same run.
+with each ranking sorted (the readable form) against counted (metrics.hit_at_k_pessimistic), in one run.
 
     python benchmarks/bench_choice.py --run runs/demo [--plays 0]      # 0: every validation next play
 
-content x co-listening's choice (baselines.select_tau_lambda: 6 widths x 6 powers) on RUN's validation next plays,
-as evaluate.py makes it (E.baseline_choice_queries): once with best_on_validation's HR@10 from
-hit_at_k(top_k_pessimistic(...)), a sort of the catalogue per play and setting, once with the counting form it uses
-now. Prints the seconds of each, their ratio, and whether the two chose the same setting with the same HR@10 for
-every setting (they must: tests/test_evaluate.py checks the two forms equal on random rankings with ties).
+content x co-listening's choice (6 widths x 6 powers) on RUN's validation next plays, as evaluate.py makes it
+(E.baseline_choice_queries), three ways: "sorted", best_on_validation's HR@10 from hit_at_k(top_k_pessimistic(...)),
+one setting's scores and a sort of the catalogue per play and setting (the form until 2026-12-07); "counted", the
+same with metrics.hit_at_k_pessimistic (no sort); "counted, settings together", baselines.select_tau_lambda as
+evaluate.py runs it (a play's 36 settings scored at once, content_colisten_grid). Prints the seconds of each, the
+speed-up over "sorted", and whether all three chose the same setting with the same HR@10 for every setting (they
+must: tests/test_evaluate.py and tests/test_baselines.py check the forms equal).
 """
 import argparse
 import json
@@ -59,20 +61,25 @@ def main(argv=None):
     def in_genre_of(c):
         return genres[catalog.genres[c][0]]
 
-    t0 = time.time()
-    counted = B.select_tau_lambda(feats, popularity, cooc, queries, in_genre_of)
-    t_counted = time.time() - t0
-    counting, B.best_on_validation = B.best_on_validation, sorted_best_on_validation
-    try:
+    grid = [(t, lam) for t in B.CONTENT_TAUS for lam in B.COLISTEN_LAMBDAS]
+
+    def one_setting(p, c):   # the readable form: one setting's scores at a time
+        return B.content_colisten_scores(feats, c, popularity, B.colisten_counts(cooc, c, len(catalog)),
+                                         in_genre_of(c), *p)
+
+    forms = {"sorted": lambda: sorted_best_on_validation(one_setting, grid, queries),
+             "counted": lambda: B.best_on_validation(one_setting, grid, queries),
+             "counted, settings together": lambda: B.select_tau_lambda(feats, popularity, cooc, queries, in_genre_of)}
+    seconds, chosen = {}, {}
+    for name, fn in forms.items():
         t0 = time.time()
-        sorted_ = B.select_tau_lambda(feats, popularity, cooc, queries, in_genre_of)
-        t_sorted = time.time() - t0
-    finally:
-        B.best_on_validation = counting
-    print(json.dumps({"run": args.run, "tracks": len(catalog), "plays": len(queries),
-                      "settings": len(counted[1]), "sorted_s": round(t_sorted, 1), "counted_s": round(t_counted, 1),
-                      "speedup": round(t_sorted / max(t_counted, 1e-9), 2), "same": sorted_ == counted,
-                      "choice": list(counted[0])}))
+        chosen[name] = fn()
+        seconds[name] = round(time.time() - t0, 1)
+    print(json.dumps({"run": args.run, "tracks": len(catalog), "plays": len(queries), "settings": len(grid),
+                      "seconds": seconds,
+                      "speedup": {n: round(seconds["sorted"] / max(s, 1e-9), 2) for n, s in seconds.items()},
+                      "same": all(c == chosen["sorted"] for c in chosen.values()),
+                      "choice": list(chosen["sorted"][0])}))
 
 
 if __name__ == "__main__":
