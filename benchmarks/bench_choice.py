@@ -21,10 +21,10 @@ import numpy as np
 import harness  # first: it puts the repository root on sys.path for the imports below
 import baselines as B
 import evaluate as E
-import formats
 import metrics
 import rvq
 import signals
+import val_next as V
 from common import read_json, run_main
 
 # -----------------------------------------------------------------------------
@@ -49,10 +49,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     sft_data = os.path.join(args.run, "sft_data")
     meta = read_json(os.path.join(sft_data, "meta.json"), "SFT data meta.json")
-    catalog, _ = formats.load_catalog(meta["catalog"])
-    track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
-    index = catalog.index()
-    code_row = {tuple(int(c) for c in cs): index[t] for t, cs in zip(track_ids, codes)}
+    catalog, _, _, code_row = V.catalogue_codes(meta)
     popularity, cooc, _ = E.load_listening(sft_data, os.path.join(args.run, "prefs"), len(catalog))
     feats = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
     genres = B.genre_masks(catalog.genres)
