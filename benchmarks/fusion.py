@@ -75,11 +75,9 @@ def llm_log_probs(model, fmt, vocab, trie, prompts, code_row, n_items, desc):
     return out
 
 
-def hits_of(score_rows, queries, k=K):
-    """{hit, ndcg}: per query, the ranking of each row of score_rows, context excluded, ties pessimistic."""
-    ranked = [metrics.top_k_pessimistic(s, {r}, k, exclude=[h[-1]]) for s, (_, h, r) in zip(score_rows, queries)]
-    per = metrics.per_query(ranked, [{r} for _, _, r in queries], ks=(k,))
-    return {"hit": per[f"hit@{k}"].tolist(), "ndcg": per[f"ndcg@{k}"].tolist()}
+def hits_of(score_rows, queries):
+    """val_next.py's {hit, ndcg} per query (context excluded, ties pessimistic) of one score row per query."""
+    return V.query_hits(queries, lambda i: score_rows[i])
 
 
 def main(argv=None):
@@ -119,10 +117,6 @@ def main(argv=None):
         return [colisten_prior(feats, h[-1], popularity, B.colisten_counts(cooc, h[-1], n_items), tau, mu)
                 for _, h, _ in qs]
 
-    model, tok, vocab = M.load_policy(args.model, adapter=args.adapter, id_table_sha=meta["id_table_sha256"])
-    lora.merge_lora(model)
-    fmt = M.PromptFormat(tok, vocab)
-    trie = ranking.IDTrie(list(code_row), meta["levels"])
     t0 = time.time()
     if args.scores and os.path.exists(args.scores):
         z = np.load(args.scores)
@@ -130,7 +124,11 @@ def main(argv=None):
         if logp_sel.shape != (len(choice), n_items) or logp_q.shape != (len(queries), n_items):
             raise UserError(f"{args.scores}: scores of {logp_sel.shape} and {logp_q.shape}, expected "
                             f"{(len(choice), n_items)} and {(len(queries), n_items)} (other --queries/--select?)")
-    else:
+    else:   # the model is loaded only to score
+        model, tok, vocab = M.load_policy(args.model, adapter=args.adapter, id_table_sha=meta["id_table_sha256"])
+        lora.merge_lora(model)
+        fmt = M.PromptFormat(tok, vocab)
+        trie = ranking.IDTrie(list(code_row), meta["levels"])
         logp_sel = llm_log_probs(model, fmt, vocab, trie, [q[0] for q in choice], code_row, n_items, "selection")
         logp_q = llm_log_probs(model, fmt, vocab, trie, [q[0] for q in queries], code_row, n_items, "queries")
         print(f"model scores of every track: {len(choice) + len(queries)} prompts, {time.time() - t0:.0f} s")
