@@ -41,6 +41,10 @@ RANKER_RANKS: int = 40         # the context's nearest in-genre neighbours with 
                                # (world.py draws 55% of next plays among the context's 20 nearest)
 RANKER_EPOCHS: int = 8         # epochs, the one of the lowest validation cross-entropy kept (benchmarks/
                                # kernel_ceiling.py, 30 epochs on the demo's three worlds: it came at epochs 5-6)
+# epochs without a lower validation cross-entropy before the fit stops (0: every epoch): the lowest came at epoch 6 of
+# 8 on the demo's three worlds (the same 8 epochs run) and at epoch 2 on a world of 8,000 tracks, whose later 6
+# epochs took 230 s (EXPERIMENTS.md, "A world of 8,000 tracks")
+RANKER_PATIENCE: int = 2
 RANKER_LR: float = 0.02        # Adam's rate (kernel_ceiling.py's)
 RANKER_BATCH: int = 256        # next plays per step
 RANKER_START_GENRE: float = 20.0   # g at the start: every in-genre track above every other, as genre popularity
@@ -172,6 +176,18 @@ def select_tau_lambda(x, popularity, cooc, queries, in_genre_of, taus=CONTENT_TA
         hits += hit_at_k_pessimistic(s, rel, k, exclude=[c])
     hr = {p: float(h / len(queries)) for p, h in zip(grid, hits)}
     return max(grid, key=lambda p: hr[p]), hr
+
+
+def select_tau_from_grid(hr, taus=CONTENT_TAUS):
+    """select_tau's choice read off select_tau_lambda's table hr {(tau, lam): HR@k}: (tau, {tau: HR@k}).
+
+    At lam 0 content x co-listening is content x popularity (lam * log(1 + n) adds +0.0, so every score is the same
+    float), so the lam-0 column is select_tau's HR@k per width and its best (ties to the first width) select_tau's
+    choice (tests/test_baselines.py checks the two equal): content x popularity's 6 widths then cost no pass of
+    their own over the validation plays (about 22 s at 8,000 tracks).
+    """
+    per = {t: hr[(t, 0.0)] for t in taus}
+    return max(taus, key=lambda t: per[t]), per
 
 
 def item_knn_scores(cooc, popularity, item):
@@ -333,11 +349,15 @@ def next_loss(s, ctx, nxt):
     return torch.nn.functional.cross_entropy(s, nxt)
 
 
-def fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
+def fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed, patience=0):
     """Adam on loss_fn(batch indices) over n examples, reshuffled every epoch (seeded): ({epoch: select_fn(m) after
     it}, {epoch: m's parameters then}), epochs 1..epochs, for the caller to pick its epoch on held-out examples.
     Only parameters are copied (buffers such as the rank table do not change); load one with
-    m.load_state_dict(state, strict=False)."""
+    m.load_state_dict(state, strict=False).
+
+    patience > 0 (select_fn a loss, lower better): stop after `patience` epochs in a row without a value below the
+    lowest so far. The epochs run are those of the full run (the same seeded order), so the lowest is the same
+    epoch whenever the full run's lowest comes before the stop: e.g. values 5, 4, 4.5, 4.6 stop at epoch 4 with 2."""
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr)
     g = torch.Generator().manual_seed(seed)
     scores, states = {}, {}
@@ -350,6 +370,9 @@ def fit_epochs(m, n, loss_fn, select_fn, epochs, lr, batch, seed):
         with torch.no_grad():
             scores[epoch] = select_fn(m)
         states[epoch] = {k: v.detach().clone() for k, v in m.named_parameters()}
+        best = min(scores, key=scores.get)     # ties: the first such epoch
+        if patience and epoch - best >= patience:
+            break
     return scores, states
 
 
@@ -361,19 +384,21 @@ def mean_next_loss(m, ctx, nxt, chunk=None):
     return sum(float(next_loss(m(c), c, t)) * len(c) for c, t in zip(ctx.split(chunk), nxt.split(chunk))) / len(ctx)
 
 
-def fit_neighbour_ranks(m, train, val, epochs=RANKER_EPOCHS, lr=RANKER_LR, batch=RANKER_BATCH, seed=0, chunk=None):
+def fit_neighbour_ranks(m, train, val, epochs=RANKER_EPOCHS, lr=RANKER_LR, batch=RANKER_BATCH, seed=0, chunk=None,
+                        patience=RANKER_PATIENCE):
     """neighbour ranks x co-listening, m a NeighbourRanks (or NeighbourRanksSparse) at its start, fitted to next plays:
-    (m at the epoch of the lowest validation cross-entropy, {epoch: validation cross-entropy}).
+    (m at the epoch of the lowest validation cross-entropy, {epoch: validation cross-entropy} of the epochs run).
 
     train, val: [(context row, next row)], the training window's next plays and the validation window's (the epoch
-    is chosen on these, as sft.py keeps its best validation loss); chunk: mean_next_loss's, for the validation.
+    is chosen on these, as sft.py keeps its best validation loss); chunk: mean_next_loss's, for the validation;
+    patience: fit_epochs' (stop after that many epochs without a lower validation cross-entropy; 0: every epoch).
     """
     if not train or not val:
         raise UserError("the learned ranker needs training and validation next plays (data.py sft writes them)")
     ctx, nxt = (torch.tensor(v) for v in zip(*train))
     v_ctx, v_nxt = (torch.tensor(v) for v in zip(*val))
     trace, states = fit_epochs(m, len(train), lambda i: next_loss(m(ctx[i]), ctx[i], nxt[i]),
-                               lambda mm: mean_next_loss(mm, v_ctx, v_nxt, chunk), epochs, lr, batch, seed)
+                               lambda mm: mean_next_loss(mm, v_ctx, v_nxt, chunk), epochs, lr, batch, seed, patience)
     m.load_state_dict(states[min(trace, key=trace.get)], strict=False)       # ties: the first such epoch
     return m, trace
 

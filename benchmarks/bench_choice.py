@@ -9,7 +9,10 @@ one setting's scores and a sort of the catalogue per play and setting (the form 
 same with metrics.hit_at_k_pessimistic (no sort); "counted, settings together", baselines.select_tau_lambda as
 evaluate.py runs it (a play's 36 settings scored at once, content_colisten_grid). Prints the seconds of each, the
 speed-up over "sorted", and whether all three chose the same setting with the same HR@10 for every setting (they
-must: tests/test_evaluate.py and tests/test_baselines.py check the forms equal).
+must: tests/test_evaluate.py and tests/test_baselines.py check the forms equal). Then content x popularity's width
+(6 settings) two ways: its own pass (baselines.select_tau, counted) and read off the settings-together table's lam-0
+column (baselines.select_tau_from_grid, what evaluate.py runs since 2026-12-07): the seconds of each and whether
+they agree.
 """
 import argparse
 import json
@@ -72,11 +75,19 @@ def main(argv=None):
         t0 = time.time()
         chosen[name] = fn()
         seconds[name] = round(time.time() - t0, 1)
+    t0 = time.time()
+    own = B.select_tau(feats, popularity, queries, in_genre_of)
+    seconds["content x popularity, own pass"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    from_grid = B.select_tau_from_grid(chosen["counted, settings together"][1])
+    seconds["content x popularity, from the table"] = round(time.time() - t0, 1)
     print(json.dumps({"run": args.run, "tracks": len(catalog), "plays": len(queries), "settings": len(grid),
                       "seconds": seconds,
-                      "speedup": {n: round(seconds["sorted"] / max(s, 1e-9), 2) for n, s in seconds.items()},
+                      "speedup": {n: round(seconds["sorted"] / max(s, 1e-9), 2) for n, s in seconds.items()
+                                  if not n.startswith("content x popularity")},
                       "same": all(c == chosen["sorted"] for c in chosen.values()),
-                      "choice": list(chosen["sorted"][0])}))
+                      "choice": list(chosen["sorted"][0]),
+                      "content_popularity_same": own == from_grid, "content_popularity_tau": own[0]}))
 
 
 if __name__ == "__main__":

@@ -224,6 +224,27 @@ def test_fit_neighbour_ranks_learns_the_nearest_neighbour_and_keeps_the_best_epo
         B.fit_neighbour_ranks(B.NeighbourRanks(x, np.ones(30), in_genre), train, [], epochs=1)
 
 
+def test_fit_epochs_patience_stops_after_epochs_without_a_lower_value():
+    """Validation values 5, 4, 4.5, 4.6, 3: with patience 2 the fit stops after epoch 4 (two epochs above 4), its
+    epochs the full run's to the bit (the same seeded order); with patience 0 all five run and epoch 5 is lowest,
+    the case a stop can miss. Ties do not count as lower: 5, 4, 4, 4 stops at epoch 4 too."""
+    x = np.array([[0.0], [1.0], [2.0]])
+    ctx, nxt = torch.tensor([0, 1, 2, 0] * 3), torch.tensor([1, 2, 1, 2] * 3)
+
+    def run(values, patience):
+        m = B.NeighbourRanks(x, np.zeros(3), np.ones((3, 3), bool), colisten=np.zeros((3, 3)))
+        it = iter(values)
+        return B.fit_epochs(m, len(ctx), lambda i: B.next_loss(m(ctx[i]), ctx[i], nxt[i]), lambda mm: next(it),
+                            len(values), 0.1, 4, 0, patience)
+
+    full, full_states = run([5.0, 4.0, 4.5, 4.6, 3.0], 0)
+    early, early_states = run([5.0, 4.0, 4.5, 4.6, 3.0], 2)
+    assert list(full) == [1, 2, 3, 4, 5] and list(early) == [1, 2, 3, 4]
+    assert all(torch.equal(early_states[e][k], full_states[e][k]) for e in early for k in early_states[e])
+    assert list(run([5.0, 4.0, 4.0, 4.0, 1.0], 2)[0]) == [1, 2, 3, 4]
+    assert list(run([5.0, 4.0, 4.5, 3.9, 3.8], 2)[0]) == [1, 2, 3, 4, 5]   # a lower value resets the count
+
+
 def test_neighbour_ranks_reads_co_listening_with_its_power():
     """With colisten: + lam log(1 + n_ct), lam 0 at the start (the form without it) and trainable."""
     x, pop = np.array([[0.0], [1.0], [3.0]]), np.zeros(3)
@@ -306,3 +327,22 @@ def test_select_tau_lambda_is_best_on_validation():
         x, c, pop, B.colisten_counts(cooc, c, n), in_genre_of(c), *p), grid, queries)
     assert B.select_tau_lambda(x, pop, cooc, queries, in_genre_of) == want
     assert len(set(want[1].values())) > 1          # the settings differ, so the choice means something
+
+
+def test_select_tau_from_grid_is_select_tau():
+    """content x popularity's width read off content x co-listening's table (its lam-0 column) is select_tau's
+    choice, and its HR@10 per width select_tau's exactly, on coarse features with many ties and on fine ones."""
+    for seed, levels in ((2, 3), (3, 0)):
+        rng = np.random.default_rng(seed)
+        n = 60
+        x = rng.integers(0, levels, (n, 2)).astype(float) if levels else rng.normal(size=(n, 2))
+        pop, genre = rng.integers(0, 5, n).astype(float), rng.integers(0, 3, n)
+        cooc = {i: {int(j): int(rng.integers(1, 4)) for j in rng.choice(n, 5, replace=False)} for i in range(n)}
+        queries = [(int(c), {int(r)}) for c, r in rng.integers(0, n, (80, 2)) if c != r]
+
+        def in_genre_of(c):
+            return genre == genre[c]
+
+        want = B.select_tau(x, pop, queries, in_genre_of)
+        assert B.select_tau_from_grid(B.select_tau_lambda(x, pop, cooc, queries, in_genre_of)[1]) == want
+        assert len(set(want[1].values())) > 1

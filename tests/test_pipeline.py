@@ -342,13 +342,15 @@ def test_fusion_on_validation(demo_run, tiny_smol, tmp_path):
 
 
 def test_bench_choice_on_the_run(demo_run):
-    """benchmarks/bench_choice.py: the sorted and the counted HR@10 choose the same setting on the run's plays."""
+    """benchmarks/bench_choice.py: the sorted and the counted HR@10 choose the same setting on the run's plays, and
+    content x popularity's width read off the table is its own pass's."""
     run, _ = demo_run
     r = subprocess.run([sys.executable, "benchmarks/bench_choice.py", "--run", run, "--plays", "20"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     row = json.loads(r.stdout)
     assert row["same"] is True and row["plays"] == 20 and row["settings"] == 36
+    assert row["content_popularity_same"] is True and row["content_popularity_tau"] in B.CONTENT_TAUS
 
 
 def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
