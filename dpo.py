@@ -54,6 +54,10 @@ LR: float = 5e-5               # peak LR of LoRA; 2e-4 already swung answer log-
 ID_LR: float = 5e-4            # peak LR of the Semantic-ID rows, where per-track preferences live; 2e-3 and
                                # above pushed every answer's log-prob down (-10 -> -22: likelihood displacement)
 ID_BIAS_LR: float = 0.0        # peak LR of the head's per-code ID bias (model.IDHead.id_bias); 0: not trained
+# which levels' Semantic-ID rows DPO moves (1-based; "" = every level): the demo's IDs hold the long-listen rate in
+# the last code alone (rvq.py --last-level-signals quality), and the rows are shared by every prompt's answers, so
+# moving the first two codes' rows moves what attribute requests and next tracks are scored by as well
+ID_LEVELS: str = ""
 WARMUP_STEPS: int = 10
 GRAD_CLIP: float = 1.0
 EVAL_EVERY: int = 40           # steps between held-out evaluations (and checkpoints); each costs ~10 s
@@ -478,6 +482,29 @@ def evaluate(model, pairs, ref, pad_id, device, args, prefix="eval/"):
     return m
 
 
+def id_row_mask(levels, codebook_size, trained_levels):
+    """(levels * codebook_size,) float: 1 for the rows of the trained levels, 0 for the rest.
+
+    trained_levels are 1-based; the rows are level-major, as model.IDVocab lays out the tokens (V + level * K + code).
+    E.g. levels=3, codebook_size=2, trained_levels=[3] -> [0, 0, 0, 0, 1, 1]. Multiplying the rows' gradient by it
+    (a hook) freezes the other levels exactly: with no gradient, AdamW (no weight decay here) never moves a row.
+    """
+    mask = torch.zeros(levels, codebook_size)
+    for level in trained_levels:
+        if not 1 <= level <= levels:
+            raise UserError(f"--id-levels {level}: the Semantic IDs have levels 1 to {levels}")
+        mask[level - 1] = 1.0
+    return mask.reshape(-1)
+
+
+def parse_levels(text):
+    """'2,3' -> [2, 3]; '' -> [] (every level)."""
+    try:
+        return sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise UserError(f"--id-levels {text!r}: expected levels as comma-separated integers, e.g. 3 or 2,3")
+
+
 def improves(rec, best, select):
     """True if held-out metrics `rec` beat the best so far under the --select rule."""
     if select == "last":
@@ -566,6 +593,11 @@ def train(args):
     for p in M.id_parameters(model):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
+    if parse_levels(args.id_levels):   # the other levels' rows (and per-code biases) get no gradient
+        mask = id_row_mask(vocab.levels, vocab.codebook_size, parse_levels(args.id_levels)).to(device)
+        for p in M.id_parameters(model) + [model.lm_head.id_bias]:
+            if p.requires_grad:
+                p.register_hook(lambda g: g * (mask if g.dim() == 1 else mask[:, None]).to(g.dtype))
     if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
         r_pairs, r_soft, r_weight, r_valid, r_trie = replay_examples(args.sft_data, adapter_dir, fmt)
         r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
@@ -759,6 +791,11 @@ def parse_args(argv=None):
                    help="peak learning rate of the output head's bias over the Semantic-ID tokens, one number per "
                         "(level, code) added in every context: where a per-track preference the codes hold can be "
                         "learned from a pair or two a track (default %(default)s: off, the bias stays 0)")
+    p.add_argument("--id-levels", default=ID_LEVELS,
+                   help="which levels' Semantic-ID rows (and per-code biases) DPO trains, 1-based and "
+                        "comma-separated, e.g. 3: the last code, which alone holds the long-listen rate in the "
+                        "demo's IDs; the rows are shared by every prompt's answers, so the other levels' rows are "
+                        "what attribute requests and next tracks are scored by too (default: every level)")
     p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
                    help=f"steps of linear learning-rate warm-up, then cosine decay to {sft.MIN_LR_RATIO:g} x the "
                         "peak rates, as sft.py (default %(default)s)")

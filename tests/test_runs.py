@@ -241,6 +241,25 @@ def test_dpo_trains_the_id_bias_alone_and_it_ranks_chosen_codes_above_rejected(t
     assert b[1, 1] > 0 > b[1, 2] and b[2, 3] > 0 > b[2, 0]
 
 
+def test_dpo_id_levels_trains_only_those_rows(tiny_smol, tmp_path):
+    """dpo.py --id-levels 3: the rows of levels 1 and 2 stay the SFT adapter's bit for bit, level 3's move (and so
+    does the LoRA); the mask itself by hand; a level the IDs lack is refused in one line."""
+    assert dpo.id_row_mask(3, 2, [3]).tolist() == [0, 0, 0, 0, 1, 1]
+    assert dpo.id_row_mask(3, 2, [1, 3]).tolist() == [1, 1, 0, 0, 1, 1]
+    assert dpo.parse_levels(" 3, 2,3") == [2, 3] and dpo.parse_levels("") == []
+    with pytest.raises(M.UserError, match="levels 1 to 3"):
+        dpo.id_row_mask(3, 2, [4])
+    with pytest.raises(M.UserError, match="comma-separated integers"):
+        dpo.parse_levels("last")
+    argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
+    dpo.main(argv + ["--out", str(tmp_path / "l3"), "--id-levels", "3", "--rpo-alpha", "0"])
+    sft_t, got = adapter_tensors(tmp_path / "sft" / "adapter"), adapter_tensors(tmp_path / "l3" / "adapter")
+    rows, start = got["embed_tokens.new_rows"], sft_t["embed_tokens.new_rows"]
+    assert rows.shape[0] == 12                                     # 3 levels x 4 codes, level-major
+    assert torch.equal(rows[:8], start[:8]) and not torch.equal(rows[8:], start[8:])
+    assert any(not torch.equal(got[k], sft_t[k]) for k in sft_t if "lora_" in k)
+
+
 def test_sft_trains_the_id_bias_where_asked(tiny_smol, tmp_path):
     """sft.py --id-bias-lr: the head's per-code bias is trained and saved; write_sft_data's answers start with
     codes 0-2, never 3, so the NLL pushes level 1's code 3 down at every step and it ends the lowest."""
