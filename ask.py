@@ -175,15 +175,27 @@ class Recommender:
         prompt, named = build_prompt(request, self.catalog, self.row_codes, played,
                                      self.meta.get("prompt_history", 1), self.meta.get("context_text", "name"))
         ids = [self.fmt.prompt(prompt)]
+        heard = set(played) | ({named} if named is not None else set())
+        width = k + len(heard)   # enough that k remain once the heard tracks are dropped
         if len(self.id_to_row) <= EXACT_MAX_ITEMS:   # the model's true top k (as evaluate.py ranks)
-            res = ranking.exact_top_k(self.model, ids, self.vocab, self.trie, k + 1, device=self.device,
+            res = ranking.exact_top_k(self.model, ids, self.vocab, self.trie, width, device=self.device,
                                       pad_id=self.pad_id)[0]
         else:
             res = [(tuple(self.vocab.level_code(t)[1] for t in toks), score) for toks, score in
-                   ranking.beam_search(self.model, ids, self.vocab, k + 1, trie=self.trie, pad_id=self.pad_id,
+                   ranking.beam_search(self.model, ids, self.vocab, width, trie=self.trie, pad_id=self.pad_id,
                                        device=self.device)[0]]
-        out = [(self.id_to_row[c], score, c) for c, score in res if self.id_to_row[c] != named]
-        return out[:k], prompt, named
+        return drop_heard(res, self.id_to_row, heard, k), prompt, named
+
+
+def drop_heard(ranked, id_to_row, heard, k):
+    """The first k of ranked [(codes, score)], best first, whose track is not in heard: [(row, score, codes)].
+
+    heard: the rows of the track the request names and of the --played tracks; a listener asking for more has just
+    heard them (evaluate.py likewise never counts the context track as an answer). E.g. ranked [(a, -1), (b, -2),
+    (c, -3)] with b's row heard and k 2 -> [(row a, -1, a), (row c, -3, c)].
+    """
+    out = [(id_to_row[c], score, c) for c, score in ranked if id_to_row[c] not in heard]
+    return out[:k]
 
 
 def answer(rec, request, played, k):
@@ -248,7 +260,8 @@ def main(argv=None):
                                                  "15-layer cut)")
     p.add_argument("--played", action="append", default=[],
                    help="a track heard before the one the request names (repeat, oldest first): "
-                        "'Artist - Title', a track_id (or Spotify link) or a Semantic ID")
+                        "'Artist - Title', a track_id (or Spotify link) or a Semantic ID; never among the answers, "
+                        "as the named track is not")
     p.add_argument("--json", action="store_true",
                    help="print each answer as one JSON object (request, prompt, notes, context_track, tracks with "
                         "track_id, artists, name, genres, semantic_id, logp) instead of text, for programs")

@@ -345,6 +345,17 @@ def test_ask_uses_the_base_the_run_was_trained_on(tmp_path):
     assert ask.trained_base(str(tmp_path), None) == "models/whole"
 
 
+def test_ask_drops_the_tracks_just_heard():
+    """ask.drop_heard: the named track and the --played ones never answer; the order and the count k hold."""
+    import ask
+    ranked = [((0, 1, 2), -1.0), ((0, 1, 3), -2.0), ((1, 0, 0), -3.0), ((1, 1, 1), -4.0)]
+    id_to_row = {(0, 1, 2): 10, (0, 1, 3): 11, (1, 0, 0): 12, (1, 1, 1): 13}
+    assert ask.drop_heard(ranked, id_to_row, {11}, 2) == [(10, -1.0, (0, 1, 2)), (12, -3.0, (1, 0, 0))]
+    assert ask.drop_heard(ranked, id_to_row, {10, 12}, 5) == [(11, -2.0, (0, 1, 3)), (13, -4.0, (1, 1, 1))]
+    assert ask.drop_heard(ranked, id_to_row, set(), 3) == [(10, -1.0, (0, 1, 2)), (11, -2.0, (0, 1, 3)),
+                                                           (12, -3.0, (1, 0, 0))]
+
+
 def test_ask_notes_a_request_in_words_it_was_not_trained_on():
     """A free-text request with none of the catalogue's genres nor an attribute phrase gets a one-line note."""
     import ask

@@ -262,6 +262,13 @@ def test_ask_for_music(demo_run, tiny_smol):
     assert formats.id_text(ids[cat.track_id[2]].split("\t")) in prompt and name(2) not in prompt   # CONTEXT_TEXT=genre
     assert f"context track: {name(2)}" in r.stdout                 # ... so ask.py says which track it is
     assert "--played tracks are not in the prompt" in r.stdout     # HISTORY=1: told so
+    # every track but the three just heard answers when k asks for all the others: none of the three among them
+    r = subprocess.run([sys.executable, "ask.py", "--run", run, "--json", "-k", str(len(cat.track_id) - 3),
+                        "--played", name(0), "--played", first_id, f"something like {name(2)}"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = [t["track_id"] for t in json.loads(r.stdout)["tracks"]]
+    assert sorted(got) == sorted(cat.track_id[3:])
     r = subprocess.run([sys.executable, "ask.py", "--run", run, "--model", tiny_smol, "--played", "Nobody - Nothing",
                         f"something like {name(2)}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "--played 'Nobody - Nothing': no such track" in r.stderr
