@@ -593,11 +593,13 @@ def train(args):
     for p in M.id_parameters(model):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
+    frozen = 0   # ID-row numbers that count as trainable but get no gradient (--id-levels)
     if parse_levels(args.id_levels):   # the other levels' rows (and per-code biases) get no gradient
         mask = id_row_mask(vocab.levels, vocab.codebook_size, parse_levels(args.id_levels)).to(device)
         for p in M.id_parameters(model) + [model.lm_head.id_bias]:
             if p.requires_grad:
                 p.register_hook(lambda g: g * (mask if g.dim() == 1 else mask[:, None]).to(g.dtype))
+                frozen += int((mask == 0).sum()) * (p.shape[1] if p.dim() == 2 else 1)
     if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
         r_pairs, r_soft, r_weight, r_valid, r_trie = replay_examples(args.sft_data, adapter_dir, fmt)
         r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
@@ -609,7 +611,10 @@ def train(args):
     trainable, total = lora.count_parameters(model)
     if ddp.is_main():
         n_prompts = len({tuple(p) for p, _, _ in train_pairs})   # what --pairs-per-prompt groups by
-        print(f"trainable parameters: {trainable:,} of {total:,}; {len(train_pairs):,} train pairs with "
+        print(f"trainable parameters: {trainable - frozen:,} of {total:,}"
+              + (f" (the ID rows of level(s) {', '.join(map(str, parse_levels(args.id_levels)))} alone)"
+                 if frozen else "")
+              + f"; {len(train_pairs):,} train pairs with "
               f"{n_prompts:,} distinct prompts ({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} "
               f"held-out pairs; "
               f"beta {args.beta}, loss {args.loss_type}"
