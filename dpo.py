@@ -544,6 +544,8 @@ def train(args):
                                             id_table_sha=meta["id_table_sha256"], device=device, dropout=0.0)
     fmt = M.PromptFormat(tokenizer, vocab)
     pad_id = M.pad_id_of(tokenizer)
+    levels = parse_levels(args.id_levels)   # checked against the IDs before anything is written
+    row_mask = id_row_mask(vocab.levels, vocab.codebook_size, levels).to(device) if levels else None
     trie = sft.catalogue_trie(meta) if args.valid_id_weight else None   # which codes exist, for validity_loss
     train_pairs = read_pairs(os.path.join(args.pairs, "train.jsonl"), fmt)
     val_all = read_pairs(os.path.join(args.pairs, "val.jsonl"), fmt)
@@ -594,12 +596,11 @@ def train(args):
         p.requires_grad_(args.id_lr > 0)
     model.lm_head.id_bias.requires_grad_(args.id_bias_lr > 0)
     frozen = 0   # ID-row numbers that count as trainable but get no gradient (--id-levels)
-    if parse_levels(args.id_levels):   # the other levels' rows (and per-code biases) get no gradient
-        mask = id_row_mask(vocab.levels, vocab.codebook_size, parse_levels(args.id_levels)).to(device)
+    if row_mask is not None:   # the other levels' rows (and per-code biases) get no gradient
         for p in M.id_parameters(model) + [model.lm_head.id_bias]:
             if p.requires_grad:
-                p.register_hook(lambda g: g * (mask if g.dim() == 1 else mask[:, None]).to(g.dtype))
-                frozen += int((mask == 0).sum()) * (p.shape[1] if p.dim() == 2 else 1)
+                p.register_hook(lambda g: g * (row_mask if g.dim() == 1 else row_mask[:, None]).to(g.dtype))
+                frozen += int((row_mask == 0).sum()) * (p.shape[1] if p.dim() == 2 else 1)
     if args.sft_replay:   # the SFT examples each step replays, drawn as sft.py draws its batches
         r_pairs, r_soft, r_weight, r_valid, r_trie = replay_examples(args.sft_data, adapter_dir, fmt)
         r_schedule = sft.batch_schedule([len(p) + len(a) for p, a in r_pairs], args.steps, args.sft_replay,
@@ -612,8 +613,7 @@ def train(args):
     if ddp.is_main():
         n_prompts = len({tuple(p) for p, _, _ in train_pairs})   # what --pairs-per-prompt groups by
         print(f"trainable parameters: {trainable - frozen:,} of {total:,}"
-              + (f" (the ID rows of level(s) {', '.join(map(str, parse_levels(args.id_levels)))} alone)"
-                 if frozen else "")
+              + (f" (the ID rows of level(s) {', '.join(map(str, levels))} alone)" if frozen else "")
               + f"; {len(train_pairs):,} train pairs with "
               f"{n_prompts:,} distinct prompts ({len(drawn):,} drawn by {args.steps} steps) / {len(val_pairs):,} "
               f"held-out pairs; "
@@ -827,6 +827,10 @@ def parse_args(argv=None):
         p.error("--batch-size must be a multiple of --micro-batch-size")
     if args.sft_replay < 0:
         p.error("--sft-replay must be 0 or more")
+    try:   # the form now; whether the IDs have those levels once the adapter is read
+        parse_levels(args.id_levels)
+    except UserError as e:
+        p.error(str(e))
     if args.sft_replay and not args.sft_data:
         p.error("--sft-replay needs --sft-data, the SFT data folder the adapter was trained on")
     if not 0 <= args.label_smoothing < 0.5:

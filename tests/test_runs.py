@@ -252,6 +252,11 @@ def test_dpo_id_levels_trains_only_those_rows(tiny_smol, tmp_path):
     with pytest.raises(M.UserError, match="comma-separated integers"):
         dpo.parse_levels("last")
     argv = tiny_dpo_argv(tiny_smol, tmp_path, steps=4)
+    with pytest.raises(M.UserError, match="levels 1 to 3"):        # checked against the IDs, before any file
+        dpo.main(argv + ["--out", str(tmp_path / "l4"), "--id-levels", "4"])
+    assert not (tmp_path / "l4" / "config.json").exists()
+    with pytest.raises(SystemExit):                                 # the form: an argparse error
+        dpo.main(argv + ["--out", str(tmp_path / "lx"), "--id-levels", "last"])
     dpo.main(argv + ["--out", str(tmp_path / "l3"), "--id-levels", "3", "--rpo-alpha", "0"])
     sft_t, got = adapter_tensors(tmp_path / "sft" / "adapter"), adapter_tensors(tmp_path / "l3" / "adapter")
     rows, start = got["embed_tokens.new_rows"], sft_t["embed_tokens.new_rows"]
