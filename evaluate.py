@@ -788,7 +788,8 @@ def parse_args(argv=None):
                         "popularity's kernel width, and content x co-listening's width and power, are chosen, and "
                         "on which the learned baseline keeps its epoch (0: every one, a set that does not depend on "
                         "the other tasks' examples data.py shuffled among them; default %(default)s). The choice "
-                        "scores every track for each of them under 42 settings: cap it on a real log, e.g. 5000")
+                        "scores every track for each of them under 36 settings (content x popularity's 6 are "
+                        "among them): cap it on a real log, e.g. 5000")
     p.add_argument("--ranker-epochs", type=int, default=RANKER_EPOCHS,
                    help="epochs of Adam for the learned baseline neighbour ranks x co-listening, the one of the "
                         "lowest validation cross-entropy kept (default %(default)s: on the demo's three worlds the "
