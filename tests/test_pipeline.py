@@ -515,6 +515,35 @@ def test_validation_ranking_and_preferences(demo_run, tiny_smol, tmp_path):
     assert r.returncode == 2 and "not made on these validation queries" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_pref_levels_on_the_run(demo_run, tiny_smol, tmp_path):
+    """benchmarks/pref_levels.py: its summed rows rank the validation pairs exactly as val_next.py's preference rows
+    (the log-prob and DPO's implicit reward), the long-listen rate as well, and every level's row is there."""
+    run, _ = demo_run
+    adapters = ["--adapter", f"SFT={run}/sft/adapter", "--adapter", f"DPO={run}/dpo/adapter"]
+    v, out = tmp_path / "v.json", tmp_path / "levels.json"
+    r = subprocess.run([sys.executable, "benchmarks/val_next.py", "--run", run, "--model", tiny_smol, "--queries", "2",
+                        "--attribute-queries", "0", "--hallucination-prompts", "0", *adapters,
+                        "--reward-reference", "SFT", "--out", str(v)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "benchmarks/pref_levels.py", "--run", run, "--model", tiny_smol, *adapters,
+                        "--reference", "SFT", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    val, got = json.load(open(v))["hits"], json.load(open(out))
+    n = len([l for l in open(os.path.join(run, "prefs", "val.jsonl")) if l.strip()])
+    assert got["groups"]["all"] == n and got["hits"]["long-listen rate"] == val["long-listen rate"]["preference"]
+    assert got["hits"]["SFT sum (evaluate.py)"] == val["SFT"]["preference"]
+    assert got["hits"]["DPO sum (evaluate.py)"] == val["DPO"]["preference"]
+    assert got["hits"]["DPO reward sum (evaluate.py)"] == val["DPO reward"]["preference"]
+    levels = json.load(open(os.path.join(run, "sft_data", "meta.json")))["levels"]
+    for name in ("SFT", "DPO", "DPO reward"):
+        for l in range(1, levels + 1):
+            assert len(got["hits"][f"{name} level {l}"]) == n and set(got["hits"][f"{name} level {l}"]) <= {0, 0.5, 1}
+    assert "SFT reward sum (evaluate.py)" not in got["hits"] and f"SFT levels >= {levels}" not in got["hits"]
+    r = subprocess.run([sys.executable, "benchmarks/pref_levels.py", "--run", run, "--model", tiny_smol, *adapters[:2],
+                        "--reference", "DPO"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == "error: --reference DPO: no --adapter of that name\n"
+
+
 def test_pair_runs_on_the_same_queries(demo_run, tmp_path):
     """benchmarks/pair_runs.py: DPO of the run against its SFT gives report.md's own paired rows (same values,
     same bootstrap); a run evaluated on other queries, or a system it lacks, is refused with one line."""
