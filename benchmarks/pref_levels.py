@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import harness  # first: it puts the repository root on sys.path for the imports below
 import baselines as B
@@ -44,16 +45,16 @@ BATCH_SIZE: int = 32      # pairs per forward (two answers each, one prompt run)
 
 
 @torch.no_grad()
-def answer_token_logps(model, pairs, pad_id, device, batch_size=BATCH_SIZE):
+def answer_token_logps(model, pairs, pad_id, device, batch_size=BATCH_SIZE, desc=None):
     """Per-token log-probs of each pair's two answers: chosen (N, A), rejected (N, A) fp32, 0 past an answer's end.
 
     pairs: dpo.read_pairs' [(prompt, chosen, rejected)]. Token t of an answer is log pi(y_t | x, y_<t); their row
-    sum is dpo.score_pairs' summed log-prob (tests/test_benchmarks.py checks it). One prompt run per pair, its two
-    answers on its KV cache (sft.prompt_answer_hidden, as dpo.answers_logps)."""
+    sum is dpo.score_pairs' summed log-prob (tests/test_pref_levels.py checks it). One prompt run per pair, its two
+    answers on its KV cache (sft.prompt_answer_hidden, as dpo.answers_logps). desc: a progress bar's label."""
     model.eval()
     width = max(max(len(c), len(r)) for _, c, r in pairs)
     chosen, rejected = torch.zeros(len(pairs), width), torch.zeros(len(pairs), width)
-    for s in range(0, len(pairs), batch_size):
+    for s in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=desc is None, leave=False):
         batch = pairs[s:s + batch_size]
         b = len(batch)
         answers = [c for _, c, _ in batch] + [r for _, _, r in batch]
@@ -139,7 +140,7 @@ def main(argv=None):
         lora.merge_lora(model)   # as evaluate.py
         fmt = M.PromptFormat(tok, vocab)
         token_logps[name] = answer_token_logps(model, dpo.read_pairs(pairs_path, fmt), M.pad_id_of(tok), device,
-                                               args.batch_size)
+                                               args.batch_size, desc=f"{name}: pairs")
         for row, (c, r) in level_scores(*token_logps[name], meta["levels"]).items():
             hits[f"{name} {row}"] = dpo.pair_hits(c, r).numpy()
         del model
