@@ -329,6 +329,18 @@ def answer_set_logps(model, prompts, answer_sets, pad_id, device, vocab=None, tr
     return tuple(x.view(S, B) for x in out) if trie is not None else out.view(S, B)
 
 
+def answer_token_lsm(model, prompts, answers, prompt_of, pad_id, device):
+    """The log-softmax row at every answer token of N answers (answer n continuing prompt prompt_of[n]): (lsm (M, V)
+    fp32, targets (M,) the tokens, mask (N, A) where they sit in the right-padded answers), M = the answers' tokens.
+    lsm.gather(1, targets[:, None]) are their log pi(y_t | x, y_<t); answers_logps sums them per answer,
+    benchmarks/pref_levels.py keeps them apart."""
+    p_ids, *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
+    mask = a_mask.bool()
+    prev = sft.answer_prev(model, p_ids, prompt_of, a_ids)   # what a head with answer features reads; else None
+    logits = M.head_logits(model, h[mask], None if prev is None else prev[mask])    # fp32 head, whole vocabulary
+    return torch.log_softmax(logits, -1), a_ids[mask], mask
+
+
 def answers_logps(model, prompts, answers, prompt_of, pad_id, device, vocab=None, trie=None):
     """Summed log-probs (N,) of N answers, answer n continuing prompt prompt_of[n] (prompts: B token lists).
 
@@ -339,11 +351,7 @@ def answers_logps(model, prompts, answers, prompt_of, pad_id, device, vocab=None
     the second (N,) is, per answer, sum over its L ID tokens of log sum_{v allowed after y_<l} pi(v | x, y_<l)
     (sft.valid_id_logps), from the same log-softmax rows, for validity_loss.
     """
-    p_ids, *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, prompts, answers, prompt_of, pad_id, device)
-    mask = a_mask.bool()
-    prev = sft.answer_prev(model, p_ids, prompt_of, a_ids)   # what a head with answer features reads; else None
-    logits = M.head_logits(model, h[mask], None if prev is None else prev[mask])    # fp32 head, whole vocabulary
-    lsm, targets = torch.log_softmax(logits, -1), a_ids[mask]
+    lsm, targets, mask = answer_token_lsm(model, prompts, answers, prompt_of, pad_id, device)
     logps = lsm.gather(1, targets[:, None]).squeeze(1)
     row = torch.arange(len(answers), device=device)[:, None].expand_as(mask)[mask]
     summed = torch.zeros(len(answers), device=device).index_add(0, row, logps)      # summed, not averaged

@@ -17,7 +17,8 @@ whose two tracks share their first code, or their first two (there those codes' 
 answers, and with the first two shared, (1) at the last level compares two entries of one softmax). With --reference
 NAME (the SFT adapter a DPO adapter started from), every other adapter also gets the same rows of its implicit
 reward per level, log pi - log ref (dpo.implicit_reward_hits' reward, split by token). Beside them the long-listen
-rate on the same pairs, and each row's paired difference to it (95% bootstrap interval). A diagnostic, not
+rate on the same pairs; each row's paired difference to it, and to its adapter's summed log-prob (evaluate.py's
+score; 95% bootstrap intervals). A diagnostic, not
 evaluate.py's score: it says where in the ID the model's preference lives, not what one number ranking next tracks
 and pairs can reach (benchmarks/pref_frontier.py).
 """
@@ -35,12 +36,12 @@ import evaluate as E
 import lora
 import metrics
 import model as M
-import sft
 from common import UserError, need_file, read_json, run_main, write_json
 from val_next import MODEL, SEED, catalogue_codes
 
 # -----------------------------------------------------------------------------
 BATCH_SIZE: int = 32      # pairs per forward (two answers each, one prompt run)
+SUM = "sum (evaluate.py)"   # the row of evaluate.py's score, the summed log-prob of the whole answer
 # -----------------------------------------------------------------------------
 
 
@@ -50,7 +51,7 @@ def answer_token_logps(model, pairs, pad_id, device, batch_size=BATCH_SIZE, desc
 
     pairs: dpo.read_pairs' [(prompt, chosen, rejected)]. Token t of an answer is log pi(y_t | x, y_<t); their row
     sum is dpo.score_pairs' summed log-prob (tests/test_pref_levels.py checks it). One prompt run per pair, its two
-    answers on its KV cache (sft.prompt_answer_hidden, as dpo.answers_logps). desc: a progress bar's label."""
+    answers on its KV cache (dpo.answer_token_lsm, the rows dpo.answers_logps sums). desc: a progress bar's label."""
     model.eval()
     width = max(max(len(c), len(r)) for _, c, r in pairs)
     chosen, rejected = torch.zeros(len(pairs), width), torch.zeros(len(pairs), width)
@@ -59,14 +60,10 @@ def answer_token_logps(model, pairs, pad_id, device, batch_size=BATCH_SIZE, desc
         b = len(batch)
         answers = [c for _, c, _ in batch] + [r for _, _, r in batch]
         with M.autocast(device):
-            p_ids, *_, a_ids, a_mask, h = sft.prompt_answer_hidden(model, [p for p, _, _ in batch], answers,
-                                                                   list(range(b)) * 2, pad_id, device)
-            mask = a_mask.bool()
-            prev = sft.answer_prev(model, p_ids, list(range(b)) * 2, a_ids)
-            logits = M.head_logits(model, h[mask], None if prev is None else prev[mask])   # fp32 head
-        lsm = torch.log_softmax(logits.float(), -1)
+            lsm, targets, mask = dpo.answer_token_lsm(model, [p for p, _, _ in batch], answers, list(range(b)) * 2,
+                                                      pad_id, device)
         tok = torch.zeros(mask.shape, device=lsm.device)
-        tok[mask] = lsm.gather(1, a_ids[mask][:, None]).squeeze(1)
+        tok[mask] = lsm.gather(1, targets[:, None]).squeeze(1)
         tok = tok.cpu()
         chosen[s:s + b, :tok.shape[1]], rejected[s:s + b, :tok.shape[1]] = tok[:b], tok[b:]
     return chosen, rejected
@@ -81,7 +78,7 @@ def level_scores(chosen, rejected, levels):
     ranked the pairs alike to the third decimal). Example, levels 3, one pair: chosen [[-1, -2, -3, -0.1]], rejected
     [[-0.5, -3, -2, -0.1]]: 'sum' -6.1 vs -5.6 (rejected ahead), 'level 1' -1 vs -0.5 (rejected), 'level 2' -2 vs
     -3 (chosen), 'level 3' -3 vs -2 (rejected), 'levels >= 2' -5.1 vs -5.1 (a tie)."""
-    out = {"sum (evaluate.py)": (chosen.sum(1), rejected.sum(1))}
+    out = {SUM: (chosen.sum(1), rejected.sum(1))}
     for l in range(levels):
         out[f"level {l + 1}"] = (chosen[:, l], rejected[:, l])
     for l in range(1, levels - 1):
@@ -135,6 +132,7 @@ def main(argv=None):
     print(f"{len(prefix)} pairs from {pairs_path}; " + ", ".join(
         f"{g}: {m.sum()}" for g, m in groups.items() if g != "all"))
     hits, token_logps = {"long-listen rate": rate_hits}, {}
+    sum_of = {}   # row -> its adapter's evaluate.py row, which each row is also paired against
     for name, folder in adapters:
         model, tok, vocab = M.load_policy(args.model, adapter=folder, id_table_sha=meta["id_table_sha256"])
         lora.merge_lora(model)   # as evaluate.py
@@ -143,6 +141,7 @@ def main(argv=None):
                                                args.batch_size, desc=f"{name}: pairs")
         for row, (c, r) in level_scores(*token_logps[name], meta["levels"]).items():
             hits[f"{name} {row}"] = dpo.pair_hits(c, r).numpy()
+            sum_of[f"{name} {row}"] = f"{name} {SUM}"
         del model
     if args.reference:
         ref_c, ref_r = token_logps[args.reference]
@@ -150,16 +149,18 @@ def main(argv=None):
             if name != args.reference:
                 for row, (a, b) in level_scores(c - ref_c, r - ref_r, meta["levels"]).items():
                     hits[f"{name} reward {row}"] = dpo.pair_hits(a, b).numpy()
-    head = f"{'score':34s}" + "".join(f"{g:>20s}" for g in groups) + "   all - long-listen rate"
-    print(head)
+                    sum_of[f"{name} reward {row}"] = f"{name} {SUM}"
+    print(f"{'score':34s}" + "".join(f"{g:>20s}" for g in groups) + f"{'all - long-listen rate':>27s}"
+          + f"{'all - its log-prob sum':>27s}")
     table = {}
     for row, h in hits.items():
-        h = np.asarray(h, np.float64)
-        d = metrics.paired_bootstrap(h.tolist(), rate_hits.tolist(), seed=args.seed)
-        table[row] = {"accuracy": {g: float(h[m].mean()) for g, m in groups.items() if m.any()},
-                      "minus_rate": d}
-        print(f"{row:34s}" + "".join(f"{h[m].mean():20.3f}" if m.any() else f"{'-':>20s}"
-                                     for m in groups.values()) + f"   {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+        d = metrics.paired_bootstrap(h, rate_hits, seed=args.seed)
+        ds = (metrics.paired_bootstrap(h, hits[sum_of[row]], seed=args.seed)
+              if row in sum_of and sum_of[row] != row else None)
+        table[row] = {"accuracy": {g: float(np.mean(h[m])) for g, m in groups.items() if m.any()},
+                      "minus_rate": d, "minus_sum": ds}
+        print(f"{row:34s}" + "".join(f"{np.mean(h[m]):20.3f}" if m.any() else f"{'-':>20s}" for m in groups.values())
+              + "".join(f"{'':>3s}{x[0]:+.3f} [{x[1]:+.3f}, {x[2]:+.3f}]" if x else f"{'':>27s}" for x in (d, ds)))
     if args.out:
         write_json(args.out, {"config": vars(args), "groups": {g: int(m.sum()) for g, m in groups.items()},
                               "table": table, "hits": {k: np.asarray(v).tolist() for k, v in hits.items()}})

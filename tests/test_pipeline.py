@@ -539,6 +539,13 @@ def test_pref_levels_on_the_run(demo_run, tiny_smol, tmp_path):
         for l in range(1, levels + 1):
             assert len(got["hits"][f"{name} level {l}"]) == n and set(got["hits"][f"{name} level {l}"]) <= {0, 0.5, 1}
     assert "SFT reward sum (evaluate.py)" not in got["hits"] and f"SFT levels >= {levels}" not in got["hits"]
+    # each row is paired against its adapter's summed log-prob too (the reward rows against the log-prob's)
+    mean = lambda row: np.mean(got["hits"][row])   # noqa: E731
+    assert got["table"]["DPO sum (evaluate.py)"]["minus_sum"] is None
+    assert got["table"]["DPO reward level 1"]["minus_sum"][0] == pytest.approx(
+        mean("DPO reward level 1") - mean("DPO sum (evaluate.py)"))
+    assert got["table"]["SFT level 2"]["minus_sum"][0] == pytest.approx(
+        mean("SFT level 2") - mean("SFT sum (evaluate.py)"))
     r = subprocess.run([sys.executable, "benchmarks/pref_levels.py", "--run", run, "--model", tiny_smol, *adapters[:2],
                         "--reference", "DPO"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr == "error: --reference DPO: no --adapter of that name\n"
