@@ -71,10 +71,13 @@ VALID_ID_WEIGHT: float = 0.0   # weight of -log p(some catalogue code) at each a
                                # answers, at the attribute precision untying bought (EXPERIMENTS.md): 0, off
 ANSWERS_PER_PROMPT: int = 1    # next-track answers sharing one prompt's forward (1: every example its own; more
                                # examples a second, no better ranking at the demo's budget: EXPERIMENTS.md)
-ANSWER_TARGETS = ("example", "group", "colisten")
+ANSWER_TARGETS = ("example", "group", "colisten", "teacher")
 ANSWER_TARGET: str = "example"  # what an answer's ID tokens are trained toward: the example's own answer (one-hot),
                                # the answers of every example asked the same thing (group_targets), or for next
-                               # tracks also the context's co-listened tracks (colistened_answers)
+                               # tracks also the context's co-listened tracks (colistened_answers), or the bar's
+                               # distribution of the context's next track (teacher_answers)
+TEACHER_WEIGHT: float = 1.0    # --answer-targets teacher: the teacher's mass beside the group's next plays, per play
+                               # (measured at 1 and 4: EXPERIMENTS.md, "The bar as SFT's teacher")
 INIT_ADAPTER: str = ""         # start LoRA and the ID rows from a trained adapter instead of fresh (a second stage
                                # on other examples, e.g. one task family after the mix); "": LoRA B = 0, rows at init
 BUCKET: int = 8                # length bucketing: sort within windows of BUCKET batches
@@ -214,7 +217,7 @@ def prefix_targets(answer, group, weights=None):
     return out
 
 
-def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
+def group_targets(examples, pairs, vocab, request_answers, neighbours=None, near_weight=None):
     """For every example, the soft targets of its answer's ID tokens (prefix_targets), or None (the one-hot answer).
 
     What an example is asked fixes the answers it may have; SFT draws one of them. A next-track example's group is
@@ -224,7 +227,8 @@ def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
     asked by name has one answer (None). Trained toward these, each step carries what a whole epoch of one-hot
     examples would say about its prompt: the same expected loss, less noise (EXPERIMENTS.md, "Group targets").
     neighbours ({context ID tokens: (answers (N, L), weights (N,))}, colistened_answers): a next-track group is then
-    also every track listened near its context track in the training window, weighted by how often.
+    also every track listened near its context track in the training window, weighted by how often; with
+    near_weight w, the neighbours' weights (a distribution, teacher_answers) scaled to w times the group's size.
     """
     L = vocab.levels
     out = [None] * len(examples)
@@ -236,7 +240,8 @@ def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
             continue
         answers, weights = np.array([pairs[i][1][:L] for i in g]), np.ones(len(g))
         if near is not None:
-            answers, weights = np.concatenate([answers, near[0]]), np.concatenate([weights, near[1]])
+            w = near[1] if near_weight is None else near[1] * near_weight * len(g)
+            answers, weights = np.concatenate([answers, near[0]]), np.concatenate([weights, w])
         cache = {}
         for i, a in zip(g, answers):
             key = tuple(a)
@@ -253,14 +258,40 @@ def group_targets(examples, pairs, vocab, request_answers, neighbours=None):
     return out
 
 
-def answer_targets(kind, sft_data, meta, examples, pairs, fmt):
+def answer_targets(kind, sft_data, meta, examples, pairs, fmt, teacher=None, teacher_weight=TEACHER_WEIGHT):
     """The soft targets --answer-targets `kind` trains toward, one per example (group_targets), or None for
-    `example` (each answer one-hot). Reads sft_data's attribute_answers.jsonl, and listening_stats.npz for colisten."""
+    `example` (each answer one-hot). Reads sft_data's attribute_answers.jsonl, listening_stats.npz for colisten,
+    the npz `teacher` for teacher."""
     if kind == "example":
         return None
     request_answers = read_request_answers(os.path.join(sft_data, formats.ATTRIBUTE_ANSWERS), fmt)
+    if kind == "teacher":
+        near = teacher_answers(teacher, meta, fmt.vocab)
+        return group_targets(examples, pairs, fmt.vocab, request_answers, near, near_weight=teacher_weight)
     near = colistened_answers(sft_data, meta, fmt.vocab) if kind == "colisten" else None
     return group_targets(examples, pairs, fmt.vocab, request_answers, near)
+
+
+def teacher_answers(path, meta, vocab):
+    """{a track's ID tokens: (answers (K, L), probs (K,))}: the distribution of its next track under the bar
+    (benchmarks/teacher_targets.py's npz: rows and probs per catalogue row, -1 past a short genre's end)."""
+    need_file(path, "teacher targets (benchmarks/teacher_targets.py)")
+    try:
+        t = np.load(path)
+        t = {"rows": t["rows"], "probs": t["probs"]}
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: not the npz of benchmarks/teacher_targets.py (rows, probs): {e}") from None
+    cat, _ = formats.load_catalog(meta["catalog"])
+    if len(t["rows"]) != len(cat):
+        raise UserError(f"{path}: {len(t['rows'])} context tracks, the catalogue has {len(cat)}; write it again")
+    row_codes = formats.row_codes_of(cat, *formats.load_semantic_ids(meta["semantic_ids"]))
+    tokens = {r: tuple(vocab.ids(c)) for r, c in row_codes.items()}
+    out = {}
+    for c, (rows, probs) in enumerate(zip(t["rows"].tolist(), t["probs"].tolist())):
+        keep = [(tokens[r], p) for r, p in zip(rows, probs) if r >= 0 and r in tokens]
+        if c in tokens and keep:
+            out[tokens[c]] = (np.array([a for a, _ in keep]), np.array([p for _, p in keep], np.float64))
+    return out
 
 
 def attributes_key(attrs):
@@ -826,7 +857,8 @@ def train(args):
               + (f" x {ddp.world_size()} processes" if ddp.world_size() > 1 else ""))
         save_config(args.out, args, meta=meta, trainable_parameters=trainable)
 
-    soft = answer_targets(args.answer_targets, args.data, meta, train_ex, train_pairs, fmt)
+    soft = answer_targets(args.answer_targets, args.data, meta, train_ex, train_pairs, fmt, args.teacher,
+                          args.teacher_weight)
     if soft is not None:   # each answer token trained toward its group's answers (group_targets)
         if ddp.is_main():
             print(f"group targets: {sum(x is not None for x in soft):,} of {len(soft):,} examples trained toward the "
@@ -854,7 +886,8 @@ def train(args):
         + (("listening_stats.npz",) if args.answer_targets == "colisten" else ())
     starts = [os.path.join(args.init_adapter, n) for n in (lora.ADAPTER_WEIGHTS, M.ID_TOKENS_FILE)] \
         if args.init_adapter else []   # a checkpoint resumes only the run that started from these very weights
-    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in inputs] + starts)
+    teacher = [args.teacher] if args.answer_targets == "teacher" else []
+    fingerprint = run_fingerprint(args, [os.path.join(args.data, n) for n in inputs] + starts + teacher)
     if args.resume and resumable(ckpt_path, fingerprint):
         step, best, history = load_checkpoint(ckpt_path, model, opt, device)
     log_path = os.path.join(args.out, "log.jsonl")
@@ -989,7 +1022,15 @@ def parse_args(argv=None):
                         "plays of the context track in the training window, by count (listening_stats.npz, what "
                         "item kNN ranks by) (EXPERIMENTS.md, 'Group targets'; default %(default)s; the demo passes "
                         "'group', which with 32,000 attribute requests raised their precision@10 by 0.13-0.22 on "
-                        "the test windows)")
+                        "the test windows); 'teacher': 'group', and a next-track answer also toward the bar's "
+                        "distribution of the context's next track (--teacher; EXPERIMENTS.md, 'The bar as SFT's "
+                        "teacher': next tracks +0.000 to +0.045 on three validation windows, not the default)")
+    p.add_argument("--teacher", default="",
+                   help="with --answer-targets teacher: the npz of benchmarks/teacher_targets.py, content x "
+                        "co-listening's top tracks after each context track, as probabilities")
+    p.add_argument("--teacher-weight", type=float, default=TEACHER_WEIGHT,
+                   help="with --answer-targets teacher: the teacher's mass beside the context's next plays, per play "
+                        "(default %(default)s: half the target is the plays, half the teacher)")
     p.add_argument("--lr", type=float, default=LR,
                    help="peak learning rate of the LoRA matrices (default %(default)s: higher than the usual 2e-4, "
                         "since the run has few steps)")
@@ -1082,6 +1123,8 @@ def parse_args(argv=None):
         args.micro_batch_size = min(args.batch_size, MICRO_BATCH_SIZE)
     if args.batch_size % args.micro_batch_size:
         p.error("--batch-size must be a multiple of --micro-batch-size")
+    if args.answer_targets == "teacher" and not args.teacher:
+        p.error("--answer-targets teacher needs --teacher, the npz of benchmarks/teacher_targets.py")
     if args.answer_targets != "example" and args.answers_per_prompt > 1:
         p.error(f"--answer-targets {args.answer_targets} trains each example toward its group's answers; "
                 "--answers-per-prompt runs the group's examples under one prompt: use one or the other")

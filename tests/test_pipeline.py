@@ -551,6 +551,41 @@ def test_pref_levels_on_the_run(demo_run, tiny_smol, tmp_path):
     assert r.returncode == 2 and r.stderr == "error: --reference DPO: no --adapter of that name\n"
 
 
+def test_teacher_targets_on_the_run(demo_run, tiny_smol, tmp_path):
+    """benchmarks/teacher_targets.py: each context's distribution is content x co-listening's order within its genre
+    at evaluate.py's width and power; sft.py --answer-targets teacher trains toward it beside the plays."""
+    import sft
+    run, _ = demo_run
+    out = tmp_path / "teacher.npz"
+    r = subprocess.run([sys.executable, "benchmarks/teacher_targets.py", "--run", run, "--top-k", "5", "--out",
+                        str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t, cc = np.load(out), json.load(open(os.path.join(run, "eval", "results.json")))["content_colisten"]
+    assert (float(t["tau"]), float(t["lam"])) == (cc["tau"], cc["lambda"])
+    meta = json.load(open(os.path.join(run, "sft_data", "meta.json")))
+    catalog, _ = formats.load_catalog(meta["catalog"])
+    popularity, cooc, _ = E.load_listening(os.path.join(run, "sft_data"), os.path.join(run, "prefs"), len(catalog))
+    x = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
+    genres = B.genre_masks(catalog.genres)
+    assert t["rows"].shape == (len(catalog), 5) and np.allclose(t["probs"].sum(1), 1.0)
+    for c in (0, 7):
+        in_genre = genres[catalog.genres[c][0]]
+        s = B.content_colisten_scores(x, c, popularity, B.colisten_counts(cooc, c, len(catalog)), in_genre,
+                                      cc["tau"], cc["lambda"])
+        want = [j for j in np.argsort(-s, kind="stable") if j != c and in_genre[j]][:5]
+        assert t["rows"][c].tolist() == want
+    r = subprocess.run([sys.executable, "sft.py", "--data", os.path.join(run, "sft_data"), "--out",
+                        str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2", "--batch-size", "4",
+                        "--eval-every", "2", "--answer-targets", "teacher"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--answer-targets teacher needs --teacher" in r.stderr
+    r = subprocess.run([sys.executable, "sft.py", "--data", os.path.join(run, "sft_data"), "--out",
+                        str(tmp_path / "sft"), "--model", tiny_smol, "--steps", "2", "--batch-size", "4",
+                        "--eval-every", "2", "--answer-targets", "teacher", "--teacher", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.exists(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+
+
 def test_pair_runs_on_the_same_queries(demo_run, tmp_path):
     """benchmarks/pair_runs.py: DPO of the run against its SFT gives report.md's own paired rows (same values,
     same bootstrap); a run evaluated on other queries, or a system it lacks, is refused with one line."""

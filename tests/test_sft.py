@@ -443,6 +443,13 @@ def test_group_targets_of_next_tracks_requests_and_names(tiny_smol):
     assert soft[0][0][0].tolist() == [a, vocab.token_id(0, 2)] and np.allclose(soft[0][0][1], [0.5, 0.5])
     assert soft[0][1][0].tolist() == [vocab.token_id(1, 0), b] and np.allclose(soft[0][1][1], [0.25, 0.75])
     assert soft[1][1][0].tolist() == [vocab.token_id(1, 0), b] and soft[2] is None   # no neighbours: as before
+    # a teacher's distribution (weights summing to 1) at near_weight 1 weighs as much as the group's two plays:
+    # (1,2,3) x 1 + 0.25 * 2, (1,0,0) x 1, (2,2,2) x 0.75 * 2 of 4 -> a_1 2.5/4, a_2 1.5/4; after a_1: b_0 0.4, b_2 0.6
+    teacher = {ctx: (np.array([vocab.ids(c) for c in [(1, 2, 3), (2, 2, 2)]]), np.array([0.25, 0.75]))}
+    soft = sft.group_targets(ex, pairs, vocab, {(("genre", "rock"),): rock}, teacher, near_weight=1.0)
+    assert np.allclose(soft[0][0][1], [2.5 / 4, 1.5 / 4]) and np.allclose(soft[0][1][1], [0.4, 0.6])
+    soft = sft.group_targets(ex, pairs, vocab, {(("genre", "rock"),): rock}, teacher, near_weight=0.5)
+    assert np.allclose(soft[0][0][1], [2.25 / 3, 0.75 / 3])          # half the mass: 0.5 of the plays' 2
 
 
 def test_sft_loss_with_group_targets_is_the_cross_entropy(tiny_smol):
