@@ -8,11 +8,12 @@ the two is a model:
 
     theta(lambda) = theta_sft + lambda (theta_dpo - theta_sft)                                           (1)
 
-lambda = 0 is SFT, 1 is DPO; between them a weight-space mix (WiSE-FT, Wortsman et al. 2022, eq. 1: fine-tuned
-and starting weights averaged keep more of what the start knew); above 1 an extrapolation (ExPO, Zheng et al.
-2024, "Weak-to-strong extrapolation expedites alignment", eq. 2 with alpha = lambda - 1: a DPO model trained too
-briefly or held back by its KL term is a point short of a better-aligned one on the same line). No training: what
-the line gives is read off the validation windows (val_next.py).
+lambda = 0 is SFT, 1 is DPO; between them a weight-space mix (WiSE-FT, Wortsman et al. 2022: fine-tuned and
+starting weights averaged keep more of what the start knew); above 1 an extrapolation (ExPO: Zheng et al.,
+"Model extrapolation expedites alignment", arXiv 2404.16792, ACL 2025: theta_dpo + alpha (theta_dpo - theta_sft),
+alpha = lambda - 1; alignment moves the weights little, so to first order the same direction keeps improving the
+alignment objective past a DPO model trained briefly). No training: what the line gives is read off the validation
+windows (val_next.py).
 
 A LoRA layer's weight is W0 + s B A (s = lora_alpha / r), so along (1) it is
 
@@ -36,7 +37,7 @@ import lora
 import model as M
 from common import UserError, atomic_dir, need_file, read_json, run_main, save_config, write_json
 
-LAM: float = 2.0   # 1 is DPO itself; ExPO's gains were at alpha = lambda - 1 of 0.3 to 2 (their Table 1 grid)
+LAM: float = 2.0   # 1 is DPO itself, 2 twice its step (ExPO's alpha 1); measured at 0.5 to 3 (EXPERIMENTS.md)
 
 
 def mix(sft, dpo, lam):
