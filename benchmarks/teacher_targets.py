@@ -31,7 +31,7 @@ import evaluate as E
 import formats
 import rvq
 import signals
-from common import atomic_path, need_file, read_json, run_main, save_config
+from common import atomic_path, read_json, run_main, save_config
 
 TOP_K: int = 50   # tracks a context's distribution keeps; (2) past the 50th of a genre's ~100 tracks is small
 
@@ -43,7 +43,8 @@ def teacher_distribution(x, popularity, colisten, in_genre, item, tau, lam, k=TO
     bool, the context's genre; the context itself is never a candidate. Example: x [[0], [1], [2]], plays [0, 9, 99],
     context 0, one genre, tau 4, lam 1, track 1 co-listened 9 times: s_1 = log 10 - 1/4 + log 10 = 4.35, s_2 = log 100
     - 1 = 3.61; k = 2 gives rows [1, 2], probs [0.679, 0.321] (e^0.75 : 1)."""
-    s = np.log1p(popularity) - ((x - x[item]) ** 2).sum(1) / tau + lam * np.log1p(colisten)
+    # (1) as baselines.content_colisten_scores writes it, without its genre-first shift (the mask below does that)
+    s = np.log1p(popularity) + B.content_knn_scores(x, item) / tau + lam * np.log1p(colisten)
     s = np.where(np.asarray(in_genre, bool), s, -np.inf)
     s[item] = -np.inf
     k = min(k, int(np.isfinite(s).sum()))
@@ -59,12 +60,8 @@ def build(run, k=TOP_K):
     track_ids, codes = formats.load_semantic_ids(meta["semantic_ids"])
     row_of_track = catalog.index()
     id_to_row = {tuple(int(c) for c in cs): row_of_track[t] for t, cs in zip(track_ids, codes)}
-    path = need_file(os.path.join(sft_data, "listening_stats.npz"), "listening statistics (data.py sft)")
-    stats = np.load(path)
-    popularity, n = stats["popularity"].astype(np.float64), len(catalog)
-    cooc = {}
-    for i, j, c in zip(stats["cooc_i"], stats["cooc_j"], stats["cooc_count"]):
-        cooc.setdefault(int(i), {})[int(j)] = float(c)
+    n = len(catalog)
+    popularity, cooc, _ = E.load_listening(sft_data, os.path.join(run, "prefs"), n)   # evaluate.py's very inputs
     x = signals.preprocess(catalog.features, rvq.load_rvq(meta["rvq"])["params"])
     genres = B.genre_masks(catalog.genres)
     genre_of = lambda c: genres[catalog.genres[c][0]]   # noqa: E731  the context's primary genre, as evaluate.py
@@ -79,7 +76,7 @@ def build(run, k=TOP_K):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="a run folder with sft_data/ (data.py sft) and rvq/")
+    p.add_argument("--run", required=True, help="a run folder with sft_data/ (data.py sft), prefs/ and rvq/")
     p.add_argument("--top-k", type=int, default=TOP_K, help="tracks kept per context (default %(default)s)")
     p.add_argument("--out", required=True, help="the npz to write (sft.py --teacher)")
     args = p.parse_args(argv)
