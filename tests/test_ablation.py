@@ -125,7 +125,7 @@ def test_demo_row_is_make_demo():
             changed = {k for k in demo if variables[k] != demo[k]} | (set(variables) - set(demo))
             assert changed and changed <= {"SIGNALS", "LAST_LEVEL_SIGNALS", "HISTORY", "EVAL_ARGS", "DPO_ARGS",
                                            "PREFS_ARGS", "ATTRIBUTE_EXAMPLES", "SFT_TARGETS", "PROMPT_ID_WEIGHT",
-                                           "DPO_BETA", "SFT_REPLAY"}, name
+                                           "DPO_BETA", "SFT_REPLAY", "SFT_STEPS"}, name
             assert base is None or base == "demo" or base.startswith("demo-")
             # the quality block is the only one the last code may keep to itself (rvq.py refuses a block not in
             # --signals)
@@ -141,12 +141,13 @@ def test_a_finished_row_is_checked_against_its_options_today(tmp_path):
     subprocess.run(ablation.make_command("demo", str(run), 0, {}) + ["-n"], stdout=subprocess.DEVNULL, check=True)
     assert ablation.changed_stages("demo", str(run), 0, {}) == []          # the stamps of today's demo
     assert ablation.changed_stages("demo", str(run), 1, {}) != []          # another world: every stage
-    assert ablation.changed_stages("demo-1206", str(run), 0, {}) == ["rvq"]   # the IDs; make reruns what follows
+    assert ablation.changed_stages("demo-1207", str(run), 0, {}) == ["sft"]   # its steps; make reruns what follows
+    assert ablation.changed_stages("demo-1206", str(run), 0, {}) == ["rvq", "sft"]   # and the IDs
     sft = run / ".stamps" / "sft"                                           # `make demo`'s interpreter: the same
     sft.write_text(sft.read_text().replace(ablation.PYTHON, ".venv/bin/python", 1))
     assert sft.read_text().startswith(".venv/bin/python sft.py ")
     assert ablation.changed_stages("demo", str(run), 0, {}) == []
-    with pytest.raises(UserError, match=r"ran with other options than row demo-1206 has now \(stages rvq\)"):
+    with pytest.raises(UserError, match=r"ran with other options than row demo-1206 has now \(stages rvq, sft\)"):
         ablation.main(["--out", str(tmp_path), "--rows", "demo-1206", "--table-only"])
     os.rename(run, tmp_path / "demo")
     assert ablation.run_row("demo", str(tmp_path), 0, {}) is None          # finished with its own options
@@ -189,12 +190,15 @@ def test_default_rows_and_other_worlds(tmp_path, capsys):
     assert ablation.TODAY[0] == "demo" and all(n.startswith("demo-") for n in ablation.TODAY[1:])
     assert {"demo-audio", "demo-dpo", "demo-seed"} <= set(ablation.TODAY) and "audio" not in ablation.TODAY
     # the demo replays SFT examples in DPO at beta 0.5; demo-1205 (its DPO before) and every row of the history not;
-    # demo-1206 is the demo with every code reading the long-listen rate, and demo-1205 reuses its SFT
-    demo, dec6, dec5 = (ablation.ROWS[n][1] for n in ("demo", "demo-1206", "demo-1205"))
+    # demo-1207 is the demo with 480 SFT steps, demo-1206 that with every code reading the long-listen rate, and
+    # demo-1205 reuses its SFT
+    demo, dec7, dec6, dec5 = (ablation.ROWS[n][1] for n in ("demo", "demo-1207", "demo-1206", "demo-1205"))
+    assert (demo["SFT_STEPS"], dec7["SFT_STEPS"]) == ("720", "480")
+    assert {**dec7, "SFT_STEPS": "720"} == demo
     assert (demo["SFT_REPLAY"], demo["DPO_BETA"], dec5["SFT_REPLAY"], dec5["DPO_BETA"]) == ("8", "0.5", "0", "0.1")
     assert (demo["LAST_LEVEL_SIGNALS"], dec6["LAST_LEVEL_SIGNALS"]) == ("quality", "")
     assert {k: v for k, v in dec6.items() if k != "LAST_LEVEL_SIGNALS"} == \
-        {k: v for k, v in demo.items() if k != "LAST_LEVEL_SIGNALS"}
+        {k: v for k, v in dec7.items() if k != "LAST_LEVEL_SIGNALS"}
     assert {k: v for k, v in dec5.items() if k not in ("SFT_REPLAY", "DPO_BETA")} == \
         {k: v for k, v in dec6.items() if k not in ("SFT_REPLAY", "DPO_BETA")}
     assert ablation.ROWS["demo-1205"][2] == "demo-1206"

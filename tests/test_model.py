@@ -276,11 +276,11 @@ def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer
 
 
 def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
-    """The demo trains the 15-layer cut for 480 steps on IDs with the quality block (in the last code alone), 32,000
-    attribute requests toward their answer sets, and DPO on steps of 4 prompts x up to 8 pairs drawn from every
-    training pair, to its final weights; SEED_CONFIG=1 the whole model for 240,
-    with the seed's audio-only IDs, answer-only SFT loss, and pure DPO on 80 steps of 8 of 640 pairs (the
-    commands `make -n` prints)."""
+    """The demo trains the 15-layer cut for 720 steps (480 until 2026-12-07) on IDs with the quality block (in the
+    last code alone), 32,000 attribute requests toward their answer sets, and DPO on steps of 4 prompts x up to 8
+    pairs drawn from every training pair, to its final weights; SEED_CONFIG=1 the whole model for 240, with the
+    seed's audio-only IDs, answer-only SFT loss, and pure DPO on 80 steps of 8 of 640 pairs (the commands `make -n`
+    prints)."""
     def commands(*extra):
         r = subprocess.run(["make", "-n", "-C", ROOT, "demo", f"RUN={tmp_path / 'run'}", "VENV_STAMP=", *extra],
                            capture_output=True, text=True, timeout=60)
@@ -288,15 +288,19 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
         return {w: next(l for l in r.stdout.splitlines() if f" {w} " in l)
                 for w in ("rvq.py", "sft", "sft.py", "dpo.py", "prefs", "evaluate.py")}
     demo = commands()
-    assert "--model models/smollm2-135m-l15 --steps 480 " in demo["sft.py"] and "--rpo-alpha" not in demo["dpo.py"]
+    assert "--model models/smollm2-135m-l15 --steps 720 " in demo["sft.py"] and "--rpo-alpha" not in demo["dpo.py"]
+    # DEMO_OF=2026-12-07: 480 SFT steps, nothing else changed; every earlier demo ran 480 too
+    dec7 = commands("DEMO_OF=2026-12-07")
+    assert dec7["sft.py"] == demo["sft.py"].replace(" --steps 720 ", " --steps 480 ")
+    assert all(dec7[w] == demo[w] for w in ("rvq.py", "sft", "dpo.py", "prefs", "evaluate.py"))
     # attribute requests as most of the examples, toward their answer sets, the prompt's IDs at a quarter weight
     assert "--attribute-examples 32000 " in demo["sft"] and "--answer-targets group" in demo["sft.py"]
     assert "--prompt-id-weight 0.25" in demo["sft.py"]
-    # the long-listen rate in the last code alone; DEMO_OF=2026-12-06 every code reads it, nothing else changed
+    # the long-listen rate in the last code alone; DEMO_OF=2026-12-06 every code reads it, the rest as 2026-12-07's
     assert demo["rvq.py"].split()[-2:] == ["--last-level-signals", "quality"]
     dec6 = commands("DEMO_OF=2026-12-06")
     assert dec6["rvq.py"].split() == demo["rvq.py"].split()[:-2]
-    assert all(dec6[w] == demo[w] for w in ("sft", "sft.py", "dpo.py", "prefs", "evaluate.py"))
+    assert all(dec6[w] == dec7[w] for w in ("sft", "sft.py", "dpo.py", "prefs", "evaluate.py"))
     # IDs without the quality block keep nothing for the last code, unless asked (and rvq.py then says why not)
     assert "--last-level-signals" not in commands("SIGNALS=audio,genre,collab")["rvq.py"]
     assert "--last-level-signals" in commands("SIGNALS=audio", "LAST_LEVEL_SIGNALS=quality")["rvq.py"]
@@ -304,7 +308,7 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     assert "--beta 0.5 --sft-replay 8 --sft-data " + str(tmp_path / "run" / "sft_data") in demo["dpo.py"]
     dec5 = commands("DEMO_OF=2026-12-05")
     assert dec5["rvq.py"] == dec6["rvq.py"]
-    assert all(dec5[w] == demo[w] for w in ("sft", "sft.py", "prefs", "evaluate.py"))
+    assert all(dec5[w] == dec7[w] for w in ("sft", "sft.py", "prefs", "evaluate.py"))
     assert "--beta" not in dec5["dpo.py"] and "--sft-replay" not in dec5["dpo.py"]
     before = commands("DEMO_OF=2026-12-04")                    # the demo those options replaced
     assert "--attribute-examples 2000 " in before["sft"] and "--answer-targets" not in before["sft.py"]
