@@ -97,22 +97,23 @@ DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAST_LEVEL_SIGNALS": "quality"
         "HISTORY": "1", "CONTEXT_TEXT": "genre", "ATTRIBUTE_EXAMPLES": "32000", "SFT_TARGETS": "group",
         "PROMPT_ID_WEIGHT": "0.25", "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.5", "SFT_REPLAY": "8", "DPO_ARGS": "",
         "PREFS_ARGS": "", "HALLUCINATION_PROMPTS": "0"}
+DEMO_1207 = {**DEMO, "SFT_STEPS": "480"}   # the demo's history since 2026-12-04 ran 480 SFT steps
 ROWS.update({
     "demo": ("the demo's options since the evening of 2026-12-07 (make demo): IDs from audio, genre, co-listening "
              "and listening quality, the long-listen rate in the last code alone; 15 layers, SFT 720 steps, 32,000 "
              "of the examples attribute requests toward their answer sets, the prompt's IDs at weight 0.25; grouped "
              "DPO + NLL, beta 0.5, 8 SFT examples replayed a step; 320 test prompts decoded freely", DEMO, None),
-    # the demo's history since 2026-12-04, each as it ran: every one with 480 SFT steps
+    # the demo's history since 2026-12-04, each as it ran
     "demo-1207": ("demo, but SFT 480 steps (make demo DEMO_OF=2026-12-07): the demo from 2026-12-06 to 2026-12-07",
-                  {**DEMO, "SFT_STEPS": "480"}, None),
+                  DEMO_1207, None),
     "demo-1206": ("demo-1207, but every code reads the long-listen rate (make demo DEMO_OF=2026-12-06): the demo "
-                  "from 2026-12-05 to 2026-12-06", {**DEMO, "SFT_STEPS": "480", "LAST_LEVEL_SIGNALS": ""}, None),
+                  "from 2026-12-05 to 2026-12-06", {**DEMO_1207, "LAST_LEVEL_SIGNALS": ""}, None),
     "demo-1205": ("demo-1206's SFT, DPO as the demo ran it before SFT replay (make demo DEMO_OF=2026-12-05): beta 0.1, "
-                  "no replay", {**DEMO, "SFT_STEPS": "480", "LAST_LEVEL_SIGNALS": "", "DPO_BETA": "0.1",
-                                "SFT_REPLAY": "0"}, "demo-1206"),
+                  "no replay", {**DEMO_1207, "LAST_LEVEL_SIGNALS": "", "DPO_BETA": "0.1", "SFT_REPLAY": "0"},
+                  "demo-1206"),
     "demo-1204": ("demo-1205, but the attribute requests of the demo of 2026-12-04 (make demo DEMO_OF=2026-12-04): "
                   "2,000 of them, each toward its one answer, the prompt's IDs at weight 1",
-                  {**DEMO, "SFT_STEPS": "480", "LAST_LEVEL_SIGNALS": "", "DPO_BETA": "0.1", "SFT_REPLAY": "0",
+                  {**DEMO_1207, "LAST_LEVEL_SIGNALS": "", "DPO_BETA": "0.1", "SFT_REPLAY": "0",
                    "ATTRIBUTE_EXAMPLES": "2000", "SFT_TARGETS": "example", "PROMPT_ID_WEIGHT": "1"}, None),
     # (without the quality block there is no rate to keep for the last code)
     "demo-audio": ("demo, but Semantic IDs from the seed's 10 audio features only",
