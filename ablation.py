@@ -89,20 +89,26 @@ ROWS = {
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
 # and none replayed SFT examples in DPO (SFT_REPLAY, the demo's since its second change of 2026-12-05), and in each
 # IDs every code read every block (LAST_LEVEL_SIGNALS, the demo's since 2026-12-06)
-ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", "LAST_LEVEL_SIGNALS": "", **variables}, base)
+ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", "LAST_LEVEL_SIGNALS": "", "TEST_NEXT": "200",
+                      **variables}, base)
         for name, (what, variables, base) in ROWS.items()}
+# The test window of the rows below: 200 next-track test queries, and all 320 test prompts decoded freely, the
+# demo's until the night of 2026-12-07 (1,000 queries since, the first 200 and the 120 attribute requests decoded
+# freely): the rows that ran stay finished, and a row costs no more evaluation than it did.
+ABLATION_TEST = {"TEST_NEXT": "200", "HALLUCINATION_PROMPTS": "0"}
 # Today's demo's options spelt out, and one change at a time against them: the rows that say what each part of it
-# buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo`.
+# buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo` on ABLATION_TEST.
 DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAST_LEVEL_SIGNALS": "quality", "LAYERS": "15", "SFT_STEPS": "720",
         "HISTORY": "1", "CONTEXT_TEXT": "genre", "ATTRIBUTE_EXAMPLES": "32000", "SFT_TARGETS": "group",
         "PROMPT_ID_WEIGHT": "0.25", "SFT_ARGS": "", **GROUPED_DPO, "DPO_BETA": "0.5", "SFT_REPLAY": "8", "DPO_ARGS": "",
-        "PREFS_ARGS": "", "HALLUCINATION_PROMPTS": "0"}
+        "PREFS_ARGS": "", **ABLATION_TEST}
 DEMO_1207 = {**DEMO, "SFT_STEPS": "480"}   # the demo's history since 2026-12-04 ran 480 SFT steps
 ROWS.update({
     "demo": ("the demo's options since the evening of 2026-12-07 (make demo): IDs from audio, genre, co-listening "
              "and listening quality, the long-listen rate in the last code alone; 15 layers, SFT 720 steps, 32,000 "
              "of the examples attribute requests toward their answer sets, the prompt's IDs at weight 0.25; grouped "
-             "DPO + NLL, beta 0.5, 8 SFT examples replayed a step; 320 test prompts decoded freely", DEMO, None),
+             "DPO + NLL, beta 0.5, 8 SFT examples replayed a step; 200 next-track test queries, all 320 test "
+             "prompts decoded freely", DEMO, None),
     # the demo's history since 2026-12-04, each as it ran
     "demo-1207": ("demo, but SFT 480 steps (make demo DEMO_OF=2026-12-07): the demo from 2026-12-06 to 2026-12-07",
                   DEMO_1207, None),
@@ -134,7 +140,7 @@ ROWS.update({
     "demo-seed": ("the seed notebook's configuration today (make demo SEED_CONFIG=1): audio IDs, the whole model, 240 "
                   "SFT steps, prompts that name the track, loss on the answers only, pure DPO as the demo of "
                   "2026-12-01 ran it",
-                  {"SEED_CONFIG": "1", "HALLUCINATION_PROMPTS": "0", "EVAL_ARGS": "--ranking beam"}, None),
+                  {"SEED_CONFIG": "1", **ABLATION_TEST, "EVAL_ARGS": "--ranking beam"}, None),
 })
 # what `make ablation` runs: today's demo and one change at a time (about 2 hours on 2 cores); the rows of the demo's
 # history (the others, each as it ran then) by name, or --rows all

@@ -113,7 +113,11 @@ def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, arg
     if M.ids_indistinguishable(model, fmt.vocab):
         scored = [[(codes, 0.0) for codes in trie.valid]] * len(prompts)
     else:
-        enc = [fmt.prompt(p) for p in prompts]
+        # a model's list depends on the prompt alone, and next-track queries repeat prompts (one template, one
+        # context track: the demo's 1,000 test queries hold some 600 distinct prompts), so each distinct prompt
+        # is ranked once and its list shared by the queries that asked it
+        distinct = list(dict.fromkeys(prompts))
+        enc = [fmt.prompt(p) for p in distinct]
         batches = []
         # under torchrun each rank takes every N-th batch; gather puts all of them back in order on every rank
         for s in tqdm(ddp.shard(range(0, len(enc), args.batch_size)), desc=desc, disable=ddp.bar_off(),
@@ -128,7 +132,8 @@ def rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, arg
                                           device=args.device)
                 batches.append([[(tuple(fmt.vocab.level_code(t)[1] for t in toks), sc) for toks, sc in r]
                                 for r in res])
-        scored = [r for batch in ddp.gather(batches) for r in batch]
+        by_prompt = dict(zip(distinct, (r for batch in ddp.gather(batches) for r in batch)))
+        scored = [by_prompt[p] for p in prompts]
     out = []
     for i, res in enumerate(scored):
         v = np.full(n_items, -np.inf)

@@ -278,9 +278,9 @@ def test_make_model_with_layers_cuts_the_embedded_model(tmp_path, smol_tokenizer
 def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     """The demo trains the 15-layer cut for 720 steps (480 until 2026-12-07) on IDs with the quality block (in the
     last code alone), 32,000 attribute requests toward their answer sets, and DPO on steps of 4 prompts x up to 8
-    pairs drawn from every training pair, to its final weights; SEED_CONFIG=1 the whole model for 240, with the
-    seed's audio-only IDs, answer-only SFT loss, and pure DPO on 80 steps of 8 of 640 pairs (the commands `make -n`
-    prints)."""
+    pairs drawn from every training pair, to its final weights, and tests on 1,000 next plays (200 until
+    2026-12-07); SEED_CONFIG=1 the whole model for 240, with the seed's audio-only IDs, answer-only SFT loss, and
+    pure DPO on 80 steps of 8 of 640 pairs (the commands `make -n` prints)."""
     def commands(*extra):
         r = subprocess.run(["make", "-n", "-C", ROOT, "demo", f"RUN={tmp_path / 'run'}", "VENV_STAMP=", *extra],
                            capture_output=True, text=True, timeout=60)
@@ -289,10 +289,16 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
                 for w in ("rvq.py", "sft", "sft.py", "dpo.py", "prefs", "evaluate.py")}
     demo = commands()
     assert "--model models/smollm2-135m-l15 --steps 720 " in demo["sft.py"] and "--rpo-alpha" not in demo["dpo.py"]
-    # DEMO_OF=2026-12-07: 480 SFT steps, nothing else changed; every earlier demo ran 480 too
+    # 1,000 next-track test queries, the first 200 and the 120 attribute requests decoded without constraints
+    assert "--test-next 1000 " in demo["sft"] and "--hallucination-prompts 320 " in demo["evaluate.py"] + " "
+    # DEMO_OF=2026-12-07: 480 SFT steps and the test window of 200 queries, every one decoded freely, nothing else
+    # changed; every earlier demo ran 480 steps on 200 queries too
     dec7 = commands("DEMO_OF=2026-12-07")
     assert dec7["sft.py"] == demo["sft.py"].replace(" --steps 720 ", " --steps 480 ")
-    assert all(dec7[w] == demo[w] for w in ("rvq.py", "sft", "dpo.py", "prefs", "evaluate.py"))
+    assert dec7["sft"] == demo["sft"].replace(" --test-next 1000 ", " --test-next 200 ")
+    assert (dec7["evaluate.py"] + " ").replace(" --hallucination-prompts 0 ", " --hallucination-prompts 320 ") == \
+        demo["evaluate.py"] + " "
+    assert all(dec7[w] == demo[w] for w in ("rvq.py", "dpo.py", "prefs"))
     # attribute requests as most of the examples, toward their answer sets, the prompt's IDs at a quarter weight
     assert "--attribute-examples 32000 " in demo["sft"] and "--answer-targets group" in demo["sft.py"]
     assert "--prompt-id-weight 0.25" in demo["sft.py"]
@@ -318,7 +324,7 @@ def test_make_demo_defaults_and_the_seed_configuration(tmp_path):
     assert ("--batch-size 4 " in demo["dpo.py"] and "--pairs-per-prompt 8 --micro-batch-size 32 --select last"
             in demo["dpo.py"])
     assert "--beta" not in commands("DPO_BETA=0.1")["dpo.py"]       # the ablation's `grouped` row
-    assert "--hallucination-prompts 0 " in demo["evaluate.py"] + " "   # every test prompt
+    assert "--hallucination-prompts 0 " in dec7["evaluate.py"] + " "   # every test prompt of the 200 + 120
     seed = commands("SEED_CONFIG=1")
     assert "--model models/smollm2-135m --steps 240 " in seed["sft.py"] and "--prompt-id-weight 0" in seed["sft.py"]
     assert "--signals audio " in seed["rvq.py"] and "--rpo-alpha 0" in seed["dpo.py"]
