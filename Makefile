@@ -39,8 +39,9 @@ LOGS ?= $(WORLD)/userid_trackid_timestamp.tsv
 ID_INFO ?= $(WORLD)/id_information.csv
 ID_META ?= $(WORLD)/id_metadata.csv
 
-# --- sizes of the default run, chosen to finish within 20 minutes on 2 CPU cores (16 min 21 s from a clean clone
-# with 720 SFT steps, 11-15 with the 480 before: EXPERIMENTS.md, "Timings of `make demo`")
+# --- sizes of the default run, chosen to finish within 20 minutes on 2 CPU cores (18 min 33 s from a clean clone
+# with 720 SFT steps and 1,000 test next plays, 16 min 21 s with 200, 11-15 with the 480 steps before:
+# EXPERIMENTS.md, "Timings of `make demo`")
 # what the Semantic IDs encode: audio (the seed's 10 features), genre (one-hot), collab (training-window
 # co-listening), quality (each track's training-window long-listen rate: a preference DPO learns on one code then
 # carries to every track holding it; EXPERIMENTS.md, "Listening quality in the IDs"); SIGNALS=audio is the seed's IDs,
@@ -197,7 +198,7 @@ ID_OPTS := $(if $(ID_INFO),--id-information $(ID_INFO)) $(if $(ID_META),--id-met
 .DELETE_ON_ERROR:
 
 help:
-	@echo "make demo    # set up and run the whole pipeline on the embedded default (about 16 min on 2 cores; EXPERIMENTS.md: timings)"
+	@echo "make demo    # set up and run the whole pipeline on the embedded default (about 18 min on 2 cores; EXPERIMENTS.md: timings)"
 	@echo "make test    # run the tests"
 	@echo "make bench   # the benchmarks (see BENCHMARKS.md)"
 	@echo "make ablation  # the configurations side by side (README: the ablation table)"
