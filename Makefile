@@ -132,7 +132,7 @@ ATTRIBUTE_EXAMPLES ?= 32000
 GROUNDING_EXAMPLES ?= 1000
 # next-track test queries: 1,000 since the night of 2026-12-07, 200 before (and in every DEMO_OF and ablation row),
 # whose paired HR@10 intervals were some 0.08 wide: on seed 0's 200 DPO - SFT was -0.045 [-0.085, -0.010], on 1,000
-# of the same window -0.010 [-0.026, +0.006]. 1,000 narrow them to about 0.03 for about a minute more of evaluation
+# of the same window -0.010 [-0.026, +0.006]. 1,000 narrow them to about 0.03 for 1-2 minutes more of evaluation
 # (its ~600 distinct prompts each ranked once; EXPERIMENTS.md, "A test window of 1,000 next plays")
 TEST_NEXT ?= 1000
 # attribute test requests: 40 until 2026-12-03, whose precision@10 intervals were about 0.23 wide; 120 narrow them to
@@ -185,10 +185,11 @@ TEST_PAIRS ?= 700
 PREFS_ARGS ?=
 SASREC_ARGS ?=
 # test prompts evaluate.py decodes without constraints, per model (0: every one): 320, the first 200 next-track
-# queries and the 120 attribute requests (every test prompt from 2026-12-04 until TEST_NEXT went to 1,000; all
-# 1,120 would cost minutes the demo does not have): the interval of hallucinated@1 then tells the target of under 5% from 0%, which
-# 40 prompts (the demo's until 2026-12-03, and DEMO_OF=2026-12-01's and the ablation's history rows') could not: one
-# answer was 2.5%. Always on the command line, so that a run evaluated before re-evaluates (its stamp changes)
+# queries and the 120 attribute requests (every test prompt from 2026-12-04 until TEST_NEXT went to 1,000; all 1,120,
+# each query ranked alone, took seed 0's evaluation from 4.5 to 8.4 minutes): the interval of hallucinated@1 then
+# tells the target of under 5% from 0%, which 40 prompts (the demo's until 2026-12-03, and DEMO_OF=2026-12-01's and
+# the ablation's history rows') could not: one answer was 2.5%. Always on the command line, so that a run evaluated
+# before re-evaluates (its stamp changes)
 HALLUCINATION_PROMPTS ?= 320
 EVAL_ARGS ?=
 

@@ -89,13 +89,13 @@ ROWS = {
 # --hallucination-prompts): each keeps it, so that it reruns as it ran and its hallucinated@1 stays comparable
 # and none replayed SFT examples in DPO (SFT_REPLAY, the demo's since its second change of 2026-12-05), and in each
 # IDs every code read every block (LAST_LEVEL_SIGNALS, the demo's since 2026-12-06)
-ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", "LAST_LEVEL_SIGNALS": "", "TEST_NEXT": "200",
-                      **variables}, base)
-        for name, (what, variables, base) in ROWS.items()}
-# The test window of the rows below: 200 next-track test queries, and all 320 test prompts decoded freely, the
-# demo's until the night of 2026-12-07 (1,000 queries since, the first 200 and the 120 attribute requests decoded
-# freely): the rows that ran stay finished, and a row costs no more evaluation than it did.
+# The test window of every row: 200 next-track test queries, the demo's until the night of 2026-12-07 (1,000 since),
+# so that the rows that ran stay finished and a row costs no more evaluation than it did; the rows below also decode
+# all 320 test prompts freely (the demo since then: the first 200 next-track queries and the 120 attribute requests)
 ABLATION_TEST = {"TEST_NEXT": "200", "HALLUCINATION_PROMPTS": "0"}
+ROWS = {name: (what, {"HALLUCINATION_PROMPTS": "40", "SFT_REPLAY": "0", "LAST_LEVEL_SIGNALS": "",
+                      "TEST_NEXT": ABLATION_TEST["TEST_NEXT"], **variables}, base)
+        for name, (what, variables, base) in ROWS.items()}
 # Today's demo's options spelt out, and one change at a time against them: the rows that say what each part of it
 # buys (the rows above are the demo's history, each as it ran then). The `demo` row is `make demo` on ABLATION_TEST.
 DEMO = {"SIGNALS": "audio,genre,collab,quality", "LAST_LEVEL_SIGNALS": "quality", "LAYERS": "15", "SFT_STEPS": "720",

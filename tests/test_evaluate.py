@@ -116,7 +116,7 @@ def test_beam_search_equals_exhaustive_scoring(tiny_policy):
         assert [s for _, s in r] == sorted((s for _, s in r), reverse=True)
 
 
-def test_repeated_prompts_ranked_once_each_query_its_own_exclusions(tiny_policy):
+def test_repeated_prompts_ranked_once_each_query_its_own_exclusions(tiny_policy, monkeypatch):
     """rank_with_model ranks a distinct prompt once: a query that repeats a prompt gets the list that prompt gets
     when ranked alone, under its own relevant items and exclusions."""
     model, tok, vocab = tiny_policy
@@ -126,17 +126,10 @@ def test_repeated_prompts_ranked_once_each_query_its_own_exclusions(tiny_policy)
     args = E.parse_args(["--run", "unused", "--batch-size", "2", "--device", "cpu", "--ranking", "exact"])
     a, b = "something like <a_1><b_2><c_1>", "rock"
     prompts, relevant, exclude = [a, b, a, a], [{0}, {1}, {2}, {3}], [[5], [], [], [7]]
-    calls = []
-    real = ranking.exact_top_k
-
-    def counting(model, chunk, *rest, **kw):
-        calls.append(len(chunk))
-        return real(model, chunk, *rest, **kw)
-    ranking.exact_top_k = counting
-    try:
-        got = E.rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, args, "t")
-    finally:
-        ranking.exact_top_k = real
+    calls, real = [], ranking.exact_top_k
+    monkeypatch.setattr(ranking, "exact_top_k",
+                        lambda model, chunk, *rest, **kw: calls.append(len(chunk)) or real(model, chunk, *rest, **kw))
+    got = E.rank_with_model(model, fmt, prompts, trie, id_to_row, relevant, exclude, args, "t")
     assert sum(calls) == 2                                              # two distinct prompts, one walk each
     for i, p in enumerate(prompts):
         alone = E.rank_with_model(model, fmt, [p], trie, id_to_row, [relevant[i]], [exclude[i]], args, "t")[0]
