@@ -1,6 +1,7 @@
 """Exact ranking (ranking.exact_top_k, a pruned walk over the ID trie) against constrained beam search, widths 10-50.
 
     python benchmarks/bench_exact.py [--run runs/demo] [--prompts 40] [--k 21] [--widths 10 21 50] [--batch-size 8]
+                                     [--chunk 64]
 
 The model is RUN/sft/adapter on its base, LoRA merged (as evaluate.py runs it). Queries: the first --prompts
 next-track test prompts and the first --prompts attribute prompts (RUN/sft_data/test_next.jsonl,
@@ -10,7 +11,8 @@ track is excluded, then equal scores are broken against the relevant items (pess
 exact: the mean share of the exact top 20 that the beam's top 20 holds; how many queries' HR@10 and NDCG@10 differ,
 and the mean difference (beam - exact). Seconds per prompt of each method (a first batch once, untimed, as
 warm-up), and token forwards per prompt: exact_top_k's (the prompt counts one) against the full walk's (1 + one per
-trie prefix of length 1 .. L-1) and a beam's (1 + its beams at levels 1 .. L-1).
+trie prefix of length 1 .. L-1) and a beam's (1 + its beams at levels 1 .. L-1), and the least that any exact walk
+needs (least_forwards: 1 + the prefixes scoring above the true k-th score, each of which may lead to a top-k ID).
 """
 import argparse
 import json
@@ -35,6 +37,7 @@ PROMPTS: int = 40               # first prompts of each test set
 K: int = 21                     # exact top K (evaluate.py: 20 + the prompt's own track, excluded)
 WIDTHS: tuple = (10, 21, 50)    # beam widths compared with exact
 BATCH_SIZE: int = 8             # prompts per batch, for both methods
+CHUNK: int = 64                 # rows per forward of exact_top_k (its default: evaluate.py runs it so)
 TOP: int = 20                   # overlap of the top-TOP lists
 CUT: int = 10                   # HR@CUT, NDCG@CUT
 # -----------------------------------------------------------------------------
@@ -70,6 +73,23 @@ def load(args):
     return model, fmt, trie, queries, adapter
 
 
+def least_forwards(model, prompts, vocab, trie, exact, k, pad, batch_size):
+    """Per prompt, the token forwards that any exact top-k walk must spend: its prompt, and every prefix of length
+    1 .. L-1 scoring above the true k-th score (exact[i][k - 1]: one of its IDs may score above it too, and it is
+    scored only by a forward of the prefix). Prefixes are scored by a fresh TrieScorer, level by level."""
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        sc = ranking.TrieScorer(model, prompts[s:s + batch_size], vocab, trie, pad_id=pad)
+        for b, res in enumerate(exact[s:s + batch_size]):
+            theta, frontier, need = res[k - 1][1], [()], 1
+            for _ in range(vocab.levels - 1):
+                frontier = [q for q in sc.children(b, frontier) if sc.score[(b, q)] > theta]
+                need += len(frontier)
+                sc.expand([(b, q) for q in frontier])
+            out.append(need)
+    return out
+
+
 def timed(fn, prompts, batch_size):
     """fn(batch) over all prompts in batches; a first batch once, untimed, as warm-up. (results, seconds)."""
     fn(prompts[:batch_size])
@@ -93,6 +113,9 @@ def main(argv=None):
                    help="beam widths compared with exact ranking (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="prompts per batch, for both methods (default %(default)s)")
+    p.add_argument("--chunk", type=int, default=CHUNK,
+                   help="rows per forward of exact_top_k (default %(default)s, evaluate.py's); the rows of a batch's "
+                        "prompts share forwards, so larger batches and chunks mean fewer, larger matrix products")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads (default: torch's default here, %(default)s)")
     p.add_argument("--out", default=None, help="JSON of the figures (default RUN/bench_exact.json)")
@@ -105,13 +128,16 @@ def main(argv=None):
     prompts = [q["prompt"] for q in queries]
     v = harness.versions("torch", "transformers")
     print(f"{adapter}: {len(queries)} queries ({args.prompts} per test set), {len(trie.valid)} IDs, exact top "
-          f"{args.k} vs beam widths {args.widths}, batches of {args.batch_size}, {args.threads} threads; "
+          f"{args.k} vs beam widths {args.widths}, batches of {args.batch_size} ({args.chunk} rows a forward), "
+          f"{args.threads} threads; "
           + ", ".join(f"{k} {x}" for k, x in v.items()))
 
     stats = {}
     exact, secs = timed(lambda b: ranking.exact_top_k(model, b, vocab, trie, args.k, batch_size=args.batch_size,
-                                                      pad_id=pad, stats=stats), prompts, args.batch_size)
+                                                      pad_id=pad, chunk=args.chunk, stats=stats),
+                        prompts, args.batch_size)
     forwards = stats["forwards"][-len(prompts):]          # the timed pass's, not the warm-up's
+    least = least_forwards(model, prompts, vocab, trie, exact, args.k, pad, args.batch_size)
     rows = [{"method": f"exact top {args.k}", "secs_per_prompt": secs / len(prompts),
              "forwards_per_prompt": float(np.mean(forwards))}]
     exact_ranked = [rank(r, q["relevant"], q["exclude"]) for r, q in zip(exact, queries)]
@@ -148,7 +174,8 @@ def main(argv=None):
         print(f"{r['method']:<14} {r['secs_per_prompt']:>9.3f} {r['forwards_per_prompt']:>16.1f}")
     print(f"{'full walk':<14} {'':>9} {full:>16d}")
     print(f"exact top {args.k} forwards per prompt: mean {np.mean(forwards):.1f}, min {min(forwards)}, "
-          f"max {max(forwards)}, of the full walk's {full} ({np.mean(forwards) / full:.1%})")
+          f"max {max(forwards)}, of the full walk's {full} ({np.mean(forwards) / full:.1%}); the least any exact "
+          f"walk needs: mean {np.mean(least):.1f} ({np.mean(least) / np.mean(forwards):.1%} of exact_top_k's)")
     for name in ("next-track", "attributes"):
         print(f"\n{name} ({rows[1][name]['queries']} queries), beam against exact: top-{TOP} overlap; queries whose "
               f"HR@{CUT} / NDCG@{CUT} differ; mean difference beam - exact")
@@ -160,7 +187,7 @@ def main(argv=None):
     print(f"\nexact k-th score >= beam k-th score on every prompt (widths >= {args.k}): {beams_ok}")
     out = args.out or os.path.join(args.run, "bench_exact.json")
     write_json(out, {"config": vars(args), "versions": v, "adapter": adapter, "ids": len(trie.valid),
-                     "full_walk_forwards": full, "exact_forwards": forwards, "rows": rows,
+                     "full_walk_forwards": full, "exact_forwards": forwards, "least_forwards": least, "rows": rows,
                      "exact_kth_at_least_beam_kth": beams_ok})
     print(f"figures: {out}")
 

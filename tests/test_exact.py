@@ -1,5 +1,8 @@
 """Exact ranking (ranking.score_all_ids, ranking.exact_top_k): equal to brute force, to each other, to a
 full-width beam."""
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +108,32 @@ def test_exact_top_k_equals_full_scoring(policy):
         stats = {}
         ranking.exact_top_k(model, prompts, vocab, trie, 3, pad_id=pad, stats=stats)
         assert max(stats["forwards"]) < full_walk
+
+
+def test_bench_exact_least_forwards(policy):
+    """benchmarks/bench_exact.least_forwards: all of the walk at k = every ID, never more than exact_top_k spends,
+    and by hand: 1 + the prefixes scoring above the k-th score (prefix scores from brute-force ID scores' parts)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench_exact
+    model, vocab, trie, prompts, pad = policy
+    for k in (1, 3, len(IDS)):
+        stats = {}
+        exact = ranking.exact_top_k(model, prompts, vocab, trie, k, batch_size=2, pad_id=pad, stats=stats)
+        least = bench_exact.least_forwards(model, prompts, vocab, trie, exact, k, pad, batch_size=2)
+        for prompt, res, n, f in zip(prompts, exact, least, stats["forwards"]):
+            theta = res[k - 1][1]
+            # a prefix's score is the sum of its tokens' log-probs: one forward of prompt + prefix per prefix
+            prefixes = {c[:l] for c in trie.valid for l in range(1, vocab.levels)}
+            with torch.no_grad():
+                def prefix_score(p):
+                    ids = prompt + vocab.ids(p)
+                    logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+                    return sum(float(logp[len(prompt) - 1 + l, ids[len(prompt) + l]]) for l in range(len(p)))
+                want = 1 + sum(prefix_score(p) > theta + 1e-5 for p in prefixes)
+                near = sum(abs(prefix_score(p) - theta) <= 1e-5 for p in prefixes)   # float ties: either side
+            assert want <= n <= want + near and n <= f
+            if k == len(IDS):
+                assert n == len(trie.children)       # the lowest ID's prefixes score above it: the whole walk
 
 
 @pytest.fixture
