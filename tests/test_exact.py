@@ -11,6 +11,9 @@ import model as M
 import ranking
 from tests.conftest import IDS, make_tiny_llama
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench_exact  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def tiny_untied(tmp_path_factory, smol_tokenizer):
@@ -38,13 +41,14 @@ def policy(request, tiny_smol, tiny_untied):
 
 
 def brute_force(model, prompt, codes, vocab):
-    """One full forward of prompt + the ID's L tokens; the sum of their L log_softmax values."""
+    """One full forward of prompt + the codes' tokens (an ID, or a prefix of one); the sum of their log_softmax
+    values."""
     ids = prompt + vocab.ids(codes)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0].float()
     logp = torch.log_softmax(logits, -1)
     T = len(prompt)
-    return sum(float(logp[T - 1 + l, ids[T + l]]) for l in range(vocab.levels))
+    return sum(float(logp[T - 1 + l, ids[T + l]]) for l in range(len(codes)))
 
 
 def full_top_k(model, prompt, vocab, trie, k):
@@ -111,26 +115,19 @@ def test_exact_top_k_equals_full_scoring(policy):
 
 
 def test_bench_exact_least_forwards(policy):
-    """benchmarks/bench_exact.least_forwards: all of the walk at k = every ID, never more than exact_top_k spends,
-    and by hand: 1 + the prefixes scoring above the k-th score (prefix scores from brute-force ID scores' parts)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import bench_exact
+    """benchmarks/bench_exact.least_forwards, by hand: 1 + the prefixes whose brute-force score is above the k-th
+    score; all of the walk at k = every ID; never more than exact_top_k spends."""
     model, vocab, trie, prompts, pad = policy
+    prefixes = {c[:l] for c in trie.valid for l in range(1, vocab.levels)}
+    prefix_scores = [[brute_force(model, prompt, p, vocab) for p in prefixes] for prompt in prompts]
     for k in (1, 3, len(IDS)):
         stats = {}
         exact = ranking.exact_top_k(model, prompts, vocab, trie, k, batch_size=2, pad_id=pad, stats=stats)
         least = bench_exact.least_forwards(model, prompts, vocab, trie, exact, k, pad, batch_size=2)
-        for prompt, res, n, f in zip(prompts, exact, least, stats["forwards"]):
+        for scores, res, n, f in zip(prefix_scores, exact, least, stats["forwards"]):
             theta = res[k - 1][1]
-            # a prefix's score is the sum of its tokens' log-probs: one forward of prompt + prefix per prefix
-            prefixes = {c[:l] for c in trie.valid for l in range(1, vocab.levels)}
-            with torch.no_grad():
-                def prefix_score(p):
-                    ids = prompt + vocab.ids(p)
-                    logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
-                    return sum(float(logp[len(prompt) - 1 + l, ids[len(prompt) + l]]) for l in range(len(p)))
-                want = 1 + sum(prefix_score(p) > theta + 1e-5 for p in prefixes)
-                near = sum(abs(prefix_score(p) - theta) <= 1e-5 for p in prefixes)   # float ties: either side
+            want = 1 + sum(sc > theta + 1e-5 for sc in scores)
+            near = sum(abs(sc - theta) <= 1e-5 for sc in scores)     # float ties with the k-th score: either side
             assert want <= n <= want + near and n <= f
             if k == len(IDS):
                 assert n == len(trie.children)       # the lowest ID's prefixes score above it: the whole walk
