@@ -634,6 +634,28 @@ def test_world_ceiling_on_the_run(demo_run, tmp_path):
     assert r.returncode == 2 and "evaluated on other next_track queries" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_listener_prefs_on_the_run(demo_run, tmp_path):
+    """benchmarks/listener_prefs.py: the rate's row is evaluate.py's long-listen rate on the same test pairs, the
+    SFT and DPO rows are the run's own; results of other pairs are refused with one line."""
+    run, _ = demo_run
+    out = tmp_path / "listener.json"
+    cmd = [sys.executable, "benchmarks/listener_prefs.py", "--run", run, "--n-boot", "50"]
+    r = subprocess.run(cmd + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.load(open(out))["table"]
+    results = json.load(open(os.path.join(run, "eval", "results.json")))
+    for name, mine in (("long-listen rate", "long-listen rate"), ("SFT", "SFT"), ("DPO", "DPO")):
+        assert table[mine]["accuracy"][0] == pytest.approx(results["preference_accuracy"][name]["mean"])
+    for name in ("listener-aware (all four)", "rate + the listener's genres", "rate + the listener's taste centre"):
+        acc, d = table[name]["accuracy"], table[name]["minus_rate"]
+        assert 0 <= acc[0] <= 1 and d[0] == pytest.approx(acc[0] - table["long-listen rate"]["accuracy"][0])
+    results["per_query"]["keys"]["preferences"] = "0" * 16
+    other = tmp_path / "results.json"
+    other.write_text(json.dumps(results))
+    r = subprocess.run(cmd + ["--results", str(other)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "evaluated on other preference pairs" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_sigkill_during_sft_resumes_to_the_same_adapter(demo_run, tiny_smol, tmp_path):
     run, _ = demo_run
     extra = {"SFT_STEPS": "40", "SFT_ARGS": "--eval-every 2 --eval-examples 4 --micro-batch-size 2"}
